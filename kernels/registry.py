@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib
 import os
 from typing import Callable, Iterator
 
@@ -21,6 +22,9 @@ import torch
 BACKENDS = ("reference", "triton")
 
 _OPS: dict[str, dict[str, Callable]] = {}
+# Modules holding Triton kernels: imported only when a Triton implementation is first asked for, so that
+# `import faircalib.kernels` works (and stays fast) where Triton is absent.
+_TRITON_MODULES: list[str] = []
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("faircalib_backend", default=None)
 
 
@@ -78,6 +82,17 @@ def register(op: str, backend_name: str) -> Callable[[Callable], Callable]:
     return wrap
 
 
+def register_triton_module(module: str) -> None:
+    """Declare that importing `module` (absolute name) registers Triton implementations; imported lazily."""
+    if module not in _TRITON_MODULES:
+        _TRITON_MODULES.append(module)
+
+
+def _load_triton_modules() -> None:
+    for module in _TRITON_MODULES:
+        importlib.import_module(module)
+
+
 def implementation(op: str, device: torch.device) -> Callable:
     """The implementation of `op` for tensors on `device`, with a clear error when it cannot run there."""
     name = backend(device)
@@ -91,6 +106,7 @@ def implementation(op: str, device: torch.device) -> Callable:
         if torch.device(device).type == "cpu" and not triton_interpreted():
             raise RuntimeError(f"faircalib.kernels.{op}: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 "
                                "set before Triton is imported; move the tensors to CUDA or use 'reference'")
+        _load_triton_modules()
         if "triton" not in impls:
             raise NotImplementedError(f"faircalib.kernels.{op}: no Triton kernel registered; use 'reference'")
     return impls[name]
