@@ -1,0 +1,131 @@
+"""`QuantLinear`: a block linear in its fake-quantized form, with the learnable pieces of FlatQuant.
+
+During calibration the weight stays in full precision and the (shared) input transform, the weight clip logits
+and the activation clip logit are learned. `fold()` moves the transform's inverse into the weight; what remains
+online is the transform of the input. Deployment reads `quantized_weight()` and the transform.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from faircalib import kernels
+from faircalib.config import QuantSpec
+
+# FlatQuant's clip initialisation: sigmoid(4.0) ≈ 0.982.
+CLIP_LOGIT_INIT = 4.0
+
+
+class QuantLinear(nn.Module):
+    """y = fake_quant_act(T(x)) · fake_quant_weight(W')ᵀ + b, with W' = T's inverse folded into W.
+
+    x: [..., K] any float dtype → [..., N] same dtype."""
+
+    def __init__(self, linear: nn.Linear, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
+                 input_transform: nn.Module | None = None, learn_clips: bool = False):
+        super().__init__()
+        if weight_spec is not None:
+            weight_spec.check_dim(linear.in_features, f"QuantLinear({linear.out_features}x{linear.in_features})")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.weight_spec, self.act_spec = weight_spec, act_spec
+        self.input_transform = input_transform
+        self.folded = input_transform is None
+        n = linear.out_features
+        self.weight_clip_logit = (nn.Parameter(torch.full((n, 1), CLIP_LOGIT_INIT), requires_grad=learn_clips)
+                                  if learn_clips and weight_spec is not None else None)
+        self.act_clip_logit = (nn.Parameter(torch.tensor(CLIP_LOGIT_INIT), requires_grad=learn_clips)
+                               if learn_clips and act_spec is not None else None)
+        # Set by GPTQ: fixed per-channel/group scales, so the codes it chose are reproduced exactly.
+        self.register_buffer("fixed_weight_scale", None)
+
+    def weight_clip_ratio(self) -> torch.Tensor | None:
+        return None if self.weight_clip_logit is None else torch.sigmoid(self.weight_clip_logit)
+
+    def act_clip_ratio(self) -> torch.Tensor | None:
+        return None if self.act_clip_logit is None else torch.sigmoid(self.act_clip_logit)
+
+    def effective_weight(self) -> torch.Tensor:
+        """The full-precision weight the quantizer sees: W with the transform's inverse folded in. [N, K]"""
+        if self.folded:
+            return self.weight
+        return self.input_transform.fold_into_weight(self.weight)
+
+    def fake_quant_weight(self) -> torch.Tensor:
+        w = self.effective_weight()
+        spec = self.weight_spec
+        if spec is None:
+            return w
+        if self.fixed_weight_scale is not None:
+            codes, scales = self.quantized_weight()
+            return _dequantize(codes, scales, spec.group_size).to(w.dtype)
+        clip = self.weight_clip_ratio()
+        return kernels.fake_quant_weight(w, bits=spec.bits, group_size=spec.group_size, symmetric=spec.symmetric,
+                                         clip_ratio=1.0 if clip is None else clip)
+
+    def quantized_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes int8 [N, K], scales fp32 [N, G]) of the effective weight: the codes deployment packs."""
+        spec = self.weight_spec
+        if spec is None or not spec.symmetric:
+            raise ValueError("QuantLinear.quantized_weight: only symmetric weight quantization is deployable")
+        w = self.effective_weight().detach().float()
+        if self.fixed_weight_scale is not None:
+            scales = self.fixed_weight_scale
+        else:
+            clip = self.weight_clip_ratio()
+            clip = torch.ones(w.shape[0], 1) if clip is None else clip.detach().float()
+            scales = _clipped_scales(w, clip, spec.bits, spec.group_size)
+        return _codes(w, scales, spec.bits, spec.group_size), scales
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_transform is not None:
+            x = self.input_transform(x)
+        if self.act_spec is not None:
+            clip = self.act_clip_ratio()
+            x = kernels.fake_quant_act(x, bits=self.act_spec.bits, clip_ratio=1.0 if clip is None else clip)
+        return F.linear(x, self.fake_quant_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Fold the transform's inverse into the weight; the transform itself stays online for the input."""
+        if not self.folded:
+            self.weight.copy_(self.input_transform.fold_into_weight(self.weight))
+            self.folded = True
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, w={self.weight_spec}, a={self.act_spec}, "
+                f"transform={type(self.input_transform).__name__ if self.input_transform is not None else None}")
+
+
+def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[N, K] → [N, G, g] (G = 1 for per-channel)."""
+    g = w.shape[1] if group_size == -1 else group_size
+    return w.reshape(w.shape[0], -1, g)
+
+
+def _clipped_scales(w: torch.Tensor, clip: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """scale = clip·absmax/qmax per channel/group, fp32 [N, G] (the project numerics)."""
+    absmax = _grouped(w, group_size).abs().amax(-1)
+    return (clip.reshape(w.shape[0], -1) * absmax) / (2 ** (bits - 1) - 1)
+
+
+def _codes(w: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """clamp(round_half_even(w / scale)) as int8 [N, K]; a zero scale (all-zero group) gives zero codes."""
+    qmax = 2 ** (bits - 1) - 1
+    safe = torch.where(scales > 0, scales, torch.ones_like(scales))[..., None]
+    return torch.clamp(torch.round(_grouped(w, group_size) / safe), -qmax - 1, qmax).reshape(w.shape).to(torch.int8)
+
+
+def _dequantize(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    return (_grouped(codes.float(), group_size) * scales[..., None]).reshape(codes.shape)
+
+
+def quantized_linears(model: nn.Module) -> Iterator[tuple[str, QuantLinear]]:
+    """Every QuantLinear in `model`, with its qualified name."""
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            yield name, module
