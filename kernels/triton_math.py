@@ -1,0 +1,26 @@
+"""Triton math helpers shared by the kernels, written so they behave identically compiled on the GPU and under the
+CPU interpreter (`TRITON_INTERPRET=1`, which runs the kernels on numpy).
+
+Why a helper for rounding: `tl.extra.cuda.libdevice.rint` is the GPU's round-half-even, but the interpreter does not
+implement libdevice calls, and `tl.math` has no rint. Adding and subtracting 1.5 * 2^23 rounds an fp32 value to the
+nearest integer, ties to even, in both places, because both use IEEE round-to-nearest-even fp32 additions (and
+Triton does not reassociate floating-point adds). It also runs on the full-rate FP32 adder, where the GPU's
+rounding instruction runs on the slower conversion unit.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# 1.5 * 2^23: adding it leaves no fraction bits for |v| <= 2^22, so the add rounds v to an integer (ties to even).
+_ROUNDING_MAGIC: tl.constexpr = tl.constexpr(12582912.0)
+
+
+@triton.jit
+def round_half_even(v):
+    """fp32 -> fp32, v rounded to the nearest integer, ties to even (as `torch.round`), for |v| <= 2^22.
+
+    Callers clamp v to the code range first (clamping to integer bounds commutes with rounding). Pass a value that
+    is already an fp32 result, not a bare product `a * b`: the compiler may fuse `a * b + magic` into one FMA,
+    which rounds the exact product instead of its fp32 value."""
+    return (v + _ROUNDING_MAGIC) - _ROUNDING_MAGIC
