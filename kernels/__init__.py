@@ -11,19 +11,142 @@ a row/group holding NaN or ±Inf gives scale NaN, codes 0 and NaN outputs.
 """
 from __future__ import annotations
 
-from . import registry
+from typing import Union
+
+import torch
+
+from . import ops, quant_reference, registry
 from .registry import BACKENDS, backend, use_backend
+from .validation import (check_bits, check_broadcastable, check_dims, check_float_tensor, check_group_size,
+                         check_min_dims, check_same_device)
 
 # Triton kernels register themselves on import; the registry imports them the first time a Triton
 # implementation is requested, so this package imports on machines without Triton.
 registry.register_triton_module(__name__ + ".quant")
 
-__all__ = ["BACKENDS", "backend", "use_backend"]
+__all__ = ["BACKENDS", "backend", "use_backend", "fake_quant_act", "fake_quant_weight", "quantize_act",
+           "quantize_weight", "pack_int4", "unpack_int4"]
+
+ClipRatio = Union[float, torch.Tensor]
 
 # ---------------------------------------------------------------------------------------------------------
 # Quantization ops: fake_quant_act, fake_quant_weight, quantize_act, quantize_weight, pack_int4, unpack_int4
 # (quant_reference.py, quant.py)
 # ---------------------------------------------------------------------------------------------------------
+
+def _clip_tensor(op: str, name: str, clip: object, like: torch.Tensor, scale_shape: tuple[int, ...]) -> torch.Tensor:
+    """A clip ratio as a tensor on `like`'s device: a Python number becomes a 0-d fp32 tensor; a tensor (possibly
+    learnable) must be floating point and broadcast to the per-group scale shape."""
+    if isinstance(clip, (int, float)) and not isinstance(clip, bool):
+        return torch.tensor(float(clip), dtype=torch.float32, device=like.device)
+    check_float_tensor(op, name, clip)
+    check_same_device(op, "x" if op.endswith("act") else "w", like, name, clip)
+    check_broadcastable(op, name, clip, scale_shape, "per-group scale")
+    return clip
+
+
+def fake_quant_act(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio = 1.0) -> torch.Tensor:
+    """Per-token symmetric dynamic quantize -> dequantize: x [..., K] float -> [..., K] x.dtype.
+
+    One scale per row (last dim): `scale = clip_ratio * absmax / (2^(bits-1) - 1)` (fp32),
+    `y = clamp(round_half_even(x / scale), -2^(bits-1), 2^(bits-1) - 1) * scale`.
+    `clip_ratio`: a float or a (learnable) tensor broadcastable to `[..., 1]`.
+    Differentiable: dL/dx is straight-through where `-2^(bits-1) <= x / scale <= 2^(bits-1) - 1` and 0 where the
+    code clamps; dL/dclip_ratio = sum_row(g * dy/ds) * absmax / (2^(bits-1) - 1) with dy/ds = round(x/s) - x/s
+    inside and the clamped code outside (LSQ), absmax held constant. Full spec: `quant_reference.py`.
+    """
+    op = "fake_quant_act"
+    check_float_tensor(op, "x", x)
+    check_min_dims(op, "x", x, 1)
+    check_bits(op, bits)
+    clip = _clip_tensor(op, "clip_ratio", clip_ratio, x, (*x.shape[:-1], 1))
+    return ops.fake_quant_act(x, clip, bits)
+
+
+def fake_quant_weight(w: torch.Tensor, bits: int = 4, group_size: int = -1, symmetric: bool = True,
+                      clip_ratio: Union[ClipRatio, tuple[ClipRatio, ClipRatio]] = 1.0) -> torch.Tensor:
+    """Weight quantize -> dequantize: w [N, K] float -> [N, K] w.dtype, one scale per output channel
+    (`group_size=-1`) or per group of `group_size` along K.
+
+    Symmetric: as `fake_quant_act` per group. Asymmetric (`symmetric=False`): the range
+    `[clip_min * min(min(w), 0), clip_max * max(max(w), 0)]` maps onto `2^bits - 1` steps with an integer zero
+    point, `y = (code - zero) * scale`. `clip_ratio`: a float or tensor broadcastable to `[N, G]` (G groups per row,
+    1 per channel), or for asymmetric also a pair `(clip_max, clip_min)` (FlatQuant's two sigmoid logits).
+    Differentiable in `w` and every clip tensor; exact formulas in `quant_reference.py`.
+    """
+    op = "fake_quant_weight"
+    check_float_tensor(op, "w", w)
+    check_dims(op, "w", w, 2)
+    check_bits(op, bits)
+    check_group_size(op, group_size, w.shape[1])
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"faircalib.kernels.{op}: symmetric must be a bool, got {symmetric!r}")
+    scale_shape = (w.shape[0], quant_reference.num_groups(w.shape[1], group_size))
+    if isinstance(clip_ratio, tuple):
+        if symmetric or len(clip_ratio) != 2:
+            raise ValueError(f"faircalib.kernels.{op}: clip_ratio as a tuple must be a pair (clip_max, clip_min) "
+                             f"with symmetric=False; got {len(clip_ratio)} ratio(s) with symmetric={symmetric}")
+        clip_max = _clip_tensor(op, "clip_ratio[0]", clip_ratio[0], w, scale_shape)
+        clip_min = _clip_tensor(op, "clip_ratio[1]", clip_ratio[1], w, scale_shape)
+    else:
+        clip_max = clip_min = _clip_tensor(op, "clip_ratio", clip_ratio, w, scale_shape)
+    return ops.fake_quant_weight(w, clip_max, clip_min, bits, group_size, symmetric)
+
+
+def quantize_act(x: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token symmetric quantization: x [..., K] float -> (codes int8 [..., K] in [-2^(bits-1), 2^(bits-1)-1],
+    scales fp32 [..., 1]); `codes * scales` is `fake_quant_act(x, bits)`."""
+    op = "quantize_act"
+    check_float_tensor(op, "x", x)
+    check_min_dims(op, "x", x, 1)
+    check_bits(op, bits)
+    return ops.quantize_act(x, bits)
+
+
+def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = -1, symmetric: bool = True):
+    """w [N, K] float -> (codes int8 [N, K], scales fp32 [N, G]) when symmetric, else (codes, scales,
+    zeros int8 [N, G]); codes and zeros lie in [-2^(bits-1), 2^(bits-1)-1] and `(codes - zeros) * scales`
+    (per group) is `fake_quant_weight(w, bits, group_size, symmetric)`."""
+    op = "quantize_weight"
+    check_float_tensor(op, "w", w)
+    check_dims(op, "w", w, 2)
+    check_bits(op, bits)
+    check_group_size(op, group_size, w.shape[1])
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"faircalib.kernels.{op}: symmetric must be a bool, got {symmetric!r}")
+    codes, scales, zeros = ops.quantize_weight(w, bits, group_size, symmetric)
+    return (codes, scales) if symmetric else (codes, scales, zeros)
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """codes int8 [..., K] in [-8, 7] -> uint8 [..., ceil(K/2)]. Byte i holds element 2i in its low nibble and
+    element 2i+1 in its high nibble, each a 4-bit two's complement; an odd K is padded with a 0 code.
+    Checks the code range (one reduction over `codes`)."""
+    op = "pack_int4"
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.int8:
+        got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
+        raise TypeError(f"faircalib.kernels.{op}: codes must be an int8 tensor (e.g. from quantize_act), got {got}")
+    check_min_dims(op, "codes", codes, 1)
+    if codes.numel() and (codes.min() < -8 or codes.max() > 7):
+        raise ValueError(f"faircalib.kernels.{op}: codes of shape {tuple(codes.shape)} hold values outside the "
+                         f"int4 range [-8, 7]; quantize with bits=4")
+    return ops.pack_int4(codes)
+
+
+def unpack_int4(packed: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """packed uint8 [..., P] -> codes int8 [..., k] (default k = 2P; give the original K when it was odd),
+    the inverse of `pack_int4`."""
+    op = "unpack_int4"
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
+        got = packed.dtype if isinstance(packed, torch.Tensor) else type(packed).__name__
+        raise TypeError(f"faircalib.kernels.{op}: packed must be a uint8 tensor from pack_int4, got {got}")
+    check_min_dims(op, "packed", packed, 1)
+    p = packed.shape[-1]
+    k = 2 * p if k is None else k
+    if isinstance(k, bool) or not isinstance(k, int) or not max(2 * p - 1, 0) <= k <= 2 * p:
+        raise ValueError(f"faircalib.kernels.{op}: k={k!r} does not fit packed of shape {tuple(packed.shape)}; "
+                         f"k must be {2 * p} or {max(2 * p - 1, 0)} (the unpacked length)")
+    return ops.unpack_int4(packed, k)
 
 # ---------------------------------------------------------------------------------------------------------
 # Calibration-loss ops: weighted_mse, clip_search (loss_reference.py, loss.py)

@@ -1,0 +1,173 @@
+"""`torch.ops.faircalib.*`: every kernel op as a torch custom op, so torch.compile and other toolkits can use them.
+
+Each op's implementation is the one `registry.implementation(op, device)` picks (reference or Triton); each has
+a fake (meta) kernel giving output shapes and dtypes, and the differentiable ops have an autograd formula whose
+backward is itself a custom op. Inputs arrive validated (the public functions in `__init__.py` check them).
+Outputs are always contiguous. Empty inputs skip the kernels: the fake kernel's zero-filled result is exact
+(an empty group has scale 0).
+
+To add an op: define it with `torch.library.custom_op`, call `_dispatch` in its body, register its fake kernel
+(and autograd), in the section of its kernel family.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import registry
+from .quant_reference import num_groups
+
+
+def _dispatch(op: str, fake: Callable, *args):
+    """Run the registry's implementation of `op` on `args` (the first is a tensor that fixes the device)."""
+    if args[0].numel() == 0:
+        return fake(*args)
+    out = registry.implementation(op, args[0].device)(*args)
+    return tuple(t.contiguous() for t in out) if isinstance(out, tuple) else out.contiguous()
+
+
+def _row_scale_shape(x: Tensor) -> tuple[int, ...]:
+    return (*x.shape[:-1], 1)
+
+
+def _group_scale_shape(w: Tensor, group_size: int) -> tuple[int, int]:
+    return w.shape[0], num_groups(w.shape[1], group_size)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Quantization ops (quant_reference.py, quant.py)
+# ---------------------------------------------------------------------------------------------------------
+
+def _fake_quant_act_fake(x: Tensor, clip: Tensor, bits: int) -> Tensor:
+    return x.new_zeros(x.shape)
+
+
+@torch.library.custom_op("faircalib::fake_quant_act", mutates_args=())
+def fake_quant_act(x: Tensor, clip: Tensor, bits: int) -> Tensor:
+    return _dispatch("fake_quant_act", _fake_quant_act_fake, x, clip, bits)
+
+
+def _fake_quant_act_backward_fake(grad_y: Tensor, x: Tensor, clip: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    return x.new_zeros(x.shape), x.new_zeros(_row_scale_shape(x), dtype=torch.float32)
+
+
+@torch.library.custom_op("faircalib::fake_quant_act_backward", mutates_args=())
+def fake_quant_act_backward(grad_y: Tensor, x: Tensor, clip: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """-> (grad_x, grad_clip per row [..., 1] fp32)."""
+    return _dispatch("fake_quant_act_backward", _fake_quant_act_backward_fake, grad_y, x, clip, bits)
+
+
+def _fake_quant_weight_fake(w: Tensor, clip_max: Tensor, clip_min: Tensor, bits: int, group_size: int,
+                            symmetric: bool) -> Tensor:
+    return w.new_zeros(w.shape)
+
+
+@torch.library.custom_op("faircalib::fake_quant_weight", mutates_args=())
+def fake_quant_weight(w: Tensor, clip_max: Tensor, clip_min: Tensor, bits: int, group_size: int,
+                      symmetric: bool) -> Tensor:
+    return _dispatch("fake_quant_weight", _fake_quant_weight_fake, w, clip_max, clip_min, bits, group_size, symmetric)
+
+
+def _fake_quant_weight_backward_fake(grad_y: Tensor, w: Tensor, clip_max: Tensor, clip_min: Tensor, bits: int,
+                                     group_size: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    shape = _group_scale_shape(w, group_size)
+    return w.new_zeros(w.shape), w.new_zeros(shape, dtype=torch.float32), w.new_zeros(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("faircalib::fake_quant_weight_backward", mutates_args=())
+def fake_quant_weight_backward(grad_y: Tensor, w: Tensor, clip_max: Tensor, clip_min: Tensor, bits: int,
+                               group_size: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (grad_w, grad_clip_max [N, G] fp32, grad_clip_min [N, G] fp32), per group."""
+    return _dispatch("fake_quant_weight_backward", _fake_quant_weight_backward_fake,
+                     grad_y, w, clip_max, clip_min, bits, group_size, symmetric)
+
+
+def _quantize_act_fake(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    return x.new_zeros(x.shape, dtype=torch.int8), x.new_zeros(_row_scale_shape(x), dtype=torch.float32)
+
+
+@torch.library.custom_op("faircalib::quantize_act", mutates_args=())
+def quantize_act(x: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    return _dispatch("quantize_act", _quantize_act_fake, x, bits)
+
+
+def _quantize_weight_fake(w: Tensor, bits: int, group_size: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    shape = _group_scale_shape(w, group_size)
+    return (w.new_zeros(w.shape, dtype=torch.int8), w.new_zeros(shape, dtype=torch.float32),
+            w.new_zeros(shape, dtype=torch.int8))
+
+
+@torch.library.custom_op("faircalib::quantize_weight", mutates_args=())
+def quantize_weight(w: Tensor, bits: int, group_size: int, symmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (codes int8 [N, K], scales fp32 [N, G], zeros int8 [N, G]); zeros are 0 when symmetric."""
+    return _dispatch("quantize_weight", _quantize_weight_fake, w, bits, group_size, symmetric)
+
+
+def _pack_int4_fake(codes: Tensor) -> Tensor:
+    return codes.new_zeros((*codes.shape[:-1], (codes.shape[-1] + 1) // 2), dtype=torch.uint8)
+
+
+@torch.library.custom_op("faircalib::pack_int4", mutates_args=())
+def pack_int4(codes: Tensor) -> Tensor:
+    return _dispatch("pack_int4", _pack_int4_fake, codes)
+
+
+def _unpack_int4_fake(packed: Tensor, k: int) -> Tensor:
+    return packed.new_zeros((*packed.shape[:-1], k), dtype=torch.int8)
+
+
+@torch.library.custom_op("faircalib::unpack_int4", mutates_args=())
+def unpack_int4(packed: Tensor, k: int) -> Tensor:
+    return _dispatch("unpack_int4", _unpack_int4_fake, packed, k)
+
+
+for _op, _fake in ((fake_quant_act, _fake_quant_act_fake),
+                   (fake_quant_act_backward, _fake_quant_act_backward_fake),
+                   (fake_quant_weight, _fake_quant_weight_fake),
+                   (fake_quant_weight_backward, _fake_quant_weight_backward_fake),
+                   (quantize_act, _quantize_act_fake),
+                   (quantize_weight, _quantize_weight_fake),
+                   (pack_int4, _pack_int4_fake),
+                   (unpack_int4, _unpack_int4_fake)):
+    _op.register_fake(_fake)
+
+
+def _reduce_to(grad: Tensor, like: Tensor, needed: bool) -> Tensor | None:
+    """A per-group clip gradient summed (deterministically) to the shape and dtype of the clip it belongs to."""
+    return grad.sum_to_size(like.shape).to(like.dtype) if needed else None
+
+
+def _fake_quant_act_setup(ctx, inputs, output) -> None:
+    x, clip, ctx.bits = inputs
+    ctx.save_for_backward(x, clip)
+
+
+def _fake_quant_act_grad(ctx, grad_y: Tensor):
+    x, clip = ctx.saved_tensors
+    grad_x, grad_clip = fake_quant_act_backward(grad_y, x, clip, ctx.bits)
+    return grad_x, _reduce_to(grad_clip, clip, ctx.needs_input_grad[1]), None
+
+
+fake_quant_act.register_autograd(_fake_quant_act_grad, setup_context=_fake_quant_act_setup)
+
+
+def _fake_quant_weight_setup(ctx, inputs, output) -> None:
+    w, clip_max, clip_min, ctx.bits, ctx.group_size, ctx.symmetric = inputs
+    ctx.save_for_backward(w, clip_max, clip_min)
+
+
+def _fake_quant_weight_grad(ctx, grad_y: Tensor):
+    w, clip_max, clip_min = ctx.saved_tensors
+    grad_w, grad_max, grad_min = fake_quant_weight_backward(
+        grad_y, w, clip_max, clip_min, ctx.bits, ctx.group_size, ctx.symmetric)
+    return (grad_w, _reduce_to(grad_max, clip_max, ctx.needs_input_grad[1]),
+            _reduce_to(grad_min, clip_min, ctx.needs_input_grad[2]), None, None, None)
+
+
+fake_quant_weight.register_autograd(_fake_quant_weight_grad, setup_context=_fake_quant_weight_setup)
+
+# ---------------------------------------------------------------------------------------------------------
+# Calibration-loss ops (loss_reference.py, loss.py)
+# ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,271 @@
+"""Triton kernels for the quantization ops; `quant_reference.py` is their specification (formulas there).
+
+Every quantizer is a *group* quantizer over a matrix of R groups of C elements: activations `[..., K]` are
+R = prod(leading) groups of C = K (per-token); weights `[N, K]` are R = N*G groups of C = K/G. Group r is
+element (r // G, (r % G) * C + c) of a strided 2-D input, so transposed or sliced inputs need no copy.
+Each program owns BLOCK_M groups and sweeps their columns in BLOCK_N chunks twice: pass 1 finds absmax (or
+max/min) and whether the group holds NaN/Inf; pass 2 quantizes. The second read of a program's rows mostly hits
+L2 (a few hundred KiB in flight per SM), so HBM traffic stays close to the compulsory bytes even at K = 18944.
+fp32 math; divisions are IEEE-rounded (`div_rn`) and rounding is half-to-even, so codes and scales match
+`torch` bit for bit. Backward kernels write per-group clip-gradient partials; the sum to the clip's shape is a
+deterministic torch reduction (no float atomics).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from . import registry
+from .quant_reference import num_groups
+
+
+@dataclasses.dataclass
+class LaunchConfig:
+    """Tile sizes: a program covers `tile` elements (BLOCK_M groups x BLOCK_N columns, BLOCK_N <= max_block_n)."""
+    tile: int = 4096
+    max_block_n: int = 4096
+    num_warps: int = 4
+
+
+LAUNCH = LaunchConfig()
+
+
+def _blocks(groups: int, cols: int) -> tuple[int, int]:
+    block_n = min(triton.next_power_of_2(max(cols, 1)), LAUNCH.max_block_n)
+    block_m = max(1, min(LAUNCH.tile // block_n, triton.next_power_of_2(max(groups, 1))))
+    return block_m, block_n
+
+
+@triton.jit
+def _round_half_even(v, INTERPRETED: tl.constexpr):
+    """Round to nearest, ties to even (as torch.round). |v| <= 2^22 (callers clamp to the code range first)."""
+    if INTERPRETED:
+        # The interpreter has no libdevice; fp32 addition rounds half-even, and adding 1.5 * 2^23 leaves no
+        # fraction bits, so (v + c) - c is v rounded.
+        return (v + 12582912.0) - 12582912.0
+    else:
+        return libdevice.rint(v)
+
+
+@triton.jit
+def _group_params(x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
+                  BITS: tl.constexpr, SYMMETRIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  INTERPRETED: tl.constexpr):
+    """Pass 1 over BLOCK_M groups -> per-group (scale, zu, low, high, flat, bad, range_max, range_min, lo), fp32.
+
+    range_max/range_min feed the clip gradient: symmetric absmax and 0; asymmetric max(max, 0) and min(min, 0).
+    """
+    cols = tl.arange(0, BLOCK_N)
+    amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+    amin = tl.zeros([BLOCK_M], dtype=tl.float32)
+    bad = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for start in range(0, C, BLOCK_N):
+        c = start + cols
+        mask = row_mask[:, None] & (c < C)[None, :]
+        x = tl.load(x_ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
+        bad = tl.maximum(bad, tl.max(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1))
+        if SYMMETRIC:
+            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+        else:
+            amax = tl.maximum(amax, tl.max(x, axis=1))
+            amin = tl.minimum(amin, tl.min(x, axis=1))
+    clip_max = tl.load(clip_max_ptr + rows, mask=row_mask, other=1.0)
+    if SYMMETRIC:
+        qmax: tl.constexpr = (1 << (BITS - 1)) - 1
+        lo = tl.zeros_like(amax)
+        scale = tl.math.div_rn(clip_max * amax, tl.full(amax.shape, qmax, tl.float32))
+        zu = tl.zeros_like(amax)
+        low = tl.full(amax.shape, -qmax - 1, tl.float32)
+        high = tl.full(amax.shape, qmax, tl.float32)
+    else:
+        levels: tl.constexpr = (1 << BITS) - 1
+        clip_min = tl.load(clip_min_ptr + rows, mask=row_mask, other=1.0)
+        hi = clip_max * amax
+        lo = clip_min * amin
+        scale = tl.math.div_rn(hi - lo, tl.full(amax.shape, levels, tl.float32))
+        safe = tl.where(scale == 0, 1.0, scale)
+        zu = _round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(-lo, safe), 0.0), levels), INTERPRETED)
+        low = -zu
+        high = levels - zu
+    flat = scale == 0
+    is_bad = bad != 0
+    scale = tl.where(is_bad, float("nan"), scale)
+    zu = tl.where(is_bad | flat, 0.0, zu)
+    low = tl.where(is_bad | flat, 0.0, low)
+    high = tl.where(is_bad | flat, 0.0, high)
+    return scale, zu, low, high, flat, is_bad, amax, amin, lo
+
+
+@triton.jit
+def _levels(x, scale, low, high, flat, bad, INTERPRETED: tl.constexpr):
+    """-> (v = x / scale with 0 in scale-0 groups, q = clamped rounded level relative to the zero point)."""
+    v = tl.where(flat[:, None], 0.0, tl.math.div_rn(x, tl.where(flat | bad, 1.0, scale)[:, None]))
+    # clamp before rounding: equal to clamp(round(v)) because the bounds are integers
+    q = _round_half_even(tl.minimum(tl.maximum(v, low[:, None]), high[:, None]), INTERPRETED)
+    return v, tl.where(bad[:, None], 0.0, q)
+
+
+@triton.jit
+def _fake_quant_fwd_kernel(x_ptr, clip_max_ptr, clip_min_ptr, out_ptr, scale_ptr, zero_ptr,
+                           R, C, G, stride_n, stride_k,
+                           BITS: tl.constexpr, SYMMETRIC: tl.constexpr, CODES: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRETED: tl.constexpr):
+    """CODES=False: out = dequantized x (out dtype). CODES=True: out = int8 codes, plus scale/zero per group."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < R
+    base = (rows // G) * stride_n + (rows % G) * C * stride_k
+    scale, zu, low, high, flat, bad, amax, amin, lo = _group_params(
+        x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
+        BITS, SYMMETRIC, BLOCK_M, BLOCK_N, INTERPRETED)
+    offset: tl.constexpr = 0 if SYMMETRIC else 1 << (BITS - 1)
+    cols = tl.arange(0, BLOCK_N)
+    for start in range(0, C, BLOCK_N):
+        c = start + cols
+        mask = row_mask[:, None] & (c < C)[None, :]
+        x = tl.load(x_ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
+        v, q = _levels(x, scale, low, high, flat, bad, INTERPRETED)
+        out_offsets = rows[:, None] * C + c[None, :]
+        if CODES:
+            code = tl.where((bad | flat)[:, None], 0.0, q + zu[:, None] - offset)
+            tl.store(out_ptr + out_offsets, code.to(tl.int8), mask=mask)
+        else:
+            tl.store(out_ptr + out_offsets, (q * scale[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+    if CODES:
+        tl.store(scale_ptr + rows, scale, mask=row_mask)
+        tl.store(zero_ptr + rows, tl.where(bad | flat, 0.0, zu - offset).to(tl.int8), mask=row_mask)
+
+
+@triton.jit
+def _fake_quant_bwd_kernel(x_ptr, grad_y_ptr, clip_max_ptr, clip_min_ptr, grad_x_ptr, grad_max_ptr, grad_min_ptr,
+                           R, C, G, stride_n, stride_k, stride_gn, stride_gk,
+                           BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRETED: tl.constexpr):
+    """grad_x (straight-through inside the clamp range) and per-group clip-gradient partials."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < R
+    base = (rows // G) * stride_n + (rows % G) * C * stride_k
+    grad_base = (rows // G) * stride_gn + (rows % G) * C * stride_gk
+    scale, zu, low, high, flat, bad, amax, amin, lo = _group_params(
+        x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
+        BITS, SYMMETRIC, BLOCK_M, BLOCK_N, INTERPRETED)
+    lo_ratio = tl.where(flat | bad, 0.0, tl.math.div_rn(lo, tl.where(flat | bad, 1.0, scale)))
+    s_sum = tl.zeros_like(scale)
+    outside_sum = tl.zeros_like(scale)
+    cols = tl.arange(0, BLOCK_N)
+    for start in range(0, C, BLOCK_N):
+        c = start + cols
+        mask = row_mask[:, None] & (c < C)[None, :]
+        x = tl.load(x_ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(grad_y_ptr + grad_base[:, None] + c[None, :] * stride_gk, mask=mask, other=0.0).to(tl.float32)
+        v, q = _levels(x, scale, low, high, flat, bad, INTERPRETED)
+        inside = (v >= low[:, None]) & (v <= high[:, None])
+        if SYMMETRIC:
+            dyds = tl.where(inside, q - v, q)
+        else:
+            dyds = tl.where(inside, q - v, q - lo_ratio[:, None])
+            outside_sum += tl.sum(tl.where(inside | flat[:, None], 0.0, g), axis=1)
+        s_sum += tl.sum(g * tl.where(flat[:, None], 0.0, dyds), axis=1)
+        grad_x = tl.where(bad[:, None], float("nan"), tl.where(inside, g, 0.0))
+        tl.store(grad_x_ptr + rows[:, None] * C + c[None, :], grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    if SYMMETRIC:
+        qmax: tl.constexpr = (1 << (BITS - 1)) - 1
+        grad_max = s_sum * amax / qmax
+        grad_min = tl.zeros_like(grad_max)
+    else:
+        levels: tl.constexpr = (1 << BITS) - 1
+        grad_max = s_sum / levels * amax
+        grad_min = (outside_sum - s_sum / levels) * amin
+    tl.store(grad_max_ptr + rows, tl.where(bad, float("nan"), grad_max), mask=row_mask)
+    tl.store(grad_min_ptr + rows, tl.where(bad, float("nan"), grad_min), mask=row_mask)
+
+
+def _as_groups(t: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int, int]:
+    """-> (2-D strided matrix [N, K], groups per row G, group length C). group_size None: activations."""
+    if group_size is None:
+        m = t.reshape(-1, t.shape[-1])
+        return m, 1, m.shape[1]
+    groups = num_groups(t.shape[1], group_size)
+    return t, groups, t.shape[1] // groups
+
+
+def _per_group(clip: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A clip ratio broadcast to the per-group shape, flattened to fp32 [R]."""
+    return clip.to(torch.float32).expand(shape).contiguous().reshape(-1)
+
+
+def _fake_quant(x, clip_max, clip_min, bits, group_size, symmetric, codes):
+    m, groups, cols = _as_groups(x, group_size)
+    rows = m.shape[0] * groups
+    block_m, block_n = _blocks(rows, cols)
+    clip_max_r = _per_group(clip_max, (m.shape[0], groups))
+    clip_min_r = _per_group(clip_min, (m.shape[0], groups))
+    out = torch.empty(x.shape, dtype=torch.int8 if codes else x.dtype, device=x.device)
+    scale = torch.empty(rows, dtype=torch.float32, device=x.device)
+    zero = torch.empty(rows, dtype=torch.int8, device=x.device)
+    _fake_quant_fwd_kernel[(triton.cdiv(rows, block_m),)](
+        m, clip_max_r, clip_min_r, out, scale, zero, rows, cols, groups, m.stride(0), m.stride(1),
+        BITS=bits, SYMMETRIC=symmetric, CODES=codes, BLOCK_M=block_m, BLOCK_N=block_n,
+        INTERPRETED=registry.triton_interpreted(), num_warps=LAUNCH.num_warps)
+    return out, scale, zero
+
+
+def _fake_quant_backward(grad_y, x, clip_max, clip_min, bits, group_size, symmetric):
+    m, groups, cols = _as_groups(x, group_size)
+    g, _, _ = _as_groups(grad_y, group_size)
+    rows = m.shape[0] * groups
+    block_m, block_n = _blocks(rows, cols)
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    grad_max = torch.empty(rows, dtype=torch.float32, device=x.device)
+    grad_min = torch.empty(rows, dtype=torch.float32, device=x.device)
+    _fake_quant_bwd_kernel[(triton.cdiv(rows, block_m),)](
+        m, g, _per_group(clip_max, (m.shape[0], groups)), _per_group(clip_min, (m.shape[0], groups)),
+        grad_x, grad_max, grad_min, rows, cols, groups, m.stride(0), m.stride(1), g.stride(0), g.stride(1),
+        BITS=bits, SYMMETRIC=symmetric, BLOCK_M=block_m, BLOCK_N=block_n,
+        INTERPRETED=registry.triton_interpreted(), num_warps=LAUNCH.num_warps)
+    return grad_x, grad_max.reshape(m.shape[0], groups), grad_min.reshape(m.shape[0], groups)
+
+
+def _row_scale_shape(x: torch.Tensor) -> tuple[int, ...]:
+    return (*x.shape[:-1], 1)
+
+
+@registry.register("fake_quant_act", "triton")
+def fake_quant_act(x: torch.Tensor, clip: torch.Tensor, bits: int) -> torch.Tensor:
+    clip = clip.expand(_row_scale_shape(x))
+    return _fake_quant(x, clip, clip, bits, None, True, codes=False)[0]
+
+
+@registry.register("fake_quant_act_backward", "triton")
+def fake_quant_act_backward(grad_y: torch.Tensor, x: torch.Tensor, clip: torch.Tensor, bits: int):
+    clip = clip.expand(_row_scale_shape(x))
+    grad_x, grad_clip, _ = _fake_quant_backward(grad_y, x, clip, clip, bits, None, True)
+    return grad_x, grad_clip.reshape(_row_scale_shape(x))
+
+
+@registry.register("fake_quant_weight", "triton")
+def fake_quant_weight(w, clip_max, clip_min, bits, group_size, symmetric):
+    return _fake_quant(w, clip_max, clip_min, bits, group_size, symmetric, codes=False)[0]
+
+
+@registry.register("fake_quant_weight_backward", "triton")
+def fake_quant_weight_backward(grad_y, w, clip_max, clip_min, bits, group_size, symmetric):
+    return _fake_quant_backward(grad_y, w, clip_max, clip_min, bits, group_size, symmetric)
+
+
+@registry.register("quantize_act", "triton")
+def quantize_act(x: torch.Tensor, bits: int):
+    one = torch.ones((), dtype=torch.float32, device=x.device).expand(_row_scale_shape(x))
+    codes, scale, _ = _fake_quant(x, one, one, bits, None, True, codes=True)
+    return codes, scale.reshape(_row_scale_shape(x))
+
+
+@registry.register("quantize_weight", "triton")
+def quantize_weight(w: torch.Tensor, bits: int, group_size: int, symmetric: bool):
+    groups = num_groups(w.shape[1], group_size)
+    one = torch.ones((), dtype=torch.float32, device=w.device).expand(w.shape[0], groups)
+    codes, scale, zero = _fake_quant(w, one, one, bits, group_size, symmetric, codes=True)
+    return codes, scale.reshape(w.shape[0], groups), zero.reshape(w.shape[0], groups)
