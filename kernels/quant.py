@@ -6,8 +6,9 @@ element (r // G, (r % G) * C + c) of a strided 2-D input, so transposed or slice
 Each program owns BLOCK_M groups and sweeps their columns in BLOCK_N chunks twice: pass 1 finds absmax (or
 max/min) and whether the group holds NaN/Inf; pass 2 quantizes. The second read of a program's rows mostly hits
 L2 (a few hundred KiB in flight per SM), so HBM traffic stays close to the compulsory bytes even at K = 18944.
-fp32 math; divisions are IEEE-rounded (`div_rn`) and rounding is half-to-even, so codes and scales match
-`torch` bit for bit. Backward kernels write per-group clip-gradient partials; the sum to the clip's shape is a
+fp32 math; divisions are IEEE-rounded (`div_rn`), rounding is half-to-even (`triton_math`) and FMA contraction is
+off (`enable_fp_fusion=False`: `clip_max * max - clip_min * min` must round like torch's two steps), so codes and
+scales match `torch` bit for bit. Backward kernels write per-group clip-gradient partials; the sum to the clip's shape is a
 deterministic torch reduction (no float atomics).
 """
 from __future__ import annotations
@@ -17,10 +18,10 @@ import dataclasses
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from . import registry
 from .quant_reference import num_groups
+from .triton_math import round_half_even
 
 
 @dataclasses.dataclass
@@ -41,20 +42,8 @@ def _blocks(groups: int, cols: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _round_half_even(v, INTERPRETED: tl.constexpr):
-    """Round to nearest, ties to even (as torch.round). |v| <= 2^22 (callers clamp to the code range first)."""
-    if INTERPRETED:
-        # The interpreter has no libdevice; fp32 addition rounds half-even, and adding 1.5 * 2^23 leaves no
-        # fraction bits, so (v + c) - c is v rounded.
-        return (v + 12582912.0) - 12582912.0
-    else:
-        return libdevice.rint(v)
-
-
-@triton.jit
 def _group_params(x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
-                  BITS: tl.constexpr, SYMMETRIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  INTERPRETED: tl.constexpr):
+                  BITS: tl.constexpr, SYMMETRIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Pass 1 over BLOCK_M groups -> per-group (scale, zu, low, high, flat, bad, range_max, range_min, lo), fp32.
 
     range_max/range_min feed the clip gradient: symmetric absmax and 0; asymmetric max(max, 0) and min(min, 0).
@@ -88,7 +77,7 @@ def _group_params(x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, strid
         lo = clip_min * amin
         scale = tl.math.div_rn(hi - lo, tl.full(amax.shape, levels, tl.float32))
         safe = tl.where(scale == 0, 1.0, scale)
-        zu = _round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(-lo, safe), 0.0), levels), INTERPRETED)
+        zu = round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(-lo, safe), 0.0), levels))
         low = -zu
         high = levels - zu
     flat = scale == 0
@@ -101,11 +90,11 @@ def _group_params(x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, strid
 
 
 @triton.jit
-def _levels(x, scale, low, high, flat, bad, INTERPRETED: tl.constexpr):
+def _levels(x, scale, low, high, flat, bad):
     """-> (v = x / scale with 0 in scale-0 groups, q = clamped rounded level relative to the zero point)."""
     v = tl.where(flat[:, None], 0.0, tl.math.div_rn(x, tl.where(flat | bad, 1.0, scale)[:, None]))
     # clamp before rounding: equal to clamp(round(v)) because the bounds are integers
-    q = _round_half_even(tl.minimum(tl.maximum(v, low[:, None]), high[:, None]), INTERPRETED)
+    q = round_half_even(tl.minimum(tl.maximum(v, low[:, None]), high[:, None]))
     return v, tl.where(bad[:, None], 0.0, q)
 
 
@@ -113,21 +102,21 @@ def _levels(x, scale, low, high, flat, bad, INTERPRETED: tl.constexpr):
 def _fake_quant_fwd_kernel(x_ptr, clip_max_ptr, clip_min_ptr, out_ptr, scale_ptr, zero_ptr,
                            R, C, G, stride_n, stride_k,
                            BITS: tl.constexpr, SYMMETRIC: tl.constexpr, CODES: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRETED: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """CODES=False: out = dequantized x (out dtype). CODES=True: out = int8 codes, plus scale/zero per group."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < R
     base = (rows // G) * stride_n + (rows % G) * C * stride_k
     scale, zu, low, high, flat, bad, amax, amin, lo = _group_params(
         x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
-        BITS, SYMMETRIC, BLOCK_M, BLOCK_N, INTERPRETED)
+        BITS, SYMMETRIC, BLOCK_M, BLOCK_N)
     offset: tl.constexpr = 0 if SYMMETRIC else 1 << (BITS - 1)
     cols = tl.arange(0, BLOCK_N)
     for start in range(0, C, BLOCK_N):
         c = start + cols
         mask = row_mask[:, None] & (c < C)[None, :]
         x = tl.load(x_ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
-        v, q = _levels(x, scale, low, high, flat, bad, INTERPRETED)
+        v, q = _levels(x, scale, low, high, flat, bad)
         out_offsets = rows[:, None] * C + c[None, :]
         if CODES:
             code = tl.where((bad | flat)[:, None], 0.0, q + zu[:, None] - offset)
@@ -143,7 +132,7 @@ def _fake_quant_fwd_kernel(x_ptr, clip_max_ptr, clip_min_ptr, out_ptr, scale_ptr
 def _fake_quant_bwd_kernel(x_ptr, grad_y_ptr, clip_max_ptr, clip_min_ptr, grad_x_ptr, grad_max_ptr, grad_min_ptr,
                            R, C, G, stride_n, stride_k, stride_gn, stride_gk,
                            BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRETED: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """grad_x (straight-through inside the clamp range) and per-group clip-gradient partials."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < R
@@ -151,7 +140,7 @@ def _fake_quant_bwd_kernel(x_ptr, grad_y_ptr, clip_max_ptr, clip_min_ptr, grad_x
     grad_base = (rows // G) * stride_gn + (rows % G) * C * stride_gk
     scale, zu, low, high, flat, bad, amax, amin, lo = _group_params(
         x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
-        BITS, SYMMETRIC, BLOCK_M, BLOCK_N, INTERPRETED)
+        BITS, SYMMETRIC, BLOCK_M, BLOCK_N)
     lo_ratio = tl.where(flat | bad, 0.0, tl.math.div_rn(lo, tl.where(flat | bad, 1.0, scale)))
     s_sum = tl.zeros_like(scale)
     outside_sum = tl.zeros_like(scale)
@@ -161,7 +150,7 @@ def _fake_quant_bwd_kernel(x_ptr, grad_y_ptr, clip_max_ptr, clip_min_ptr, grad_x
         mask = row_mask[:, None] & (c < C)[None, :]
         x = tl.load(x_ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(grad_y_ptr + grad_base[:, None] + c[None, :] * stride_gk, mask=mask, other=0.0).to(tl.float32)
-        v, q = _levels(x, scale, low, high, flat, bad, INTERPRETED)
+        v, q = _levels(x, scale, low, high, flat, bad)
         inside = (v >= low[:, None]) & (v <= high[:, None])
         if SYMMETRIC:
             dyds = tl.where(inside, q - v, q)
@@ -181,6 +170,42 @@ def _fake_quant_bwd_kernel(x_ptr, grad_y_ptr, clip_max_ptr, clip_min_ptr, grad_x
         grad_min = (outside_sum - s_sum / levels) * amin
     tl.store(grad_max_ptr + rows, tl.where(bad, float("nan"), grad_max), mask=row_mask)
     tl.store(grad_min_ptr + rows, tl.where(bad, float("nan"), grad_min), mask=row_mask)
+
+
+@triton.jit
+def _pack_int4_kernel(codes_ptr, packed_ptr, R, K, P, stride_r, stride_k,
+                      BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+    """packed[r, i] = (codes[r, 2i] & 0xF) | (codes[r, 2i+1] & 0xF) << 4; a missing odd element reads as 0."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    row_mask = (rows < R)[:, None]
+    base = codes_ptr + rows[:, None] * stride_r + 2 * cols[None, :] * stride_k
+    low = tl.load(base, mask=row_mask & (2 * cols < K)[None, :], other=0).to(tl.int32)
+    high = tl.load(base + stride_k, mask=row_mask & (2 * cols + 1 < K)[None, :], other=0).to(tl.int32)
+    packed = (low & 0xF) | ((high & 0xF) << 4)
+    tl.store(packed_ptr + rows[:, None] * P + cols[None, :], packed.to(tl.uint8), mask=row_mask & (cols < P)[None, :])
+
+
+@triton.jit
+def _unpack_int4_kernel(packed_ptr, codes_ptr, R, K, P, stride_r, stride_p,
+                        BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr):
+    """codes[r, 2i] = low nibble of packed[r, i], codes[r, 2i+1] = high nibble, sign-extended from 4 bits."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    row_mask = (rows < R)[:, None]
+    packed = tl.load(packed_ptr + rows[:, None] * stride_r + cols[None, :] * stride_p,
+                     mask=row_mask & (cols < P)[None, :], other=0).to(tl.int32)
+    low = ((packed & 0xF) ^ 8) - 8
+    high = ((packed >> 4) ^ 8) - 8
+    out = codes_ptr + rows[:, None] * K + 2 * cols[None, :]
+    tl.store(out, low.to(tl.int8), mask=row_mask & (2 * cols < K)[None, :])
+    tl.store(out + 1, high.to(tl.int8), mask=row_mask & (2 * cols + 1 < K)[None, :])
+
+
+def _packing_grid(rows: int, packed_cols: int) -> tuple[tuple[int, int], int, int]:
+    block_p = min(triton.next_power_of_2(max(packed_cols, 1)), 1024)
+    block_m = max(1, min(LAUNCH.tile // block_p, triton.next_power_of_2(max(rows, 1))))
+    return (triton.cdiv(rows, block_m), triton.cdiv(packed_cols, block_p)), block_m, block_p
 
 
 def _as_groups(t: torch.Tensor, group_size: int | None) -> tuple[torch.Tensor, int, int]:
@@ -209,7 +234,7 @@ def _fake_quant(x, clip_max, clip_min, bits, group_size, symmetric, codes):
     _fake_quant_fwd_kernel[(triton.cdiv(rows, block_m),)](
         m, clip_max_r, clip_min_r, out, scale, zero, rows, cols, groups, m.stride(0), m.stride(1),
         BITS=bits, SYMMETRIC=symmetric, CODES=codes, BLOCK_M=block_m, BLOCK_N=block_n,
-        INTERPRETED=registry.triton_interpreted(), num_warps=LAUNCH.num_warps)
+        num_warps=LAUNCH.num_warps, enable_fp_fusion=False)
     return out, scale, zero
 
 
@@ -225,7 +250,7 @@ def _fake_quant_backward(grad_y, x, clip_max, clip_min, bits, group_size, symmet
         m, g, _per_group(clip_max, (m.shape[0], groups)), _per_group(clip_min, (m.shape[0], groups)),
         grad_x, grad_max, grad_min, rows, cols, groups, m.stride(0), m.stride(1), g.stride(0), g.stride(1),
         BITS=bits, SYMMETRIC=symmetric, BLOCK_M=block_m, BLOCK_N=block_n,
-        INTERPRETED=registry.triton_interpreted(), num_warps=LAUNCH.num_warps)
+        num_warps=LAUNCH.num_warps, enable_fp_fusion=False)
     return grad_x, grad_max.reshape(m.shape[0], groups), grad_min.reshape(m.shape[0], groups)
 
 
@@ -269,3 +294,26 @@ def quantize_weight(w: torch.Tensor, bits: int, group_size: int, symmetric: bool
     one = torch.ones((), dtype=torch.float32, device=w.device).expand(w.shape[0], groups)
     codes, scale, zero = _fake_quant(w, one, one, bits, group_size, symmetric, codes=True)
     return codes, scale.reshape(w.shape[0], groups), zero.reshape(w.shape[0], groups)
+
+
+@registry.register("pack_int4", "triton")
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    m = codes.reshape(-1, codes.shape[-1])
+    rows, k = m.shape
+    p = (k + 1) // 2
+    packed = torch.empty((*codes.shape[:-1], p), dtype=torch.uint8, device=codes.device)
+    grid, block_m, block_p = _packing_grid(rows, p)
+    _pack_int4_kernel[grid](m, packed, rows, k, p, m.stride(0), m.stride(1), BLOCK_M=block_m, BLOCK_P=block_p,
+                            num_warps=LAUNCH.num_warps)
+    return packed
+
+
+@registry.register("unpack_int4", "triton")
+def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
+    m = packed.reshape(-1, packed.shape[-1])
+    rows, p = m.shape
+    codes = torch.empty((*packed.shape[:-1], k), dtype=torch.int8, device=packed.device)
+    grid, block_m, block_p = _packing_grid(rows, p)
+    _unpack_int4_kernel[grid](m, codes, rows, k, p, m.stride(0), m.stride(1), BLOCK_M=block_m, BLOCK_P=block_p,
+                              num_warps=LAUNCH.num_warps)
+    return codes
