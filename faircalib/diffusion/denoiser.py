@@ -1,0 +1,73 @@
+"""`Denoiser`: the little a sampler needs from a model, so samplers never depend on model internals.
+
+A model (through its adapter), an adapter, or a plain `logits_fn(input_ids, attention_mask)` all become one.
+The logits are *aligned* (index i predicts position i): Dream's one-position shift is the adapter's business,
+and no sampler shifts again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """logits_fn: (input_ids [B, L] int64, attention_mask [B, L] bool | None) -> aligned logits [B, L, V].
+
+    mask_token_id: id of the mask token. max_length: the model's context length (None = unbounded).
+    """
+
+    logits_fn: LogitsFn
+    mask_token_id: int
+    max_length: int | None = None
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        logits = self.logits_fn(input_ids, attention_mask)
+        batch, length = input_ids.shape
+        if logits.dim() != 3 or logits.shape[:2] != (batch, length):
+            raise ValueError(
+                f"diffusion.denoiser: the model returned logits of shape {tuple(logits.shape)} for input_ids "
+                f"{(batch, length)}; it must return aligned logits [B, L, V]"
+            )
+        if logits.shape[2] <= self.mask_token_id:
+            raise ValueError(
+                f"diffusion.denoiser: mask_token_id={self.mask_token_id} is outside the vocabulary of "
+                f"{logits.shape[2]} logits; pass the mask id of this model"
+            )
+        return logits
+
+
+def as_denoiser(model, *, mask_token_id: int | None = None, max_length: int | None = None) -> Denoiser:
+    """`model`: a Denoiser, an `nn.Module` (wrapped by `faircalib.models.get_adapter`), an adapter (an object
+    with `.logits` and `.mask_token_id`), or a logits function (then `mask_token_id` is required).
+    Explicit `mask_token_id` / `max_length` override what the model says."""
+    if isinstance(model, Denoiser):
+        return model
+    if isinstance(model, torch.nn.Module):
+        from faircalib.models import get_adapter  # models import diffusion-free code only; import when needed
+
+        adapter, config = get_adapter(model), getattr(model, "config", None)
+    elif hasattr(model, "logits") and hasattr(model, "mask_token_id"):
+        adapter, config = model, getattr(getattr(model, "model", None), "config", None)
+    elif callable(model):
+        adapter, config = None, None
+    else:
+        raise TypeError(
+            f"diffusion.denoiser: cannot generate with a {type(model).__name__}; pass a model, an adapter or a "
+            "logits function (input_ids, attention_mask) -> logits [B, L, V]"
+        )
+    if mask_token_id is None and adapter is not None:
+        mask_token_id = adapter.mask_token_id
+    if mask_token_id is None:
+        raise ValueError(
+            f"diffusion.denoiser: {type(model).__name__} has no mask token, so it cannot denoise; pass "
+            "mask_token_id=... (or set mask_token_id in the model config)"
+        )
+    if max_length is None and config is not None:
+        max_length = getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
+    logits_fn = adapter.logits if adapter is not None else model
+    return Denoiser(logits_fn, int(mask_token_id), max_length)

@@ -1,0 +1,99 @@
+"""`DenoisingState`: the sequence being denoised, its commit record, and the one way samplers touch the model.
+
+Every sampler step is `logits = state.logits()` (one forward pass; two rows per sequence under guidance) followed
+by `state.commit(positions, tokens)`. Commits are irreversible: a committed position is never masked again and
+its token never changes, which is what makes `Trajectory.state_before` exact.
+"""
+from __future__ import annotations
+
+import torch
+
+from faircalib.diffusion.denoiser import Denoiser
+from faircalib.diffusion.prompts import PromptBatch
+from faircalib.diffusion.trajectory import Trajectory
+
+
+class DenoisingState:
+    """x: [B, L] int64 current tokens (L = P + gen_length); masked: [B, L] bool; commit_step: [B, L] int64."""
+
+    def __init__(self, denoiser: Denoiser, prompt: PromptBatch, gen_length: int, *, cfg_scale=0.0, record=False):
+        batch, self.prompt_len = prompt.ids.shape
+        device = prompt.ids.device
+        self.denoiser, self.cfg_scale, self.step = denoiser, cfg_scale, 0
+        answer = torch.full((batch, gen_length), denoiser.mask_token_id, dtype=torch.long, device=device)
+        self.x = torch.cat([prompt.ids, answer], dim=1)
+        self.attention_mask = torch.cat([prompt.attention_mask, torch.ones_like(answer, dtype=torch.bool)], dim=1)
+        self.prompt_tokens = self.attention_mask.clone()
+        self.prompt_tokens[:, self.prompt_len:] = False
+        self.masked = torch.zeros_like(self.x, dtype=torch.bool)
+        self.masked[:, self.prompt_len:] = True
+        self.commit_step = torch.full_like(self.x, -1)
+        # Unpadded batches pass no mask at all, like the reference implementations (and faster attention).
+        self._model_mask = self.attention_mask if prompt.padded else None
+        self._stats = [] if record else None
+
+    def logits(self) -> torch.Tensor:
+        """Aligned logits [B, L, V] for the current state (guided when cfg_scale > 0), the mask token excluded:
+        committing the mask id would leave a position that looks masked but counts as committed."""
+        if self.cfg_scale > 0:
+            unconditional = self.x.masked_fill(self.prompt_tokens, self.denoiser.mask_token_id)
+            mask = None if self._model_mask is None else self._model_mask.repeat(2, 1)
+            both = self.denoiser.logits(torch.cat([self.x, unconditional]), mask)
+            cond, uncond = both.chunk(2)
+            logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
+        else:
+            logits = self.denoiser.logits(self.x, self._model_mask)
+        if torch.isnan(logits).any():
+            raise FloatingPointError(
+                f"diffusion.state: the model returned NaN logits at step {self.step} (input {tuple(self.x.shape)}); "
+                "check the weights and the quantization settings"
+            )
+        never = torch.tensor([self.denoiser.mask_token_id], device=logits.device)
+        logits = logits.index_fill(-1, never, float("-inf"))
+        if self._stats is not None:
+            self._stats.append(_masked_statistics(logits, self.masked))
+        return logits
+
+    def commit(self, positions: torch.Tensor, tokens: torch.Tensor):
+        """positions: [B, L] bool, a subset of the masked positions; tokens: [B, L] int64 (read at positions).
+        Ends the current step."""
+        if (positions & ~self.masked).any():
+            raise RuntimeError(
+                f"diffusion.state: step {self.step} tried to overwrite committed positions; a sampler bug"
+            )
+        self.x = torch.where(positions, tokens, self.x)
+        self.masked = self.masked & ~positions  # out of place: callers may pass `state.masked` itself
+        self.commit_step[positions] = self.step
+        self.step += 1
+
+    def trajectory(self) -> Trajectory:
+        """The run so far as a Trajectory (requires record=True)."""
+        if self._stats is None:
+            raise RuntimeError("diffusion.state: statistics were not recorded; create the state with record=True")
+        stacked = {name: torch.stack([s[name] for s in self._stats]) for name in self._stats[0]}
+        return Trajectory(
+            prompt_len=self.prompt_len,
+            mask_token_id=self.denoiser.mask_token_id,
+            tokens=self.x.clone(),
+            commit_step=self.commit_step.clone(),
+            attention_mask=self.attention_mask.clone(),
+            num_steps=self.step,
+            **stacked,
+        )
+
+
+def _masked_statistics(logits: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher statistics at masked positions: logits [B, L, V] -> top1 [B, L] int64 (-1 elsewhere) and
+    top1_prob / margin / entropy [B, L] float32 (NaN elsewhere)."""
+    log_probs = torch.log_softmax(logits[masked].float(), dim=-1)
+    probs = log_probs.exp()
+    top2 = probs.topk(2, dim=-1)
+    entropy = -(probs * log_probs.clamp_min(torch.finfo(torch.float32).min)).sum(-1)
+    nan = torch.full(masked.shape, float("nan"), device=logits.device)
+    stats = {"top1": torch.full(masked.shape, -1, dtype=torch.long, device=logits.device)}
+    stats["top1"][masked] = top2.indices[:, 0]
+    for name, value in (("top1_prob", top2.values[:, 0]), ("margin", top2.values[:, 0] - top2.values[:, 1]),
+                        ("entropy", entropy)):
+        stats[name] = nan.clone()
+        stats[name][masked] = value
+    return stats
