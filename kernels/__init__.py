@@ -151,3 +151,90 @@ def unpack_int4(packed: torch.Tensor, k: int | None = None) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # Calibration-loss ops: weighted_mse, clip_search (loss_reference.py, loss.py)
 # ---------------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------------------
+# W4A4 deployment ops: quantize_act_packed, w4a4_matmul and the GEMM weight layout (gemm_reference.py, gemm.py)
+# ---------------------------------------------------------------------------------------------------------
+from .gemm_reference import padded_k, pack_weight_for_gemm, unpack_weight_for_gemm  # noqa: E402
+
+registry.register_triton_module(__name__ + ".gemm")
+__all__ += ["quantize_act_packed", "w4a4_matmul", "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
+
+
+def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    check_float_tensor(op, name, t)
+    check_same_device(op, "x", x, name, t)
+    if t.dim() != 2 or t.shape[0] != t.shape[1]:
+        raise ValueError(f"faircalib.kernels.{op}: {name} must be a square [n, n] factor, got shape {tuple(t.shape)}")
+
+
+def quantize_act_packed(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio | None = None,
+                        channel_scale: torch.Tensor | None = None, left: torch.Tensor | None = None,
+                        right: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online transform + per-token quantization, the activation half of a W4A4 linear, in one pass:
+    x [..., K] float -> (codes int8 [..., K], scales fp32 [..., 1]) of x' = leftᵀ · (X ⊙ C) · right, with X and C
+    (`channel_scale [K]`) viewed as [n1, n2] (`left [n1, n1]`, `right [n2, n2]`, n1·n2 = K; each part optional).
+    Codes stay one per byte: they are the A operand of `w4a4_matmul`. Numerics as `quantize_act` with
+    `scale = clip_ratio · absmax / (2^(bits-1) - 1)`; `clip_ratio` is a float or a 0-d tensor."""
+    op = "quantize_act_packed"
+    check_float_tensor(op, "x", x)
+    check_min_dims(op, "x", x, 1)
+    check_bits(op, bits)
+    k = x.shape[-1]
+    _check_square(op, "left", left, x)
+    _check_square(op, "right", right, x)
+    n1 = left.shape[0] if left is not None else (k // right.shape[0] if right is not None else 1)
+    n2 = right.shape[0] if right is not None else k // n1
+    if n1 * n2 != k:
+        raise ValueError(f"faircalib.kernels.{op}: factor sizes {n1} x {n2} do not multiply to K={k} of x "
+                         f"{tuple(x.shape)}; give factors with n1 * n2 = K (e.g. 56 x 64 for K=3584)")
+    if channel_scale is not None:
+        check_float_tensor(op, "channel_scale", channel_scale)
+        if tuple(channel_scale.shape) != (k,):
+            raise ValueError(f"faircalib.kernels.{op}: channel_scale must have shape ({k},), got "
+                             f"{tuple(channel_scale.shape)}")
+    clip = None if clip_ratio is None else _clip_tensor(op, "clip_ratio", clip_ratio, x, ())
+    codes, scales = ops.quantize_act_packed(x.reshape(-1, k), channel_scale, left, right, clip, bits)
+    return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)
+
+
+def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor,
+                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """y = (A · Wᵀ, an exact int32 sum) · a_scale[m] · w_scale[n] (+ bias[n]), fp32 epilogue, cast to out_dtype.
+
+    a_codes int8 [..., K] (any int8 values; from `quantize_act_packed`), a_scales fp32 [..., 1],
+    w_packed int8 [N, padded_k(K) / 2] from `pack_weight_for_gemm` (4-bit codes, per-channel),
+    w_scales fp32 [N] or [N, 1], bias [N] -> [..., N] out_dtype."""
+    op = "w4a4_matmul"
+    for name, t, dtype in (("a_codes", a_codes, torch.int8), ("w_packed", w_packed, torch.int8),
+                           ("a_scales", a_scales, torch.float32), ("w_scales", w_scales, torch.float32)):
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype:
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"faircalib.kernels.{op}: {name} must be a {dtype} tensor, got {got}")
+    check_min_dims(op, "a_codes", a_codes, 1)
+    check_dims(op, "w_packed", w_packed, 2)
+    k, n = a_codes.shape[-1], w_packed.shape[0]
+    if w_packed.shape[1] != padded_k(k) // 2:
+        raise ValueError(f"faircalib.kernels.{op}: w_packed {tuple(w_packed.shape)} does not match K={k} of a_codes "
+                         f"{tuple(a_codes.shape)}: expected [N, {padded_k(k) // 2}]; pack with "
+                         f"pack_weight_for_gemm(codes [N, {k}])")
+    if a_scales.shape != (*a_codes.shape[:-1], 1):
+        raise ValueError(f"faircalib.kernels.{op}: a_scales must have shape {(*a_codes.shape[:-1], 1)}, got "
+                         f"{tuple(a_scales.shape)}")
+    if w_scales.numel() != n:
+        raise ValueError(f"faircalib.kernels.{op}: w_scales must hold one scale per output channel ({n}), got "
+                         f"shape {tuple(w_scales.shape)}; per-group weight scales are not supported, use group_size=-1")
+    if bias is not None:
+        check_float_tensor(op, "bias", bias)
+        if tuple(bias.shape) != (n,):
+            raise ValueError(f"faircalib.kernels.{op}: bias must have shape ({n},), got {tuple(bias.shape)}")
+    if not out_dtype.is_floating_point:
+        raise TypeError(f"faircalib.kernels.{op}: out_dtype must be a float dtype, got {out_dtype}")
+    for name, t in (("a_scales", a_scales), ("w_packed", w_packed), ("w_scales", w_scales), ("bias", bias)):
+        if t is not None:
+            check_same_device(op, "a_codes", a_codes, name, t)
+    out = ops.w4a4_matmul(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), w_packed, w_scales.reshape(-1), bias,
+                          out_dtype)
+    return out.reshape(*a_codes.shape[:-1], n)

@@ -171,3 +171,95 @@ fake_quant_weight.register_autograd(_fake_quant_weight_grad, setup_context=_fake
 # ---------------------------------------------------------------------------------------------------------
 # Calibration-loss ops (loss_reference.py, loss.py)
 # ---------------------------------------------------------------------------------------------------------
+from . import loss_reference  # noqa: E402,F401  (registers the reference implementations)
+
+
+def _weighted_mse_fake(a: Tensor, b: Tensor, weights: Tensor, reduction: str) -> Tensor:
+    return a.new_zeros(() if reduction == "sum" else a.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("faircalib::weighted_mse", mutates_args=())
+def weighted_mse(a: Tensor, b: Tensor, weights: Tensor, reduction: str) -> Tensor:
+    """-> fp32 [] ("sum") or [*rows] ("none")."""
+    return _dispatch("weighted_mse", _weighted_mse_fake, a, b, weights, reduction)
+
+
+def _weighted_mse_backward_fake(grad: Tensor, a: Tensor, b: Tensor, weights: Tensor) -> Tensor:
+    return a.new_zeros(a.shape)
+
+
+@torch.library.custom_op("faircalib::weighted_mse_backward", mutates_args=())
+def weighted_mse_backward(grad: Tensor, a: Tensor, b: Tensor, weights: Tensor) -> Tensor:
+    """-> dL/da [*rows, D] a.dtype; dL/db is this op with a and b swapped."""
+    return _dispatch("weighted_mse_backward", _weighted_mse_backward_fake, grad, a, b, weights)
+
+
+def _clip_search_fake(x: Tensor, ratios: Tensor, bits: int, weights: Tensor, group_size: int, reduce: str) -> Tensor:
+    n_candidates = ratios.shape[0]
+    shape = (n_candidates,) if reduce == "sum" else (*x.shape[:-1], num_groups(x.shape[-1], group_size), n_candidates)
+    return x.new_zeros(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("faircalib::clip_search", mutates_args=())
+def clip_search(x: Tensor, ratios: Tensor, bits: int, weights: Tensor, group_size: int, reduce: str) -> Tensor:
+    """-> fp32 [C] ("sum") or [*rows, G, C] ("none")."""
+    return _dispatch("clip_search", _clip_search_fake, x, ratios, bits, weights, group_size, reduce)
+
+
+for _op, _fake in ((weighted_mse, _weighted_mse_fake),
+                   (weighted_mse_backward, _weighted_mse_backward_fake),
+                   (clip_search, _clip_search_fake)):
+    _op.register_fake(_fake)
+
+
+def _weighted_mse_setup(ctx, inputs, output) -> None:
+    a, b, weights, _ = inputs
+    ctx.save_for_backward(a, b, weights)
+
+
+def _weighted_mse_grad(ctx, grad: Tensor):
+    """dL/da = 2 w g (a - b), dL/db = -dL/da; the weights (a fixed prior) get no gradient."""
+    a, b, weights = ctx.saved_tensors
+    need_a, need_b = ctx.needs_input_grad[:2]
+    grad_a = weighted_mse_backward(grad, a, b, weights) if need_a else None
+    if not need_b:
+        return grad_a, None, None, None
+    grad_b = grad_a.neg().to(b.dtype) if need_a else weighted_mse_backward(grad, b, a, weights)
+    return grad_a, grad_b, None, None
+
+
+weighted_mse.register_autograd(_weighted_mse_grad, setup_context=_weighted_mse_setup)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# W4A4 deployment ops (gemm_reference.py, gemm.py)
+# ---------------------------------------------------------------------------------------------------------
+from . import gemm_reference  # noqa: E402  (registers the reference implementations)
+
+
+def _quantize_act_packed_fake(x: Tensor, channel_scale: Tensor | None, left: Tensor | None, right: Tensor | None,
+                              clip: Tensor | None, bits: int) -> tuple[Tensor, Tensor]:
+    return x.new_zeros(x.shape, dtype=torch.int8), x.new_zeros(_row_scale_shape(x), dtype=torch.float32)
+
+
+@torch.library.custom_op("faircalib::quantize_act_packed", mutates_args=())
+def quantize_act_packed(x: Tensor, channel_scale: Tensor | None, left: Tensor | None, right: Tensor | None,
+                        clip: Tensor | None, bits: int) -> tuple[Tensor, Tensor]:
+    """x [M, K] -> (codes int8 [M, K], scales fp32 [M, 1]) of the transformed x."""
+    return _dispatch("quantize_act_packed", _quantize_act_packed_fake, x, channel_scale, left, right, clip, bits)
+
+
+def _w4a4_matmul_fake(a_codes: Tensor, a_scales: Tensor, w_packed: Tensor, w_scales: Tensor, bias: Tensor | None,
+                      out_dtype: torch.dtype) -> Tensor:
+    return a_codes.new_zeros((a_codes.shape[0], w_packed.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("faircalib::w4a4_matmul", mutates_args=())
+def w4a4_matmul(a_codes: Tensor, a_scales: Tensor, w_packed: Tensor, w_scales: Tensor, bias: Tensor | None,
+                out_dtype: torch.dtype) -> Tensor:
+    """a_codes int8 [M, K] x w_packed int8 [N, padded_k(K) / 2] (GEMM layout) -> [M, N] out_dtype."""
+    return _dispatch("w4a4_matmul", _w4a4_matmul_fake, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
+
+
+quantize_act_packed.register_fake(_quantize_act_packed_fake)
+w4a4_matmul.register_fake(_w4a4_matmul_fake)
