@@ -151,6 +151,76 @@ def unpack_int4(packed: torch.Tensor, k: int | None = None) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 # Calibration-loss ops: weighted_mse, clip_search (loss_reference.py, loss.py)
 # ---------------------------------------------------------------------------------------------------------
+from .validation import check_same_shape  # noqa: E402
+
+registry.register_triton_module(__name__ + ".loss")
+__all__ += ["weighted_mse", "clip_search"]
+
+
+def _row_weights(op: str, weights: torch.Tensor | None, x: torch.Tensor, x_name: str) -> torch.Tensor:
+    """Per-row weights checked against x's rows x.shape[:-1]; None means every row weighs 1."""
+    if weights is None:
+        return torch.ones((), dtype=torch.float32, device=x.device)
+    check_float_tensor(op, "weights", weights)
+    check_same_device(op, x_name, x, "weights", weights)
+    check_broadcastable(op, "weights", weights, tuple(x.shape[:-1]), f"row ({x_name}.shape[:-1])")
+    return weights
+
+
+def _check_choice(op: str, name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"faircalib.kernels.{op}: {name}={value!r} is not supported; use one of {choices}")
+
+
+def weighted_mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None,
+                 reduction: str = "sum") -> torch.Tensor:
+    """Row-weighted squared error, the Stage II loss of FAIR-Calib: `sum_i weights_i * ||a_i - b_i||^2`.
+
+    a, b: [*rows, D] float (any dtypes, same shape), rows i index a.shape[:-1] and the last dim is reduced;
+    weights: float, broadcastable to [*rows] (e.g. a position prior [L] against hidden states [B, L, D]; never
+    expanded in memory), None for 1. reduction "sum" -> fp32 scalar, "none" -> fp32 [*rows] (weighted per-row terms).
+    fp32 accumulation, bitwise deterministic (no atomics). Differentiable in a and b (dL/da = 2 w g (a - b),
+    dL/db = -dL/da, in their dtypes); not in weights.
+    """
+    op = "weighted_mse"
+    check_float_tensor(op, "a", a)
+    check_float_tensor(op, "b", b)
+    check_min_dims(op, "a", a, 1)
+    check_same_shape(op, "a", a, "b", b)
+    check_same_device(op, "a", a, "b", b)
+    _check_choice(op, "reduction", reduction, ("sum", "none"))
+    return ops.weighted_mse(a, b, _row_weights(op, weights, a, "a"), reduction)
+
+
+def clip_search(x: torch.Tensor, ratios, bits: int = 4, weights: torch.Tensor | None = None,
+                group_size: int | None = None, reduce: str = "sum") -> torch.Tensor:
+    """Quantization error of every candidate clip ratio, from one read of x.
+
+    For each ratio r: `err(r) = sum (fake_quant(x, clip=r) - x)^2` with symmetric `bits`-bit quantization
+    (`scale = r * absmax / (2^(bits-1) - 1)`, round half to even, clamp), evaluated in fp32 per group of the last
+    dim and multiplied by the group's row weight. x: [*rows, K] float; ratios: [C] float tensor (or sequence) in
+    (0, 1]; weights: float, broadcastable to [*rows], None for 1; group_size: None or -1 (one group per row, as
+    per-token activations or per-channel weights) or a divisor of K (per-group weights).
+    reduce "sum" -> fp32 [C]; "none" -> fp32 [*rows, G, C] (G groups per row), to pick a ratio per row or group.
+    An all-zero group has error 0; a group holding NaN/Inf has error NaN. Not differentiable.
+    """
+    op = "clip_search"
+    check_float_tensor(op, "x", x)
+    check_min_dims(op, "x", x, 1)
+    check_bits(op, bits)
+    if not isinstance(ratios, torch.Tensor):
+        ratios = torch.tensor(ratios, dtype=torch.float32, device=x.device)
+    check_float_tensor(op, "ratios", ratios)
+    check_dims(op, "ratios", ratios, 1)
+    check_same_device(op, "x", x, "ratios", ratios)
+    if ratios.numel() and not bool(((ratios > 0) & (ratios <= 1)).all()):
+        raise ValueError(f"faircalib.kernels.{op}: ratios must lie in (0, 1], got values in "
+                         f"[{ratios.min().item()}, {ratios.max().item()}] (shape {tuple(ratios.shape)})")
+    group_size = -1 if group_size is None else group_size
+    check_group_size(op, group_size, x.shape[-1])
+    _check_choice(op, "reduce", reduce, ("sum", "none"))
+    return ops.clip_search(x, ratios.float(), bits, _row_weights(op, weights, x, "x"), group_size, reduce)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # W4A4 deployment ops: quantize_act_packed, w4a4_matmul and the GEMM weight layout (gemm_reference.py, gemm.py)
