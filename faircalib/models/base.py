@@ -1,0 +1,83 @@
+"""What the native LLaDA and Dream models share: the block-by-block forward pass.
+
+A model is `embed_inputs -> blocks -> head`, and every block is called the same way,
+`block(hidden [B, L, D], **block_kwargs) -> hidden`, so calibration can run (and replace) one block at a time.
+`head` returns the model's *raw* logits (Dream's are shifted by one position, as published); the adapter aligns
+them.
+"""
+import torch
+from transformers.modeling_outputs import MaskedLMOutput
+
+from faircalib.models.rope import positions_from_padding, rotary_cos_sin
+from faircalib.models.weight_init import init_module_
+
+
+class BlockwiseLM:
+    """Mixin for a `PreTrainedModel` that defines `blocks`, `embed_inputs`, `head`, `rope_spec` and `init_std`."""
+
+    def rope_spec(self) -> tuple[int, float]:
+        """-> (head_dim, rope_theta)."""
+        raise NotImplementedError
+
+    def init_std(self) -> float:
+        """Standard deviation of fresh linear/embedding weights (from the family's config)."""
+        raise NotImplementedError
+
+    def tied_weights(self) -> dict[str, str]:
+        """{parameter name not stored in checkpoints: the stored parameter it shares}; empty when untied."""
+        raise NotImplementedError
+
+    def retie_(self) -> None:
+        """Share tied parameters again after `to_empty` or `load_state_dict(assign=True)` split them."""
+        for target, source in self.tied_weights().items():
+            owner, _, leaf = target.rpartition(".")
+            setattr(self.get_submodule(owner), leaf, self.get_parameter(source))
+
+    def initialize_(self, generator: torch.Generator) -> None:
+        """Fresh weights for every module, drawn from `generator` (which must live on the weights' device)."""
+        for module in self.modules():
+            init_module_(module, self.init_std(), generator)
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # The transformers hook (from_config / post_init in 4.x) initialises module by module.
+        init_module_(module, self.init_std())
+
+    def block_kwargs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
+        """input_ids: [B, L] int; attention_mask: [B, L] (1 = token, 0 = padding) or None ->
+        {"position_embeddings": (cos, sin) [B|1, L, Dh] fp32, "attention_mask": bool [B, 1, 1, L] or None}."""
+        check_input_ids(type(self).__name__, input_ids)
+        head_dim, theta = self.rope_spec()
+        batch, length = input_ids.shape
+        key_mask = None
+        if attention_mask is None or bool(attention_mask.bool().all()):
+            positions = torch.arange(length, device=input_ids.device)[None]
+        else:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"{type(self).__name__}: attention_mask has shape {tuple(attention_mask.shape)} but input_ids "
+                    f"has {tuple(input_ids.shape)}; pass a [B, L] mask with 1 for tokens and 0 for padding."
+                )
+            positions = positions_from_padding(attention_mask)
+            key_mask = attention_mask.bool()[:, None, None, :]
+        cos, sin = rotary_cos_sin(positions, head_dim, theta)
+        return {"position_embeddings": (cos, sin), "attention_mask": key_mask}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> MaskedLMOutput:
+        """input_ids: [B, L] int -> MaskedLMOutput(logits [B, L, V]) with the family's raw (published) alignment.
+
+        Extra keyword arguments that generation code passes to remote-code models (use_cache, ...) are ignored:
+        these models have no KV cache.
+        """
+        kwargs = self.block_kwargs(input_ids, attention_mask)
+        hidden = self.embed_inputs(input_ids)
+        for block in self.blocks:
+            hidden = block(hidden, **kwargs)
+        return MaskedLMOutput(logits=self.head(hidden))
+
+
+def check_input_ids(owner: str, input_ids: torch.Tensor) -> None:
+    if input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        raise ValueError(
+            f"{owner}: input_ids must be an integer tensor [B, L], got {input_ids.dtype} of shape "
+            f"{tuple(input_ids.shape)}; add a batch axis with input_ids[None] for a single sequence."
+        )
