@@ -1,0 +1,333 @@
+"""Metrics of a (quantized) dLLM against the full-precision teacher's trajectory.
+
+Every trajectory metric reads one `Trajectory` of the FP teacher and queries a model through
+`logits_fn(input_ids [B, L] int64, attention_mask [B, L] bool | None) -> aligned logits [B, L, V]`
+(index i predicts position i). The teacher's run is replayed teacher-forced: the model always sees the
+teacher's states `state_before(t)`, so the metrics measure decisions, not diverging generations.
+
+A model's *decision* at a position is the argmax of its logits there, the mask token excluded (as the samplers
+do: the mask id can never be committed). LLaDA and Dream only predict masked positions, so the model's top-1 at
+an already committed position i in state t is read by re-masking position i alone in `state_before(t)` (a
+leave-one-out query); at t = c_i (its commit step) position i is masked anyway and the state is read as is.
+
+Let c_i be the step committing generation position i (in 0..S-1) and x_i the committed token.
+- Frontier decision flip rate: over all committed positions, the fraction where the model's decision in
+  `state_before(c_i)` differs from x_i. Also per step t (positions with c_i = t), and for the early (t < S/2) and
+  late (t >= S/2) halves of the run, pooled over positions.
+- Post-commit mismatch: over the pairs (i, t) with t an evaluated state and t > c_i (states t = 1..S, where S is
+  the final sequence), the re-masked top-1 at i in `state_before(t)` compared with x_i. mean-disagree: fraction
+  of pairs that disagree; never-agree: fraction of positions that disagree at every one of their evaluated states.
+- Stability lag of position i: with readings at c_i (the frontier decision) and at every evaluated t > c_i, the
+  smallest t* − c_i such that every reading from t* on equals x_i; None when the reading in the final state
+  (t = S) differs (the position never settles).
+- Cost knob: the re-masked queries number about S·G/2 forward rows per sequence. `stride` evaluates only the
+  states t = stride, 2·stride, ... (and always S); `max_states` then keeps at most that many of them, evenly
+  spaced (S always kept). Fewer states make the lag an upper bound on the grid of evaluated states.
+- Exact-match accuracy: fraction of generations equal to their answer (`zoo.tasks.exact_match`); recovery:
+  quantized accuracy / FP accuracy.
+- Masked-token NLL: the answer of each sequence is masked at random (ratio r ~ U(0, 1) per sequence and draw,
+  each answer token masked with probability r, at least one), and the mean NLL (nats) of the true tokens over all
+  masked positions is reported; seeded, so every model sees the same masks.
+All results are dataclasses whose `to_dict()` is JSON-ready.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from faircalib.diffusion.trajectory import Trajectory
+from faircalib.zoo.tasks import exact_match
+
+LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+class _JSONResult:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluated_states(num_steps: int, stride: int = 1, max_states: int | None = None) -> list[int]:
+    """The later states t (1..S) whose re-masked readings are taken; S always included."""
+    if stride < 1 or (max_states is not None and max_states < 1):
+        raise ValueError(f"metrics: stride={stride} must be >= 1 and max_states={max_states} >= 1 or None")
+    states = list(range(stride, num_steps + 1, stride))
+    if not states or states[-1] != num_steps:
+        states.append(num_steps)
+    if max_states is not None and len(states) > max_states:
+        picks = torch.linspace(0, len(states) - 1, max_states).round().long().unique().tolist()
+        states = [states[k] for k in picks]
+    return states
+
+
+@dataclass
+class Readings:
+    """What a model says along a teacher trajectory [B, L].
+
+    frontier: [B, L] int64, the decision at each committed generation position i in `state_before(c_i)`, -1 on
+    prompt and padding. states: the evaluated later states (T of them). remasked: [T, B, L] int64, the top-1 at i
+    with i re-masked alone in `state_before(states[k])`, for 0 <= c_i < states[k]; -1 elsewhere.
+    """
+
+    frontier: torch.Tensor
+    states: list
+    remasked: torch.Tensor
+
+
+def _decisions(logits_fn: LogitsFn, ids: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int):
+    logits = logits_fn(ids, attention_mask)
+    if logits.dim() != 3 or logits.shape[:2] != ids.shape:
+        raise ValueError(f"metrics: logits_fn returned {tuple(logits.shape)} for input_ids {tuple(ids.shape)}; "
+                         "it must return aligned logits [B, L, V]")
+    logits = logits.clone()
+    logits[..., mask_id] = float("-inf")
+    return logits.argmax(-1).to(ids.device)
+
+
+def _model_mask(trajectory: Trajectory, rows: torch.Tensor) -> torch.Tensor | None:
+    mask = trajectory.attention_mask[rows]
+    return None if bool(mask.all()) else mask
+
+
+@torch.no_grad()
+def frontier_readings(trajectory: Trajectory, logits_fn: LogitsFn, *, batch_rows: int = 64) -> torch.Tensor:
+    """[B, L] int64: the model's decision at each committed generation position in `state_before(c_i)`."""
+    commit = trajectory.commit_step
+    out = torch.full_like(commit, -1)
+    steps, rows = (commit.unsqueeze(0) == torch.arange(trajectory.num_steps, device=commit.device).view(-1, 1, 1)) \
+        .any(-1).nonzero(as_tuple=True)
+    for start in range(0, len(steps), batch_rows):
+        t, b = steps[start:start + batch_rows], rows[start:start + batch_rows]
+        ids = _states(trajectory, t, b)
+        decisions = _decisions(logits_fn, ids, _model_mask(trajectory, b), trajectory.mask_token_id)
+        hit_row, hit_col = (commit[b] == t.unsqueeze(1)).nonzero(as_tuple=True)
+        out[b[hit_row], hit_col] = decisions[hit_row, hit_col]
+    return out
+
+
+@torch.no_grad()
+def remasked_readings(trajectory: Trajectory, logits_fn: LogitsFn, states: Sequence[int], *,
+                      batch_rows: int = 64) -> torch.Tensor:
+    """[T, B, L] int64: top-1 at i with i alone re-masked in `state_before(states[k])`, where 0 <= c_i < states[k];
+    -1 elsewhere. One forward row per (state, position) pair, `batch_rows` rows per call."""
+    commit = trajectory.commit_step
+    times = torch.tensor(list(states), dtype=torch.long, device=commit.device)
+    if len(times) and (times.min() < 1 or times.max() > trajectory.num_steps):
+        raise ValueError(f"metrics: states {list(states)} must lie in 1..{trajectory.num_steps}")
+    pairs = ((commit >= 0).unsqueeze(0) & (commit.unsqueeze(0) < times.view(-1, 1, 1))).nonzero(as_tuple=True)
+    out = torch.full((len(times),) + tuple(commit.shape), -1, dtype=torch.long, device=commit.device)
+    for start in range(0, len(pairs[0]), batch_rows):
+        k, b, i = (p[start:start + batch_rows] for p in pairs)
+        ids = _states(trajectory, times[k], b)
+        row = torch.arange(len(b), device=ids.device)
+        ids[row, i] = trajectory.mask_token_id
+        out[k, b, i] = _decisions(logits_fn, ids, _model_mask(trajectory, b), trajectory.mask_token_id)[row, i]
+    return out
+
+
+def _states(trajectory: Trajectory, steps: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[N, L] int64: `state_before(steps[n])` of row `rows[n]`."""
+    visible = trajectory.commit_step[rows] < steps.unsqueeze(1)
+    return torch.where(visible, trajectory.tokens[rows], trajectory.mask_token_id)
+
+
+def read_trajectory(trajectory: Trajectory, logits_fn: LogitsFn, *, stride: int = 1, max_states: int | None = None,
+                    batch_rows: int = 64) -> Readings:
+    """Every reading the trajectory metrics need, in one pass of queries."""
+    states = evaluated_states(trajectory.num_steps, stride, max_states)
+    return Readings(frontier_readings(trajectory, logits_fn, batch_rows=batch_rows), states,
+                    remasked_readings(trajectory, logits_fn, states, batch_rows=batch_rows))
+
+
+def _generated(trajectory: Trajectory) -> torch.Tensor:
+    """[B, L] bool: committed generation positions."""
+    return trajectory.commit_step >= 0
+
+
+def _rate(numerator, denominator) -> float | None:
+    return float(numerator) / float(denominator) if denominator else None
+
+
+@dataclass
+class FlipRate(_JSONResult):
+    """rate: flips / decisions (None without decisions). per_step: the rate at each step t (None where nothing was
+    committed). early / late: pooled over steps t < S/2 and t >= S/2."""
+
+    rate: float | None
+    flips: int
+    decisions: int
+    per_step: list
+    early: float | None
+    late: float | None
+
+
+def frontier_flip_rate(trajectory: Trajectory, readings: Readings) -> FlipRate:
+    committed = _generated(trajectory)
+    flipped = committed & (readings.frontier != trajectory.tokens)
+    steps = trajectory.commit_step[committed]
+    flips_by_step = torch.bincount(steps, weights=flipped[committed].double(), minlength=trajectory.num_steps)
+    count_by_step = torch.bincount(steps, minlength=trajectory.num_steps)
+    half = (trajectory.num_steps + 1) // 2  # t < S/2  <=>  t < ceil(S/2)
+    return FlipRate(
+        rate=_rate(flipped.sum(), committed.sum()),
+        flips=int(flipped.sum()),
+        decisions=int(committed.sum()),
+        per_step=[_rate(f, n) for f, n in zip(flips_by_step.tolist(), count_by_step.tolist())],
+        early=_rate(flips_by_step[:half].sum(), count_by_step[:half].sum()),
+        late=_rate(flips_by_step[half:].sum(), count_by_step[half:].sum()),
+    )
+
+
+@dataclass
+class PostCommitMismatch(_JSONResult):
+    """mean_disagree: disagreeing_pairs / pairs. never_agree: never_agreeing_positions / positions. states: the
+    evaluated states."""
+
+    mean_disagree: float | None
+    never_agree: float | None
+    pairs: int
+    disagreeing_pairs: int
+    positions: int
+    never_agreeing_positions: int
+    states: list
+
+
+def post_commit_mismatch(trajectory: Trajectory, readings: Readings) -> PostCommitMismatch:
+    valid = readings.remasked >= 0
+    disagree = valid & (readings.remasked != trajectory.tokens.unsqueeze(0))
+    read_positions = valid.any(0)
+    never = read_positions & ~(valid & ~disagree).any(0)
+    return PostCommitMismatch(
+        mean_disagree=_rate(disagree.sum(), valid.sum()),
+        never_agree=_rate(never.sum(), read_positions.sum()),
+        pairs=int(valid.sum()),
+        disagreeing_pairs=int(disagree.sum()),
+        positions=int(read_positions.sum()),
+        never_agreeing_positions=int(never.sum()),
+        states=list(readings.states),
+    )
+
+
+@dataclass
+class StabilityLags(_JSONResult):
+    """lags: one per committed generation position (row-major over [B, L]); None = never settles."""
+
+    lags: list
+    states: list
+
+    def summary(self) -> dict:
+        """mean / median / p90 / max over settled positions and the unsettled fraction."""
+        settled = torch.tensor([lag for lag in self.lags if lag is not None], dtype=torch.float64)
+        if not len(settled):
+            return {"positions": len(self.lags), "unsettled": _rate(len(self.lags), len(self.lags))}
+        return {
+            "positions": len(self.lags),
+            "unsettled": (len(self.lags) - len(settled)) / len(self.lags),
+            "mean": float(settled.mean()),
+            "median": float(settled.median()),
+            "p90": float(torch.quantile(settled, 0.9)),
+            "max": float(settled.max()),
+        }
+
+
+def stability_lags(trajectory: Trajectory, readings: Readings) -> StabilityLags:
+    commit, tokens = trajectory.commit_step, trajectory.tokens
+    times = torch.tensor(readings.states, dtype=torch.long, device=commit.device).view(-1, 1, 1)
+    later = readings.remasked >= 0
+    bad = later & (readings.remasked != tokens.unsqueeze(0))
+    index = torch.arange(len(readings.states), device=commit.device).view(-1, 1, 1)
+    last_bad = torch.where(bad, index, -1).amax(0)
+    first_later = torch.where(later, index, len(readings.states)).amin(0)
+    # Settles at the state after the last disagreement; with no later disagreement, at c_i itself when the
+    # frontier decision agrees, else at the first later reading.
+    settle_index = torch.where(last_bad >= 0, last_bad + 1,
+                               torch.where(readings.frontier == tokens, -1, first_later))
+    padded_times = torch.cat([times.flatten(), times.new_full((1,), -1)])
+    lag = torch.where(settle_index < 0, 0, padded_times[settle_index.clamp(min=0)] - commit)
+    unsettled = settle_index >= len(readings.states)
+    committed = _generated(trajectory)
+    lags = [None if u else int(v) for v, u in zip(lag[committed].tolist(), unsettled[committed].tolist())]
+    return StabilityLags(lags, list(readings.states))
+
+
+def lag_ccdf(lags: Sequence[int | None]) -> dict:
+    """Complementary CDF of lags: {"lag": [0..max], "ccdf": [P(lag > x)]}; unsettled positions count as infinite."""
+    settled = [lag for lag in lags if lag is not None]
+    top = max(settled, default=0)
+    values = torch.tensor([top + 1 if lag is None else lag for lag in lags], dtype=torch.float64)
+    xs = list(range(top + 1))
+    return {"lag": xs, "ccdf": [float((values > x).double().mean()) if len(values) else 0.0 for x in xs]}
+
+
+@dataclass
+class TrajectoryMetrics(_JSONResult):
+    flips: FlipRate
+    mismatch: PostCommitMismatch
+    lags: StabilityLags
+
+
+def trajectory_metrics(trajectory: Trajectory, logits_fn: LogitsFn, *, stride: int = 1,
+                       max_states: int | None = None, batch_rows: int = 64) -> TrajectoryMetrics:
+    """Frontier flips, post-commit mismatch and stability lags of `logits_fn` along the teacher's trajectory."""
+    readings = read_trajectory(trajectory, logits_fn, stride=stride, max_states=max_states, batch_rows=batch_rows)
+    return TrajectoryMetrics(frontier_flip_rate(trajectory, readings), post_commit_mismatch(trajectory, readings),
+                             stability_lags(trajectory, readings))
+
+
+def exact_match_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction of predictions equal to their answer (surrounding whitespace ignored)."""
+    if len(predictions) != len(answers) or not answers:
+        raise ValueError(f"metrics: got {len(predictions)} predictions for {len(answers)} answers; "
+                         "give one prediction per answer, at least one")
+    return sum(exact_match(p, a) for p, a in zip(predictions, answers)) / len(answers)
+
+
+def recovery(quantized_accuracy: float, fp_accuracy: float) -> float | None:
+    """quantized / FP accuracy; None when the FP model scores 0 (recovery is undefined)."""
+    return quantized_accuracy / fp_accuracy if fp_accuracy > 0 else None
+
+
+@dataclass
+class MaskedNLL(_JSONResult):
+    nll: float
+    tokens: int
+
+
+@torch.no_grad()
+def masked_token_nll(logits_fn: LogitsFn, input_ids: torch.Tensor, answer_mask: torch.Tensor, mask_token_id: int,
+                     *, attention_mask: torch.Tensor | None = None, samples: int = 1, seed: int = 0,
+                     batch_rows: int = 64) -> MaskedNLL:
+    """Mean NLL (nats) of the true tokens at randomly masked answer positions (module docstring).
+
+    input_ids: [B, L] int64 full sequences (prompt + answer); answer_mask: [B, L] bool, the answer positions
+    (each row needs at least one); attention_mask: [B, L] bool or None. samples: masking draws per sequence.
+    """
+    if input_ids.dim() != 2 or answer_mask.shape != input_ids.shape or not answer_mask.any(1).all():
+        raise ValueError(f"metrics: masked_token_nll needs input_ids [B, L] and answer_mask of the same shape with "
+                         f"an answer in every row; got {tuple(input_ids.shape)} and {tuple(answer_mask.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    answer = answer_mask.cpu()
+    total, count = 0.0, 0
+    for _ in range(samples):
+        masked = _random_answer_mask(answer, generator).to(input_ids.device)
+        for start in range(0, len(input_ids), batch_rows):
+            rows = slice(start, start + batch_rows)
+            ids = input_ids[rows].masked_fill(masked[rows], mask_token_id)
+            rows_mask = None if attention_mask is None else attention_mask[rows]
+            logits = logits_fn(ids, rows_mask).float()
+            nll = -torch.log_softmax(logits, -1).gather(-1, input_ids[rows].unsqueeze(-1).to(logits.device)).squeeze(-1)
+            total += float(nll[masked[rows].to(nll.device)].sum())
+            count += int(masked[rows].sum())
+    return MaskedNLL(total / count, count)
+
+
+def _random_answer_mask(answer: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """[B, L] bool: each answer position masked with probability r ~ U(0, 1) drawn per row, at least one per row."""
+    ratio = torch.rand(answer.shape[0], 1, generator=generator)
+    masked = answer & (torch.rand(answer.shape, generator=generator) < ratio)
+    # A row with no masked token gets one answer position, chosen uniformly.
+    pick = torch.multinomial(answer.double(), 1, generator=generator).squeeze(1)
+    empty = ~masked.any(1)
+    masked[empty, pick[empty]] = True
+    return masked
