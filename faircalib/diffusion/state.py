@@ -85,14 +85,15 @@ class DenoisingState:
 def _masked_statistics(logits: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
     """Teacher statistics at masked positions: logits [B, L, V] -> top1 [B, L] int64 (-1 elsewhere) and
     top1_prob / margin / entropy [B, L] float32 (NaN elsewhere)."""
-    log_probs = torch.log_softmax(logits[masked].float(), dim=-1)
+    masked_logits = logits[masked]
+    log_probs = torch.log_softmax(masked_logits.float(), dim=-1)
     probs = log_probs.exp()
-    top2 = probs.topk(2, dim=-1)
+    top2 = probs.topk(2, dim=-1).values
     entropy = -(probs * log_probs.clamp_min(torch.finfo(torch.float32).min)).sum(-1)
     nan = torch.full(masked.shape, float("nan"), device=logits.device)
     stats = {"top1": torch.full(masked.shape, -1, dtype=torch.long, device=logits.device)}
-    stats["top1"][masked] = top2.indices[:, 0]
-    for name, value in (("top1_prob", top2.values[:, 0]), ("margin", top2.values[:, 0] - top2.values[:, 1]),
+    stats["top1"][masked] = masked_logits.argmax(-1)  # argmax, as the samplers pick, so ties agree
+    for name, value in (("top1_prob", top2[:, 0]), ("margin", top2[:, 0] - top2[:, 1]),
                         ("entropy", entropy)):
         stats[name] = nan.clone()
         stats[name][masked] = value

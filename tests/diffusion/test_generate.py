@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from faircalib.diffusion import Denoiser, SamplerConfig, generate
+from tests.diffusion.fakes import MASK, PAD, VOCAB, ContextModel, ramp_logits
+
+DETERMINISTIC = {
+    "llada": SamplerConfig(gen_length=8, block_length=4, steps=8),
+    "llada_cfg": SamplerConfig(gen_length=8, steps=4, cfg_scale=1.0),
+    "dream": SamplerConfig(sampler="dream", remasking="maskgit_plus", gen_length=8, steps=4),
+    "dream_margin": SamplerConfig(sampler="dream", remasking="topk_margin", gen_length=8, steps=8),
+    "threshold": SamplerConfig(sampler="threshold", gen_length=8, block_length=4, threshold=0.7),
+}
+PROMPTS = [[4, 5, 6, 7, 8], [9], [10, 11, 12]]
+
+
+def alone(model, config):
+    return [generate(model, [p], config, mask_token_id=MASK).answer[0] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_padded_batch_equals_each_prompt_alone(name, gen):
+    model, config = ContextModel(gen), DETERMINISTIC[name]
+    expected = torch.stack(alone(model, config))
+    from_list = generate(model, PROMPTS, config, mask_token_id=MASK, pad_token_id=PAD)
+    assert from_list.prompt_len == 5
+    assert torch.equal(from_list.answer, expected)
+
+    width = max(map(len, PROMPTS))
+    right = torch.full((3, width), PAD)
+    left, mask = right.clone(), torch.zeros(3, width, dtype=torch.bool)
+    for i, p in enumerate(PROMPTS):
+        right[i, :len(p)] = torch.tensor(p)
+        left[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = True
+    from_right = generate(model, right, config, mask_token_id=MASK, pad_token_id=PAD)
+    from_left = generate(model, left, config, mask_token_id=MASK, attention_mask=mask)
+    assert torch.equal(from_right.answer, expected) and torch.equal(from_left.answer, expected)
+    assert torch.equal(from_right.tokens, from_left.tokens)
+
+
+def test_unpadded_batch_passes_no_attention_mask(gen):
+    model = ContextModel(gen)
+    generate(model, torch.tensor([[4, 5], [6, 7]]), SamplerConfig(gen_length=4, steps=4), mask_token_id=MASK)
+    assert all(mask is None for _, mask in model.calls)
+
+
+def test_unpacks_as_tokens_and_trajectory():
+    tokens, trajectory = generate(ramp_logits, [[4]], SamplerConfig(gen_length=4, steps=4), mask_token_id=MASK)
+    assert tokens.shape == (1, 5) and trajectory is None
+
+
+def test_denoiser_and_adapter_supply_the_mask_id():
+    denoiser = Denoiser(ramp_logits, MASK)
+    assert generate(denoiser, [[4]], SamplerConfig(gen_length=4, steps=4)).tokens.shape == (1, 5)
+
+
+class NoMaskAdapter:
+    mask_token_id = None
+
+    def logits(self, input_ids, attention_mask=None):
+        return ramp_logits(input_ids)
+
+
+def test_model_without_mask_token_is_refused():
+    with pytest.raises(ValueError, match="has no mask token"):
+        generate(ramp_logits, [[4]])
+    with pytest.raises(ValueError, match="NoMaskAdapter has no mask token"):
+        generate(NoMaskAdapter(), [[4]])
+
+
+def test_prompt_plus_answer_longer_than_context_is_refused():
+    denoiser = Denoiser(ramp_logits, MASK, max_length=10)
+    with pytest.raises(ValueError, match=r"prompt length 3 \+ gen_length 8 = 11 exceeds the model context of 10"):
+        generate(denoiser, [[4, 5, 6]], SamplerConfig(gen_length=8, steps=8))
+
+
+@pytest.mark.parametrize(
+    "prompts, kwargs, message",
+    [
+        (torch.zeros(2, 3, 4, dtype=torch.long), {}, r"shape \[B, P\] or \[P\], got \(2, 3, 4\)"),
+        (torch.zeros(2, 3), {}, "integer token ids"),
+        (torch.tensor([[4, PAD, 5]]), {"pad_token_id": PAD}, "row 0 .* has padding between its tokens"),
+        (torch.tensor([[4, 5]]), {"attention_mask": torch.ones(1, 3)}, "attention_mask has shape"),
+        ([[4], [5]], {"attention_mask": torch.ones(2, 1)}, "only accepted with a"),
+        ([], {}, "non-empty sequence"),
+    ],
+)
+def test_bad_prompts_are_refused(prompts, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(ramp_logits, prompts, mask_token_id=MASK, **kwargs)
+
+
+def test_bad_model_outputs_are_refused():
+    with pytest.raises(TypeError, match="cannot generate with a str"):
+        generate("tiny-llada", [[4]])
+    with pytest.raises(ValueError, match=r"logits of shape \(1, 272\) for input_ids \(1, 17\); it must return aligned logits"):
+        generate(lambda x, m: torch.zeros(x.shape[0], x.shape[1] * VOCAB), [[4]], mask_token_id=MASK)
+    with pytest.raises(ValueError, match="mask_token_id=40 is outside the vocabulary of 16"):
+        generate(ramp_logits, [[4]], mask_token_id=40)
+    with pytest.raises(FloatingPointError, match="NaN logits at step 0"):
+        generate(lambda x, m: torch.full((*x.shape, VOCAB), float("nan")), [[4]], mask_token_id=MASK)
+
+
+@pytest.mark.parametrize("sampler", ["llada", "dream", "threshold", "probe"])
+def test_seeded_generation_repeats(sampler):
+    model = ContextModel(torch.Generator().manual_seed(1))
+    config = SamplerConfig(sampler=sampler, gen_length=8, steps=8, temperature=5.0)
+    runs = [generate(model, PROMPTS, config, mask_token_id=MASK, generator=torch.Generator().manual_seed(7))
+            for _ in range(2)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
