@@ -1,0 +1,130 @@
+"""Triton W4A4 kernels against the reference, under the interpreter (conftest): exact integer GEMM (random and
+worst-case data, every variant), epilogue, fused transform + activation quantization, and the custom ops."""
+import pytest
+import torch
+
+from faircalib import kernels
+from faircalib.kernels import gemm, gemm_reference as ref
+
+
+def _codes(shape, gen, low=-8, high=8):
+    return torch.randint(low, high, shape, generator=gen, dtype=torch.int8)
+
+
+def _ones(n):
+    return torch.ones(n)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 16, 128), (37, 24, 200), (70, 17, 384)])
+@pytest.mark.parametrize("swap_ab", [False, True])
+def test_gemm_integer_results_are_exact(gen, m, n, k, swap_ab):
+    a, w = _codes((m, k), gen, -128, 128), _codes((n, k), gen)
+    # Unit scales and an fp32 output expose the int32 accumulator itself (|acc| < 2^24).
+    out = gemm.launch_w4a4_gemm(a, _ones((m, 1)), kernels.pack_weight_for_gemm(w), _ones(n), None, torch.float32,
+                                swap_ab=swap_ab)
+    assert torch.equal(out, ref.int_matmul_exact(a, w).float())
+
+
+def test_gemm_unpacked_int8_weight_variant_is_exact(gen):
+    m, n, k = 20, 16, 200
+    a, w = _codes((m, k), gen), _codes((n, k), gen, -128, 128)
+    out = gemm.launch_w4a4_gemm(a, _ones((m, 1)), w, _ones(n), None, torch.float32, w_packed=False)
+    assert torch.equal(out, ref.int_matmul_exact(a, w).float())
+
+
+@pytest.mark.parametrize("product", [64, -64])
+@pytest.mark.parametrize("swap_ab", [False, True])
+def test_gemm_worst_case_longest_k_is_exact(product, swap_ab):
+    m, n, k = 16, 16, 18944
+    a = torch.full((m, k), -8 if product > 0 else 8, dtype=torch.int8)
+    w = kernels.pack_weight_for_gemm(torch.full((n, k), -8, dtype=torch.int8))
+    out = gemm.launch_w4a4_gemm(a, _ones((m, 1)), w, _ones(n), None, torch.float32, swap_ab=swap_ab)
+    assert (out == product * k).all()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemm_epilogue_matches_reference(gen, bias):
+    m, n, k = 33, 40, 256
+    a, w = _codes((m, k), gen), kernels.pack_weight_for_gemm(_codes((n, k), gen))
+    sa, sw = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen)
+    b = torch.randn(n, generator=gen) if bias else None
+    args = (a, sa, w, sw, b)
+    assert torch.equal(gemm.w4a4_matmul(*args, torch.float32), ref.w4a4_matmul(*args, torch.float32))
+    got, want = gemm.w4a4_matmul(*args, torch.bfloat16), ref.w4a4_matmul(*args, torch.bfloat16)
+    # The interpreter casts fp32 -> bf16 by truncation, the GPU and torch round to nearest: 1 ulp apart at most.
+    torch.testing.assert_close(got.float(), want.float(), rtol=2 ** -7, atol=0)
+
+
+def _orthogonal(n, gen):
+    return torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0].float()
+
+
+@pytest.mark.parametrize("n1,n2,parts", [(1, 200, ""), (64, 64, "lr"), (56, 64, "clr"), (32, 128, "cr"),
+                                         (16, 48, "l"), (16, 148, "lr")])
+def test_act_quant_matches_reference(gen, n1, n2, parts):
+    x = torch.randn(9, n1 * n2, generator=gen).to(torch.bfloat16)
+    x[3] = 0
+    args = (torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None,
+            _orthogonal(n1, gen) if "l" in parts else None, _orthogonal(n2, gen) if "r" in parts else None,
+            torch.tensor(0.9), 4)
+    codes, scales = gemm.quantize_act_packed(x, *args)
+    want_codes, want_scales = ref.quantize_act_packed(x, *args)
+    torch.testing.assert_close(scales, want_scales, rtol=1e-6, atol=0)
+    # The transform's sums run in another order than torch's: a value on a rounding boundary may round the other way.
+    differ = codes != want_codes
+    assert (codes.int() - want_codes.int()).abs().max() <= 1 and differ.float().mean() < 1e-3
+    if not parts:
+        assert not differ.any()
+    assert scales[3] == 0 and not codes[3].any()
+
+
+def test_act_quant_large_factor_falls_back_exactly(gen):
+    assert gemm.fused_transform_supported(56, 64) and not gemm.fused_transform_supported(128, 148)
+    x = torch.randn(3, 16 * 148, generator=gen)
+    args = (None, _orthogonal(16, gen), torch.eye(148) * 2, None, 4)  # 148 pads to 256 > MAX_FUSED_FACTOR
+    got, want = gemm.quantize_act_packed(x, *args), ref.quantize_act_packed(x, *args)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_act_quant_nonfinite_rows(gen):
+    x = torch.randn(3, 64 * 64, generator=gen)
+    x[0, 7], x[2, 0] = float("nan"), float("-inf")
+    codes, scales = gemm.quantize_act_packed(x, None, _orthogonal(64, gen), _orthogonal(64, gen), None, 4)
+    assert scales[0].isnan() and scales[2].isnan() and scales[1].isfinite()
+    assert not codes[0].any() and not codes[2].any()
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_custom_ops_pass_opcheck(gen, backend):
+    x = torch.randn(4, 32 * 16, generator=gen)
+    left, right = _orthogonal(32, gen), _orthogonal(16, gen)
+    w = kernels.pack_weight_for_gemm(_codes((24, 512), gen))
+    with kernels.use_backend(backend):
+        torch.library.opcheck(torch.ops.faircalib.quantize_act_packed, (x, None, left, right, torch.tensor(0.8), 4))
+        codes, scales = kernels.quantize_act_packed(x, left=left, right=right)
+        torch.library.opcheck(torch.ops.faircalib.w4a4_matmul,
+                              (codes, scales, w, torch.rand(24, generator=gen), None, torch.bfloat16))
+
+
+def test_public_ops_compose_to_a_linear(gen):
+    x = torch.randn(2, 5, 256, generator=gen)
+    codes, scales = kernels.quantize_act_packed(x, clip_ratio=1.0)
+    assert codes.shape == (2, 5, 256) and scales.shape == (2, 5, 1)
+    w_codes = _codes((12, 256), gen)
+    y = kernels.w4a4_matmul(codes, scales, kernels.pack_weight_for_gemm(w_codes), torch.ones(12), None,
+                            torch.float32)
+    want = (codes.double() * scales.double()) @ w_codes.double().t()
+    torch.testing.assert_close(y.double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_public_ops_name_the_problem(gen):
+    x = torch.randn(4, 96, generator=gen)
+    with pytest.raises(ValueError, match="n1 \\* n2 = K"):
+        kernels.quantize_act_packed(x, left=torch.eye(5))
+    codes, scales = kernels.quantize_act_packed(x)
+    with pytest.raises(ValueError, match="pack_weight_for_gemm"):
+        kernels.w4a4_matmul(codes, scales, torch.zeros(3, 48, dtype=torch.int8), torch.ones(3))
+    with pytest.raises(ValueError, match="per-group"):
+        kernels.w4a4_matmul(codes, scales, torch.zeros(3, 64, dtype=torch.int8), torch.ones(3, 2))
+    with pytest.raises(TypeError, match="int8"):
+        kernels.w4a4_matmul(codes.float(), scales, torch.zeros(3, 64, dtype=torch.int8), torch.ones(3))
