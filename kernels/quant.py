@@ -90,6 +90,17 @@ def _group_params(x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, strid
 
 
 @triton.jit
+def _to_output(v, dtype: tl.constexpr):
+    """fp32 -> dtype rounding to nearest even, as torch's `.to`. The interpreter truncates fp32 -> bf16, so bf16
+    is rounded on the fp32 bits first (the cast then drops only zero bits); the GPU gives the same result."""
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
 def _levels(x, scale, low, high, flat, bad):
     """-> (v = x / scale with 0 in scale-0 groups, q = clamped rounded level relative to the zero point)."""
     v = tl.where(flat[:, None], 0.0, tl.math.div_rn(x, tl.where(flat | bad, 1.0, scale)[:, None]))
@@ -122,7 +133,7 @@ def _fake_quant_fwd_kernel(x_ptr, clip_max_ptr, clip_min_ptr, out_ptr, scale_ptr
             code = tl.where((bad | flat)[:, None], 0.0, q + zu[:, None] - offset)
             tl.store(out_ptr + out_offsets, code.to(tl.int8), mask=mask)
         else:
-            tl.store(out_ptr + out_offsets, (q * scale[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptr + out_offsets, _to_output(q * scale[:, None], out_ptr.dtype.element_ty), mask=mask)
     if CODES:
         tl.store(scale_ptr + rows, scale, mask=row_mask)
         tl.store(zero_ptr + rows, tl.where(bad | flat, 0.0, zu - offset).to(tl.int8), mask=row_mask)
@@ -260,13 +271,13 @@ def _row_scale_shape(x: torch.Tensor) -> tuple[int, ...]:
 
 @registry.register("fake_quant_act", "triton")
 def fake_quant_act(x: torch.Tensor, clip: torch.Tensor, bits: int) -> torch.Tensor:
-    clip = clip.expand(_row_scale_shape(x))
+    clip = clip.expand(_row_scale_shape(x)).reshape(-1, 1)
     return _fake_quant(x, clip, clip, bits, None, True, codes=False)[0]
 
 
 @registry.register("fake_quant_act_backward", "triton")
 def fake_quant_act_backward(grad_y: torch.Tensor, x: torch.Tensor, clip: torch.Tensor, bits: int):
-    clip = clip.expand(_row_scale_shape(x))
+    clip = clip.expand(_row_scale_shape(x)).reshape(-1, 1)
     grad_x, grad_clip, _ = _fake_quant_backward(grad_y, x, clip, clip, bits, None, True)
     return grad_x, grad_clip.reshape(_row_scale_shape(x))
 
@@ -283,7 +294,7 @@ def fake_quant_weight_backward(grad_y, w, clip_max, clip_min, bits, group_size, 
 
 @registry.register("quantize_act", "triton")
 def quantize_act(x: torch.Tensor, bits: int):
-    one = torch.ones((), dtype=torch.float32, device=x.device).expand(_row_scale_shape(x))
+    one = torch.ones((), dtype=torch.float32, device=x.device)
     codes, scale, _ = _fake_quant(x, one, one, bits, None, True, codes=True)
     return codes, scale.reshape(_row_scale_shape(x))
 
@@ -291,7 +302,7 @@ def quantize_act(x: torch.Tensor, bits: int):
 @registry.register("quantize_weight", "triton")
 def quantize_weight(w: torch.Tensor, bits: int, group_size: int, symmetric: bool):
     groups = num_groups(w.shape[1], group_size)
-    one = torch.ones((), dtype=torch.float32, device=w.device).expand(w.shape[0], groups)
+    one = torch.ones((), dtype=torch.float32, device=w.device)
     codes, scale, zero = _fake_quant(w, one, one, bits, group_size, symmetric, codes=True)
     return codes, scale.reshape(w.shape[0], groups), zero.reshape(w.shape[0], groups)
 
