@@ -158,10 +158,13 @@ __all__ += ["weighted_mse", "clip_search"]
 
 
 def _row_weights(op: str, weights: torch.Tensor | None, x: torch.Tensor, x_name: str) -> torch.Tensor:
-    """Per-row weights checked against x's rows x.shape[:-1]; None means every row weighs 1."""
+    """Per-row weights checked against x's rows x.shape[:-1]; None means every row weighs 1. A weight with x's
+    number of dims and last dim 1 (keepdim form, e.g. [B, L, 1] for x [B, L, D]) is read without that dim."""
     if weights is None:
         return torch.ones((), dtype=torch.float32, device=x.device)
     check_float_tensor(op, "weights", weights)
+    if weights.dim() == x.dim() and weights.shape[-1] == 1:
+        weights = weights.squeeze(-1)
     check_same_device(op, x_name, x, "weights", weights)
     check_broadcastable(op, "weights", weights, tuple(x.shape[:-1]), f"row ({x_name}.shape[:-1])")
     return weights

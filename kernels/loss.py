@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import registry
-from .triton_math import round_half_even
+from .triton_math import cast_rne, round_half_even
 
 TILE_ELEMENTS = 4096
 NUM_WARPS = 8
@@ -131,7 +131,7 @@ def _weighted_mse_grad_kernel(g_ptr, a_ptr, b_ptr, w_ptr, out_ptr, n_rows, n_col
         a = tl.load(a_ptr + rows[:, None] * stride_a_row + cols[None, :] * stride_a_col, mask=mask, other=0.0)
         b = tl.load(b_ptr + rows[:, None] * stride_b_row + cols[None, :] * stride_b_col, mask=mask, other=0.0)
         grad = coef * (a.to(tl.float32) - b.to(tl.float32))
-        tl.store(out_ptr + rows[:, None] * n_cols + cols[None, :], grad.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + rows[:, None] * n_cols + cols[None, :], cast_rne(grad, out_ptr.dtype.element_ty), mask=mask)
 
 
 @registry.register("weighted_mse_backward", "triton")

@@ -24,3 +24,17 @@ def round_half_even(v):
     is already an fp32 result, not a bare product `a * b`: the compiler may fuse `a * b + magic` into one FMA,
     which rounds the exact product instead of its fp32 value."""
     return (v + _ROUNDING_MAGIC) - _ROUNDING_MAGIC
+
+
+@triton.jit
+def cast_rne(v, dtype: tl.constexpr):
+    """fp32 -> `dtype`, rounding to nearest even as torch's `.to(dtype)` does.
+
+    The GPU's fp32 -> bf16 cast already rounds to nearest even, but the interpreter truncates (and ignores
+    `fp_downcast_rounding`), so bf16 is rounded on the fp32 bits first and the cast then drops only zero bits.
+    NaN and ±Inf keep their class; finite values past bf16's range round to ±Inf, as in torch."""
+    if dtype == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        v = bits.to(tl.float32, bitcast=True)
+    return v.to(dtype)
