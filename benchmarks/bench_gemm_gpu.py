@@ -1,0 +1,217 @@
+"""W4A4 GEMM and W4A4 linear (with activation quantization) vs cuBLAS bf16, torch._int_mm and FP8 _scaled_mm, at
+LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks correctness first.
+
+    python benchmarks/bench_gemm_gpu.py [--out DIR] [--variants] [--ms 256,1024,4096,16384]
+
+Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
+`bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench`, which flushes L2
+before every repetition, so weights come from HBM as they do in a real forward pass.
+`--variants` also times the GEMM design alternatives: swapped operand roles, and plain int8 weights (the
+separate-unpack design: its unpack pass is added as the memory-bound estimate 1.5 bytes/weight at memcpy speed).
+Activation path: `quantize_act_packed` with the Kronecker transform of the layer's input size (FlatQuant factors,
+fp32 factors = tf32 MMA, and bf16 factors), its bandwidth counting compulsory bytes (bf16 in, int8 + fp32 out)
+against a device-to-device copy measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
+
+from faircalib import kernels
+from faircalib.calib.transforms import kronecker_factors, random_orthogonal
+from faircalib.kernels import gemm, gemm_reference
+
+SHAPES = [  # (model, role, K, N)
+    ("llada-8b", "q/k/v/o", 4096, 4096), ("llada-8b", "gate/up", 4096, 12288), ("llada-8b", "down", 12288, 4096),
+    ("dream-7b", "q/o", 3584, 3584), ("dream-7b", "gate/up", 3584, 18944), ("dream-7b", "down", 18944, 3584),
+    ("dream-7b", "k/v", 3584, 512),
+]
+
+
+def median_ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+def memcpy_tbps(gen: torch.Generator) -> float:
+    src = torch.randn(256 * 2 ** 20, device="cuda", generator=gen)  # 1 GiB
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / ms / 1e9
+
+
+def check_correctness(gen: torch.Generator, variants: bool) -> list[str]:
+    """Exact integers on random and worst-case data at the longest K; epilogue and activation path vs reference."""
+    lines = []
+    m, n, k = 512, 384, 18944
+    dev = "cuda"
+    a = torch.randint(-128, 128, (m, k), device=dev, generator=gen, dtype=torch.int8)
+    w = torch.randint(-8, 8, (n, k), device=dev, generator=gen, dtype=torch.int8)
+    ones_m, ones_n = torch.ones(m, 1, device=dev), torch.ones(n, device=dev)
+    packed = kernels.pack_weight_for_gemm(w)
+    exact = gemm_reference.int_matmul_exact(a, w)
+    cases = [("packed", dict()), ("packed swap_ab", dict(swap_ab=True))]
+    if variants:
+        cases.append(("int8 weights", dict(w_packed=False)))
+    for name, kw in cases:
+        wt = w if kw.get("w_packed") is False else packed
+        # Random sums stay far below 2^24, so the fp32 output of unit scales is the int32 accumulator itself.
+        got = gemm.launch_w4a4_gemm(a, ones_m, wt, ones_n, None, torch.float32, **kw)
+        ok_random = torch.equal(got.double(), exact.double())
+        worst = []
+        for av, wv in ((-8, -8), (8, -8)):
+            aw = torch.full((256, k), av, device=dev, dtype=torch.int8)
+            ww = torch.full((256, k), wv, device=dev, dtype=torch.int8)
+            wwt = ww if kw.get("w_packed") is False else kernels.pack_weight_for_gemm(ww)
+            out = gemm.launch_w4a4_gemm(aw, torch.ones(256, 1, device=dev), wwt, torch.ones(256, device=dev), None,
+                                        torch.float32, **kw)
+            worst.append(bool((out == av * wv * k).all()))
+        lines.append(f"exact {name}: random int8 x int4, K={k}: {ok_random}; worst case +64/-64 x {k}: {worst}")
+        if not (ok_random and all(worst)):
+            raise SystemExit(f"FAIL: {name} integer GEMM not exact")
+    sa, sw = torch.rand(m, 1, device=dev, generator=gen), torch.rand(n, device=dev, generator=gen)
+    bias = torch.randn(n, device=dev, generator=gen)
+    got = gemm.w4a4_matmul(a, sa, packed, sw, bias, torch.bfloat16).float()
+    want = gemm_reference.w4a4_matmul(a, sa, packed, sw, bias, torch.bfloat16).float()
+    rel = ((got - want).abs() / want.abs().clamp_min(1e-3)).max().item()
+    lines.append(f"epilogue bf16 vs reference: max rel diff {rel:.2e} (1 bf16 ulp = 7.8e-3); "
+                 f"exact elements {(got == want).float().mean().item():.4f}")
+    for kx in (4096, 3584, 12288, 18944):
+        n1, n2 = kronecker_factors(kx)
+        x = torch.randn(2048, kx, device=dev, generator=gen).to(torch.bfloat16)
+        left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to(dev)
+        right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to(dev)
+        want_c, want_s = gemm_reference.quantize_act_packed(x, None, left, right, None, 4)
+        for dtype in (torch.float32, torch.bfloat16):
+            c, s = gemm.quantize_act_packed(x, None, left.to(dtype), right.to(dtype), None, 4)
+            lines.append(f"act quant K={kx} ({n1}x{n2}, factors {str(dtype)[6:]}, fused="
+                         f"{gemm.fused_transform_supported(n1, n2)}): codes differing {(c != want_c).float().mean():.2e}"
+                         f", max |diff| {(c.int() - want_c.int()).abs().max().item()}, scale rel err "
+                         f"{(s / want_s - 1).abs().max().item():.1e}")
+        c, s = gemm.quantize_act_packed(x, None, None, None, None, 4)
+        ref_c, ref_s = gemm_reference.quantize_act_packed(x, None, None, None, None, 4)
+        lines.append(f"act quant K={kx} no transform: bit-exact {torch.equal(c, ref_c) and torch.equal(s, ref_s)}")
+    return lines
+
+
+def fp8_scaled_mm(a_bf16: torch.Tensor, w_bf16: torch.Tensor):
+    """FP8 e4m3 `_scaled_mm` with row-wise scales (falls back to tensor-wise); returns a thunk."""
+    fp8 = torch.float8_e4m3fn
+    sa = a_bf16.float().abs().amax(1, keepdim=True) / 448
+    sw = w_bf16.float().abs().amax(1, keepdim=True).t() / 448
+    a8 = (a_bf16.float() / sa).to(fp8)
+    w8t = (w_bf16.float() / sw.t()).to(fp8).t()  # column-major [K, N]
+    try:
+        torch._scaled_mm(a8, w8t, scale_a=sa, scale_b=sw, out_dtype=torch.bfloat16)
+        return lambda: torch._scaled_mm(a8, w8t, scale_a=sa, scale_b=sw, out_dtype=torch.bfloat16), "rowwise"
+    except RuntimeError:
+        one = torch.ones((), device=a_bf16.device)
+        return lambda: torch._scaled_mm(a8, w8t, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), "tensorwise"
+
+
+def bench_shape(model, role, k, n, m, gen, copy_tbps, variants) -> dict:
+    dev = "cuda"
+    x = torch.randn(m, k, device=dev, generator=gen).to(torch.bfloat16)
+    w = (torch.randn(n, k, device=dev, generator=gen) / k ** 0.5).to(torch.bfloat16)
+    w_codes, w_scales = kernels.quantize_weight(w.float(), bits=4)
+    w_scales = w_scales.reshape(-1)
+    packed = kernels.pack_weight_for_gemm(w_codes)
+    n1, n2 = kronecker_factors(k)
+    left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to(dev)
+    right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to(dev)
+    a_codes, a_scales = gemm.quantize_act_packed(x, None, left, right, None, 4)
+    a_i8_full = torch.randint(-128, 128, (m, k), device=dev, generator=gen, dtype=torch.int8)
+    w_i8_colmajor = torch.randint(-128, 128, (n, k), device=dev, generator=gen, dtype=torch.int8).t()
+    fp8_fn, fp8_mode = fp8_scaled_mm(x, w)
+
+    t = {}
+    t["bf16"] = median_ms(lambda: F.linear(x, w))
+    t["int_mm"] = median_ms(lambda: torch._int_mm(a_i8_full, w_i8_colmajor))
+    t["fp8"] = median_ms(fp8_fn)
+    t["w4a4_gemm"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16))
+    for tag, dtype in (("tf32", torch.float32), ("bf16", torch.bfloat16)):
+        lf, rf = left.to(dtype), right.to(dtype)
+        t[f"act_{tag}"] = median_ms(lambda: gemm.quantize_act_packed(x, None, lf, rf, None, 4))
+
+        def linear(lf=lf, rf=rf):
+            c, s = gemm.quantize_act_packed(x, None, lf, rf, None, 4)
+            return gemm.w4a4_matmul(c, s, packed, w_scales, None, torch.bfloat16)
+
+        t[f"w4a4_linear_{tag}"] = median_ms(linear)
+    t["act_none"] = median_ms(lambda: gemm.quantize_act_packed(x, None, None, None, None, 4))
+    if variants:
+        t["w4a4_gemm_swap"] = median_ms(lambda: gemm.launch_w4a4_gemm(a_codes, a_scales, packed, w_scales, None,
+                                                                        torch.bfloat16, swap_ab=True))
+        t["w4a4_gemm_noswap"] = median_ms(lambda: gemm.launch_w4a4_gemm(a_codes, a_scales, packed, w_scales, None,
+                                                                          torch.bfloat16, swap_ab=False))
+        t["int8w_gemm"] = median_ms(lambda: gemm.launch_w4a4_gemm(a_codes, a_scales, w_codes, w_scales, None,
+                                                                    torch.bfloat16, w_packed=False))
+        t["int8w_gemm_plus_unpack_est"] = t["int8w_gemm"] + 1.5 * n * k / (copy_tbps * 1e9)
+    flops = 2 * m * n * k
+    act_bytes = m * k * 2 + m * k + m * 4
+    rec = {"model": model, "role": role, "M": m, "N": n, "K": k, "kron": f"{n1}x{n2}",
+           "fused_transform": gemm.fused_transform_supported(n1, n2), "fp8_scaling": fp8_mode,
+           "ms": t, "tops": {key: flops / v / 1e9 for key, v in t.items() if not key.startswith("act")},
+           "act_tbps": {key: act_bytes / v / 1e9 for key, v in t.items() if key.startswith("act")}}
+    rec["vs_bf16"] = {key: t["bf16"] / v for key, v in t.items() if not key.startswith("act")}
+    return rec
+
+
+def table(records: list[dict], copy_tbps: float, variants: bool) -> str:
+    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "w4a4_linear_tf32", "w4a4_linear_bf16"]
+    if variants:
+        cols += ["w4a4_gemm_swap", "w4a4_gemm_noswap", "int8w_gemm", "int8w_gemm_plus_unpack_est"]
+    head = "| model | role | M | N | K | " + " | ".join(f"{c} TOPS (×bf16)" for c in cols) + \
+           " | act quant TB/s tf32 / bf16 / none (×memcpy) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        cells = [f"{r['tops'][c]:.0f} ({r['vs_bf16'][c]:.2f})" for c in cols]
+        act = " / ".join(f"{r['act_tbps'][f'act_{tag}']:.2f}" for tag in ("tf32", "bf16", "none"))
+        act += f" ({r['act_tbps']['act_bf16'] / copy_tbps:.2f})"
+        lines.append(f"| {r['model']} | {r['role']} | {r['M']} | {r['N']} | {r['K']} | " + " | ".join(cells) +
+                     f" | {act} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--ms", default="256,1024,4096,16384")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_gemm_gpu: needs a CUDA GPU")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    started = time.time()
+    checks = check_correctness(gen, args.variants)
+    print("\n".join(checks), flush=True)
+    copy_tbps = memcpy_tbps(gen)
+    records = []
+    for model, role, k, n in SHAPES:
+        for m in map(int, args.ms.split(",")):
+            records.append(bench_shape(model, role, k, n, m, gen, copy_tbps, args.variants))
+            r = records[-1]
+            print(f"{model} {role} M={m}: " + ", ".join(f"{key} {v:.2f}" for key, v in r["vs_bf16"].items()),
+                  flush=True)
+    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "cuda": torch.version.cuda, "python": platform.python_version(), "memcpy_tbps": copy_tbps,
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": time.time() - started}
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "bench_gemm.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"env": env, "checks": checks, "records": records}, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"\n{env}\nmemcpy {copy_tbps:.2f} TB/s (read + write)\n")
+    print(table(records, copy_tbps, args.variants))
+
+
+if __name__ == "__main__":
+    main()
