@@ -33,13 +33,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from faircalib.diffusion.trajectory import Trajectory
+from faircalib.diffusion import SamplerConfig, Trajectory, as_denoiser, generate
+from faircalib.diffusion.trajectory import STAT_FIELDS
+from faircalib.metrics import read_trajectory, stability_lags
 
 SCHEDULES = ("linear", "exp", "constant")
 CONFIDENCES = ("prob", "neg_entropy", "margin")
@@ -263,3 +266,58 @@ class PositionPrior:
         from faircalib.calib.plots import plot_prior  # matplotlib only when a plot is asked for
 
         return plot_prior(self, path)
+
+
+@torch.no_grad()
+def run_probe(model, prompts: Sequence, config: PriorConfig, sampler: SamplerConfig, *, seq_len: int,
+              generator: torch.Generator | None = None, mask_token_id: int | None = None,
+              progress: bool = True) -> PositionPrior:
+    """Stage I: rolls the FP teacher out on `prompts` and returns the position prior for sequences of `seq_len`.
+
+    model: whatever `faircalib.diffusion.generate` accepts (a model, an adapter, or a logits function with
+    `mask_token_id`). prompts: 1-D prompts (lists of ids or tensors), cycled until `config.n_probe` rollouts, in
+    batches of `config.batch_size`. sampler: a `probe` SamplerConfig (random commit order; its gen_length and
+    steps set the rollout). generator: all randomness; None seeds a CPU generator with `config.seed`.
+    Stops early once one batch changes w̄ by less than `config.tol` (mean absolute change; w̄ has mean 1).
+    The `uniform` prior needs no rollouts and returns at once.
+    """
+    if sampler.sampler != "probe":
+        raise ValueError(f"calib.prior: Stage I rolls out with a random commit order, but sampler={sampler.sampler!r}; "
+                         "pass SamplerConfig(sampler='probe', gen_length=..., steps=...)")
+    if len(prompts) == 0 or seq_len < 1:
+        raise ValueError(f"calib.prior: run_probe needs at least one prompt and seq_len >= 1, got {len(prompts)} "
+                         f"prompts and seq_len={seq_len}")
+    if config.terms == "uniform":
+        return PositionPrior(config, torch.ones(sampler.gen_length, dtype=torch.float64), seq_len,
+                             sampler=sampler.to_dict())
+    teacher = as_denoiser(model, mask_token_id=mask_token_id)
+    generator = torch.Generator().manual_seed(config.seed) if generator is None else generator
+    scores, weights, changes, lags, lag_rows, done = None, None, [], [], 0, 0
+    with tqdm(total=config.n_probe, desc="Stage I probe", unit="rollout", disable=not progress) as bar:
+        while done < config.n_probe:
+            count = min(config.batch_size, config.n_probe - done)
+            batch = [prompts[(done + k) % len(prompts)] for k in range(count)]
+            _, trajectory = generate(teacher, batch, sampler, generator=generator, record=True)
+            batch_scores = accumulate_scores(trajectory, config)
+            scores = batch_scores if scores is None else scores + batch_scores
+            if lag_rows < config.lag_rollouts:
+                measured = _first_rows(trajectory, config.lag_rollouts - lag_rows)
+                readings = read_trajectory(measured, teacher.logits, max_states=config.lag_max_states)
+                lags += stability_lags(measured, readings).lags
+                lag_rows += measured.tokens.shape[0]
+            done += count
+            previous, weights = weights, normalise(scores, seq_len, config)
+            if previous is not None:
+                changes.append(float((weights - previous).abs().mean()))
+                bar.set_postfix(change=f"{changes[-1]:.4f}")
+            bar.update(count)
+            if config.tol is not None and changes and changes[-1] < config.tol:
+                break
+    return PositionPrior(config, scores, seq_len, done, lags, changes, sampler.to_dict())
+
+
+def _first_rows(trajectory: Trajectory, rows: int) -> Trajectory:
+    """The trajectory of its first `rows` sequences (batch dim 0 of the [B, L] fields, 1 of the [S, B, L] ones)."""
+    per_step = {name: getattr(trajectory, name)[:, :rows] for name in STAT_FIELDS}
+    return replace(trajectory, tokens=trajectory.tokens[:rows], commit_step=trajectory.commit_step[:rows],
+                   attention_mask=trajectory.attention_mask[:rows], **per_step)
