@@ -175,11 +175,11 @@ def _w4a4_gemm_kernel(a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_
         a_lo, a_hi = _load_halves(a_ptr, rm_in, stride_am, k0, K, False, EVEN_K, HALF)
         w_lo, w_hi = _load_halves(w_ptr, rn_in, stride_wn, k0, K, W_PACKED, EVEN_K, HALF)
         if SWAP_AB:
-            acc = tl.dot(w_lo, tl.trans(a_lo), acc)
-            acc = tl.dot(w_hi, tl.trans(a_hi), acc)
+            acc = tl.dot(w_lo, tl.trans(a_lo), acc, out_dtype=tl.int32)
+            acc = tl.dot(w_hi, tl.trans(a_hi), acc, out_dtype=tl.int32)
         else:
-            acc = tl.dot(a_lo, tl.trans(w_lo), acc)
-            acc = tl.dot(a_hi, tl.trans(w_hi), acc)
+            acc = tl.dot(a_lo, tl.trans(w_lo), acc, out_dtype=tl.int32)
+            acc = tl.dot(a_hi, tl.trans(w_hi), acc, out_dtype=tl.int32)
     if SWAP_AB:
         acc = tl.trans(acc)
     sa = tl.load(sa_ptr + rm_in)
