@@ -24,7 +24,8 @@ def plot_prior(prior, path) -> Path:
     ccdf = lag_ccdf(prior.stability_lags)
     if prior.stability_lags:
         lag_axis.step(ccdf["lag"], ccdf["ccdf"], where="post")
-        lag_axis.set_yscale("log")
+        if any(p > 0 for p in ccdf["ccdf"]):  # a log axis needs a positive value; heavy tails show only on one
+            lag_axis.set_yscale("log")
     else:
         lag_axis.text(0.5, 0.5, "no stability lags measured", ha="center", va="center", transform=lag_axis.transAxes)
     unsettled = sum(lag is None for lag in prior.stability_lags)
