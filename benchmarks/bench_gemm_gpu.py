@@ -48,9 +48,17 @@ def memcpy_tbps(gen: torch.Generator) -> float:
     return 2 * src.numel() * 4 / ms / 1e9
 
 
+class _Log(list):
+    """Check results, printed as they come (a later failure keeps what was found)."""
+
+    def append(self, line: str) -> None:
+        print(line, flush=True)
+        super().append(line)
+
+
 def check_correctness(gen: torch.Generator, variants: bool) -> list[str]:
     """Exact integers on random and worst-case data at the longest K; epilogue and activation path vs reference."""
-    lines = []
+    lines = _Log()
     m, n, k = 512, 384, 18944
     dev = "cuda"
     a = torch.randint(-128, 128, (m, k), device=dev, generator=gen, dtype=torch.int8)
@@ -93,7 +101,7 @@ def check_correctness(gen: torch.Generator, variants: bool) -> list[str]:
         for dtype in (torch.float32, torch.bfloat16):
             c, s = gemm.quantize_act_packed(x, None, left.to(dtype), right.to(dtype), None, 4)
             lines.append(f"act quant K={kx} ({n1}x{n2}, factors {str(dtype)[6:]}, fused="
-                         f"{gemm.fused_transform_supported(n1, n2)}): codes differing {(c != want_c).float().mean():.2e}"
+                         f"{gemm.fused_transform_supported(n1, n2, dtype)}): codes differing {(c != want_c).float().mean():.2e}"
                          f", max |diff| {(c.int() - want_c.int()).abs().max().item()}, scale rel err "
                          f"{(s / want_s - 1).abs().max().item():.1e}")
         c, s = gemm.quantize_act_packed(x, None, None, None, None, 4)
@@ -158,7 +166,8 @@ def bench_shape(model, role, k, n, m, gen, copy_tbps, variants) -> dict:
     flops = 2 * m * n * k
     act_bytes = m * k * 2 + m * k + m * 4
     rec = {"model": model, "role": role, "M": m, "N": n, "K": k, "kron": f"{n1}x{n2}",
-           "fused_transform": gemm.fused_transform_supported(n1, n2), "fp8_scaling": fp8_mode,
+           "fused_transform_bf16": gemm.fused_transform_supported(n1, n2, torch.bfloat16),
+           "fused_transform_fp32": gemm.fused_transform_supported(n1, n2, torch.float32), "fp8_scaling": fp8_mode,
            "ms": t, "tops": {key: flops / v / 1e9 for key, v in t.items() if not key.startswith("act")},
            "act_tbps": {key: act_bytes / v / 1e9 for key, v in t.items() if key.startswith("act")}}
     rec["vs_bf16"] = {key: t["bf16"] / v for key, v in t.items() if not key.startswith("act")}
@@ -192,7 +201,6 @@ def main() -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     started = time.time()
     checks = check_correctness(gen, args.variants)
-    print("\n".join(checks), flush=True)
     copy_tbps = memcpy_tbps(gen)
     records = []
     for model, role, k, n in SHAPES:

@@ -4,7 +4,7 @@
 load x (viewed as an [n1, n2] tile, padded to powers of two), scale by the channel scale, right- and
 left-multiply on tensor cores (in the factors' dtype: tf32 for fp32 factors, bf16 for bf16 factors), then absmax,
 scale, round half to even, clamp, store int8 codes and the fp32 scale. Factors whose padded tiles exceed
-MAX_FUSED_TILE do not fit one program's registers: the transform then runs as a torch matmul and the kernel only
+MAX_FUSED_SMEM do not fit one program: the transform then runs as a torch matmul and the kernel only
 quantizes (reported by `fused_transform_supported`).
 
 `w4a4_matmul`: INT8 tensor-core GEMM with int32 accumulation (exact: |sum| <= 128·8·K < 2^31), weights in the
@@ -25,9 +25,9 @@ from . import registry
 from .gemm_reference import GEMM_K_GROUP, kronecker_apply
 from .triton_math import round_half_even
 
-# Largest padded [n1, n2] tile (and factor) the fused transform keeps in one program.
-MAX_FUSED_TILE = 128 * 128
-MAX_FUSED_FACTOR = 128
+# Shared-memory budget of the fused transform: its padded factors and the [n1, n2] tile staged for the two MMAs
+# take about elem_bytes * (p1 + p2)^2 (measured on H100: 128x128 in fp32, 256 KiB, does not fit; 228 KiB max).
+MAX_FUSED_SMEM = 160 * 1024
 # At or below this many tokens the GEMM swaps operand roles (see module doc).
 SWAP_AB_MAX_M = 64
 
@@ -41,10 +41,11 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def fused_transform_supported(n1: int, n2: int) -> bool:
-    """Whether a Kronecker transform with factors (n1, n2) runs inside the quantization kernel."""
+def fused_transform_supported(n1: int, n2: int, dtype: torch.dtype) -> bool:
+    """Whether a Kronecker transform with factors (n1, n2) of `dtype` runs inside the quantization kernel."""
     p1, p2 = _pow2(n1), _pow2(n2)
-    return p1 <= MAX_FUSED_FACTOR and p2 <= MAX_FUSED_FACTOR and p1 * p2 <= MAX_FUSED_TILE
+    elem = torch.finfo(dtype).bits // 8
+    return elem * (p1 + p2) ** 2 <= MAX_FUSED_SMEM
 
 
 @triton.jit
@@ -93,7 +94,8 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
     m, k = x.shape
     n1 = left.shape[0] if left is not None else (k // right.shape[0] if right is not None else 1)
     n2 = k // n1
-    if (left is not None or right is not None) and not fused_transform_supported(n1, n2):
+    factor = left if left is not None else right
+    if factor is not None and not fused_transform_supported(n1, n2, factor.dtype):
         x, channel_scale, left, right = kronecker_apply(x, channel_scale, left, right), None, None, None
         n1, n2 = 1, k
     if x.stride(1) != 1:
