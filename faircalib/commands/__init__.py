@@ -1,0 +1,1 @@
+"""Implementations of the `faircalib` subcommands, one module per command (see `faircalib/cli.py`)."""

@@ -1,0 +1,78 @@
+"""`faircalib eval`: exact-match accuracy per task on held-out problems, written as a JSON report."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator,
+                                        load_model_and_tokenizer, sampler_config)
+
+HELP = "exact-match accuracy per task of a model on the task suite (JSON report)"
+
+
+def add_arguments(parser):
+    parser.add_argument("--out", type=Path, help="write the JSON report here (atomically); always printed too")
+    parser.add_argument("--n", type=int, help="problems per task (default: the whole split, 64 held-out)")
+    parser.add_argument("--tasks", nargs="+", help="tasks to evaluate (default: all)")
+    parser.add_argument("--split", default="heldout", help="task split (default: heldout)")
+    parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate call (default 64)")
+    add_model_arguments(parser)
+    add_sampler_arguments(parser)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from faircalib.zoo import exact_match, load_tasks
+    from faircalib.zoo.evaluate import answers
+
+    if args.batch_size < 1 or (args.n is not None and args.n < 1):
+        args.parser.error(f"--batch-size {args.batch_size} and --n {args.n} must be >= 1")
+    try:
+        problems = load_tasks(args.split, n=args.n, tasks=args.tasks)
+    except ValueError as error:
+        args.parser.error(str(error))
+    model, tokenizer = load_model_and_tokenizer(args)
+    config, rng = sampler_config(args, model), generator(args)
+    hits, totals = Counter(), Counter(p.task for p in problems)
+    start = time.perf_counter()
+    with tqdm(total=len(problems), desc=f"eval {args.model}", unit="problem", disable=None) as progress:
+        for first in range(0, len(problems), args.batch_size):
+            chunk = problems[first:first + args.batch_size]
+            for problem, pred in zip(chunk, answers(model, tokenizer, [p.prompt for p in chunk], config,
+                                                    generator=rng)):
+                hits[problem.task] += exact_match(pred, problem.answer)
+            progress.update(len(chunk))
+    report = {
+        "model": str(args.model),
+        "split": args.split,
+        "n": len(problems),
+        "accuracy": sum(hits.values()) / len(problems),
+        "tasks": {task: {"accuracy": hits[task] / total, "n": total} for task, total in totals.items()},
+        "sampler": config.to_dict(),
+        "seed": args.seed,
+        "dtype": args.dtype,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        write_atomically(args.out, text + "\n")
+    print(text)
+    return 0
+
+
+def write_atomically(path: Path, text: str):
+    """A reader sees the old file or the whole new one, never a partial report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

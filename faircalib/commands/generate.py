@@ -1,0 +1,61 @@
+"""`faircalib generate`: answer prompts with a diffusion sampler; `--trace` shows every denoising step."""
+from __future__ import annotations
+
+from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator,
+                                        load_model_and_tokenizer, sampler_config)
+
+HELP = "generate answers to prompts (prints one answer per prompt)"
+MASK_GLYPH, EOS_GLYPH = "_", "|"
+
+
+def add_arguments(parser):
+    parser.add_argument("--prompt", action="append", required=True,
+                        help="prompt text; repeat for a batch (e.g. --prompt 12+34= --prompt sort:321=)")
+    parser.add_argument("--trace", action="store_true",
+                        help="print the sequence before every step (masked positions as _, eos as |)")
+    add_model_arguments(parser)
+    add_sampler_arguments(parser)
+
+
+def run(args) -> int:
+    import torch
+
+    from faircalib.diffusion import generate
+
+    model, tokenizer = load_model_and_tokenizer(args)
+    config = sampler_config(args, model)
+    try:
+        prompts = [torch.tensor(tokenizer.encode(p), dtype=torch.long, device=args.device) for p in args.prompt]
+    except ValueError as error:
+        args.parser.error(str(error))
+    out = generate(model, prompts, config, generator=generator(args), record=args.trace,
+                   pad_token_id=tokenizer.pad_token_id)
+    for row, answer in enumerate(out.answer.tolist()):
+        if args.trace:
+            print_trace(out.trajectory, row, tokenizer)
+        print(tokenizer.decode(answer))
+    return 0
+
+
+def print_trace(trajectory, row: int, tokenizer):
+    """One line per step: the state the model saw, then how many positions that step committed."""
+    for t in range(trajectory.num_steps):
+        state = trajectory.state_before(t)[row]
+        committed = int(trajectory.committed_at(t)[row].sum())
+        print(f"step {t:>3} {render(state, trajectory, row, tokenizer)}  +{committed}")
+    print(f"final    {render(trajectory.tokens[row], trajectory, row, tokenizer)}")
+
+
+def render(ids, trajectory, row: int, tokenizer) -> str:
+    """Token ids -> one printable string: padding dropped, mask and eos as visible glyphs."""
+    glyphs = []
+    for i, token in enumerate(ids.tolist()):
+        if not trajectory.attention_mask[row, i]:
+            continue
+        if token == trajectory.mask_token_id:
+            glyphs.append(MASK_GLYPH)
+        elif token == tokenizer.eos_token_id:
+            glyphs.append(EOS_GLYPH)
+        else:
+            glyphs.append(tokenizer.decode([token]))
+    return "".join(glyphs)

@@ -1,0 +1,108 @@
+"""The `faircalib` command, run in-process on tiny random checkpoints saved to a temporary directory."""
+import json
+
+import pytest
+import torch
+
+from faircalib.cli import COMMANDS, main
+from faircalib.diffusion import SamplerConfig, generate
+from faircalib.models import build_random, load_model, save_model
+from faircalib.zoo import CharTokenizer, checkpoint_dir
+
+TOKENIZER = CharTokenizer()
+SIZES = {
+    "llada": dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=64,
+                  embedding_size=TOKENIZER.vocab_size, max_sequence_length=64, eos_token_id=TOKENIZER.eos_token_id),
+    "dream": dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1,
+                  intermediate_size=64, max_position_embeddings=64),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """{family: directory} of tiny random checkpoints with the character tokenizer."""
+    paths = {}
+    for family, size in SIZES.items():
+        config = dict(size, vocab_size=TOKENIZER.vocab_size, mask_token_id=TOKENIZER.mask_token_id)
+        path = tmp_path_factory.mktemp(family)
+        save_model(build_random(family, config, generator=torch.Generator().manual_seed(0)), path)
+        TOKENIZER.save(path)
+        paths[family] = str(path)
+    return paths
+
+
+def test_no_arguments_runs_the_default_job(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: faircalib")
+    assert all(name in out for name in COMMANDS)
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    assert "generate" in capsys.readouterr().out
+
+
+def test_generate_prints_one_answer_per_prompt(checkpoints, capsys):
+    assert main(["generate", "--model", checkpoints["llada"], "--prompt", "12+34=", "--prompt", "5=",
+                 "--gen-length", "8", "--block-length", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    model = load_model(checkpoints["llada"])
+    prompts = [torch.tensor(TOKENIZER.encode(p)) for p in ("12+34=", "5=")]
+    out = generate(model, prompts, SamplerConfig(gen_length=8, steps=8, block_length=4),
+                   pad_token_id=TOKENIZER.pad_token_id)
+    assert lines == [TOKENIZER.decode(row) for row in out.answer.tolist()]
+
+
+def test_generate_trace_shows_every_step(checkpoints, capsys):
+    assert main(["generate", "--model", checkpoints["dream"], "--prompt", "7+8=", "--trace",
+                 "--gen-length", "6", "--steps", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 + 1 + 1  # three steps, the final state, the answer
+    assert lines[0].split()[:3] == ["step", "0", "7+8=______"]
+    # Dream on the grid 1, .667, .334, .001: floor(6 * .333) = 1, floor(5 * .499) = 2, then the remaining 3
+    assert [line.split()[-1] for line in lines[:3]] == ["+1", "+2", "+3"]
+    assert lines[3].startswith("final    7+8=") and "_" not in lines[3]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--prompt", "12?"], "not in the alphabet"),
+        (["--prompt", "1=", "--gen-length", "10", "--block-length", "4"], "not divisible by block_length=4"),
+        (["--prompt", "1=", "--sampler", "dream", "--remasking", "random"], "does not exist for sampler 'dream'"),
+    ],
+)
+def test_generate_usage_errors(checkpoints, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--model", checkpoints["llada"], *argv])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_writes_the_report_atomically(checkpoints, capsys, tmp_path):
+    out = tmp_path / "reports" / "report.json"
+    assert main(["eval", "--model", checkpoints["dream"], "--out", str(out), "--n", "2", "--tasks", "add", "rev",
+                 "--batch-size", "3", "--seed", "5"]) == 0
+    report = json.loads(out.read_text())
+    assert report == json.loads(capsys.readouterr().out)
+    assert report["n"] == 4 and report["seed"] == 5 and report["split"] == "heldout"
+    assert set(report["tasks"]) == {"add", "rev"}
+    assert all(task["n"] == 2 and 0 <= task["accuracy"] <= 1 for task in report["tasks"].values())
+    assert report["sampler"] == SamplerConfig(sampler="dream").to_dict()  # the Dream family's default sampler
+    assert [p.name for p in out.parent.iterdir()] == ["report.json"]
+
+
+def test_eval_rejects_unknown_tasks(checkpoints, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--model", checkpoints["llada"], "--tasks", "chess"])
+    assert exit_.value.code == 2
+    assert "tasks ['chess'] are unknown" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (checkpoint_dir("tiny-llada") / "config.json").is_file(), reason="tiny-llada not shipped yet")
+def test_default_model_is_the_shipped_tiny_llada(capsys):
+    assert main(["generate", "--prompt", "12+34="]) == 0
+    assert capsys.readouterr().out.strip() == "46"
