@@ -28,11 +28,13 @@ Let c_i be the step committing generation position i (in 0..S-1) and x_i the com
 - Masked-token NLL: the answer of each sequence is masked at random (ratio r ~ U(0, 1) per sequence and draw,
   each answer token masked with probability r, at least one), and the mean NLL (nats) of the true tokens over all
   masked positions is reported; seeded, so every model sees the same masks.
-All results are dataclasses whose `to_dict()` is JSON-ready.
+Results are dataclasses of counts (rates are derived properties) whose `to_dict()` is JSON-ready; counts pool
+over several trajectories (`trajectory_metrics` takes one or a list). `read_trajectory` makes every query once,
+so one model's readings serve all three trajectory metrics.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -41,11 +43,6 @@ from faircalib.diffusion.trajectory import Trajectory
 from faircalib.zoo.tasks import exact_match
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
-
-
-class _JSONResult:
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def evaluated_states(num_steps: int, stride: int = 1, max_states: int | None = None) -> list[int]:
@@ -149,48 +146,97 @@ def _rate(numerator, denominator) -> float | None:
     return float(numerator) / float(denominator) if denominator else None
 
 
-@dataclass
-class FlipRate(_JSONResult):
-    """rate: flips / decisions (None without decisions). per_step: the rate at each step t (None where nothing was
-    committed). early / late: pooled over steps t < S/2 and t >= S/2."""
+class _Result:
+    """Counts are fields; rates are derived properties, listed in `derived` and written by `to_dict`."""
 
-    rate: float | None
-    flips: int
-    decisions: int
-    per_step: list
-    early: float | None
-    late: float | None
+    derived: tuple = ()
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), **{name: getattr(self, name) for name in self.derived}}
+
+
+@dataclass
+class FlipRate(_Result):
+    """Frontier decision flips. step_flips / step_decisions: counts per step t. early_* / late_*: counts over
+    steps t < S/2 and t >= S/2 of each run. Derived: flips, decisions, rate = flips / decisions, per_step rates,
+    early and late rates (None where there is nothing to count)."""
+
+    step_flips: list
+    step_decisions: list
+    early_flips: int
+    early_decisions: int
+    late_flips: int
+    late_decisions: int
+    derived = ("flips", "decisions", "rate", "per_step", "early", "late")
+
+    @property
+    def flips(self) -> int:
+        return sum(self.step_flips)
+
+    @property
+    def decisions(self) -> int:
+        return sum(self.step_decisions)
+
+    @property
+    def rate(self) -> float | None:
+        return _rate(self.flips, self.decisions)
+
+    @property
+    def per_step(self) -> list:
+        return [_rate(f, n) for f, n in zip(self.step_flips, self.step_decisions)]
+
+    @property
+    def early(self) -> float | None:
+        return _rate(self.early_flips, self.early_decisions)
+
+    @property
+    def late(self) -> float | None:
+        return _rate(self.late_flips, self.late_decisions)
+
+    @classmethod
+    def pooled(cls, results: Sequence["FlipRate"]) -> "FlipRate":
+        """Sums the counts of several runs (per-step counts aligned on t, shorter runs padded with zeros)."""
+        steps = max(len(r.step_flips) for r in results)
+        per_step = [[sum(getattr(r, name)[t] for r in results if t < len(getattr(r, name))) for t in range(steps)]
+                    for name in ("step_flips", "step_decisions")]
+        halves = [sum(getattr(r, name) for r in results)
+                  for name in ("early_flips", "early_decisions", "late_flips", "late_decisions")]
+        return cls(*per_step, *halves)
 
 
 def frontier_flip_rate(trajectory: Trajectory, readings: Readings) -> FlipRate:
     committed = _generated(trajectory)
     flipped = committed & (readings.frontier != trajectory.tokens)
     steps = trajectory.commit_step[committed]
-    flips_by_step = torch.bincount(steps, weights=flipped[committed].double(), minlength=trajectory.num_steps)
-    count_by_step = torch.bincount(steps, minlength=trajectory.num_steps)
+    flips = torch.bincount(steps, weights=flipped[committed].double(), minlength=trajectory.num_steps).long()
+    decisions = torch.bincount(steps, minlength=trajectory.num_steps)
     half = (trajectory.num_steps + 1) // 2  # t < S/2  <=>  t < ceil(S/2)
-    return FlipRate(
-        rate=_rate(flipped.sum(), committed.sum()),
-        flips=int(flipped.sum()),
-        decisions=int(committed.sum()),
-        per_step=[_rate(f, n) for f, n in zip(flips_by_step.tolist(), count_by_step.tolist())],
-        early=_rate(flips_by_step[:half].sum(), count_by_step[:half].sum()),
-        late=_rate(flips_by_step[half:].sum(), count_by_step[half:].sum()),
-    )
+    return FlipRate(flips.tolist(), decisions.tolist(), int(flips[:half].sum()), int(decisions[:half].sum()),
+                    int(flips[half:].sum()), int(decisions[half:].sum()))
 
 
 @dataclass
-class PostCommitMismatch(_JSONResult):
-    """mean_disagree: disagreeing_pairs / pairs. never_agree: never_agreeing_positions / positions. states: the
-    evaluated states."""
+class PostCommitMismatch(_Result):
+    """Counts of (position, later state) pairs and of read positions. Derived: mean_disagree = disagreeing_pairs /
+    pairs, never_agree = never_agreeing_positions / positions."""
 
-    mean_disagree: float | None
-    never_agree: float | None
     pairs: int
     disagreeing_pairs: int
     positions: int
     never_agreeing_positions: int
-    states: list
+    derived = ("mean_disagree", "never_agree")
+
+    @property
+    def mean_disagree(self) -> float | None:
+        return _rate(self.disagreeing_pairs, self.pairs)
+
+    @property
+    def never_agree(self) -> float | None:
+        return _rate(self.never_agreeing_positions, self.positions)
+
+    @classmethod
+    def pooled(cls, results: Sequence["PostCommitMismatch"]) -> "PostCommitMismatch":
+        return cls(*(sum(getattr(r, f.name) for r in results) for f in fields(cls)))
 
 
 def post_commit_mismatch(trajectory: Trajectory, readings: Readings) -> PostCommitMismatch:
@@ -198,37 +244,29 @@ def post_commit_mismatch(trajectory: Trajectory, readings: Readings) -> PostComm
     disagree = valid & (readings.remasked != trajectory.tokens.unsqueeze(0))
     read_positions = valid.any(0)
     never = read_positions & ~(valid & ~disagree).any(0)
-    return PostCommitMismatch(
-        mean_disagree=_rate(disagree.sum(), valid.sum()),
-        never_agree=_rate(never.sum(), read_positions.sum()),
-        pairs=int(valid.sum()),
-        disagreeing_pairs=int(disagree.sum()),
-        positions=int(read_positions.sum()),
-        never_agreeing_positions=int(never.sum()),
-        states=list(readings.states),
-    )
+    return PostCommitMismatch(int(valid.sum()), int(disagree.sum()), int(read_positions.sum()), int(never.sum()))
 
 
 @dataclass
-class StabilityLags(_JSONResult):
-    """lags: one per committed generation position (row-major over [B, L]); None = never settles."""
+class StabilityLags(_Result):
+    """lags: one per committed generation position (row-major over [B, L]); None = never settles.
+    Derived: summary (positions, unsettled fraction, mean / median / p90 / max over settled positions)."""
 
     lags: list
-    states: list
+    derived = ("summary",)
 
+    @property
     def summary(self) -> dict:
-        """mean / median / p90 / max over settled positions and the unsettled fraction."""
         settled = torch.tensor([lag for lag in self.lags if lag is not None], dtype=torch.float64)
+        counts = {"positions": len(self.lags), "unsettled": _rate(len(self.lags) - len(settled), len(self.lags))}
         if not len(settled):
-            return {"positions": len(self.lags), "unsettled": _rate(len(self.lags), len(self.lags))}
-        return {
-            "positions": len(self.lags),
-            "unsettled": (len(self.lags) - len(settled)) / len(self.lags),
-            "mean": float(settled.mean()),
-            "median": float(settled.median()),
-            "p90": float(torch.quantile(settled, 0.9)),
-            "max": float(settled.max()),
-        }
+            return counts
+        return {**counts, "mean": float(settled.mean()), "median": float(settled.median()),
+                "p90": float(torch.quantile(settled, 0.9)), "max": float(settled.max())}
+
+    @classmethod
+    def pooled(cls, results: Sequence["StabilityLags"]) -> "StabilityLags":
+        return cls([lag for r in results for lag in r.lags])
 
 
 def stability_lags(trajectory: Trajectory, readings: Readings) -> StabilityLags:
@@ -247,8 +285,7 @@ def stability_lags(trajectory: Trajectory, readings: Readings) -> StabilityLags:
     lag = torch.where(settle_index < 0, 0, padded_times[settle_index.clamp(min=0)] - commit)
     unsettled = settle_index >= len(readings.states)
     committed = _generated(trajectory)
-    lags = [None if u else int(v) for v, u in zip(lag[committed].tolist(), unsettled[committed].tolist())]
-    return StabilityLags(lags, list(readings.states))
+    return StabilityLags([None if u else int(v) for v, u in zip(lag[committed].tolist(), unsettled[committed].tolist())])
 
 
 def lag_ccdf(lags: Sequence[int | None]) -> dict:
@@ -261,18 +298,33 @@ def lag_ccdf(lags: Sequence[int | None]) -> dict:
 
 
 @dataclass
-class TrajectoryMetrics(_JSONResult):
+class TrajectoryMetrics:
+    """The three trajectory metrics, pooled over every trajectory given, and the state selection used."""
+
     flips: FlipRate
     mismatch: PostCommitMismatch
     lags: StabilityLags
+    stride: int
+    max_states: int | None
+
+    def to_dict(self) -> dict:
+        return {"flips": self.flips.to_dict(), "mismatch": self.mismatch.to_dict(), "lags": self.lags.to_dict(),
+                "stride": self.stride, "max_states": self.max_states}
 
 
-def trajectory_metrics(trajectory: Trajectory, logits_fn: LogitsFn, *, stride: int = 1,
+def trajectory_metrics(trajectories: Trajectory | Sequence[Trajectory], logits_fn: LogitsFn, *, stride: int = 1,
                        max_states: int | None = None, batch_rows: int = 64) -> TrajectoryMetrics:
-    """Frontier flips, post-commit mismatch and stability lags of `logits_fn` along the teacher's trajectory."""
-    readings = read_trajectory(trajectory, logits_fn, stride=stride, max_states=max_states, batch_rows=batch_rows)
-    return TrajectoryMetrics(frontier_flip_rate(trajectory, readings), post_commit_mismatch(trajectory, readings),
-                             stability_lags(trajectory, readings))
+    """Frontier flips, post-commit mismatch and stability lags of `logits_fn` along the teacher's trajectories
+    (one or several batches; counts are pooled)."""
+    trajectories = [trajectories] if isinstance(trajectories, Trajectory) else list(trajectories)
+    flips, mismatch, lags = [], [], []
+    for trajectory in trajectories:
+        readings = read_trajectory(trajectory, logits_fn, stride=stride, max_states=max_states, batch_rows=batch_rows)
+        flips.append(frontier_flip_rate(trajectory, readings))
+        mismatch.append(post_commit_mismatch(trajectory, readings))
+        lags.append(stability_lags(trajectory, readings))
+    return TrajectoryMetrics(FlipRate.pooled(flips), PostCommitMismatch.pooled(mismatch),
+                             StabilityLags.pooled(lags), stride, max_states)
 
 
 def exact_match_accuracy(predictions: Sequence[str], answers: Sequence[str]) -> float:
@@ -289,7 +341,7 @@ def recovery(quantized_accuracy: float, fp_accuracy: float) -> float | None:
 
 
 @dataclass
-class MaskedNLL(_JSONResult):
+class MaskedNLL(_Result):
     nll: float
     tokens: int
 

@@ -173,9 +173,22 @@ def test_lag_ccdf_counts_unsettled_as_infinite():
 def test_results_serialise_to_json():
     import json
 
-    result = trajectory_metrics(TEACHER, wrong_at_column(3), stride=2)
-    assert json.loads(json.dumps(result.to_dict()))["mismatch"]["states"] == [2, 4]
-    assert set(result.lags.summary()) == {"positions", "unsettled", "mean", "median", "p90", "max"}
+    result = json.loads(json.dumps(trajectory_metrics(TEACHER, wrong_at_column(3), stride=2).to_dict()))
+    # states [2, 4]: two positions per row committed before t=2, all four before t=4.
+    assert result["stride"] == 2 and result["flips"]["rate"] == 0.25 and result["mismatch"]["pairs"] == 2 * (2 + 4)
+    assert set(result["lags"]["summary"]) == {"positions", "unsettled", "mean", "median", "p90", "max"}
+
+
+def test_metrics_pool_counts_over_trajectories():
+    short = teacher_trajectory([[1, 0]])
+    single = [trajectory_metrics(t, wrong_at_column(2)) for t in (TEACHER, short)]
+    pooled = trajectory_metrics([TEACHER, short], wrong_at_column(2))
+    # column 2 is generation position 0: committed at steps 2 and 0 in TEACHER, at step 1 in `short`.
+    assert pooled.flips.step_flips == [1, 1, 1, 0] and pooled.flips.step_decisions == [3, 3, 2, 2]
+    # early halves are per run: steps 0-1 of TEACHER (1 flip in 4), step 0 of `short` (0 in 1).
+    assert (pooled.flips.early_flips, pooled.flips.early_decisions) == (1, 5)
+    assert pooled.mismatch.pairs == sum(r.mismatch.pairs for r in single)
+    assert pooled.lags.lags == single[0].lags.lags + single[1].lags.lags
 
 
 def test_bad_logits_shape_is_named():
