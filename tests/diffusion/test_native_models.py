@@ -1,0 +1,42 @@
+"""Samplers on the project's native tiny LLaDA and Dream models (random weights), through their adapters."""
+import pytest
+import torch
+
+from faircalib.diffusion import SamplerConfig, generate
+from faircalib.models import build_random
+
+VOCAB, MASK, PAD = 20, 1, 0
+CONFIGS = {
+    "llada": dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=2, mlp_hidden_size=64, vocab_size=VOCAB,
+                  embedding_size=VOCAB, max_sequence_length=24, mask_token_id=MASK),
+    "dream": dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2,
+                  intermediate_size=64, vocab_size=VOCAB, max_position_embeddings=24, mask_token_id=MASK),
+}
+PROMPTS = [[4, 5, 6, 7, 8], [9], [10, 11, 12]]
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def model(request):
+    return build_random(request.param, CONFIGS[request.param], generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("sampler", ["llada", "dream", "threshold"])
+def test_padded_batch_equals_each_prompt_alone(model, sampler):
+    config = SamplerConfig(sampler=sampler, gen_length=8, steps=8)
+    batch = generate(model, PROMPTS, config, pad_token_id=PAD)
+    for row, prompt in enumerate(PROMPTS):
+        assert torch.equal(batch.answer[row], generate(model, [prompt], config).answer[0])
+
+
+def test_mask_id_and_context_come_from_the_model(model):
+    out = generate(model, [[4, 5]], SamplerConfig(gen_length=8, steps=8), record=True)
+    assert out.trajectory.mask_token_id == MASK
+    with pytest.raises(ValueError, match="exceeds the model context of 24 tokens"):
+        generate(model, [[4] * 10], SamplerConfig(gen_length=16, steps=16))
+
+
+def test_model_without_mask_token_is_refused():
+    config = dict(CONFIGS["llada"], mask_token_id=None)
+    model = build_random("llada", config, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="LLaDAModelLM has no mask token"):
+        generate(model, [[4, 5]])
