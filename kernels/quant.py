@@ -6,10 +6,10 @@ element (r // G, (r % G) * C + c) of a strided 2-D input, so transposed or slice
 Each program owns BLOCK_M groups and sweeps their columns in BLOCK_N chunks twice: pass 1 finds absmax (or
 max/min) and whether the group holds NaN/Inf; pass 2 quantizes. The second read of a program's rows mostly hits
 L2 (a few hundred KiB in flight per SM), so HBM traffic stays close to the compulsory bytes even at K = 18944.
-fp32 math; divisions are IEEE-rounded (`div_rn`), rounding is half-to-even (`triton_math`) and FMA contraction is
-off (`enable_fp_fusion=False`: `clip_max * max - clip_min * min` must round like torch's two steps), so codes and
-scales match `torch` bit for bit. Backward kernels write per-group clip-gradient partials; the sum to the clip's shape is a
-deterministic torch reduction (no float atomics).
+fp32 math: divisions are IEEE-rounded (`div_rn`); rounding is half-to-even and bf16 stores round to nearest even
+(`triton_math`); FMA contraction is off (`enable_fp_fusion=False`: `clip_max * max - clip_min * min` must round
+like torch's two steps). So codes, scales and outputs match `torch` bit for bit. Backward kernels write per-group
+clip-gradient partials; the sum to the clip's shape is a deterministic torch reduction (no float atomics).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import triton.language as tl
 
 from . import registry
 from .quant_reference import num_groups
-from .triton_math import round_half_even
+from .triton_math import cast_rne, round_half_even
 
 
 @dataclasses.dataclass
@@ -90,17 +90,6 @@ def _group_params(x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, strid
 
 
 @triton.jit
-def _to_output(v, dtype: tl.constexpr):
-    """fp32 -> dtype rounding to nearest even, as torch's `.to`. The interpreter truncates fp32 -> bf16, so bf16
-    is rounded on the fp32 bits first (the cast then drops only zero bits); the GPU gives the same result."""
-    if dtype == tl.bfloat16:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        v = bits.to(tl.float32, bitcast=True)
-    return v.to(dtype)
-
-
-@triton.jit
 def _levels(x, scale, low, high, flat, bad):
     """-> (v = x / scale with 0 in scale-0 groups, q = clamped rounded level relative to the zero point)."""
     v = tl.where(flat[:, None], 0.0, tl.math.div_rn(x, tl.where(flat | bad, 1.0, scale)[:, None]))
@@ -133,7 +122,7 @@ def _fake_quant_fwd_kernel(x_ptr, clip_max_ptr, clip_min_ptr, out_ptr, scale_ptr
             code = tl.where((bad | flat)[:, None], 0.0, q + zu[:, None] - offset)
             tl.store(out_ptr + out_offsets, code.to(tl.int8), mask=mask)
         else:
-            tl.store(out_ptr + out_offsets, _to_output(q * scale[:, None], out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptr + out_offsets, cast_rne(q * scale[:, None], out_ptr.dtype.element_ty), mask=mask)
     if CODES:
         tl.store(scale_ptr + rows, scale, mask=row_mask)
         tl.store(zero_ptr + rows, tl.where(bad | flat, 0.0, zu - offset).to(tl.int8), mask=row_mask)

@@ -123,9 +123,8 @@ def _fake_quant_groups_backward(grad_y: torch.Tensor, xg: torch.Tensor, clip_max
         outside_sum = torch.where(inside | p.flat, 0.0, g).sum(-1, keepdim=True)
         grad_max = s_sum / levels * p.xmax
         grad_min = (outside_sum - s_sum / levels) * p.xmin
-    nan = torch.tensor(torch.nan)
-    grad_x = torch.where(p.bad, nan, torch.where(inside, g, 0.0)).to(xg.dtype)
-    return grad_x, torch.where(p.bad, nan, grad_max), torch.where(p.bad, nan, grad_min)
+    grad_x = torch.where(p.bad, torch.nan, torch.where(inside, g, 0.0)).to(xg.dtype)
+    return grad_x, torch.where(p.bad, torch.nan, grad_max), torch.where(p.bad, torch.nan, grad_min)
 
 
 def _quantize_groups(xg: torch.Tensor, bits: int, symmetric: bool):
