@@ -129,12 +129,22 @@ def _states(trajectory: Trajectory, steps: torch.Tensor, rows: torch.Tensor) -> 
     return torch.where(visible, trajectory.tokens[rows], trajectory.mask_token_id)
 
 
+def recorded_frontier(trajectory: Trajectory) -> torch.Tensor:
+    """[B, L] int64: the recording model's own decision at each commit, read from the trajectory's `top1` at the
+    commit step (no query: equal to `frontier_readings` of the model that generated the trajectory)."""
+    commit = trajectory.commit_step
+    decisions = trajectory.top1.gather(0, commit.clamp(min=0).unsqueeze(0)).squeeze(0)
+    return torch.where(commit >= 0, decisions, -1)
+
+
 def read_trajectory(trajectory: Trajectory, logits_fn: LogitsFn, *, stride: int = 1, max_states: int | None = None,
-                    batch_rows: int = 64) -> Readings:
-    """Every reading the trajectory metrics need, in one pass of queries."""
+                    batch_rows: int = 64, recorded: bool = False) -> Readings:
+    """Every reading the trajectory metrics need, in one pass of queries. recorded=True takes the frontier
+    decisions from the trajectory's record: only valid when `logits_fn` is the model that generated it."""
     states = evaluated_states(trajectory.num_steps, stride, max_states)
-    return Readings(frontier_readings(trajectory, logits_fn, batch_rows=batch_rows), states,
-                    remasked_readings(trajectory, logits_fn, states, batch_rows=batch_rows))
+    frontier = recorded_frontier(trajectory) if recorded else frontier_readings(trajectory, logits_fn,
+                                                                                batch_rows=batch_rows)
+    return Readings(frontier, states, remasked_readings(trajectory, logits_fn, states, batch_rows=batch_rows))
 
 
 def _generated(trajectory: Trajectory) -> torch.Tensor:

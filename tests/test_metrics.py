@@ -2,9 +2,11 @@
 import pytest
 import torch
 
+from faircalib.diffusion import SamplerConfig, generate
 from faircalib.diffusion.trajectory import Trajectory
-from faircalib.metrics import (Readings, evaluated_states, frontier_flip_rate, lag_ccdf, post_commit_mismatch,
-                               read_trajectory, remasked_readings, stability_lags, trajectory_metrics)
+from faircalib.metrics import (Readings, evaluated_states, frontier_flip_rate, frontier_readings, lag_ccdf,
+                               post_commit_mismatch, read_trajectory, recorded_frontier, remasked_readings,
+                               stability_lags, trajectory_metrics)
 
 MASK, VOCAB, WRONG = 1, 12, 11
 
@@ -111,6 +113,23 @@ def test_frontier_reads_the_state_before_the_commit():
     frontier_rows = torch.cat(seen)[: TEACHER.num_steps * 2]
     expected = torch.stack([TEACHER.state_before(t)[b] for t in range(4) for b in range(2)])
     torch.testing.assert_close(frontier_rows, expected, rtol=0, atol=0)
+
+
+def test_recorded_frontier_equals_querying_the_recording_model():
+    table = torch.randn(8, VOCAB, generator=torch.Generator().manual_seed(0))
+
+    def context_model(ids, attention_mask):
+        """Decisions depend on the state: a position table plus a bump on (sum of ids mod V)."""
+        bump = torch.nn.functional.one_hot(ids.sum(1) % VOCAB, VOCAB).float().unsqueeze(1)
+        return table[: ids.shape[1]] + 0.8 * bump
+
+    trajectory = generate(context_model, [[4, 5], [6, 7]], SamplerConfig(gen_length=6, steps=3), record=True,
+                          mask_token_id=MASK, generator=torch.Generator().manual_seed(0)).trajectory
+    recorded = recorded_frontier(trajectory)
+    torch.testing.assert_close(recorded, frontier_readings(trajectory, context_model), rtol=0, atol=0)
+    generated = trajectory.commit_step >= 0
+    assert torch.equal(recorded[generated], trajectory.tokens[generated])  # greedy: the decision is the commit
+    assert (recorded[~generated] == -1).all()
 
 
 def hand_readings():

@@ -63,6 +63,8 @@ class PriorConfig:
     by one probe batch falls below tol (w̄ has mean 1, so this is a relative change); None runs all n_probe.
     lag_rollouts, lag_max_states: the stability lag of the teacher is measured on the first lag_rollouts
     rollouts, reading at most lag_max_states later states per rollout (`faircalib.metrics`; 0 rollouts skips it).
+    That costs about lag_rollouts · lag_max_states · G/2 extra forward rows (leave-one-out queries): on an 8B
+    model with G = 256 the defaults add ~8k rows; set lag_rollouts=0 where probe time matters most.
     seed: seeds the probe's generator when the caller passes none.
     """
 
@@ -79,8 +81,8 @@ class PriorConfig:
     n_probe: int = 512
     batch_size: int = 64
     tol: float | None = 0.01
-    lag_rollouts: int = 16
-    lag_max_states: int | None = 16
+    lag_rollouts: int = 8
+    lag_max_states: int | None = 8
     seed: int = 0
 
     def __post_init__(self):
@@ -302,7 +304,7 @@ def run_probe(model, prompts: Sequence, config: PriorConfig, sampler: SamplerCon
             scores = batch_scores if scores is None else scores + batch_scores
             if lag_rows < config.lag_rollouts:
                 measured = _first_rows(trajectory, config.lag_rollouts - lag_rows)
-                readings = read_trajectory(measured, teacher.logits, max_states=config.lag_max_states)
+                readings = read_trajectory(measured, teacher.logits, max_states=config.lag_max_states, recorded=True)
                 lags += stability_lags(measured, readings).lags
                 lag_rows += measured.tokens.shape[0]
             done += count
