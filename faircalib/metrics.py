@@ -73,13 +73,19 @@ class Readings:
 
 
 def _decisions(logits_fn: LogitsFn, ids: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int):
+    """[N, L] int64 argmax of the model's logits on ids [N, L], the mask token excluded."""
     logits = logits_fn(ids, attention_mask)
     if logits.dim() != 3 or logits.shape[:2] != ids.shape:
         raise ValueError(f"metrics: logits_fn returned {tuple(logits.shape)} for input_ids {tuple(ids.shape)}; "
                          "it must return aligned logits [B, L, V]")
-    logits = logits.clone()
-    logits[..., mask_id] = float("-inf")
-    return logits.argmax(-1).to(ids.device)
+    # Re-ranking only where the mask wins, instead of a masked copy of [N, L, V] (gigabytes for a real vocabulary);
+    # same ties as the samplers' argmax after excluding the mask.
+    best = logits.argmax(-1)
+    won = best == mask_id
+    if won.any():
+        never = torch.tensor([mask_id], device=logits.device)
+        best[won] = logits[won].index_fill(-1, never, float("-inf")).argmax(-1)
+    return best.to(ids.device)
 
 
 def _model_mask(trajectory: Trajectory, rows: torch.Tensor) -> torch.Tensor | None:
