@@ -301,7 +301,8 @@ def stability_lags(trajectory: Trajectory, readings: Readings) -> StabilityLags:
     lag = torch.where(settle_index < 0, 0, padded_times[settle_index.clamp(min=0)] - commit)
     unsettled = settle_index >= len(readings.states)
     committed = _generated(trajectory)
-    return StabilityLags([None if u else int(v) for v, u in zip(lag[committed].tolist(), unsettled[committed].tolist())])
+    lags, never = lag[committed].tolist(), unsettled[committed].tolist()
+    return StabilityLags([None if n else int(v) for v, n in zip(lags, never)])
 
 
 def lag_ccdf(lags: Sequence[int | None]) -> dict:

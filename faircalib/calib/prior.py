@@ -86,8 +86,9 @@ class PriorConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name, value, allowed in (("schedule", self.schedule, SCHEDULES), ("confidence", self.confidence,
-                                     CONFIDENCES), ("row_norm", self.row_norm, ROW_NORMS), ("terms", self.terms, TERMS)):
+        choices = {"schedule": SCHEDULES, "confidence": CONFIDENCES, "row_norm": ROW_NORMS, "terms": TERMS}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"calib.prior: {name}={value!r} is unknown; use one of {allowed}")
         if not (self.lambda0 > 0 and self.lambda1 > 0 and self.beta >= 0 and self.tau > 0):
@@ -130,8 +131,9 @@ def row_normalised_confidence(trajectory: Trajectory, config: PriorConfig) -> to
     masked = _masked_by_step(trajectory)
     if not torch.isfinite(raw[masked]).all():
         raise ValueError(
-            f"calib.prior: the trajectory's {config.confidence} statistics [S, B, L] = {tuple(stat[config.confidence].shape)} "
-            "hold non-finite values at masked positions; record the probe with generate(..., record=True)"
+            f"calib.prior: the trajectory's {config.confidence} statistics [S, B, L] = "
+            f"{tuple(stat[config.confidence].shape)} hold non-finite values at masked positions; record the probe "
+            "with generate(..., record=True)"
         )
     reliability = torch.exp(-raw) if config.confidence == "neg_entropy" else raw
     high = reliability.masked_fill(~masked, float("-inf")).amax(-1, keepdim=True)
