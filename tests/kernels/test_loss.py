@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import faircalib.kernels as K
+from faircalib.kernels import loss
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -47,6 +48,19 @@ def test_forward_and_backward_match_reference(gen, shape, reduction, dtype):
     assert loss.dtype == torch.float32 and loss.shape == loss_ref.shape
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     assert ga.dtype == dtype and gb.dtype == dtype
+    torch.testing.assert_close(ga, ga_ref, rtol=0, atol=0)
+    torch.testing.assert_close(gb, gb_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 100), (7, 20)])
+def test_small_tiles_many_chunks_and_partial_row_blocks(gen, shape, monkeypatch):
+    """A 64-element tile: rows longer than a chunk loop over chunks; short rows share a tile, the last one partial."""
+    monkeypatch.setattr(loss, "TILE_ELEMENTS", 64)
+    a, b = pair(shape, torch.float32, gen)
+    weights = torch.rand(shape[:-1], generator=gen)
+    (loss_ref, ga_ref, gb_ref), (out, ga, gb) = on_both(loss_and_grads, a, b, weights, "none",
+                                                         torch.randn(shape[:-1], generator=gen))
+    torch.testing.assert_close(out, loss_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ga, ga_ref, rtol=0, atol=0)
     torch.testing.assert_close(gb, gb_ref, rtol=0, atol=0)
 
