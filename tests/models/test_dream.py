@@ -95,6 +95,7 @@ def test_padding_embedding_row_is_zero_at_init():
     assert torch.count_nonzero(model.model.embed_tokens.weight[TINY["dream"]["pad_token_id"]]) == 0
 
 
+@pytest.mark.filterwarnings("ignore:`rope_scaling` is deprecated:FutureWarning")
 @pytest.mark.parametrize(
     "option, message",
     [({"hidden_act": "gelu"}, "hidden_act"), ({"use_sliding_window": True}, "use_sliding_window"),
