@@ -1,13 +1,13 @@
 """W4A4 GEMM and W4A4 linear (with activation quantization) vs cuBLAS bf16, torch._int_mm and FP8 _scaled_mm, at
 LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks correctness first.
 
-    python benchmarks/bench_gemm_gpu.py [--out DIR] [--variants] [--ms 256,1024,4096,16384]
+    python benchmarks/bench_gemm_gpu.py [--out DIR] [--ms 256,1024,4096,16384]
 
 Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
 `bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench`, which flushes L2
 before every repetition, so weights come from HBM as they do in a real forward pass.
-`--variants` also times the GEMM design alternatives: swapped operand roles, and plain int8 weights (the
-separate-unpack design: its unpack pass is added as the memory-bound estimate 1.5 bytes/weight at memcpy speed).
+Columns: `w4a4_gemm` is the op (unpack pass + INT8 GEMM); `int8_gemm` the INT8 GEMM alone on pre-unpacked weights;
+`w4a4_linear_*` adds `quantize_act_packed` (transform + quantization) in front of the op.
 Activation path: `quantize_act_packed` with the Kronecker transform of the layer's input size (FlatQuant factors,
 fp32 factors = tf32 MMA, and bf16 factors), its bandwidth counting compulsory bytes (bf16 in, int8 + fp32 out)
 against a device-to-device copy measured in the same run.
@@ -56,39 +56,35 @@ class _Log(list):
         super().append(line)
 
 
-def check_correctness(gen: torch.Generator, variants: bool) -> list[str]:
-    """Exact integers on random and worst-case data at the longest K; epilogue and activation path vs reference."""
+def check_correctness(gen: torch.Generator) -> list[str]:
+    """Exact integers on random and worst-case data at the longest K; epilogue and activation path vs the reference
+    run on the CPU (the specification: torch's CUDA division by a scalar multiplies by its reciprocal)."""
     lines = _Log()
     m, n, k = 512, 384, 18944
     dev = "cuda"
     a = torch.randint(-128, 128, (m, k), device=dev, generator=gen, dtype=torch.int8)
     w = torch.randint(-8, 8, (n, k), device=dev, generator=gen, dtype=torch.int8)
-    ones_m, ones_n = torch.ones(m, 1, device=dev), torch.ones(n, device=dev)
     packed = kernels.pack_weight_for_gemm(w)
-    exact = gemm_reference.int_matmul_exact(a, w)
-    cases = [("packed", dict()), ("packed swap_ab", dict(swap_ab=True))]
-    if variants:
-        cases.append(("int8 weights", dict(w_packed=False)))
-    for name, kw in cases:
-        wt = w if kw.get("w_packed") is False else packed
-        # Random sums stay far below 2^24, so the fp32 output of unit scales is the int32 accumulator itself.
-        got = gemm.launch_w4a4_gemm(a, ones_m, wt, ones_n, None, torch.float32, **kw)
-        ok_random = torch.equal(got.double(), exact.double())
-        worst = []
-        for av, wv in ((-8, -8), (8, -8)):
-            aw = torch.full((256, k), av, device=dev, dtype=torch.int8)
-            ww = torch.full((256, k), wv, device=dev, dtype=torch.int8)
-            wwt = ww if kw.get("w_packed") is False else kernels.pack_weight_for_gemm(ww)
-            out = gemm.launch_w4a4_gemm(aw, torch.ones(256, 1, device=dev), wwt, torch.ones(256, device=dev), None,
-                                        torch.float32, **kw)
-            worst.append(bool((out == av * wv * k).all()))
-        lines.append(f"exact {name}: random int8 x int4, K={k}: {ok_random}; worst case +64/-64 x {k}: {worst}")
-        if not (ok_random and all(worst)):
-            raise SystemExit(f"FAIL: {name} integer GEMM not exact")
+    ok_unpack = torch.equal(gemm.unpack_weight_int8(packed)[:, :k], w)
+    # Random sums stay far below 2^24, so the fp32 output of unit scales is the int32 accumulator itself.
+    got = gemm.w4a4_matmul(a, torch.ones(m, 1, device=dev), packed, torch.ones(n, device=dev), None, torch.float32)
+    ok_random = torch.equal(got.double(), gemm_reference.int_matmul_exact(a, w).double())
+    worst = []
+    for av, wv in ((-8, -8), (8, -8)):
+        aw = torch.full((256, k), av, device=dev, dtype=torch.int8)
+        ww = kernels.pack_weight_for_gemm(torch.full((256, k), wv, device=dev, dtype=torch.int8))
+        out = gemm.w4a4_matmul(aw, torch.ones(256, 1, device=dev), ww, torch.ones(256, device=dev), None,
+                               torch.float32)
+        worst.append(bool((out == av * wv * k).all()))
+    lines.append(f"unpack pass exact: {ok_unpack}; GEMM exact: random int8 x int4, K={k}: {ok_random}; "
+                 f"worst case +64/-64 x {k}: {worst}")
+    if not (ok_unpack and ok_random and all(worst)):
+        raise SystemExit("FAIL: integer GEMM not exact")
     sa, sw = torch.rand(m, 1, device=dev, generator=gen), torch.rand(n, device=dev, generator=gen)
     bias = torch.randn(n, device=dev, generator=gen)
     got = gemm.w4a4_matmul(a, sa, packed, sw, bias, torch.bfloat16).float()
-    want = gemm_reference.w4a4_matmul(a, sa, packed, sw, bias, torch.bfloat16).float()
+    want = gemm_reference.w4a4_matmul(a.cpu(), sa.cpu(), packed.cpu(), sw.cpu(), bias.cpu(), torch.bfloat16)
+    want = want.float().to(dev)
     rel = ((got - want).abs() / want.abs().clamp_min(1e-3)).max().item()
     lines.append(f"epilogue bf16 vs reference: max rel diff {rel:.2e} (1 bf16 ulp = 7.8e-3); "
                  f"exact elements {(got == want).float().mean().item():.4f}")
@@ -97,7 +93,8 @@ def check_correctness(gen: torch.Generator, variants: bool) -> list[str]:
         x = torch.randn(2048, kx, device=dev, generator=gen).to(torch.bfloat16)
         left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to(dev)
         right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to(dev)
-        want_c, want_s = gemm_reference.quantize_act_packed(x, None, left, right, None, 4)
+        want_c, want_s = (t.to(dev) for t in gemm_reference.quantize_act_packed(x.cpu(), None, left.cpu(),
+                                                                               right.cpu(), None, 4))
         for dtype in (torch.float32, torch.bfloat16):
             c, s = gemm.quantize_act_packed(x, None, left.to(dtype), right.to(dtype), None, 4)
             lines.append(f"act quant K={kx} ({n1}x{n2}, factors {str(dtype)[6:]}, fused="
@@ -105,7 +102,7 @@ def check_correctness(gen: torch.Generator, variants: bool) -> list[str]:
                          f", max |diff| {(c.int() - want_c.int()).abs().max().item()}, scale rel err "
                          f"{(s / want_s - 1).abs().max().item():.1e}")
         c, s = gemm.quantize_act_packed(x, None, None, None, None, 4)
-        ref_c, ref_s = gemm_reference.quantize_act_packed(x, None, None, None, None, 4)
+        ref_c, ref_s = (t.to(dev) for t in gemm_reference.quantize_act_packed(x.cpu(), None, None, None, None, 4))
         lines.append(f"act quant K={kx} no transform: bit-exact {torch.equal(c, ref_c) and torch.equal(s, ref_s)}")
     return lines
 
@@ -125,7 +122,7 @@ def fp8_scaled_mm(a_bf16: torch.Tensor, w_bf16: torch.Tensor):
         return lambda: torch._scaled_mm(a8, w8t, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), "tensorwise"
 
 
-def bench_shape(model, role, k, n, m, gen, copy_tbps, variants) -> dict:
+def bench_shape(model, role, k, n, m, gen) -> dict:
     dev = "cuda"
     x = torch.randn(m, k, device=dev, generator=gen).to(torch.bfloat16)
     w = (torch.randn(n, k, device=dev, generator=gen) / k ** 0.5).to(torch.bfloat16)
@@ -145,6 +142,9 @@ def bench_shape(model, role, k, n, m, gen, copy_tbps, variants) -> dict:
     t["int_mm"] = median_ms(lambda: torch._int_mm(a_i8_full, w_i8_colmajor))
     t["fp8"] = median_ms(fp8_fn)
     t["w4a4_gemm"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16))
+    unpacked = gemm.unpack_weight_int8(packed)
+    t["int8_gemm"] = median_ms(lambda: gemm.int8_gemm(a_codes, a_scales, unpacked, w_scales, None, torch.bfloat16))
+    t["unpack_us"] = median_ms(lambda: gemm.unpack_weight_int8(packed)) * 1e3
     for tag, dtype in (("tf32", torch.float32), ("bf16", torch.bfloat16)):
         lf, rf = left.to(dtype), right.to(dtype)
         t[f"act_{tag}"] = median_ms(lambda: gemm.quantize_act_packed(x, None, lf, rf, None, 4))
@@ -155,29 +155,20 @@ def bench_shape(model, role, k, n, m, gen, copy_tbps, variants) -> dict:
 
         t[f"w4a4_linear_{tag}"] = median_ms(linear)
     t["act_none"] = median_ms(lambda: gemm.quantize_act_packed(x, None, None, None, None, 4))
-    if variants:
-        t["w4a4_gemm_swap"] = median_ms(lambda: gemm.launch_w4a4_gemm(a_codes, a_scales, packed, w_scales, None,
-                                                                        torch.bfloat16, swap_ab=True))
-        t["w4a4_gemm_noswap"] = median_ms(lambda: gemm.launch_w4a4_gemm(a_codes, a_scales, packed, w_scales, None,
-                                                                          torch.bfloat16, swap_ab=False))
-        t["int8w_gemm"] = median_ms(lambda: gemm.launch_w4a4_gemm(a_codes, a_scales, w_codes, w_scales, None,
-                                                                    torch.bfloat16, w_packed=False))
-        t["int8w_gemm_plus_unpack_est"] = t["int8w_gemm"] + 1.5 * n * k / (copy_tbps * 1e9)
+    timing_only = {key for key in t if key.startswith("act") or key == "unpack_us"}
     flops = 2 * m * n * k
     act_bytes = m * k * 2 + m * k + m * 4
     rec = {"model": model, "role": role, "M": m, "N": n, "K": k, "kron": f"{n1}x{n2}",
            "fused_transform_bf16": gemm.fused_transform_supported(n1, n2, torch.bfloat16),
            "fused_transform_fp32": gemm.fused_transform_supported(n1, n2, torch.float32), "fp8_scaling": fp8_mode,
-           "ms": t, "tops": {key: flops / v / 1e9 for key, v in t.items() if not key.startswith("act")},
+           "ms": t, "tops": {key: flops / v / 1e9 for key, v in t.items() if key not in timing_only},
            "act_tbps": {key: act_bytes / v / 1e9 for key, v in t.items() if key.startswith("act")}}
-    rec["vs_bf16"] = {key: t["bf16"] / v for key, v in t.items() if not key.startswith("act")}
+    rec["vs_bf16"] = {key: t["bf16"] / v for key, v in t.items() if key not in timing_only}
     return rec
 
 
-def table(records: list[dict], copy_tbps: float, variants: bool) -> str:
-    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "w4a4_linear_tf32", "w4a4_linear_bf16"]
-    if variants:
-        cols += ["w4a4_gemm_swap", "w4a4_gemm_noswap", "int8w_gemm", "int8w_gemm_plus_unpack_est"]
+def table(records: list[dict], copy_tbps: float) -> str:
+    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "int8_gemm", "w4a4_linear_tf32", "w4a4_linear_bf16"]
     head = "| model | role | M | N | K | " + " | ".join(f"{c} TOPS (×bf16)" for c in cols) + \
            " | act quant TB/s tf32 / bf16 / none (×memcpy) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -193,19 +184,18 @@ def table(records: list[dict], copy_tbps: float, variants: bool) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--variants", action="store_true")
     parser.add_argument("--ms", default="256,1024,4096,16384")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gemm_gpu: needs a CUDA GPU")
     gen = torch.Generator(device="cuda").manual_seed(0)
     started = time.time()
-    checks = check_correctness(gen, args.variants)
+    checks = check_correctness(gen)
     copy_tbps = memcpy_tbps(gen)
     records = []
     for model, role, k, n in SHAPES:
         for m in map(int, args.ms.split(",")):
-            records.append(bench_shape(model, role, k, n, m, gen, copy_tbps, args.variants))
+            records.append(bench_shape(model, role, k, n, m, gen))
             r = records[-1]
             print(f"{model} {role} M={m}: " + ", ".join(f"{key} {v:.2f}" for key, v in r["vs_bf16"].items()),
                   flush=True)
@@ -218,7 +208,7 @@ def main() -> None:
         json.dump({"env": env, "checks": checks, "records": records}, f, indent=1)
     os.replace(path + ".tmp", path)
     print(f"\n{env}\nmemcpy {copy_tbps:.2f} TB/s (read + write)\n")
-    print(table(records, copy_tbps, args.variants))
+    print(table(records, copy_tbps))
 
 
 if __name__ == "__main__":

@@ -7,11 +7,14 @@ scale, round half to even, clamp, store int8 codes and the fp32 scale. Factors w
 MAX_FUSED_SMEM do not fit one program: the transform then runs as a torch matmul and the kernel only
 quantizes (reported by `fused_transform_supported`).
 
-`w4a4_matmul`: INT8 tensor-core GEMM with int32 accumulation (exact: |sum| <= 128·8·K < 2^31), weights in the
-split-nibble GEMM layout: each K-step of 128 loads a [BLOCK_N, 64]-byte weight tile, and two shifts give the
-int8 tiles of the first and second 64 elements, multiplied against the matching halves of the activation tile.
-Epilogue: (acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype. For few tokens (M <= 64) the
-roles swap (weights as the MMA's row operand), so the tile's large side covers N instead of padding M.
+`w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
+int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A plain INT8
+tensor-core GEMM, int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned per shape; epilogue
+(acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype.
+Why not unpack inside the GEMM's main loop: measured on H100 (BENCHMARKS.md, 2026-11-22), the same split-nibble
+layout unpacked in-loop (two shifts, no shuffle) ran at 0.70-0.84x bf16 cuBLAS, 0.83-0.99x with the weight as the
+register operand, while the separate pass + INT8 GEMM ran at 1.11-1.39x for M >= 4096: the unpacked tile's
+register -> shared-memory round trip in every K-step costs more than re-reading 1.5 bytes per weight once.
 """
 from __future__ import annotations
 
@@ -28,8 +31,6 @@ from .triton_math import round_half_even
 # Shared-memory budget of the fused transform: its padded factors and the [n1, n2] tile staged for the two MMAs
 # take about elem_bytes * (p1 + p2)^2 (measured on H100: 128x128 in fp32, 256 KiB, does not fit; 228 KiB max).
 MAX_FUSED_SMEM = 160 * 1024
-# At or below this many tokens the GEMM swaps operand roles (see module doc).
-SWAP_AB_MAX_M = 64
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,27 +121,10 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
 def _gemm_configs() -> list[triton.Config]:
     if registry.triton_interpreted():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "GROUP_M": 2}, num_warps=4, num_stages=1)]
-    shapes = [(128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 4, 4), (128, 128, 8, 4), (64, 128, 4, 4),
-              (64, 256, 4, 3)]
+    shapes = [(128, 256, 8, 3), (128, 256, 8, 4), (256, 128, 8, 3), (256, 128, 8, 4), (128, 128, 4, 4),
+              (128, 128, 8, 4), (64, 128, 4, 4)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
             for bm, bn, w, s in shapes]
-
-
-@triton.jit
-def _load_halves(ptr, rows, stride, k0, K, PACKED: tl.constexpr, EVEN_K: tl.constexpr, HALF: tl.constexpr):
-    """Two K-contiguous int8 tiles [len(rows), HALF]: elements k0 .. k0+HALF and k0+HALF .. k0+2·HALF."""
-    kk = tl.arange(0, HALF)
-    if PACKED:
-        p = tl.load(ptr + rows[:, None] * stride + (k0 // 2 + kk)[None, :])
-        return (p << 4) >> 4, p >> 4
-    if EVEN_K:
-        lo = tl.load(ptr + rows[:, None] * stride + (k0 + kk)[None, :])
-        hi = tl.load(ptr + rows[:, None] * stride + (k0 + HALF + kk)[None, :])
-    else:
-        lo = tl.load(ptr + rows[:, None] * stride + (k0 + kk)[None, :], mask=(k0 + kk < K)[None, :], other=0)
-        hi = tl.load(ptr + rows[:, None] * stride + (k0 + HALF + kk)[None, :], mask=(k0 + HALF + kk < K)[None, :],
-                     other=0)
-    return lo, hi
 
 
 def _tune_bench(fn, quantiles):
@@ -148,13 +132,37 @@ def _tune_bench(fn, quantiles):
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K", "W_PACKED", "SWAP_AB"], do_bench=_tune_bench)
 @triton.jit
-def _w4a4_gemm_kernel(a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET,
+def _unpack_weight_kernel(packed_ptr, out_ptr, GROUPS, BLOCK_G: tl.constexpr, HALF: tl.constexpr):
+    """packed int8 [GROUPS, HALF] (one 2·HALF-element group per row) -> int8 [GROUPS, 2·HALF]: low nibbles to
+    the first half of the row, high nibbles to the second; two shifts, contiguous 64-byte loads and stores."""
+    g = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
+    j = tl.arange(0, HALF)
+    mask = (g < GROUPS)[:, None]
+    p = tl.load(packed_ptr + g[:, None] * HALF + j[None, :], mask=mask)
+    row = out_ptr + g[:, None] * (2 * HALF) + j[None, :]
+    tl.store(row, (p << 4) >> 4, mask=mask)
+    tl.store(row + HALF, p >> 4, mask=mask)
+
+
+def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
+    """w_packed int8 [N, Kp / 2] (GEMM layout) -> int8 codes [N, Kp] in natural order (zero-padded K tail)."""
+    n, half_kp = w_packed.shape
+    out = torch.empty((n, 2 * half_kp), dtype=torch.int8, device=w_packed.device)
+    groups = n * half_kp // (GEMM_K_GROUP // 2)
+    block_g = 64
+    if groups:
+        _unpack_weight_kernel[(triton.cdiv(groups, block_g),)](w_packed.contiguous(), out, groups, BLOCK_G=block_g,
+                                                               HALF=GEMM_K_GROUP // 2, num_warps=4)
+    return out
+
+
+@triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K"], do_bench=_tune_bench)
+@triton.jit
+def _int8_gemm_kernel(a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET,
                       stride_am, stride_wn, stride_cm,
-                      HAS_BIAS: tl.constexpr, W_PACKED: tl.constexpr, SWAP_AB: tl.constexpr, EVEN_K: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    HALF: tl.constexpr = BLOCK_K // 2
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -169,21 +177,18 @@ def _w4a4_gemm_kernel(a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_
     # Out-of-range rows read row 0 instead of masking the main loop; they are never stored.
     rm_in = tl.where(rm < M, rm, 0)
     rn_in = tl.where(rn < N, rn, 0)
-    if SWAP_AB:
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    kk = tl.arange(0, BLOCK_K)
+    a_rows = a_ptr + rm_in[:, None] * stride_am
+    w_rows = w_ptr + rn_in[:, None] * stride_wn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
-        a_lo, a_hi = _load_halves(a_ptr, rm_in, stride_am, k0, K, False, EVEN_K, HALF)
-        w_lo, w_hi = _load_halves(w_ptr, rn_in, stride_wn, k0, K, W_PACKED, EVEN_K, HALF)
-        if SWAP_AB:
-            acc = tl.dot(w_lo, tl.trans(a_lo), acc, out_dtype=tl.int32)
-            acc = tl.dot(w_hi, tl.trans(a_hi), acc, out_dtype=tl.int32)
+        if EVEN_K:
+            a = tl.load(a_rows + (k0 + kk)[None, :])
         else:
-            acc = tl.dot(a_lo, tl.trans(w_lo), acc, out_dtype=tl.int32)
-            acc = tl.dot(a_hi, tl.trans(w_hi), acc, out_dtype=tl.int32)
-    if SWAP_AB:
-        acc = tl.trans(acc)
+            a = tl.load(a_rows + (k0 + kk)[None, :], mask=(k0 + kk < K)[None, :], other=0)
+        # The weight rows are zero-padded to a multiple of BLOCK_K: no mask.
+        w = tl.load(w_rows + (k0 + kk)[None, :])
+        acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
     sa = tl.load(sa_ptr + rm_in)
     sw = tl.load(sw_ptr + rn_in)
     out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
@@ -193,25 +198,22 @@ def _w4a4_gemm_kernel(a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_
     tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-def launch_w4a4_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w: torch.Tensor, w_scales: torch.Tensor,
-                     bias: torch.Tensor | None, out_dtype: torch.dtype, *, w_packed: bool = True,
-                     swap_ab: bool | None = None) -> torch.Tensor:
-    """The GEMM with an explicit variant: `w_packed` False takes plain int8 weight codes [N, K] (the
-    separate-unpack design, kept for benchmarks); `swap_ab` None picks by M (SWAP_AB_MAX_M)."""
+def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
+              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """a_codes int8 [M, K], a_scales fp32 [M, 1], w_int8 int8 [N, Kp] (Kp = padded_k(K), zero tail), w_scales
+    fp32 [N], bias [N] | None -> [M, N] out_dtype = (A·Wᵀ in int32) · a_scale · w_scale (+ bias)."""
     m, k = a_codes.shape
-    n = w.shape[0]
+    n = w_int8.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
     if m == 0 or n == 0:
         return out
-    swap_ab = m <= SWAP_AB_MAX_M if swap_ab is None else swap_ab
     a_codes = a_codes.contiguous()
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    _w4a4_gemm_kernel[grid](
-        a_codes, w.contiguous(), a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
+    _int8_gemm_kernel[grid](
+        a_codes, w_int8, a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
         w_scales if bias is None else bias.contiguous(), out, m, n, k, triton.next_power_of_2(m),
-        a_codes.stride(0), w.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, W_PACKED=w_packed, SWAP_AB=swap_ab, EVEN_K=k % GEMM_K_GROUP == 0,
-        BLOCK_K=GEMM_K_GROUP)
+        a_codes.stride(0), w_int8.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, EVEN_K=k % GEMM_K_GROUP == 0, BLOCK_K=GEMM_K_GROUP)
     return out
 
 
@@ -219,5 +221,5 @@ def launch_w4a4_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w: torch.Ten
 def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_packed int8 [N, padded_k(K) / 2], w_scales fp32 [N],
-    bias [N] | None -> [M, N] out_dtype."""
-    return launch_w4a4_gemm(a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
+    bias [N] | None -> [M, N] out_dtype: unpack pass, then the INT8 GEMM."""
+    return int8_gemm(a_codes, a_scales, unpack_weight_int8(w_packed), w_scales, bias, out_dtype)

@@ -11,35 +11,32 @@ def _codes(shape, gen, low=-8, high=8):
     return torch.randint(low, high, shape, generator=gen, dtype=torch.int8)
 
 
-def _ones(n):
-    return torch.ones(n)
+@pytest.mark.parametrize("n,k", [(3, 1), (5, 200), (16, 384)])
+def test_unpack_kernel_matches_layout_spec(gen, n, k):
+    codes = _codes((n, k), gen)
+    out = gemm.unpack_weight_int8(kernels.pack_weight_for_gemm(codes))
+    assert out.shape == (n, kernels.padded_k(k))
+    assert torch.equal(out[:, :k], codes) and not out[:, k:].any()
+
+
+def _integer_gemm(a, w_codes):
+    """The GEMM with unit scales and an fp32 output: the int32 accumulator itself (|acc| < 2^24 here)."""
+    m, n = a.shape[0], w_codes.shape[0]
+    return gemm.w4a4_matmul(a, torch.ones(m, 1), kernels.pack_weight_for_gemm(w_codes), torch.ones(n), None,
+                            torch.float32)
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 16, 128), (37, 24, 200), (70, 17, 384)])
-@pytest.mark.parametrize("swap_ab", [False, True])
-def test_gemm_integer_results_are_exact(gen, m, n, k, swap_ab):
+def test_gemm_integer_results_are_exact(gen, m, n, k):
     a, w = _codes((m, k), gen, -128, 128), _codes((n, k), gen)
-    # Unit scales and an fp32 output expose the int32 accumulator itself (|acc| < 2^24).
-    out = gemm.launch_w4a4_gemm(a, _ones((m, 1)), kernels.pack_weight_for_gemm(w), _ones(n), None, torch.float32,
-                                swap_ab=swap_ab)
-    assert torch.equal(out, ref.int_matmul_exact(a, w).float())
-
-
-def test_gemm_unpacked_int8_weight_variant_is_exact(gen):
-    m, n, k = 20, 16, 200
-    a, w = _codes((m, k), gen), _codes((n, k), gen, -128, 128)
-    out = gemm.launch_w4a4_gemm(a, _ones((m, 1)), w, _ones(n), None, torch.float32, w_packed=False)
-    assert torch.equal(out, ref.int_matmul_exact(a, w).float())
+    assert torch.equal(_integer_gemm(a, w), ref.int_matmul_exact(a, w).float())
 
 
 @pytest.mark.parametrize("product", [64, -64])
-@pytest.mark.parametrize("swap_ab", [False, True])
-def test_gemm_worst_case_longest_k_is_exact(product, swap_ab):
+def test_gemm_worst_case_longest_k_is_exact(product):
     m, n, k = 16, 16, 18944
     a = torch.full((m, k), -8 if product > 0 else 8, dtype=torch.int8)
-    w = kernels.pack_weight_for_gemm(torch.full((n, k), -8, dtype=torch.int8))
-    out = gemm.launch_w4a4_gemm(a, _ones((m, 1)), w, _ones(n), None, torch.float32, swap_ab=swap_ab)
-    assert (out == product * k).all()
+    assert (_integer_gemm(a, torch.full((n, k), -8, dtype=torch.int8)) == product * k).all()
 
 
 @pytest.mark.parametrize("bias", [False, True])
