@@ -38,7 +38,8 @@ def _clip_tensor(op: str, name: str, clip: object, like: torch.Tensor, scale_sha
     """A clip ratio as a tensor on `like`'s device: a Python number becomes a 0-d fp32 tensor; a tensor (possibly
     learnable) must be floating point and broadcast to the per-group scale shape."""
     if isinstance(clip, (int, float)) and not isinstance(clip, bool):
-        return torch.tensor(float(clip), dtype=torch.float32, device=like.device)
+        # a fill, not a host-to-device copy, so the op can be captured in a CUDA graph
+        return torch.full((), float(clip), dtype=torch.float32, device=like.device)
     check_float_tensor(op, name, clip)
     check_same_device(op, "x" if op.endswith("act") else "w", like, name, clip)
     check_broadcastable(op, name, clip, scale_shape, "per-group scale")
