@@ -154,60 +154,71 @@ def weighted_mse_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, 
 
 @triton.jit
 def _clip_search_kernel(x_ptr, ratios_ptr, w_ptr, out_ptr, n_segments, n_groups, group_len, stride_row,
-                        n_candidates, segments_per_program, qmax,
-                        w_n1, w_n2, w_s0, w_s1, w_s2,
-                        BLOCK_C: tl.constexpr, BLOCK_SCAN: tl.constexpr, BLOCK_LEN: tl.constexpr,
-                        SUM: tl.constexpr):
-    """Weighted quantization error of each segment (row r, group j) for every candidate ratio.
+                        n_candidates, blocks_per_program, qmax, w_n1, w_n2, w_s0, w_s1, w_s2,
+                        BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_SCAN: tl.constexpr,
+                        BLOCK_LEN: tl.constexpr, SUM: tl.constexpr):
+    """Weighted quantization error of each segment (row r, group j) for every candidate ratio, BLOCK_G segments
+    at a time (several short groups share a tile; a long row is one segment walked in chunks).
 
     SUM: out[program, c] = this program's sum over its segments; else out[segment, c] per segment."""
     pid = tl.program_id(0)
     cand = tl.arange(0, BLOCK_C)
-    cand_ok = cand < n_candidates
-    ratios = tl.load(ratios_ptr + cand, mask=cand_ok, other=1.0).to(tl.float32)
+    ratios = tl.load(ratios_ptr + cand, mask=cand < n_candidates, other=1.0).to(tl.float32)
     partial = tl.zeros([BLOCK_C], tl.float32)
-    for i in range(0, segments_per_program):
-        seg = (pid * segments_per_program + i).to(tl.int64)
-        seg_ok = seg < n_segments
-        # The interpreter cannot mask with (scalar bool & vector bool), so a padding segment gets length 0.
-        seg_len = tl.where(seg_ok, group_len, 0)
-        row = seg // n_groups
-        base = x_ptr + row * stride_row + (seg % n_groups) * group_len
+    for block in range(0, blocks_per_program):
+        segs = (pid * blocks_per_program + block).to(tl.int64) * BLOCK_G + tl.arange(0, BLOCK_G)
+        seg_ok = segs < n_segments
+        rows = segs // n_groups
+        bases = rows * stride_row + (segs % n_groups) * group_len
         # Pass 1: absmax over the finite elements, and whether any element is NaN/Inf. Its chunks are wide
         # (BLOCK_SCAN): this pass streams from HBM with little arithmetic, so it needs many bytes in flight.
-        vmax = tl.zeros([BLOCK_SCAN], tl.float32)
-        nonfinite = tl.zeros([BLOCK_SCAN], tl.int32)
+        vmax = tl.zeros([BLOCK_G, BLOCK_SCAN], tl.float32)
+        nonfinite = tl.zeros([BLOCK_G, BLOCK_SCAN], tl.int32)
         for start in range(0, group_len, BLOCK_SCAN):
             offs = start + tl.arange(0, BLOCK_SCAN)
-            v = tl.abs(tl.load(base + offs, mask=offs < seg_len, other=0.0).to(tl.float32))
+            mask = seg_ok[:, None] & (offs < group_len)[None, :]
+            v = tl.abs(tl.load(x_ptr + bases[:, None] + offs[None, :], mask=mask, other=0.0).to(tl.float32))
             finite = v < float("inf")
             vmax = tl.maximum(vmax, tl.where(finite, v, 0.0))
             nonfinite += tl.where(finite, 0, 1)
-        absmax = tl.max(vmax, axis=0)
-        scales = tl.math.div_rn(ratios * absmax, qmax)
+        absmax = tl.max(vmax, axis=1)
+        scales = tl.math.div_rn(ratios[None, :] * absmax[:, None], qmax)  # [BLOCK_G, BLOCK_C]
         # Scale 0 (all-zero group) quantizes every element to 0, as in the reference.
         nonzero = scales > 0.0
-        inv_scales = tl.where(nonzero, tl.math.div_rn(tl.full([BLOCK_C], 1.0, tl.float32),
+        inv_scales = tl.where(nonzero, tl.math.div_rn(tl.full([BLOCK_G, BLOCK_C], 1.0, tl.float32),
                                                       tl.where(nonzero, scales, 1.0)), 0.0)
-        # Pass 2: every candidate on a [C, chunk] tile. Working on |x| is exact (rounding is symmetric); a negative
-        # x may reach code -(qmax + 1), so its clamp bound is one larger.
-        acc = tl.zeros([BLOCK_C, BLOCK_LEN], tl.float32)
+        # Pass 2: every candidate on a [G, C, chunk] tile. Working on |x| is exact (rounding is symmetric); a
+        # negative x may reach code -(qmax + 1), so its clamp bound is one larger.
+        acc = tl.zeros([BLOCK_G, BLOCK_C, BLOCK_LEN], tl.float32)
         for start in range(0, group_len, BLOCK_LEN):
             offs = start + tl.arange(0, BLOCK_LEN)
-            x = tl.load(base + offs, mask=offs < seg_len, other=0.0).to(tl.float32)
-            v = tl.abs(x)[None, :]
-            bound = tl.where(x < 0.0, qmax + 1.0, qmax)[None, :]
-            q = round_half_even(tl.minimum(v * inv_scales[:, None], bound))
-            diff = q * scales[:, None] - v
+            mask = seg_ok[:, None] & (offs < group_len)[None, :]
+            x = tl.load(x_ptr + bases[:, None] + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+            v = tl.abs(x)[:, None, :]
+            bound = tl.where(x < 0.0, qmax + 1.0, qmax)[:, None, :]
+            q = round_half_even(tl.minimum(v * inv_scales[:, :, None], bound))
+            diff = q * scales[:, :, None] - v
             acc += diff * diff
-        err = tl.where(tl.sum(nonfinite, axis=0) > 0, float("nan"), tl.sum(acc, axis=1))
-        err = err * _load_per_row(w_ptr, row, w_n1, w_n2, w_s0, w_s1, w_s2, seg_ok)
+        err = tl.where((tl.sum(nonfinite, axis=1) > 0)[:, None], float("nan"), tl.sum(acc, axis=2))
+        err = err * _load_per_row(w_ptr, rows, w_n1, w_n2, w_s0, w_s1, w_s2, seg_ok)[:, None]
         if SUM:
-            partial += tl.where(seg_ok, err, 0.0)
+            partial += tl.sum(tl.where(seg_ok[:, None], err, 0.0), axis=0)
         else:
-            tl.store(out_ptr + seg * n_candidates + cand, err, mask=cand < tl.where(seg_ok, n_candidates, 0))
+            tl.store(out_ptr + segs[:, None] * n_candidates + cand[None, :], err,
+                     mask=seg_ok[:, None] & (cand < n_candidates)[None, :])
     if SUM:
-        tl.store(out_ptr + pid * n_candidates + cand, partial, mask=cand_ok)
+        tl.store(out_ptr + pid * n_candidates + cand, partial, mask=cand < n_candidates)
+
+
+def _clip_search_tiles(n_segments: int, group_len: int, n_candidates: int) -> tuple[int, int, int, int]:
+    """(BLOCK_G, BLOCK_C, BLOCK_SCAN, BLOCK_LEN): segments per tile, candidates (padded to a power of 2), pass-1
+    and pass-2 chunk lengths; pass 2's [G, C, chunk] tile holds at most TILE_ELEMENTS."""
+    block_c = triton.next_power_of_2(n_candidates)
+    group_pow2 = triton.next_power_of_2(max(group_len, 1))
+    block_len = min(group_pow2, max(1, TILE_ELEMENTS // block_c))
+    block_g = min(max(1, TILE_ELEMENTS // (block_c * block_len)), triton.next_power_of_2(n_segments))
+    block_scan = min(group_pow2, max(1, TILE_ELEMENTS // block_g))
+    return block_g, block_c, block_scan, block_len
 
 
 @registry.register("clip_search", "triton")
@@ -226,16 +237,16 @@ def clip_search(x: torch.Tensor, ratios: torch.Tensor, bits: int, weights: torch
     if n_segments == 0 or n_candidates == 0:
         shape = (n_candidates,) if reduce == "sum" else (*rows_shape, n_groups, n_candidates)
         return torch.zeros(shape, dtype=torch.float32, device=x.device)
-    segments_per_program = triton.cdiv(n_segments, CLIP_SEARCH_PROGRAMS)
-    n_programs = triton.cdiv(n_segments, segments_per_program)
-    block_c = triton.next_power_of_2(n_candidates)
-    block_scan = min(triton.next_power_of_2(max(group_len, 1)), TILE_ELEMENTS)
-    block_len = min(block_scan, max(1, TILE_ELEMENTS // block_c))
-    out_rows = n_programs if reduce == "sum" else n_segments
-    out = torch.empty(out_rows, n_candidates, dtype=torch.float32, device=x.device)
+    block_g, block_c, block_scan, block_len = _clip_search_tiles(n_segments, group_len, n_candidates)
+    n_blocks = triton.cdiv(n_segments, block_g)
+    blocks_per_program = triton.cdiv(n_blocks, CLIP_SEARCH_PROGRAMS)
+    n_programs = triton.cdiv(n_blocks, blocks_per_program)
+    out = torch.empty(n_programs if reduce == "sum" else n_segments, n_candidates, dtype=torch.float32,
+                      device=x.device)
     w, (n1, n2), (s0, s1, s2) = _per_row_layout(weights, rows_shape)
     _clip_search_kernel[(n_programs,)](
         x2, ratios.contiguous(), w, out, n_segments, n_groups, group_len, x2.stride(0), n_candidates,
-        segments_per_program, float((1 << (bits - 1)) - 1), n1, n2, s0, s1, s2,
-        BLOCK_C=block_c, BLOCK_SCAN=block_scan, BLOCK_LEN=block_len, SUM=reduce == "sum", num_warps=NUM_WARPS)
+        blocks_per_program, float((1 << (bits - 1)) - 1), n1, n2, s0, s1, s2,
+        BLOCK_G=block_g, BLOCK_C=block_c, BLOCK_SCAN=block_scan, BLOCK_LEN=block_len, SUM=reduce == "sum",
+        num_warps=NUM_WARPS)
     return out.sum(0) if reduce == "sum" else out.reshape(*rows_shape, n_groups, n_candidates)

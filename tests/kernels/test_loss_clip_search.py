@@ -114,14 +114,15 @@ def test_broadcast_weights_and_non_contiguous_inputs(gen):
 
 
 def test_many_groups_per_program_and_many_chunks(gen, monkeypatch):
-    """Small tiles and few programs: several chunks per group and several groups per program (with a partial last
-    program), the paths the GPU takes on large inputs."""
+    """Small tiles and few programs: several chunks per group, several tiles of groups per program (with a partial
+    last program), the paths the GPU takes on large inputs."""
     monkeypatch.setattr(loss, "TILE_ELEMENTS", 64)
     monkeypatch.setattr(loss, "CLIP_SEARCH_PROGRAMS", 3)
     x = sample((5, 200), torch.float32, gen)
     x[3, 100:] = 0
     check_against_spec(x, RATIOS, 4, torch.rand(5, generator=gen), 100)
     check_against_spec(x, RATIOS[:5], 3, torch.rand(5, generator=gen), -1)
+    check_against_spec(x[:, :40], RATIOS[:4], 4, torch.rand(5, generator=gen), 4)  # 4 groups per tile
 
 
 def test_deterministic_bitwise(gen):
