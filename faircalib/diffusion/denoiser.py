@@ -19,11 +19,13 @@ class Denoiser:
     """logits_fn: (input_ids [B, L] int64, attention_mask [B, L] bool | None) -> aligned logits [B, L, V].
 
     mask_token_id: id of the mask token. max_length: the model's context length (None = unbounded).
+    device: where the model's inputs must live (None = wherever the prompts are).
     """
 
     logits_fn: LogitsFn
     mask_token_id: int
     max_length: int | None = None
+    device: torch.device | None = None
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         logits = self.logits_fn(input_ids, attention_mask)
@@ -50,11 +52,11 @@ def as_denoiser(model, *, mask_token_id: int | None = None, max_length: int | No
     if isinstance(model, torch.nn.Module):
         from faircalib.models import get_adapter  # models import diffusion-free code only; import when needed
 
-        adapter, config = get_adapter(model), getattr(model, "config", None)
+        adapter, module = get_adapter(model), model
     elif hasattr(model, "logits") and hasattr(model, "mask_token_id"):
-        adapter, config = model, getattr(getattr(model, "model", None), "config", None)
+        adapter, module = model, getattr(model, "model", None)
     elif callable(model):
-        adapter, config = None, None
+        adapter, module = None, None
     else:
         raise TypeError(
             f"diffusion.denoiser: cannot generate with a {type(model).__name__}; pass a model, an adapter or a "
@@ -67,7 +69,9 @@ def as_denoiser(model, *, mask_token_id: int | None = None, max_length: int | No
             f"diffusion.denoiser: {type(model).__name__} has no mask token, so it cannot denoise; pass "
             "mask_token_id=... (or set mask_token_id in the model config)"
         )
+    config = getattr(module, "config", None)
     if max_length is None and config is not None:
         max_length = getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
+    parameter = next(module.parameters(), None) if isinstance(module, torch.nn.Module) else None
     logits_fn = adapter.logits if adapter is not None else model
-    return Denoiser(logits_fn, int(mask_token_id), max_length)
+    return Denoiser(logits_fn, int(mask_token_id), max_length, None if parameter is None else parameter.device)

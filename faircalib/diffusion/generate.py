@@ -9,7 +9,7 @@ from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.denoiser import as_denoiser
 from faircalib.diffusion.dream import sample_dream
 from faircalib.diffusion.llada import sample_blockwise
-from faircalib.diffusion.prompts import prompt_batch
+from faircalib.diffusion.prompts import PromptBatch, prompt_batch
 from faircalib.diffusion.state import DenoisingState
 from faircalib.diffusion.trajectory import Trajectory
 
@@ -49,13 +49,15 @@ def generate(
     model: a model (through `faircalib.models.get_adapter`), an adapter, a `Denoiser`, or a logits function
     `(input_ids [B, L], attention_mask [B, L] bool | None) -> aligned logits [B, L, V]` with `mask_token_id`.
     prompt_ids: [B, P] int tensor (left- or right-padded; padding given by `attention_mask`, else by
-    `pad_token_id`), a 1-D tensor, or a list of 1-D prompts of different lengths. Padded rows give the same
-    result as the row alone (the model must hide padding through the attention mask).
+    `pad_token_id`), a 1-D tensor, or a list of 1-D prompts of different lengths; moved to the model's device.
+    Padded rows give the same result as the row alone (the model must hide padding through the attention mask).
     generator: all randomness (Gumbel noise, random orders); None draws a fresh nondeterministic seed.
     """
     config = SamplerConfig() if config is None else config
     denoiser = as_denoiser(model, mask_token_id=mask_token_id)
     prompts = prompt_batch(prompt_ids, attention_mask=attention_mask, pad_token_id=pad_token_id)
+    if denoiser.device is not None:
+        prompts = PromptBatch(prompts.ids.to(denoiser.device), prompts.attention_mask.to(denoiser.device))
     total = prompts.ids.shape[1] + config.gen_length
     if denoiser.max_length is not None and total > denoiser.max_length:
         raise ValueError(
