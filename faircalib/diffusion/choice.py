@@ -76,7 +76,8 @@ def top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """scores [B, L] (-inf = never), counts [B] int -> bool [B, L] marking each row's `counts[b]` highest
     finite scores (ties broken by position)."""
     order = scores.argsort(dim=1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    ranks = torch.empty_like(order).scatter_(1, order, positions)
     return (ranks < counts.unsqueeze(1)) & torch.isfinite(scores)
 
 

@@ -59,8 +59,9 @@ def as_denoiser(model, *, mask_token_id: int | None = None, max_length: int | No
         adapter, module = None, None
     else:
         raise TypeError(
-            f"diffusion.denoiser: cannot generate with a {type(model).__name__}; pass a model, an adapter or a "
-            "logits function (input_ids, attention_mask) -> logits [B, L, V]"
+            f"diffusion.denoiser: cannot generate with a {type(model).__name__}; pass a model (a name or path loads "
+            "with faircalib.models.load_model), an adapter or a logits function (input_ids, attention_mask) -> "
+            "logits [B, L, V]"
         )
     if mask_token_id is None and adapter is not None:
         mask_token_id = adapter.mask_token_id

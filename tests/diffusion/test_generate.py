@@ -92,9 +92,9 @@ def test_bad_prompts_are_refused(prompts, kwargs, message):
 
 
 def test_bad_model_outputs_are_refused():
-    with pytest.raises(TypeError, match="cannot generate with a str"):
+    with pytest.raises(TypeError, match="cannot generate with a str.*load_model"):
         generate("tiny-llada", [[4]])
-    with pytest.raises(ValueError, match=r"logits of shape \(1, 272\) for input_ids \(1, 17\); it must return aligned logits"):
+    with pytest.raises(ValueError, match=r"logits of shape \(1, 272\) for input_ids \(1, 17\); it must return"):
         generate(lambda x, m: torch.zeros(x.shape[0], x.shape[1] * VOCAB), [[4]], mask_token_id=MASK)
     with pytest.raises(ValueError, match="mask_token_id=40 is outside the vocabulary of 16"):
         generate(ramp_logits, [[4]], mask_token_id=40)
