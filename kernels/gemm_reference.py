@@ -68,10 +68,11 @@ def kronecker_apply(x: torch.Tensor, channel_scale: torch.Tensor | None, left: t
         return y
     n2 = right.shape[0] if right is not None else x.shape[-1] // left.shape[0]
     y = y.reshape(x.shape[0], -1, n2)
-    if right is not None:
-        y = y @ right.float()
+    # Left first, as calib.transforms.KroneckerTransform does: the same fp32 sums, so the same codes.
     if left is not None:
         y = left.float().t() @ y
+    if right is not None:
+        y = y @ right.float()
     return y.reshape(x.shape)
 
 

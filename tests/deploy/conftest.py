@@ -1,0 +1,57 @@
+"""Tiny calibrated models for the deployment tests: random tiny LLaDA/Dream models whose block linears are
+wrapped as QuantLinears (RTN, QuaRot-style Hadamard, or FlatQuant-style Kronecker with non-trivial factors)."""
+import pytest
+import torch
+
+from faircalib.calib.layerwise import wrap_block
+from faircalib.calib.methods import get_method
+from faircalib.calib.transforms import KroneckerTransform, random_orthogonal
+from faircalib.config import QuantConfig
+from faircalib.models import build_random, get_adapter
+
+TINY = {
+    "llada": {"model_type": "llada", "d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2,
+              "mlp_hidden_size": 96, "vocab_size": 50, "embedding_size": 64, "rope_theta": 10000.0,
+              "mask_token_id": 49, "eos_token_id": 48, "pad_token_id": 48, "max_sequence_length": 128},
+    "dream": {"model_type": "Dream", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "num_hidden_layers": 2, "intermediate_size": 96, "vocab_size": 50, "rope_theta": 10000.0,
+              "mask_token_id": 49, "pad_token_id": 48, "eos_token_id": 48, "bos_token_id": 48},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads (and spinning threads slow a busy CI machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _randomise_kronecker(model: torch.nn.Module, gen: torch.Generator) -> None:
+    """Give every (identity-initialised) Kronecker transform random orthogonal factors and channel scales."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, KroneckerTransform):
+                module.left.copy_(random_orthogonal(module.left.shape[0], gen))
+                module.right.copy_(random_orthogonal(module.right.shape[0], gen))
+                module.channel_scale.mul_(torch.rand(module.d, generator=gen) + 0.5)
+
+
+def quantized_tiny(family: str, method: str = "flatquant", seed: int = 0) -> torch.nn.Module:
+    """A tiny random model of `family` with every block linear a folded W4A4 QuantLinear of `method`."""
+    gen = torch.Generator().manual_seed(seed)
+    model = build_random(family, TINY[family], generator=torch.Generator().manual_seed(seed))
+    adapter = get_adapter(model)
+    for block in adapter.blocks:
+        wrap_block(adapter, block, get_method(method), QuantConfig.w_a(4, 4), gen)
+    _randomise_kronecker(model, gen)
+    for module in model.modules():
+        if hasattr(module, "fold") and hasattr(module, "input_transform"):
+            module.fold()
+    return model.eval()
+
+
+@pytest.fixture(params=["llada", "dream"])
+def family(request):
+    return request.param
