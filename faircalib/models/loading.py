@@ -25,6 +25,8 @@ ZOO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "zoo" / "checkpoints"
 TINY_MODELS = ("tiny-llada", "tiny-dream")
 # Stored tensors a native model does not need: rotary caches that some exports persist. Matched by suffix.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+# Generic PretrainedConfig keys that the published LLaDA/Dream config.json files do carry.
+GENERIC_KEYS_KEPT = ("model_type", "tie_word_embeddings", "pad_token_id", "bos_token_id", "eos_token_id")
 _LIST_LIMIT = 20
 
 
@@ -151,12 +153,19 @@ def save_model(model: nn.Module, directory: str | os.PathLike, dtype: torch.dtyp
     tied = model.tied_weights()
     state = {name: t.detach().to(dtype=dtype or t.dtype, device="cpu").contiguous()
              for name, t in model.state_dict().items() if name not in tied}
-    config = model.config.to_dict()
+    config = _family_keys(model.config)
     config["architectures"] = [type(model).__name__]
     _atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     _atomic_write(directory / "config.json",
                   lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
     return directory
+
+
+def _family_keys(config: transformers.PretrainedConfig) -> dict:
+    """The config as the published files write it: the family's own keys, without the dozens of generic
+    transformers settings (id2label, num_beams, ...) whose set differs between transformers versions."""
+    generic = transformers.PretrainedConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if k not in generic or k in GENERIC_KEYS_KEPT}
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):

@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from faircalib.models import DreamModel, LLaDAModelLM, load_model, save_model
+from faircalib.models import DreamModel, LLaDAModelLM, build_random, load_model, save_model
 from faircalib.models.loading import TINY_MODELS, ZOO_CHECKPOINTS
 
-from .conftest import random_ids, tiny_model
+from .conftest import FAMILY_OF, random_ids, shrunk_published, tiny_model
 
 
 def test_round_trip_is_bit_exact(family, tmp_path, gen):
@@ -142,3 +142,13 @@ def test_shipped_tiny_models_load(name, gen):
     model = load_model(name)
     assert type(model) is (LLaDAModelLM if name == "tiny-llada" else DreamModel)
     assert model.config.mask_token_id is not None
+
+
+def test_published_config_keys_survive_a_round_trip(published, tmp_path):
+    config = shrunk_published(published)
+    save_model(build_random(FAMILY_OF[published], config), tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    generic = ("rope_scaling", "torch_dtype", "use_cache")  # transformers' own settings, meaningless here
+    assert {k: v for k, v in written.items() if k in config and k not in generic} == {
+        k: v for k, v in config.items() if k not in generic}
+    assert "id2label" not in written and "num_beams" not in written
