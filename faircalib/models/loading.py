@@ -20,9 +20,8 @@ from torch import nn
 from faircalib.models.adapter import get_adapter
 from faircalib.models.base import BlockwiseLM
 from faircalib.models.build import family_of, make_config, read_config_dict
+from faircalib.zoo import SHIPPED, checkpoint_dir
 
-ZOO_CHECKPOINTS = Path(__file__).resolve().parent.parent / "zoo" / "checkpoints"
-TINY_MODELS = ("tiny-llada", "tiny-dream")
 # Stored tensors a native model does not need: rotary caches that some exports persist. Matched by suffix.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # Generic PretrainedConfig keys that the published LLaDA/Dream config.json files do carry.
@@ -32,11 +31,11 @@ _LIST_LIMIT = 20
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """"tiny-llada" / "tiny-dream" -> the shipped directory; anything else must be a local checkpoint directory."""
-    path = ZOO_CHECKPOINTS / str(name_or_path) if str(name_or_path) in TINY_MODELS else Path(name_or_path)
+    path = checkpoint_dir(str(name_or_path)) if str(name_or_path) in SHIPPED else Path(name_or_path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"faircalib.models.loading: {name_or_path!r} is not a checkpoint directory (no config.json in {path}); "
-            f"pass {' or '.join(TINY_MODELS)} or a local directory with config.json and *.safetensors."
+            f"pass {' or '.join(SHIPPED)} or a local directory with config.json and *.safetensors."
         )
     return path
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from faircalib.models import DreamModel, LLaDAModelLM, build_random, load_model, save_model
-from faircalib.models.loading import TINY_MODELS, ZOO_CHECKPOINTS
+from faircalib.models import DreamModel, LLaDAModelLM, build_random, load_model, load_tokenizer, save_model
+from faircalib.zoo import SHIPPED, checkpoint_dir
+from faircalib.zoo.tokenizer import CharTokenizer
 
 from .conftest import FAMILY_OF, random_ids, shrunk_published, tiny_model
 
@@ -135,9 +136,9 @@ def test_save_refuses_foreign_models(tmp_path):
         save_model(torch.nn.Linear(2, 2), tmp_path)
 
 
-@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_tiny_models_load(name, gen):
-    if not (ZOO_CHECKPOINTS / name / "config.json").is_file():
+    if not (checkpoint_dir(name) / "config.json").is_file():
         pytest.skip(f"{name} is not trained yet (faircalib/zoo/checkpoints/{name})")
     model = load_model(name)
     assert type(model) is (LLaDAModelLM if name == "tiny-llada" else DreamModel)
@@ -152,3 +153,10 @@ def test_published_config_keys_survive_a_round_trip(published, tmp_path):
     assert {k: v for k, v in written.items() if k in config and k not in generic} == {
         k: v for k, v in config.items() if k not in generic}
     assert "id2label" not in written and "num_beams" not in written
+
+
+def test_tokenizer_is_read_from_the_checkpoint_directory(tmp_path):
+    save_model(tiny_model("llada"), tmp_path)
+    CharTokenizer().save(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    assert isinstance(tokenizer, CharTokenizer) and tokenizer.decode(tokenizer.encode("12+34")) == "12+34"
