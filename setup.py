@@ -20,7 +20,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"faircalib.kernels": "kernels"},
-    package_data={"faircalib.zoo": ["checkpoints/*/*", "data/*"]},
+    package_data={"faircalib.zoo": ["checkpoints/*/*", "data/*"], "faircalib.models": ["configs/*.json"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
