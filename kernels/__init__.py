@@ -223,7 +223,9 @@ def clip_search(x: torch.Tensor, ratios, bits: int = 4, weights: torch.Tensor | 
     group_size = -1 if group_size is None else group_size
     check_group_size(op, group_size, x.shape[-1])
     _check_choice(op, "reduce", reduce, ("sum", "none"))
-    return ops.clip_search(x, ratios.float(), bits, _row_weights(op, weights, x, "x"), group_size, reduce)
+    # Not differentiable: detached, so a search over a weight Parameter returns a plain tensor.
+    return ops.clip_search(x.detach(), ratios.detach().float(), bits, _row_weights(op, weights, x, "x").detach(),
+                           group_size, reduce)
 
 
 # ---------------------------------------------------------------------------------------------------------

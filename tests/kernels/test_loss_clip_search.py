@@ -156,9 +156,11 @@ def test_empty_inputs(shape, group_size, n_candidates):
             assert out.shape == out_shape and out.dtype == torch.float32 and not out.any()
 
 
-def test_ratios_as_a_sequence_and_custom_op_registration(gen):
+def test_ratios_as_a_sequence_parameters_and_custom_op_registration(gen):
     x = sample((3, 16), torch.float32, gen)
     assert torch.equal(K.clip_search(x, [0.5, 1.0]), K.clip_search(x, torch.tensor([0.5, 1.0])))
+    from_parameter = K.clip_search(torch.nn.Parameter(x), [0.5, 1.0])
+    assert not from_parameter.requires_grad and torch.equal(from_parameter, K.clip_search(x, [0.5, 1.0]))
     ratios, weights = torch.tensor([0.5, 1.0]), torch.rand(3, generator=gen)
     torch.library.opcheck(torch.ops.faircalib.clip_search.default, (x, ratios, 4, weights, 8, "none"))
     torch.library.opcheck(torch.ops.faircalib.clip_search.default, (x, ratios, 4, weights, -1, "sum"))
