@@ -14,6 +14,8 @@ import sys
 COMMANDS = {
     "generate": "faircalib.commands.generate",
     "eval": "faircalib.commands.evaluate",
+    "calibrate": "faircalib.commands.calibrate",
+    "compare": "faircalib.commands.compare",
 }
 
 

@@ -96,6 +96,13 @@ class QuantLinear(nn.Module):
             self.weight.copy_(self.input_transform.fold_into_weight(self.weight))
             self.folded = True
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # GPTQ's pinned scales exist only after GPTQ ran; make room for them when loading such a state.
+        key = prefix + "fixed_weight_scale"
+        if key in state_dict and self.fixed_weight_scale is None:
+            self.fixed_weight_scale = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w={self.weight_spec}, a={self.act_spec}, "
                 f"transform={type(self.input_transform).__name__ if self.input_transform is not None else None}")
