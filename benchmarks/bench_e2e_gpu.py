@@ -1,0 +1,129 @@
+"""One denoising step (a full forward pass) of a random-weight model with the LLaDA-8B config, bf16 vs W4A4.
+
+    python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--factors fp32,bf16]
+
+bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU. W4A4: the same model with every block
+linear replaced in place by a `W4A4Linear` (per-channel RTN codes of its weight, a FlatQuant-style online
+Kronecker transform with random orthogonal factors and a channel scale on every linear input); embeddings,
+norms, attention and the LM head stay bf16. Reports the median step time over CUDA events, the peak allocated
+memory of a step and the bytes of the block linears' weights, and writes `bench_e2e.json` to DIR ($OUT or .).
+`--factors` also runs W4A4 with bf16 transform factors (fused in the kernel at every LLaDA size) besides fp32
+(tf32 MMA; the 96x128 factors of the 12288-wide down projection input then run as a torch matmul).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import triton
+
+from faircalib import kernels
+from faircalib.calib.transforms import kronecker_factors, random_orthogonal
+from faircalib.deploy.w4a4_linear import W4A4Linear
+from faircalib.models import build_random, get_adapter
+
+
+def step_stats(adapter, ids: torch.Tensor, reps: int = 10) -> dict:
+    """Median ms of one forward over `ids` and the peak memory one step allocates."""
+    with torch.no_grad():
+        for _ in range(3):
+            adapter.logits(ids)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            adapter.logits(ids)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+    return {"ms": statistics.median(times), "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
+
+
+def block_weight_bytes(adapter) -> int:
+    total = 0
+    for block in adapter.blocks:
+        for module in adapter.linears(block).values():
+            total += sum(t.numel() * t.element_size() for t in module.buffers()) + \
+                sum(p.numel() * p.element_size() for p in module.parameters())
+    return total
+
+
+def to_w4a4(adapter, factor_dtype: torch.dtype, gen: torch.Generator) -> None:
+    """Replace every block linear by a W4A4Linear (RTN codes, random Kronecker transform), freeing bf16 weights."""
+    for block in adapter.blocks:
+        for role, linear in adapter.linears(block).items():
+            k, n = linear.in_features, linear.out_features
+            n1, n2 = kronecker_factors(k)
+            module = W4A4Linear(k, n, bias=linear.bias is not None, left_size=n1, right_size=n2,
+                                channel_scale=True).cuda()
+            with torch.no_grad(), kernels.use_backend("reference"):
+                codes, scales = kernels.quantize_weight(linear.weight.float(), bits=4)
+                module.weight_packed.copy_(kernels.pack_weight_for_gemm(codes))
+                module.weight_scale.copy_(scales.reshape(-1))
+                module.left = random_orthogonal(n1, gen).cuda().to(factor_dtype)
+                module.right = random_orthogonal(n2, gen).cuda().to(factor_dtype)
+                module.channel_scale.uniform_(0.5, 1.5)
+                if linear.bias is not None:
+                    module.bias.copy_(linear.bias.float())
+            adapter.set_linear(block, role, module)
+            del linear, codes, scales
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--tokens", default="1024,4096")
+    parser.add_argument("--factors", default="fp32,bf16")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_e2e_gpu: needs a CUDA GPU")
+    tokens = [int(t) for t in args.tokens.split(",")]
+    started = time.time()
+    results = {"env": {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                       "triton": triton.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
+               "runs": []}
+    gen = torch.Generator().manual_seed(0)
+    ids = {n: torch.randint(0, 126000, (1, n), generator=gen).cuda() for n in tokens}
+    for factor_name in args.factors.split(","):
+        model = build_random("llada", "llada-8b", dtype=torch.bfloat16, device="cuda")
+        adapter = get_adapter(model)
+        if not results["runs"]:
+            bf16_bytes = block_weight_bytes(adapter)
+            for n in tokens:
+                stats = step_stats(adapter, ids[n])
+                results["runs"].append({"model": "bf16", "tokens": n, **stats, "block_weight_bytes": bf16_bytes})
+                print(results["runs"][-1], flush=True)
+        to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen)
+        w4_bytes = block_weight_bytes(adapter)
+        for n in tokens:
+            stats = step_stats(adapter, ids[n])
+            bf16 = next(r for r in results["runs"] if r["model"] == "bf16" and r["tokens"] == n)
+            results["runs"].append({"model": f"w4a4 (factors {factor_name})", "tokens": n, **stats,
+                                    "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],
+                                    "weight_bytes_vs_bf16": w4_bytes / bf16["block_weight_bytes"]})
+            print(results["runs"][-1], flush=True)
+        del model, adapter
+        torch.cuda.empty_cache()
+    results["env"]["seconds"] = time.time() - started
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "bench_e2e.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"\n{results['env']}\n\n| model | tokens | step ms | speedup vs bf16 | peak GiB | block weights GB (x bf16) |")
+    print("|---|---|---|---|---|---|")
+    for r in results["runs"]:
+        print(f"| {r['model']} | {r['tokens']} | {r['ms']:.1f} | {r.get('speedup_vs_bf16', 1.0):.2f} | "
+              f"{r['peak_gib']:.1f} | {r['block_weight_bytes'] / 1e9:.2f} ({r.get('weight_bytes_vs_bf16', 1.0):.3f}) |")
+
+
+if __name__ == "__main__":
+    main()
