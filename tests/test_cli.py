@@ -58,7 +58,7 @@ def test_generate_prints_one_answer_per_prompt(checkpoints, capsys):
 
 def test_generate_trace_shows_every_step(checkpoints, capsys):
     assert main(["generate", "--model", checkpoints["dream"], "--prompt", "7+8=", "--trace",
-                 "--gen-length", "6", "--steps", "3"]) == 0
+                 "--sampler", "dream", "--gen-length", "6", "--steps", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 + 1 + 1  # three steps, the final state, the answer
     assert lines[0].split()[:3] == ["step", "0", "7+8=______"]
@@ -91,7 +91,7 @@ def test_eval_writes_the_report_atomically(checkpoints, capsys, tmp_path):
     assert report["n"] == 4 and report["seed"] == 5 and report["split"] == "heldout"
     assert set(report["tasks"]) == {"add", "rev"}
     assert all(task["n"] == 2 and 0 <= task["accuracy"] <= 1 for task in report["tasks"].values())
-    assert report["sampler"] == SamplerConfig(sampler="dream").to_dict()  # the Dream family's default sampler
+    assert report["sampler"] == SamplerConfig().to_dict()  # one default sampler for every model
     assert [p.name for p in out.parent.iterdir()] == ["report.json"]
 
 
@@ -106,3 +106,10 @@ def test_eval_rejects_unknown_tasks(checkpoints, capsys):
 def test_default_model_is_the_shipped_tiny_llada(capsys):
     assert main(["generate", "--prompt", "12+34="]) == 0
     assert capsys.readouterr().out.strip() == "46"
+
+
+def test_unknown_model_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "1="])
+    assert exit_.value.code == 2
+    assert "is not a checkpoint directory" in capsys.readouterr().err

@@ -8,8 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator,
-                                        load_model_and_tokenizer, sampler_config)
+from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator, load_model,
+                                        load_tokenizer, sampler_config)
 
 HELP = "exact-match accuracy per task of a model on the task suite (JSON report)"
 
@@ -36,8 +36,8 @@ def run(args) -> int:
         problems = load_tasks(args.split, n=args.n, tasks=args.tasks)
     except ValueError as error:
         args.parser.error(str(error))
-    model, tokenizer = load_model_and_tokenizer(args)
-    config, rng = sampler_config(args, model), generator(args)
+    config, tokenizer = sampler_config(args), load_tokenizer(args)
+    model, rng = load_model(args), generator(args)
     hits, totals = Counter(), Counter(p.task for p in problems)
     start = time.perf_counter()
     with tqdm(total=len(problems), desc=f"eval {args.model}", unit="problem", disable=None) as progress:

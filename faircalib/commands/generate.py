@@ -1,8 +1,8 @@
 """`faircalib generate`: answer prompts with a diffusion sampler; `--trace` shows every denoising step."""
 from __future__ import annotations
 
-from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator,
-                                        load_model_and_tokenizer, sampler_config)
+from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator, load_model,
+                                        load_tokenizer, sampler_config)
 
 HELP = "generate answers to prompts (prints one answer per prompt)"
 MASK_GLYPH, EOS_GLYPH = "_", "|"
@@ -22,13 +22,12 @@ def run(args) -> int:
 
     from faircalib.diffusion import generate
 
-    model, tokenizer = load_model_and_tokenizer(args)
-    config = sampler_config(args, model)
+    config, tokenizer = sampler_config(args), load_tokenizer(args)
     try:
-        prompts = [torch.tensor(tokenizer.encode(p), dtype=torch.long, device=args.device) for p in args.prompt]
+        prompts = [torch.tensor(tokenizer.encode(p), dtype=torch.long) for p in args.prompt]
     except ValueError as error:
         args.parser.error(str(error))
-    out = generate(model, prompts, config, generator=generator(args), record=args.trace,
+    out = generate(load_model(args), prompts, config, generator=generator(args), record=args.trace,
                    pad_token_id=tokenizer.pad_token_id)
     for row, answer in enumerate(out.answer.tolist()):
         if args.trace:

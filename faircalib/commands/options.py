@@ -23,7 +23,7 @@ def add_model_arguments(parser: argparse.ArgumentParser):
 def add_sampler_arguments(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("sampler (defaults: faircalib.diffusion.SamplerConfig)")
     group.add_argument("--sampler", choices=SAMPLERS,
-                       help="default: dream for Dream-family models (shifted logits), llada otherwise")
+                       help="default llada for every model, as the zoo's reported accuracies use")
     group.add_argument("--gen-length", type=int, help="answer tokens (default 16)")
     group.add_argument("--steps", type=int, help="denoising steps (default 16)")
     group.add_argument("--block-length", type=int, help="block size of llada/threshold/probe (default: gen length)")
@@ -39,23 +39,30 @@ def add_sampler_arguments(parser: argparse.ArgumentParser):
     group.add_argument("--seed", type=int, default=0, help="seed of all sampling randomness (default 0)")
 
 
-def load_model_and_tokenizer(args):
+def load_tokenizer(args):
+    """The checkpoint's tokenizer (cheap: read first, so bad prompts fail before the model loads)."""
+    from faircalib.models import load_tokenizer as load
+
+    try:
+        return load(args.model)
+    except FileNotFoundError as error:
+        args.parser.error(str(error))
+
+
+def load_model(args):
     import torch
 
-    from faircalib.models import load_model, load_tokenizer
+    from faircalib.models import load_model as load
 
-    model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device,
-                       trust_remote_code=args.trust_remote_code)
-    return model, load_tokenizer(args.model)
+    return load(args.model, dtype=getattr(torch, args.dtype), device=args.device,
+                trust_remote_code=args.trust_remote_code)
 
 
-def sampler_config(args, model):
+def sampler_config(args):
     """The SamplerConfig the options ask for; invalid settings end in a usage error naming the problem."""
     from faircalib.diffusion import SamplerConfig
-    from faircalib.models import get_adapter
 
     settings = {name: getattr(args, name) for name in SAMPLER_FIELDS if getattr(args, name) is not None}
-    settings.setdefault("sampler", "dream" if get_adapter(model).shift_logits else "llada")
     if "gen_length" in settings and "steps" not in settings:
         settings["steps"] = settings["gen_length"]  # one token per step unless told otherwise
     try:
