@@ -1,7 +1,7 @@
 """Calibrate a model with several methods and measure each against the full-precision teacher, in one run.
 
 For a shipped tiny model (or any model with the task-suite tokenizer): the FP teacher generates the held-out
-answers once with the model's default sampler, recording its trajectories; every method then calibrates a fresh
+answers once with the project's default sampler (`SamplerConfig()`, as every reported accuracy uses), recording its trajectories; every method then calibrates a fresh
 copy of the model on training problems and is read along those trajectories (frontier flips, post-commit
 mismatch, stability lag), and on its own generations (exact-match accuracy, recovery) and masked-token NLL.
 """
@@ -24,12 +24,6 @@ from faircalib.zoo import GEN_LENGTH, load_tasks
 from faircalib.zoo.evaluate import evaluate
 
 FP = "fp"
-
-
-def default_sampler(model, gen_length: int = GEN_LENGTH) -> SamplerConfig:
-    """The sampler a family's authors use: Dream's for shifted-logit models, LLaDA's otherwise (one token/step)."""
-    kind = "dream" if get_adapter(model).shift_logits else "llada"
-    return SamplerConfig(sampler=kind, gen_length=gen_length, steps=gen_length)
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,7 @@ def compare(model_name: str, methods: list[str], base_recipe: Recipe, settings: 
     """Run every method on `model_name` and return (and write) `results.json`, `results.md` and plots."""
     tokenizer = load_tokenizer(model_name)
     fp_model = load_model(model_name)
-    sampler = default_sampler(fp_model)
+    sampler = SamplerConfig()
     heldout = load_tasks("heldout", n=settings.n_eval)
     metric_problems = [p for task in dict.fromkeys(p.task for p in heldout)
                        for p in [q for q in heldout if q.task == task][:settings.n_metric]]

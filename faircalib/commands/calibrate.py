@@ -60,14 +60,15 @@ def run(args) -> int:
     import json
 
     from faircalib.calib.pipeline import calibrate
-    from faircalib.compare import calibration_inputs, default_sampler, CompareSettings
+    from faircalib.compare import CompareSettings, calibration_inputs
+    from faircalib.diffusion import SamplerConfig
     from faircalib.models import load_model, load_tokenizer
 
     recipe = recipe_from(args, args.method)
     model = load_model(args.model, device="cpu", trust_remote_code=args.trust_remote_code)
     tokenizer = load_tokenizer(args.model)
     ids, mask, prompts = calibration_inputs(tokenizer, CompareSettings(n_calib=args.n_calib, seed=args.seed))
-    result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=default_sampler(model),
+    result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=SamplerConfig(),
                        out_dir=args.out, resume=args.resume)
     print(json.dumps({"out": str(args.out), "method": args.method, "fingerprint": result.fingerprint,
                       "stage1_seconds": round(result.stage1_seconds, 2),
