@@ -62,12 +62,8 @@ class BlockwiseLM:
         cos, sin = rotary_cos_sin(positions, head_dim, theta)
         return {"position_embeddings": (cos, sin), "attention_mask": key_mask}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_) -> MaskedLMOutput:
-        """input_ids: [B, L] int -> MaskedLMOutput(logits [B, L, V]) with the family's raw (published) alignment.
-
-        Extra keyword arguments that generation code passes to remote-code models (use_cache, ...) are ignored:
-        these models have no KV cache.
-        """
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MaskedLMOutput:
+        """input_ids: [B, L] int -> MaskedLMOutput(logits [B, L, V]) with the family's raw (published) alignment."""
         kwargs = self.block_kwargs(input_ids, attention_mask)
         hidden = self.embed_inputs(input_ids)
         for block in self.blocks:
