@@ -7,6 +7,8 @@ backward does the same fp32 operations in the same order per element, with no su
 """
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import faircalib.kernels as K
 from faircalib.kernels import loss
@@ -105,6 +107,24 @@ def test_weights_none_is_unweighted_and_odd_broadcasts_work(gen):
     weights = torch.rand(2, 1, 4, 1, generator=gen)
     ref, tri = on_both(K.weighted_mse, a, b, weights, "none")
     torch.testing.assert_close(tri, ref, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), rows=st.lists(st.integers(0, 4), max_size=4), d=st.integers(0, 40),
+       dtype=st.sampled_from(DTYPES), reduction=st.sampled_from(["sum", "none"]))
+def test_fuzz_shapes_and_weight_broadcasts(data, rows, d, dtype, reduction):
+    """Any rows shape, any weight shape that broadcasts to it (dims dropped from the left or set to 1, possibly
+    transposed in memory): forward to fp32 summation tolerance, gradients bit-exact."""
+    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    a, b = pair((*rows, d), dtype, gen)
+    kept = rows[data.draw(st.integers(0, len(rows)), label="dropped leading dims"):]
+    weight_shape = [n if data.draw(st.booleans(), label=f"keep dim {i}") else 1 for i, n in enumerate(kept)]
+    weights = torch.rand(weight_shape[::-1], generator=gen).permute(list(range(len(weight_shape)))[::-1])
+    grad_out = torch.randn(() if reduction == "sum" else tuple(rows), generator=gen)
+    (loss_ref, ga_ref, gb_ref), (out, ga, gb) = on_both(loss_and_grads, a, b, weights, reduction, grad_out)
+    torch.testing.assert_close(out, loss_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ga, ga_ref, rtol=0, atol=0)
+    torch.testing.assert_close(gb, gb_ref, rtol=0, atol=0)
 
 
 def test_deterministic_bitwise(gen):
