@@ -338,6 +338,7 @@ def calibrate_blocks(adapter, data: CalibData, method: Method, qconfig: QuantCon
         start = time.perf_counter()
         block = blocks[i]
         home = next(block.parameters()).device
+        home_dtype = next(block.parameters()).dtype
         block.to(device=device, dtype=torch.float32)
         x_in = streams.x_q
         targets = _map_stream(adapter, block, streams.x_fp, data, options, device)
@@ -369,6 +370,9 @@ def calibrate_blocks(adapter, data: CalibData, method: Method, qconfig: QuantCon
         streams.x_fp = targets
         for p in block.parameters():
             p.requires_grad_(False)
-        # The calibrated block stays in fp32: its pinned GPTQ scales and folded weights are what deployment packs.
+        # Folded weights go back to the model's dtype (deployment quantizes what is stored); transforms, clips and
+        # GPTQ's pinned scales stay fp32 (codes q·s survive a bf16 round trip: |q| ≤ 2^(b-1) keeps the error < 0.5).
+        for q in wrapped:
+            q.weight.data = q.weight.data.to(home_dtype)
         block.to(device=home)
     return logs
