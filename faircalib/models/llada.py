@@ -198,7 +198,9 @@ class LLaDAModel(nn.Module):
                 "wte": nn.Embedding(config.rows(), config.d_model),
                 "blocks": nn.ModuleList(LLaDABlock(config) for _ in range(config.n_layers)),
                 "ln_f": RMSNorm(config.d_model, config.rms_norm_eps, bias=_norm_bias(config)),
-                "ff_out": nn.Linear(config.d_model, config.rows(), bias=config.include_bias and not config.weight_tying),
+                "ff_out": nn.Linear(
+                    config.d_model, config.rows(), bias=config.include_bias and not config.weight_tying
+                ),
             }
         )
         if config.weight_tying:

@@ -6,7 +6,7 @@ from torch import nn
 from faircalib.models import ROLES, build_random, get_adapter
 from faircalib.models.adapter import align_logits
 
-from .conftest import FAMILY_OF, TINY, random_ids, shrunk_published, tiny_model
+from .conftest import FAMILY_OF, random_ids, shrunk_published, tiny_model
 
 
 def test_linears_by_role_have_the_block_shapes(family):

@@ -4,7 +4,7 @@ import math
 import torch
 
 from faircalib.models.layers import RMSNorm, bidirectional_attention
-from faircalib.models.rope import rotary_cos_sin
+from faircalib.models.rope import apply_rotary, rotary_cos_sin
 
 
 def test_rmsnorm_normalises_in_fp32_then_scales_in_the_input_dtype(gen):
@@ -29,22 +29,19 @@ def _attention(q, k, v, mask, n_heads=4, n_kv_heads=2):
                                    attention_mask=mask, rope_in_fp32=True)
 
 
-def test_attention_is_bidirectional_and_scaled(gen):
-    # With zero rotation (position 0 everywhere is not possible, so use one token per query): compare to the
-    # explicit formula on a single position, where RoPE is the identity.
-    q, k, v = (torch.randn(1, 1, 16, generator=gen) for _ in range(3))
-    out = _attention(q, k, v, None, n_heads=2, n_kv_heads=2)
-    torch.testing.assert_close(out, v)  # one key: softmax weight 1
-    q, k, v = torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 8, generator=gen), torch.randn(1, 6, 8, generator=gen)
-    out = _attention(q, k, v, None)
-    changed_late = v.clone()
-    changed_late[:, -1] += 1.0
-    # The first query sees the last position: no causal mask.
-    assert not torch.allclose(_attention(q, k, changed_late, None)[:, 0], out[:, 0])
+def test_attention_is_full_softmax_with_default_scale(gen):
+    q, k, v = (torch.randn(1, 6, width, generator=gen) for width in (16, 8, 8))
+    cos, sin = rotary_cos_sin(torch.arange(6)[None], 4, 10000.0)
+    qh = apply_rotary(q.view(1, 6, 4, 4).transpose(1, 2), cos, sin, in_fp32=True)
+    kh = apply_rotary(k.view(1, 6, 2, 4).transpose(1, 2), cos, sin, in_fp32=True).repeat_interleave(2, dim=1)
+    vh = v.view(1, 6, 2, 4).transpose(1, 2).repeat_interleave(2, dim=1)
+    weights = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(4), dim=-1)  # every query sees every key
+    expected = (weights @ vh).transpose(1, 2).reshape(1, 6, 16)
+    torch.testing.assert_close(_attention(q, k, v, None), expected)
 
 
 def test_gqa_shares_each_kv_head_with_consecutive_query_heads(gen):
-    q, k, v = torch.randn(2, 5, 16, generator=gen), torch.randn(2, 5, 8, generator=gen), torch.randn(2, 5, 8, generator=gen)
+    q, k, v = (torch.randn(2, 5, width, generator=gen) for width in (16, 8, 8))
     grouped = _attention(q, k, v, None, n_heads=4, n_kv_heads=2)
     kh, vh = k.view(2, 5, 2, 4), v.view(2, 5, 2, 4)
     k_full = kh[:, :, [0, 0, 1, 1]].reshape(2, 5, 16)
@@ -53,7 +50,7 @@ def test_gqa_shares_each_kv_head_with_consecutive_query_heads(gen):
 
 
 def test_masked_keys_get_no_weight(gen):
-    q, k, v = torch.randn(1, 6, 16, generator=gen), torch.randn(1, 6, 8, generator=gen), torch.randn(1, 6, 8, generator=gen)
+    q, k, v = (torch.randn(1, 6, width, generator=gen) for width in (16, 8, 8))
     mask = torch.tensor([True, True, True, True, False, False])[None, None, None]
     out = _attention(q, k, v, mask)
     v2 = v.clone()

@@ -16,8 +16,8 @@ from .conftest import TINY, random_ids, tiny_model
 
 
 def reference_llada_logits(state: dict, config: dict, input_ids: torch.Tensor) -> torch.Tensor:
-    d, n_heads = config["d_model"], config["n_heads"]
-    n_kv, hs, eps, theta = config.get("n_kv_heads") or n_heads, d // n_heads, config.get("rms_norm_eps", 1e-5), config["rope_theta"]
+    d, n_heads, theta = config["d_model"], config["n_heads"], config["rope_theta"]
+    n_kv, hs, eps = config.get("n_kv_heads") or n_heads, d // n_heads, config.get("rms_norm_eps", 1e-5)
 
     def rms(x, prefix):
         og = x.dtype
@@ -103,7 +103,8 @@ def test_tied_model_has_one_matrix():
 def test_bias_options_create_the_published_parameters():
     names = set(tiny_model("llada", include_qkv_bias=True).state_dict())
     assert "model.transformer.blocks.0.q_proj.bias" in names and "model.transformer.blocks.1.v_proj.bias" in names
-    assert "model.transformer.blocks.0.attn_out.bias" not in names and "model.transformer.blocks.0.ff_out.bias" not in names
+    assert "model.transformer.blocks.0.attn_out.bias" not in names
+    assert "model.transformer.blocks.0.ff_out.bias" not in names
 
 
 @pytest.mark.parametrize(
