@@ -1,0 +1,74 @@
+"""Packed W4A4 checkpoints: save -> load gives the same model; damaged or foreign checkpoints fail clearly."""
+import json
+
+import pytest
+import torch
+
+from faircalib.deploy.checkpoint import load_quantized, save_quantized
+from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4
+from faircalib.diffusion.config import SamplerConfig
+from faircalib.diffusion.generate import generate
+from faircalib.models import get_adapter
+
+from .conftest import quantized_tiny
+
+
+@pytest.fixture
+def saved(tmp_path, family):
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    save_quantized(model, tmp_path, fingerprint="fp-123")
+    return model, tmp_path, family
+
+
+def test_round_trip_is_identical(saved):
+    model, path, family = saved
+    config = json.loads((path / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "faircalib" and config["fingerprint"] == "fp-123"
+    loaded = load_quantized(path)
+    names = [n for n, m in loaded.named_modules() if isinstance(m, W4A4Linear)]
+    assert sorted(names) == sorted(config["modules"]) and len(names) == 14
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    sampler = SamplerConfig(sampler="llada" if family == "llada" else "dream", gen_length=8, steps=8)
+    prompt = torch.randint(0, 48, (2, 6), generator=torch.Generator().manual_seed(1))
+    a = generate(model, prompt, sampler, generator=torch.Generator().manual_seed(2)).tokens
+    b = generate(loaded, prompt, sampler, generator=torch.Generator().manual_seed(2)).tokens
+    assert torch.equal(a, b)
+
+
+def test_corrupted_file_fails_clearly(saved):
+    _, path, _ = saved
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        load_quantized(path)
+
+
+def test_truncated_file_fails_clearly(saved):
+    _, path, _ = saved
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        load_quantized(path)
+
+
+def test_other_version_warns(saved):
+    _, path, _ = saved
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"]["version"] = "0.0.1"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="written by faircalib 0.0.1"):
+        load_quantized(path)
+
+
+def test_foreign_or_unconverted_checkpoints_are_refused(saved, tmp_path):
+    model, path, family = saved
+    config = json.loads((path / "config.json").read_text())
+    del config["quantization_config"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a faircalib W4A4 checkpoint"):
+        load_quantized(path)
+    with pytest.raises(ValueError, match="convert_to_w4a4"):
+        save_quantized(quantized_tiny(family, "rtn").__class__(get_adapter(model).model.config), tmp_path / "dense")
