@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
+
+from faircalib.diffusion.config import SAMPLERS, SamplerConfig
 
 DTYPES = ("float32", "float16", "bfloat16")
-SAMPLERS = ("llada", "dream", "threshold", "probe")  # = faircalib.diffusion.SAMPLERS, kept import-free for --help
-# option name -> SamplerConfig field; None values are left to SamplerConfig's defaults
-SAMPLER_FIELDS = ("sampler", "gen_length", "steps", "block_length", "remasking", "temperature", "cfg_scale",
-                  "threshold", "top_p", "top_k", "alg_temp", "eps")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser):
@@ -59,10 +58,9 @@ def load_model(args):
 
 
 def sampler_config(args):
-    """The SamplerConfig the options ask for; invalid settings end in a usage error naming the problem."""
-    from faircalib.diffusion import SamplerConfig
-
-    settings = {name: getattr(args, name) for name in SAMPLER_FIELDS if getattr(args, name) is not None}
+    """The SamplerConfig the options ask for (one option per field; options not given keep the config's
+    defaults); invalid settings end in a usage error naming the problem."""
+    settings = {f.name: getattr(args, f.name) for f in fields(SamplerConfig) if getattr(args, f.name) is not None}
     if "gen_length" in settings and "steps" not in settings:
         settings["steps"] = settings["gen_length"]  # one token per step unless told otherwise
     try:
