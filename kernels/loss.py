@@ -15,7 +15,8 @@ Numerics against the reference: scales are bit-exact (same fp32 operations, IEEE
 the group's reciprocal scale instead of dividing by the scale, one instruction instead of an IEEE division per
 element and candidate. That can move a code by one only where x / scale lies within ~2 ulp of a half-integer,
 where both codes have the same error up to fp32 rounding; so errors match the reference to fp32 tolerance (sums
-also differ in order).
+also differ in order). Outside this contract: groups of subnormal data whose scale is below 2^-128, where 1 / scale
+overflows.
 
 Tuning knobs (module constants, read at each launch): `TILE_ELEMENTS` (fp32 elements of a program's register tile
 per chunk: weighted_mse's [rows, cols] tile, clip_search's pass-2 [G, C, chunk] tile), `NUM_WARPS` (all three
@@ -37,7 +38,8 @@ NUM_WARPS = 8
 CLIP_SEARCH_PROGRAMS = 8192
 
 
-def _per_row_layout(t: torch.Tensor, rows_shape: torch.Size) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int, int]]:
+def _per_row_layout(t: torch.Tensor,
+                    rows_shape: torch.Size) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int, int]]:
     """Address the element of `t` (broadcastable to `rows_shape`) that belongs to flat row r without expanding it.
 
     Returns (storage tensor, (n1, n2), (s0, s1, s2)): row r sits at i0*s0 + i1*s1 + i2*s2 where
