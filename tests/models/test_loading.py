@@ -5,7 +5,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from faircalib.models import DreamModel, LLaDAModelLM, build_random, load_model, load_tokenizer, save_model
+from faircalib.models import (
+    DreamModel,
+    LLaDAModelLM,
+    build_random,
+    get_adapter,
+    load_model,
+    load_tokenizer,
+    save_model,
+)
 from faircalib.zoo import SHIPPED, checkpoint_dir
 from faircalib.zoo.tokenizer import CharTokenizer
 
@@ -140,9 +148,11 @@ def test_save_refuses_foreign_models(tmp_path):
 def test_shipped_tiny_models_load(name, gen):
     if not (checkpoint_dir(name) / "config.json").is_file():
         pytest.skip(f"{name} is not trained yet (faircalib/zoo/checkpoints/{name})")
-    model = load_model(name)
+    model, tokenizer = load_model(name), load_tokenizer(name)
     assert type(model) is (LLaDAModelLM if name == "tiny-llada" else DreamModel)
-    assert model.config.mask_token_id is not None
+    assert model.config.mask_token_id == tokenizer.mask_token_id
+    ids = torch.tensor([tokenizer.encode("12+34=")])
+    assert get_adapter(model).logits(ids).shape[:2] == ids.shape
 
 
 def test_published_config_keys_survive_a_round_trip(published, tmp_path):
