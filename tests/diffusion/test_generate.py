@@ -109,3 +109,11 @@ def test_seeded_generation_repeats(sampler):
     runs = [generate(model, PROMPTS, config, mask_token_id=MASK, generator=torch.Generator().manual_seed(7))
             for _ in range(2)]
     assert torch.equal(runs[0].tokens, runs[1].tokens)
+
+
+def test_empty_prompts_generate_unconditionally(gen):
+    model = ContextModel(gen)
+    config = SamplerConfig(gen_length=6, steps=6)
+    out = generate(model, [[], [4, 5]], config, mask_token_id=MASK, pad_token_id=PAD)
+    assert out.prompt_len == 2
+    assert torch.equal(out.answer[0], generate(model, [[]], config, mask_token_id=MASK).answer[0])
