@@ -68,7 +68,9 @@ def align_logits(logits: torch.Tensor, shift: bool) -> torch.Tensor:
 class Adapter:
     """Uniform access to a LLaDA- or Dream-layout model (see docs/design.md, "Models")."""
 
-    def __init__(self, model: nn.Module, layout: Layout, runner: BlockwiseLM):
+    def __init__(self, model: nn.Module, layout: Layout, runner):
+        """`runner` provides blocks, embed_inputs, block_kwargs and (raw) head: the native model itself, or a
+        faircalib.models.remote.RemoteRunner."""
         self.model = model
         self.layout = layout
         self.runner = runner

@@ -43,24 +43,8 @@ class BlockwiseLM:
         init_module_(module, self.init_std())
 
     def block_kwargs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
-        """input_ids: [B, L] int; attention_mask: [B, L] (1 = token, 0 = padding) or None ->
-        {"position_embeddings": (cos, sin) [B|1, L, Dh] fp32, "attention_mask": bool [B, 1, 1, L] or None}."""
-        check_input_ids(type(self).__name__, input_ids)
-        head_dim, theta = self.rope_spec()
-        batch, length = input_ids.shape
-        key_mask = None
-        if attention_mask is None or bool(attention_mask.bool().all()):
-            positions = torch.arange(length, device=input_ids.device)[None]
-        else:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(
-                    f"{type(self).__name__}: attention_mask has shape {tuple(attention_mask.shape)} but input_ids "
-                    f"has {tuple(input_ids.shape)}; pass a [B, L] mask with 1 for tokens and 0 for padding."
-                )
-            positions = positions_from_padding(attention_mask)
-            key_mask = attention_mask.bool()[:, None, None, :]
-        cos, sin = rotary_cos_sin(positions, head_dim, theta)
-        return {"position_embeddings": (cos, sin), "attention_mask": key_mask}
+        """See `rotary_block_kwargs`."""
+        return rotary_block_kwargs(type(self).__name__, input_ids, attention_mask, *self.rope_spec())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MaskedLMOutput:
         """input_ids: [B, L] int -> MaskedLMOutput(logits [B, L, V]) with the family's raw (published) alignment."""
@@ -69,6 +53,28 @@ class BlockwiseLM:
         for block in self.blocks:
             hidden = block(hidden, **kwargs)
         return MaskedLMOutput(logits=self.head(hidden))
+
+
+def rotary_block_kwargs(
+    owner: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, head_dim: int, theta: float
+) -> dict:
+    """input_ids: [B, L] int; attention_mask: [B, L] (1 = token, 0 = padding) or None ->
+    {"position_embeddings": (cos, sin) [B|1, L, Dh] fp32, "attention_mask": bool [B, 1, 1, L] or None}.
+    `owner` names the caller in errors."""
+    check_input_ids(owner, input_ids)
+    key_mask = None
+    if attention_mask is None or bool(attention_mask.bool().all()):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+    else:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"{owner}: attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
+                f"{tuple(input_ids.shape)}; pass a [B, L] mask with 1 for tokens and 0 for padding."
+            )
+        positions = positions_from_padding(attention_mask)
+        key_mask = attention_mask.bool()[:, None, None, :]
+    cos, sin = rotary_cos_sin(positions, head_dim, theta)
+    return {"position_embeddings": (cos, sin), "attention_mask": key_mask}
 
 
 def check_input_ids(owner: str, input_ids: torch.Tensor) -> None:

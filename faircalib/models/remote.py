@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faircalib.models.base import BlockwiseLM
+from faircalib.models.base import rotary_block_kwargs
 
 
 class RemoteBlock(nn.Module):
@@ -26,15 +26,12 @@ class RemoteBlock(nn.Module):
         return self.inner(hidden, **kwargs)[0]
 
 
-class RemoteRunner(BlockwiseLM):
-    """embed_inputs / block_kwargs / head for a remote-code model, from its layout and config."""
+class RemoteRunner:
+    """blocks / embed_inputs / block_kwargs / head for a remote-code model, from its layout and config."""
 
     def __init__(self, model: nn.Module, layout):
         self.model, self.layout, self.config = model, layout, model.config
         self.blocks = [RemoteBlock(block) for block in model.get_submodule(layout.blocks)]
-
-    def rope_spec(self) -> tuple[int, float]:
-        return self.config.hidden_size // self.config.num_attention_heads, float(self.config.rope_theta)
 
     def embed_inputs(self, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = self.model.get_submodule(self.layout.embed)(input_ids)
@@ -45,7 +42,9 @@ class RemoteRunner(BlockwiseLM):
     def block_kwargs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
         if self.layout.family == "llada":
             return {}
-        kwargs = super().block_kwargs(input_ids, attention_mask)
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        kwargs = rotary_block_kwargs(type(self.model).__name__, input_ids, attention_mask, head_dim,
+                                     float(self.config.rope_theta))
         dtype = self.model.get_submodule(self.layout.embed).weight.dtype
         cos, sin = kwargs["position_embeddings"]
         return {"position_embeddings": (cos.to(dtype), sin.to(dtype)), "attention_mask": kwargs["attention_mask"]}
