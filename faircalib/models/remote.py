@@ -41,6 +41,12 @@ class RemoteRunner:
 
     def block_kwargs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
         if self.layout.family == "llada":
+            if attention_mask is not None and not bool(attention_mask.bool().all()):
+                raise ValueError(
+                    f"faircalib.models.remote: {type(self.model).__name__} (remote-code LLaDA) cannot mask padding: "
+                    "the public LLaDA code hard-codes attn_mask=None. Load the checkpoint natively (trust_remote_code="
+                    "False) or run unpadded batches."
+                )
             return {}
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         kwargs = rotary_block_kwargs(type(self.model).__name__, input_ids, attention_mask, head_dim,

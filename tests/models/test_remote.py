@@ -64,3 +64,12 @@ def test_incomplete_remote_checkpoint_fails(tmp_path):
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="remote-code load .* incomplete.*model.layers.1.mlp.up_proj.weight"):
         load_model(tmp_path, trust_remote_code=True)
+
+
+def test_remote_llada_refuses_padding_it_would_ignore(tmp_path, gen):
+    remote_checkpoint("llada", tmp_path)
+    adapter = get_adapter(load_model(tmp_path, trust_remote_code=True))
+    ids = random_ids(gen)
+    adapter.logits(ids, attention_mask=torch.ones_like(ids))
+    with pytest.raises(ValueError, match="cannot mask padding"):
+        adapter.logits(ids, attention_mask=torch.tensor([[1] * 11, [0] * 3 + [1] * 8]))
