@@ -3,8 +3,8 @@
 Their blocks return tuples and take family-specific arguments; `RemoteBlock` wraps each one so it is called like
 a native block, `block(hidden, **block_kwargs) -> hidden`, and `RemoteRunner` embeds, builds the block kwargs
 and applies the head from the layout's module paths. Only what the public modeling files need is passed:
-LLaDA blocks compute their own rotary embedding (and ignore masks); Dream layers take (cos, sin) in the
-activation dtype and an SDPA mask.
+LLaDA blocks compute their own rotary embedding and cannot mask padding (padded batches are refused); Dream
+layers take (cos, sin) in the activation dtype and an SDPA mask.
 """
 import math
 
