@@ -12,6 +12,7 @@ tied `wte` when `weight_tying`), times 1/sqrt(d_model) only with `scale_logits`.
 One deliberate difference: the public code ignores `attention_mask` (it hard-codes `attn_mask=None`); here a
 padding mask hides padded keys and numbers positions over real tokens only. Without padding both are identical.
 Only the published variant is implemented (llama block, silu, RMSNorm, RoPE); other OLMo options are refused.
+Dropout settings are not applied (the published configs set them to 0).
 """
 import math
 
