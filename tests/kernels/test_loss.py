@@ -187,6 +187,19 @@ def test_custom_op_registration(gen):
     torch.library.opcheck(torch.ops.faircalib.weighted_mse.default, (a, b.requires_grad_(), weights, "none"))
 
 
+def test_traces_into_one_graph_with_autograd(gen):
+    """torch.compile sees the op through its fake kernel and autograd formula, without graph breaks."""
+    a, b = pair((2, 5, 8), torch.float32, gen)
+    weights = torch.rand(5, generator=gen)
+    compiled = torch.compile(K.weighted_mse, backend="aot_eager", fullgraph=True)
+    expected = loss_and_grads(a, b, weights, "sum", torch.tensor(1.0))
+    a, b = a.requires_grad_(), b.requires_grad_()
+    loss = compiled(a, b, weights)
+    loss.backward()
+    for actual, wanted in zip((loss.detach(), a.grad, b.grad), expected):
+        torch.testing.assert_close(actual, wanted, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("call, error, argument", [
     (lambda a, b, w: K.weighted_mse(a, b[:, :2], w), ValueError, "a and b must have the same shape"),
     (lambda a, b, w: K.weighted_mse(a.long(), b, w), TypeError, "a must be a floating-point"),
