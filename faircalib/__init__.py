@@ -17,6 +17,7 @@ _LAZY = {
     "get_adapter": ("faircalib.models", "get_adapter"),
     "generate": ("faircalib.diffusion", "generate"),
     "SamplerConfig": ("faircalib.diffusion", "SamplerConfig"),
+    "load_quantized": ("faircalib.deploy.checkpoint", "load_quantized"),
 }
 
 
@@ -30,3 +31,8 @@ def __getattr__(name: str):
 
 
 __all__ = ["QuantConfig", "QuantSpec", "__version__", *_LAZY]
+
+# W4A4 checkpoints (quant_method "faircalib") load through transformers.AutoModel once faircalib is imported.
+from faircalib.deploy.hf_quantizer import register as _register_hf_quantizer  # noqa: E402
+
+_register_hf_quantizer()

@@ -109,13 +109,19 @@ def read_quantization_config(directory: str | os.PathLike) -> dict:
     return qc
 
 
-def _check_weights_file(path: Path, qc: dict) -> dict:
-    """Checksum and header of model.safetensors -> stored (shape, dtype) per name; clear errors when damaged."""
+def check_checksum(path: str | os.PathLike, sha256: str | None) -> None:
+    """ValueError unless the file's sha256 is the one config.json recorded (catches corruption and truncation)."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"faircalib.deploy.load_quantized: {path} is missing; the checkpoint is incomplete")
-    if _sha256(path) != qc.get("sha256"):
+    if _sha256(path) != sha256:
         raise ValueError(f"faircalib.deploy.load_quantized: {path} is corrupted or truncated (sha256 differs from "
                          f"the one in config.json, {path.stat().st_size} bytes on disk); re-export the checkpoint")
+
+
+def _check_weights_file(path: Path, qc: dict) -> dict:
+    """Checksum and header of model.safetensors -> stored (shape, dtype) per name; clear errors when damaged."""
+    check_checksum(path, qc.get("sha256"))
     try:
         return stored_shapes([path])
     except SafetensorError as error:

@@ -1,0 +1,22 @@
+"""faircalib.deploy: a calibrated model as a real W4A4 model.
+
+- `W4A4Linear`, `convert_to_w4a4(model)`       packed INT4 weights + online transform + act quant (w4a4_linear.py)
+- `save_quantized`, `load_quantized`           packed safetensors checkpoints (checkpoint.py)
+- `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
+- `export_compressed_tensors`                  the compressed-tensors int W4A4 pack-quantized layout
+Imported lazily, so `import faircalib` only pays for the transformers registration.
+"""
+import importlib
+
+_LAZY = {
+    "W4A4Linear": "w4a4_linear", "convert_to_w4a4": "w4a4_linear",
+    "save_quantized": "checkpoint", "load_quantized": "checkpoint",
+    "export_compressed_tensors": "compressed_tensors", "is_w4a4": "hf_quantizer",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'faircalib.deploy' has no attribute {name!r}")
