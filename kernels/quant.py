@@ -3,9 +3,10 @@
 Every quantizer is a *group* quantizer over a matrix of R groups of C elements: activations `[..., K]` are
 R = prod(leading) groups of C = K (per-token); weights `[N, K]` are R = N*G groups of C = K/G. Group r is
 element (r // G, (r % G) * C + c) of a strided 2-D input, so transposed or sliced inputs need no copy.
-Each program owns BLOCK_M groups and sweeps their columns in BLOCK_N chunks twice: pass 1 finds absmax (or
-max/min) and whether the group holds NaN/Inf; pass 2 quantizes. The second read of a program's rows mostly hits
-L2 (a few hundred KiB in flight per SM), so HBM traffic stays close to the compulsory bytes even at K = 18944.
+Each program owns BLOCK_M groups. A group that fits one register tile (C <= 16384 columns by default) is read
+from memory once: statistics (absmax, or max/min, and whether it holds NaN/Inf) and quantization both work on the
+tile in registers. Longer groups (Dream's 18944) are swept twice in BLOCK_N chunks: pass 1 for the statistics,
+pass 2 to quantize; pass 2 mostly re-reads from L2. Tile sizes and warps: `LAUNCH` (a `LaunchConfig`).
 fp32 math: divisions are IEEE-rounded (`div_rn`); rounding is half-to-even and bf16 stores round to nearest even
 (`triton_math`); FMA contraction is off (`enable_fp_fusion=False`: `clip_max * max - clip_min * min` must round
 like torch's two steps). So codes, scales and outputs match `torch` bit for bit. Backward kernels write per-group
@@ -26,56 +27,92 @@ from .triton_math import cast_rne, round_half_even
 
 @dataclasses.dataclass
 class LaunchConfig:
-    """Tile sizes: a program covers `tile` elements (BLOCK_M groups x BLOCK_N columns, BLOCK_N <= max_block_n)."""
+    """Tile sizes. A group of C columns is held in registers whole (one read of x) when next_pow2(C) <= max_single_n;
+    longer groups are swept twice in chunks of max_block_n columns. A program covers up to `tile` elements in
+    BLOCK_M <= max_block_m groups (many groups per program cost registers: each thread holds per-group values
+    for several of them) and gets one warp per `warp_elements` elements (2 to 16 warps)."""
     tile: int = 4096
+    max_single_n: int = 16384
     max_block_n: int = 4096
-    num_warps: int = 4
+    max_block_m: int = 8
+    warp_elements: int = 512
 
 
 LAUNCH = LaunchConfig()
+PACK_TILE = 4096  # packed bytes per pack/unpack program
+INTERPRETER_TILE = 65536
 
 
-def _blocks(groups: int, cols: int) -> tuple[int, int]:
-    block_n = min(triton.next_power_of_2(max(cols, 1)), LAUNCH.max_block_n)
-    block_m = max(1, min(LAUNCH.tile // block_n, triton.next_power_of_2(max(groups, 1))))
-    return block_m, block_n
+def _launch_shape(groups: int, cols: int) -> tuple[int, int, bool, int]:
+    """-> (BLOCK_M, BLOCK_N, SINGLE_PASS, num_warps) for R groups of C columns."""
+    whole = triton.next_power_of_2(max(cols, 1))
+    single_pass = whole <= LAUNCH.max_single_n
+    block_n = whole if single_pass else LAUNCH.max_block_n
+    # The interpreter has no registers to spare but pays per program: give it few, tall programs.
+    tile, max_block_m = (INTERPRETER_TILE, INTERPRETER_TILE) if registry.triton_interpreted() else \
+        (LAUNCH.tile, LAUNCH.max_block_m)
+    block_m = max(1, min(tile // block_n, max_block_m, triton.next_power_of_2(max(groups, 1))))
+    num_warps = min(16, max(2, block_m * block_n // LAUNCH.warp_elements))
+    return block_m, block_n, single_pass, num_warps
 
 
 @triton.jit
-def _group_params(x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
-                  BITS: tl.constexpr, SYMMETRIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Pass 1 over BLOCK_M groups -> per-group (scale, zu, low, high, flat, bad, range_max, range_min, lo), fp32.
+def _load_tile(ptr, base, c, stride_k, row_mask, C):
+    """[BLOCK_M, BLOCK_N] fp32 tile of groups at `base` (element offsets), columns c; masked lanes read 0."""
+    mask = row_mask[:, None] & (c < C)[None, :]
+    return tl.load(ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _tile_stats(x, SYMMETRIC: tl.constexpr):
+    """Per-row (top, bottom, bad) of a tile: symmetric absmax and 0; asymmetric max and min; bad = NaN/Inf seen."""
+    bad = tl.max(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1)
+    if SYMMETRIC:
+        top = tl.max(tl.abs(x), axis=1)
+        bottom = tl.zeros_like(top)
+    else:
+        top = tl.max(x, axis=1)
+        bottom = tl.min(x, axis=1)
+    return top, bottom, bad
+
+
+@triton.jit
+def _group_stats(x_ptr, base, row_mask, stride_k, C,
+                 SYMMETRIC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_tile_stats over whole groups longer than one tile: a sweep over BLOCK_N-column chunks."""
+    cols = tl.arange(0, BLOCK_N)
+    top = tl.zeros([BLOCK_M], dtype=tl.float32)
+    bottom = tl.zeros([BLOCK_M], dtype=tl.float32)
+    bad = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for start in range(0, C, BLOCK_N):
+        chunk_top, chunk_bottom, chunk_bad = _tile_stats(
+            _load_tile(x_ptr, base, start + cols, stride_k, row_mask, C), SYMMETRIC)
+        top = tl.maximum(top, chunk_top)
+        bottom = tl.minimum(bottom, chunk_bottom)
+        bad = tl.maximum(bad, chunk_bad)
+    return top, bottom, bad
+
+
+@triton.jit
+def _group_params(top, bottom, bad, clip_max, clip_min, BITS: tl.constexpr, SYMMETRIC: tl.constexpr):
+    """Group statistics -> (scale, zu, low, high, flat, bad, range_max, range_min, lo), fp32 per group.
 
     range_max/range_min feed the clip gradient: symmetric absmax and 0; asymmetric max(max, 0) and min(min, 0).
     """
-    cols = tl.arange(0, BLOCK_N)
-    amax = tl.zeros([BLOCK_M], dtype=tl.float32)
-    amin = tl.zeros([BLOCK_M], dtype=tl.float32)
-    bad = tl.zeros([BLOCK_M], dtype=tl.int32)
-    for start in range(0, C, BLOCK_N):
-        c = start + cols
-        mask = row_mask[:, None] & (c < C)[None, :]
-        x = tl.load(x_ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
-        bad = tl.maximum(bad, tl.max(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), axis=1))
-        if SYMMETRIC:
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
-        else:
-            amax = tl.maximum(amax, tl.max(x, axis=1))
-            amin = tl.minimum(amin, tl.min(x, axis=1))
-    clip_max = tl.load(clip_max_ptr + rows, mask=row_mask, other=1.0)
+    range_max = tl.maximum(top, 0.0)
+    range_min = tl.minimum(bottom, 0.0)
     if SYMMETRIC:
         qmax: tl.constexpr = (1 << (BITS - 1)) - 1
-        lo = tl.zeros_like(amax)
-        scale = tl.math.div_rn(clip_max * amax, tl.full(amax.shape, qmax, tl.float32))
-        zu = tl.zeros_like(amax)
-        low = tl.full(amax.shape, -qmax - 1, tl.float32)
-        high = tl.full(amax.shape, qmax, tl.float32)
+        lo = tl.zeros_like(top)
+        scale = tl.math.div_rn(clip_max * range_max, tl.full(top.shape, qmax, tl.float32))
+        zu = tl.zeros_like(top)
+        low = tl.full(top.shape, -qmax - 1, tl.float32)
+        high = tl.full(top.shape, qmax, tl.float32)
     else:
         levels: tl.constexpr = (1 << BITS) - 1
-        clip_min = tl.load(clip_min_ptr + rows, mask=row_mask, other=1.0)
-        hi = clip_max * amax
-        lo = clip_min * amin
-        scale = tl.math.div_rn(hi - lo, tl.full(amax.shape, levels, tl.float32))
+        hi = clip_max * range_max
+        lo = clip_min * range_min
+        scale = tl.math.div_rn(hi - lo, tl.full(top.shape, levels, tl.float32))
         safe = tl.where(scale == 0, 1.0, scale)
         zu = round_half_even(tl.minimum(tl.maximum(tl.math.div_rn(-lo, safe), 0.0), levels))
         low = -zu
@@ -86,7 +123,7 @@ def _group_params(x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, strid
     zu = tl.where(is_bad | flat, 0.0, zu)
     low = tl.where(is_bad | flat, 0.0, low)
     high = tl.where(is_bad | flat, 0.0, high)
-    return scale, zu, low, high, flat, is_bad, amax, amin, lo
+    return scale, zu, low, high, flat, is_bad, range_max, range_min, lo
 
 
 @triton.jit
@@ -99,75 +136,115 @@ def _levels(x, scale, low, high, flat, bad):
 
 
 @triton.jit
+def _store_quantized(x, c, rows, row_mask, C, out_ptr, scale, zu, low, high, flat, bad,
+                     OFFSET: tl.constexpr, CODES: tl.constexpr):
+    """Quantize a tile and store int8 codes (CODES) or the dequantized values in out's dtype."""
+    v, q = _levels(x, scale, low, high, flat, bad)
+    mask = row_mask[:, None] & (c < C)[None, :]
+    out_offsets = rows[:, None] * C + c[None, :]
+    if CODES:
+        code = tl.where((bad | flat)[:, None], 0.0, q + zu[:, None] - OFFSET)
+        tl.store(out_ptr + out_offsets, code.to(tl.int8), mask=mask)
+    else:
+        tl.store(out_ptr + out_offsets, cast_rne(q * scale[:, None], out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _fake_quant_fwd_kernel(x_ptr, clip_max_ptr, clip_min_ptr, out_ptr, scale_ptr, zero_ptr,
                            R, C, G, stride_n, stride_k,
                            BITS: tl.constexpr, SYMMETRIC: tl.constexpr, CODES: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """CODES=False: out = dequantized x (out dtype). CODES=True: out = int8 codes, plus scale/zero per group."""
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_PASS: tl.constexpr):
+    """CODES=False: out = dequantized x (out dtype). CODES=True: out = int8 codes, plus scale/zero per group.
+    SINGLE_PASS: BLOCK_N covers the group, which is read once and kept in registers."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < R
     base = (rows // G) * stride_n + (rows % G) * C * stride_k
-    scale, zu, low, high, flat, bad, amax, amin, lo = _group_params(
-        x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
-        BITS, SYMMETRIC, BLOCK_M, BLOCK_N)
-    offset: tl.constexpr = 0 if SYMMETRIC else 1 << (BITS - 1)
     cols = tl.arange(0, BLOCK_N)
-    for start in range(0, C, BLOCK_N):
-        c = start + cols
-        mask = row_mask[:, None] & (c < C)[None, :]
-        x = tl.load(x_ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
-        v, q = _levels(x, scale, low, high, flat, bad)
-        out_offsets = rows[:, None] * C + c[None, :]
-        if CODES:
-            code = tl.where((bad | flat)[:, None], 0.0, q + zu[:, None] - offset)
-            tl.store(out_ptr + out_offsets, code.to(tl.int8), mask=mask)
-        else:
-            tl.store(out_ptr + out_offsets, cast_rne(q * scale[:, None], out_ptr.dtype.element_ty), mask=mask)
+    if SINGLE_PASS:
+        x = _load_tile(x_ptr, base, cols, stride_k, row_mask, C)
+        top, bottom, bad = _tile_stats(x, SYMMETRIC)
+    else:
+        top, bottom, bad = _group_stats(x_ptr, base, row_mask, stride_k, C, SYMMETRIC, BLOCK_M, BLOCK_N)
+    clip_max = tl.load(clip_max_ptr + rows, mask=row_mask, other=1.0)
+    clip_min = tl.load(clip_min_ptr + rows, mask=row_mask, other=1.0)
+    scale, zu, low, high, flat, bad, range_max, range_min, lo = _group_params(
+        top, bottom, bad, clip_max, clip_min, BITS, SYMMETRIC)
+    offset: tl.constexpr = 0 if SYMMETRIC else 1 << (BITS - 1)
+    if SINGLE_PASS:
+        _store_quantized(x, cols, rows, row_mask, C, out_ptr, scale, zu, low, high, flat, bad, offset, CODES)
+    else:
+        for start in range(0, C, BLOCK_N):
+            c = start + cols
+            _store_quantized(_load_tile(x_ptr, base, c, stride_k, row_mask, C), c, rows, row_mask, C, out_ptr,
+                             scale, zu, low, high, flat, bad, offset, CODES)
     if CODES:
         tl.store(scale_ptr + rows, scale, mask=row_mask)
         tl.store(zero_ptr + rows, tl.where(bad | flat, 0.0, zu - offset).to(tl.int8), mask=row_mask)
 
 
 @triton.jit
+def _grad_tile(x, g, c, rows, row_mask, C, grad_x_ptr, scale, low, high, flat, bad, lo_ratio,
+               SYMMETRIC: tl.constexpr):
+    """Store grad_x for a tile; -> per-row partial sums (sum g * dy/ds, sum of g where clamped)."""
+    v, q = _levels(x, scale, low, high, flat, bad)
+    inside = (v >= low[:, None]) & (v <= high[:, None])
+    if SYMMETRIC:
+        dyds = tl.where(inside, q - v, q)
+        outside = tl.zeros_like(scale)
+    else:
+        dyds = tl.where(inside, q - v, q - lo_ratio[:, None])
+        outside = tl.sum(tl.where(inside | flat[:, None], 0.0, g), axis=1)
+    grad_x = tl.where(bad[:, None], float("nan"), tl.where(inside, g, 0.0))
+    mask = row_mask[:, None] & (c < C)[None, :]
+    tl.store(grad_x_ptr + rows[:, None] * C + c[None, :], grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    return tl.sum(g * tl.where(flat[:, None], 0.0, dyds), axis=1), outside
+
+
+@triton.jit
 def _fake_quant_bwd_kernel(x_ptr, grad_y_ptr, clip_max_ptr, clip_min_ptr, grad_x_ptr, grad_max_ptr, grad_min_ptr,
                            R, C, G, stride_n, stride_k, stride_gn, stride_gk,
                            BITS: tl.constexpr, SYMMETRIC: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_PASS: tl.constexpr):
     """grad_x (straight-through inside the clamp range) and per-group clip-gradient partials."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < R
     base = (rows // G) * stride_n + (rows % G) * C * stride_k
     grad_base = (rows // G) * stride_gn + (rows % G) * C * stride_gk
-    scale, zu, low, high, flat, bad, amax, amin, lo = _group_params(
-        x_ptr, clip_max_ptr, clip_min_ptr, rows, row_mask, base, stride_k, C,
-        BITS, SYMMETRIC, BLOCK_M, BLOCK_N)
-    lo_ratio = tl.where(flat | bad, 0.0, tl.math.div_rn(lo, tl.where(flat | bad, 1.0, scale)))
-    s_sum = tl.zeros_like(scale)
-    outside_sum = tl.zeros_like(scale)
     cols = tl.arange(0, BLOCK_N)
-    for start in range(0, C, BLOCK_N):
-        c = start + cols
-        mask = row_mask[:, None] & (c < C)[None, :]
-        x = tl.load(x_ptr + base[:, None] + c[None, :] * stride_k, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(grad_y_ptr + grad_base[:, None] + c[None, :] * stride_gk, mask=mask, other=0.0).to(tl.float32)
-        v, q = _levels(x, scale, low, high, flat, bad)
-        inside = (v >= low[:, None]) & (v <= high[:, None])
-        if SYMMETRIC:
-            dyds = tl.where(inside, q - v, q)
-        else:
-            dyds = tl.where(inside, q - v, q - lo_ratio[:, None])
-            outside_sum += tl.sum(tl.where(inside | flat[:, None], 0.0, g), axis=1)
-        s_sum += tl.sum(g * tl.where(flat[:, None], 0.0, dyds), axis=1)
-        grad_x = tl.where(bad[:, None], float("nan"), tl.where(inside, g, 0.0))
-        tl.store(grad_x_ptr + rows[:, None] * C + c[None, :], grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    if SINGLE_PASS:
+        x = _load_tile(x_ptr, base, cols, stride_k, row_mask, C)
+        top, bottom, bad = _tile_stats(x, SYMMETRIC)
+    else:
+        top, bottom, bad = _group_stats(x_ptr, base, row_mask, stride_k, C, SYMMETRIC, BLOCK_M, BLOCK_N)
+    clip_max = tl.load(clip_max_ptr + rows, mask=row_mask, other=1.0)
+    clip_min = tl.load(clip_min_ptr + rows, mask=row_mask, other=1.0)
+    scale, zu, low, high, flat, bad, range_max, range_min, lo = _group_params(
+        top, bottom, bad, clip_max, clip_min, BITS, SYMMETRIC)
+    lo_ratio = tl.where(flat | bad, 0.0, tl.math.div_rn(lo, tl.where(flat | bad, 1.0, scale)))
+    if SINGLE_PASS:
+        s_sum, outside_sum = _grad_tile(x, _load_tile(grad_y_ptr, grad_base, cols, stride_gk, row_mask, C), cols,
+                                        rows, row_mask, C, grad_x_ptr, scale, low, high, flat, bad, lo_ratio,
+                                        SYMMETRIC)
+    else:
+        s_sum = tl.zeros_like(scale)
+        outside_sum = tl.zeros_like(scale)
+        for start in range(0, C, BLOCK_N):
+            c = start + cols
+            s_part, outside_part = _grad_tile(
+                _load_tile(x_ptr, base, c, stride_k, row_mask, C),
+                _load_tile(grad_y_ptr, grad_base, c, stride_gk, row_mask, C), c, rows, row_mask, C, grad_x_ptr,
+                scale, low, high, flat, bad, lo_ratio, SYMMETRIC)
+            s_sum += s_part
+            outside_sum += outside_part
     if SYMMETRIC:
         qmax: tl.constexpr = (1 << (BITS - 1)) - 1
-        grad_max = s_sum * amax / qmax
+        grad_max = tl.math.div_rn(s_sum * range_max, tl.full(s_sum.shape, qmax, tl.float32))
         grad_min = tl.zeros_like(grad_max)
     else:
         levels: tl.constexpr = (1 << BITS) - 1
-        grad_max = s_sum / levels * amax
-        grad_min = (outside_sum - s_sum / levels) * amin
+        s_per_level = tl.math.div_rn(s_sum, tl.full(s_sum.shape, levels, tl.float32))
+        grad_max = s_per_level * range_max
+        grad_min = (outside_sum - s_per_level) * range_min
     tl.store(grad_max_ptr + rows, tl.where(bad, float("nan"), grad_max), mask=row_mask)
     tl.store(grad_min_ptr + rows, tl.where(bad, float("nan"), grad_min), mask=row_mask)
 
@@ -204,7 +281,7 @@ def _unpack_int4_kernel(packed_ptr, codes_ptr, R, K, P, stride_r, stride_p,
 
 def _packing_grid(rows: int, packed_cols: int) -> tuple[tuple[int, int], int, int]:
     block_p = min(triton.next_power_of_2(max(packed_cols, 1)), 1024)
-    block_m = max(1, min(LAUNCH.tile // block_p, triton.next_power_of_2(max(rows, 1))))
+    block_m = max(1, min(PACK_TILE // block_p, triton.next_power_of_2(max(rows, 1))))
     return (triton.cdiv(rows, block_m), triton.cdiv(packed_cols, block_p)), block_m, block_p
 
 
@@ -225,7 +302,7 @@ def _per_group(clip: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 def _fake_quant(x, clip_max, clip_min, bits, group_size, symmetric, codes):
     m, groups, cols = _as_groups(x, group_size)
     rows = m.shape[0] * groups
-    block_m, block_n = _blocks(rows, cols)
+    block_m, block_n, single_pass, num_warps = _launch_shape(rows, cols)
     clip_max_r = _per_group(clip_max, (m.shape[0], groups))
     clip_min_r = _per_group(clip_min, (m.shape[0], groups))
     out = torch.empty(x.shape, dtype=torch.int8 if codes else x.dtype, device=x.device)
@@ -233,8 +310,8 @@ def _fake_quant(x, clip_max, clip_min, bits, group_size, symmetric, codes):
     zero = torch.empty(rows, dtype=torch.int8, device=x.device)
     _fake_quant_fwd_kernel[(triton.cdiv(rows, block_m),)](
         m, clip_max_r, clip_min_r, out, scale, zero, rows, cols, groups, m.stride(0), m.stride(1),
-        BITS=bits, SYMMETRIC=symmetric, CODES=codes, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=LAUNCH.num_warps, enable_fp_fusion=False)
+        BITS=bits, SYMMETRIC=symmetric, CODES=codes, BLOCK_M=block_m, BLOCK_N=block_n, SINGLE_PASS=single_pass,
+        num_warps=num_warps, enable_fp_fusion=False)
     return out, scale, zero
 
 
@@ -242,15 +319,15 @@ def _fake_quant_backward(grad_y, x, clip_max, clip_min, bits, group_size, symmet
     m, groups, cols = _as_groups(x, group_size)
     g, _, _ = _as_groups(grad_y, group_size)
     rows = m.shape[0] * groups
-    block_m, block_n = _blocks(rows, cols)
+    block_m, block_n, single_pass, num_warps = _launch_shape(rows, cols)
     grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     grad_max = torch.empty(rows, dtype=torch.float32, device=x.device)
     grad_min = torch.empty(rows, dtype=torch.float32, device=x.device)
     _fake_quant_bwd_kernel[(triton.cdiv(rows, block_m),)](
         m, g, _per_group(clip_max, (m.shape[0], groups)), _per_group(clip_min, (m.shape[0], groups)),
         grad_x, grad_max, grad_min, rows, cols, groups, m.stride(0), m.stride(1), g.stride(0), g.stride(1),
-        BITS=bits, SYMMETRIC=symmetric, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=LAUNCH.num_warps, enable_fp_fusion=False)
+        BITS=bits, SYMMETRIC=symmetric, BLOCK_M=block_m, BLOCK_N=block_n, SINGLE_PASS=single_pass,
+        num_warps=num_warps, enable_fp_fusion=False)
     return grad_x, grad_max.reshape(m.shape[0], groups), grad_min.reshape(m.shape[0], groups)
 
 
@@ -304,7 +381,7 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     packed = torch.empty((*codes.shape[:-1], p), dtype=torch.uint8, device=codes.device)
     grid, block_m, block_p = _packing_grid(rows, p)
     _pack_int4_kernel[grid](m, packed, rows, k, p, m.stride(0), m.stride(1), BLOCK_M=block_m, BLOCK_P=block_p,
-                            num_warps=LAUNCH.num_warps)
+                            num_warps=4)
     return packed
 
 
@@ -315,5 +392,5 @@ def unpack_int4(packed: torch.Tensor, k: int) -> torch.Tensor:
     codes = torch.empty((*packed.shape[:-1], k), dtype=torch.int8, device=packed.device)
     grid, block_m, block_p = _packing_grid(rows, p)
     _unpack_int4_kernel[grid](m, codes, rows, k, p, m.stride(0), m.stride(1), BLOCK_M=block_m, BLOCK_P=block_p,
-                              num_warps=LAUNCH.num_warps)
+                              num_warps=4)
     return codes

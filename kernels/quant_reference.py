@@ -37,6 +37,12 @@ def code_range(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
+def true_div(a: torch.Tensor, b: int) -> torch.Tensor:
+    """a / b as an IEEE-rounded division on every device. PyTorch's CUDA kernels turn division by a Python scalar
+    into multiplication by its reciprocal (up to one ulp off), which would break bit-exactness with the kernels."""
+    return a / torch.full_like(a, b)
+
+
 def num_groups(k: int, group_size: int) -> int:
     """Groups per weight row: 1 for per-output-channel (group_size == -1), else K / group_size."""
     return 1 if group_size == -1 else k // group_size
@@ -63,14 +69,14 @@ class GroupParams:
         if symmetric:
             self.absmax = x.abs().amax(-1, keepdim=True)
             self.hi = clip_max.float() * self.absmax
-            scale = self.hi / code_range(bits)[1]
+            scale = true_div(self.hi, code_range(bits)[1])
             self.zu = torch.zeros_like(scale)
         else:
             self.xmax = x.amax(-1, keepdim=True).clamp(min=0)
             self.xmin = x.amin(-1, keepdim=True).clamp(max=0)
             self.hi, self.lo = clip_max.float() * self.xmax, clip_min.float() * self.xmin
             levels = (1 << bits) - 1
-            scale = (self.hi - self.lo) / levels
+            scale = true_div(self.hi - self.lo, levels)
             self.zu = torch.round(-self.lo / scale).clamp(0, levels)
         self.flat = scale == 0
         self.scale = torch.where(self.bad, torch.nan, scale)
@@ -116,13 +122,13 @@ def _fake_quant_groups_backward(grad_y: torch.Tensor, xg: torch.Tensor, clip_max
     dyds = torch.where(p.flat, 0.0, dyds)
     s_sum = (g * dyds).sum(-1, keepdim=True)
     if symmetric:
-        grad_max = s_sum * p.absmax / code_range(bits)[1]
+        grad_max = true_div(s_sum * p.absmax, code_range(bits)[1])
         grad_min = torch.zeros_like(grad_max)
     else:
         levels = (1 << bits) - 1
         outside_sum = torch.where(inside | p.flat, 0.0, g).sum(-1, keepdim=True)
-        grad_max = s_sum / levels * p.xmax
-        grad_min = (outside_sum - s_sum / levels) * p.xmin
+        grad_max = true_div(s_sum, levels) * p.xmax
+        grad_min = (outside_sum - true_div(s_sum, levels)) * p.xmin
     grad_x = torch.where(p.bad, torch.nan, torch.where(inside, g, 0.0)).to(xg.dtype)
     return grad_x, torch.where(p.bad, torch.nan, grad_max), torch.where(p.bad, torch.nan, grad_min)
 

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import faircalib.kernels as K
+from faircalib.kernels import quant
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 1), (7, 17), (33, 100), (17, 1025), (1025, 7), (0, 33), (5, 0)]
@@ -154,3 +155,34 @@ def test_fuzz_codes_and_outputs_bit_exact(rows, groups, group_len, dtype, bits, 
     assert_identical(*on_both(K.quantize_weight, w, bits, group_size, symmetric))
     assert_identical(*on_both(K.fake_quant_weight, w, bits, group_size, symmetric, 0.85))
     assert_identical(*on_both(K.quantize_act, w, bits))
+
+
+@pytest.fixture
+def chunked(monkeypatch):
+    """Launch config that sends groups longer than 64 columns down the two-pass chunked path."""
+    monkeypatch.setattr(quant, "LAUNCH", quant.LaunchConfig(tile=256, max_single_n=64, max_block_n=32))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_two_pass_chunked_path_matches_the_reference(gen, chunked, symmetric):
+    for rows, cols, group_size in [(9, 200, -1), (5, 1025, -1), (6, 256, 128), (4, 64, -1)]:
+        w = sample((rows, cols), torch.bfloat16, gen, zero_rows=[1])
+        w[2, 3] = float("nan")
+        assert_identical(*on_both(K.quantize_weight, w, 4, group_size, symmetric))
+        assert_identical(*on_both(K.fake_quant_weight, w, 4, group_size, symmetric))
+        if symmetric:
+            assert_identical(*on_both(K.quantize_act, w, 4))
+        clips = [torch.rand(rows, 1, generator=gen) * 0.5 + 0.5 for _ in range(1 if symmetric else 2)]
+        grad_y = torch.randn(rows, cols, generator=gen).to(torch.bfloat16)
+        finite = torch.ones(rows, dtype=torch.bool)
+        finite[2] = False
+
+        def fn(w, *clips):
+            return K.fake_quant_weight(w, 4, group_size, symmetric, clips[0] if symmetric else tuple(clips))
+
+        expected, actual = on_both(_grads, fn, w, clips, grad_y)
+        torch.testing.assert_close(actual[0], expected[0], rtol=0, atol=0, equal_nan=True)
+        if group_size == -1:  # a NaN row poisons its clip gradient; compare the finite rows
+            for e, a in zip(expected[1:], actual[1:]):
+                torch.testing.assert_close(a[finite], e[finite], rtol=1e-5, atol=1e-5)
+                assert torch.isnan(a[2]).all()
