@@ -1,11 +1,13 @@
 """Triton kernels for W4A4 deployment; `gemm_reference.py` is their specification (formulas and weight layout).
 
-`quantize_act_packed`: one pass. A program loads the transform factors once, then sweeps its tokens a few at a
-time: load x (each token viewed as an [n1, n2] tile, padded to powers of two), scale by the channel scale, right-
-and left-multiply on tensor cores (in the factors' dtype: tf32 for fp32 factors, bf16 for bf16 factors), then absmax,
+`quantize_act_packed`: one pass per token. A program loads the transform factors once, then sweeps its tokens:
+load x (viewed as an [n1, n2] tile, padded to powers of two), scale by the channel scale, right- and
+left-multiply on tensor cores (in the factors' dtype: tf32 for fp32 factors, bf16 for bf16 factors), then absmax,
 scale, round half to even, clamp, store int8 codes and the fp32 scale. Factors whose padded tiles exceed
 MAX_FUSED_SMEM do not fit one program: the transform then runs as a torch matmul and the kernel only
-quantizes (reported by `fused_transform_supported`).
+quantizes (reported by `fused_transform_supported`). A variant that batched several tokens per step (one
+[BT·n1, n2] MMA, then a regrouped [BT·n2, n1] MMA) measured 5x slower on H100 (0.21 vs 1.19 TB/s at
+16384 x 4096, 2026-11-22): the 3-D regrouping costs more than the larger MMAs gain.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
 int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A plain INT8
@@ -28,13 +30,9 @@ from . import registry
 from .gemm_reference import GEMM_K_GROUP, kronecker_apply
 from .triton_math import round_half_even
 
-# Shared-memory budget of the fused transform: both padded factors plus the staged [BT·p1, p2] tile, twice
-# (measured on H100: 128x128 fp32 factors, 256 KiB, do not fit the 227 KiB limit).
+# Shared-memory budget of the fused transform: its padded factors and the [n1, n2] tile staged for the two MMAs
+# take about elem_bytes * (p1 + p2)^2 (measured on H100: 128x128 in fp32, 256 KiB, does not fit; 228 KiB max).
 MAX_FUSED_SMEM = 160 * 1024
-# Rows of the first MMA per loop step: tokens are batched until BT·p1 reaches this.
-ROWS_PER_STEP = 128
-# Elements per loop step without a transform.
-ELEMENTS_PER_STEP = 8192
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,77 +44,50 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _tokens_per_step(p1: int, p2: int, transformed: bool) -> int:
-    return max(1, ROWS_PER_STEP // p1) if transformed else max(1, ELEMENTS_PER_STEP // (p1 * p2))
-
-
 def fused_transform_supported(n1: int, n2: int, dtype: torch.dtype) -> bool:
     """Whether a Kronecker transform with factors (n1, n2) of `dtype` runs inside the quantization kernel."""
     p1, p2 = _pow2(n1), _pow2(n2)
-    bt = _tokens_per_step(p1, p2, True)
-    return (torch.finfo(dtype).bits // 8) * (p1 * p1 + p2 * p2 + 2 * bt * p1 * p2) <= MAX_FUSED_SMEM
+    elem = torch.finfo(dtype).bits // 8
+    return elem * (p1 + p2) ** 2 <= MAX_FUSED_SMEM
 
 
 @triton.jit
 def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr,
                          M, N1, N2, stride_xm, stride_cm,
                          HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                         HAS_CLIP: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr, B1: tl.constexpr,
-                         B2: tl.constexpr):
-    """Each step handles BT tokens as one [BT·B1, B2] tile (rows: token t, row i of its [n1, n2] view).
-    Right factor: one MMA over the whole tile. Left factor: per token Yᵀ = Zᵀ · left, so the tile is regrouped
-    to [BT·B2, B1] (rows: token t, column j) and multiplied by `left` in one MMA; the element (t, i, j) then sits
-    at row t·B2 + j, column i, which the store offsets follow."""
+                         HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr):
     qmax: tl.constexpr = (1 << (BITS - 1)) - 1
     qmin: tl.constexpr = -(1 << (BITS - 1))
-    E: tl.constexpr = B1 * B2
-    r = tl.arange(0, BT * B1)
-    i = r % B1
+    i = tl.arange(0, B1)
     j = tl.arange(0, B2)
-    in_view = (i < N1)[:, None] & (j < N2)[None, :]
+    inside = (i[:, None] < N1) & (j[None, :] < N2)
     flat = i[:, None] * N2 + j[None, :]
-    token = r // B1
     if HAS_CS:
-        cs = tl.load(cs_ptr + flat, mask=in_view, other=0.0).to(tl.float32)
+        cs = tl.load(cs_ptr + flat, mask=inside, other=0.0).to(tl.float32)
     if HAS_RIGHT:
-        right = tl.load(right_ptr + j[:, None] * N2 + j[None, :], mask=(j < N2)[:, None] & (j < N2)[None, :],
+        right = tl.load(right_ptr + j[:, None] * N2 + j[None, :], mask=(j[:, None] < N2) & (j[None, :] < N2),
                         other=0.0)
     if HAS_LEFT:
-        c = tl.arange(0, B1)
-        left = tl.load(left_ptr + c[:, None] * N1 + c[None, :], mask=(c < N1)[:, None] & (c < N1)[None, :],
-                       other=0.0)
-        # Offsets of the regrouped [BT·B2, B1] result.
-        r_out = tl.arange(0, BT * B2)
-        j_out = r_out % B2
-        out_flat = c[None, :] * N2 + j_out[:, None]
-        out_view = (c < N1)[None, :] & (j_out < N2)[:, None]
-    else:
-        out_flat, out_view = flat, in_view
-    out_flat = tl.reshape(out_flat, (BT, E))
-    out_view = tl.reshape(out_view, (BT, E))
+        # leftᵀ[a, b] = left[b, a]
+        left_t = tl.load(left_ptr + i[None, :] * N1 + i[:, None], mask=(i[:, None] < N1) & (i[None, :] < N1),
+                         other=0.0)
     clip = tl.load(clip_ptr).to(tl.float32) if HAS_CLIP else 1.0
-    step_tokens = tl.arange(0, BT)
-    for t0 in range(tl.program_id(0) * BT, M, tl.num_programs(0) * BT):
-        rows = t0 + token
-        y = tl.load(x_ptr + rows[:, None] * stride_xm + flat, mask=in_view & (rows < M)[:, None],
-                    other=0.0).to(tl.float32)
+    for t in range(tl.program_id(0), M, tl.num_programs(0)):
+        y = tl.load(x_ptr + t * stride_xm + flat, mask=inside, other=0.0).to(tl.float32)
         if HAS_CS:
             y = y * cs
         if HAS_RIGHT:
             y = tl.dot(y.to(right.dtype), right)
         if HAS_LEFT:
-            z = tl.reshape(tl.permute(tl.reshape(y, (BT, B1, B2)), (0, 2, 1)), (BT * B2, B1))
-            y = tl.dot(z.to(left.dtype), left)
-        y = tl.reshape(y, (BT, E))
-        bad = tl.max(((y != y) | (tl.abs(y) == float("inf"))).to(tl.int32), axis=1)
-        absmax = tl.max(tl.abs(y), axis=1)
+            y = tl.dot(left_t, y.to(left_t.dtype))
+        bad = tl.max(tl.max(((y != y) | (tl.abs(y) == float("inf"))).to(tl.int32), axis=1), axis=0)
+        absmax = tl.max(tl.max(tl.abs(y), axis=1), axis=0)
         scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
-        v = tl.math.div_rn(y, tl.zeros_like(y) + tl.where(scale > 0, scale, 1.0)[:, None])
+        v = tl.math.div_rn(y, tl.zeros_like(y) + tl.where(scale > 0, scale, 1.0))
         q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
-        q = tl.where(((bad > 0) | (scale == 0))[:, None], 0.0, q)
-        tok = t0 + step_tokens
-        tl.store(codes_ptr + tok[:, None] * stride_cm + out_flat, q.to(tl.int8), mask=out_view & (tok < M)[:, None])
-        tl.store(scales_ptr + tok, tl.where(bad > 0, float("nan"), scale), mask=tok < M)
+        q = tl.where((bad > 0) | (scale == 0), 0.0, q)
+        tl.store(codes_ptr + t * stride_cm + flat, q.to(tl.int8), mask=inside)
+        tl.store(scales_ptr + t, tl.where(bad > 0, float("nan"), scale))
 
 
 @registry.register("quantize_act_packed", "triton")
@@ -129,26 +100,23 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
     factor = left if left is not None else right
     if factor is not None and not fused_transform_supported(n1, n2, factor.dtype):
         x, channel_scale, left, right = kronecker_apply(x, channel_scale, left, right), None, None, None
-        n1, n2, factor = 1, k, None
+        n1, n2 = 1, k
     if x.stride(1) != 1:
         x = x.contiguous()
     codes = torch.empty((m, k), dtype=torch.int8, device=x.device)
     scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return codes, scales
-    transformed = factor is not None
-    b1 = _pow2(n1) if transformed else triton.next_power_of_2(n1)
-    b2 = _pow2(n2) if transformed else triton.next_power_of_2(n2)
-    bt = _tokens_per_step(b1, b2, transformed)
-    steps = triton.cdiv(m, bt)
-    programs = steps if x.device.type != "cuda" else min(steps, 4 * _num_sms(x.device.index or 0))
+    b1 = _pow2(n1) if left is not None or right is not None else triton.next_power_of_2(n1)
+    b2 = _pow2(n2) if left is not None or right is not None else triton.next_power_of_2(n2)
+    programs = m if x.device.type != "cuda" else min(m, 8 * _num_sms(x.device.index or 0))
     dummy = scales
     _quantize_act_kernel[(programs,)](
         x, dummy if channel_scale is None else channel_scale.contiguous(),
         dummy if left is None else left.contiguous(), dummy if right is None else right.contiguous(),
         dummy if clip is None else clip.reshape(()), codes, scales, m, n1, n2, x.stride(0), codes.stride(0),
         HAS_CS=channel_scale is not None, HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-        HAS_CLIP=clip is not None, BITS=bits, BT=bt, B1=b1, B2=b2, num_warps=8 if bt * b1 * b2 >= 8192 else 4)
+        HAS_CLIP=clip is not None, BITS=bits, B1=b1, B2=b2, num_warps=8 if b1 * b2 > 4096 else 4)
     return codes, scales
 
 
