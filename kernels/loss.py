@@ -18,6 +18,10 @@ where both codes have the same error up to fp32 rounding; so errors match the re
 also differ in order). Outside this contract: groups of subnormal data whose scale is below 2^-128, where 1 / scale
 overflows.
 
+FMA contraction: on (explicitly, Triton 3.10 turns it off by default) for the sums of squares and clip_search's
+`q * scale - x`, where it saves instructions and only changes rounding within the stated tolerance; off for the
+backward, which must round like torch's separate multiplies.
+
 Tuning knobs (module constants, read at each launch): `TILE_ELEMENTS` (fp32 elements of a program's register tile
 per chunk: weighted_mse's [rows, cols] tile, clip_search's pass-2 [G, C, chunk] tile), `NUM_WARPS` (all three
 kernels), `CLIP_SEARCH_PROGRAMS` (grid cap; beyond it a program walks several tiles of groups).
@@ -114,7 +118,8 @@ def weighted_mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor, reduct
         block_rows, block_cols = _row_tile(n_rows, n_cols)
         _weighted_mse_rows_kernel[(triton.cdiv(n_rows, block_rows),)](
             a2, b2, w, per_row, n_rows, n_cols, a2.stride(0), a2.stride(1), b2.stride(0), b2.stride(1),
-            n1, n2, s0, s1, s2, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=NUM_WARPS)
+            n1, n2, s0, s1, s2, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=NUM_WARPS,
+            enable_fp_fusion=True)
     return per_row.sum() if reduction == "sum" else per_row.reshape(rows_shape)
 
 
@@ -152,7 +157,7 @@ def weighted_mse_backward(grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, 
         _weighted_mse_grad_kernel[(triton.cdiv(n_rows, block_rows),)](
             g, a2, b2, w, out, n_rows, n_cols, a2.stride(0), a2.stride(1), b2.stride(0), b2.stride(1),
             g_n1, g_n2, g_s0, g_s1, g_s2, w_n1, w_n2, w_s0, w_s1, w_s2,
-            BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=NUM_WARPS)
+            BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=NUM_WARPS, enable_fp_fusion=False)
     return out
 
 
@@ -252,5 +257,5 @@ def clip_search(x: torch.Tensor, ratios: torch.Tensor, bits: int, weights: torch
         x2, ratios.contiguous(), w, out, n_segments, n_groups, group_len, x2.stride(0), n_candidates,
         blocks_per_program, float((1 << (bits - 1)) - 1), n1, n2, s0, s1, s2,
         BLOCK_G=block_g, BLOCK_C=block_c, BLOCK_SCAN=block_scan, BLOCK_LEN=block_len, SUM=reduce == "sum",
-        num_warps=NUM_WARPS)
+        num_warps=NUM_WARPS, enable_fp_fusion=True)
     return out.sum(0) if reduce == "sum" else out.reshape(*rows_shape, n_groups, n_candidates)
