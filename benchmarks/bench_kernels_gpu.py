@@ -1,7 +1,7 @@
 """Quantization (and, when present, calibration-loss) kernels vs a device-to-device copy, PyTorch eager and
 torch.compile of the reference, at LLaDA-8B / Dream-7B shapes, all measured in one run on one GPU.
 
-    python benchmarks/bench_kernels_gpu.py [--out DIR] [--sweep] [--no-compile]
+    python benchmarks/bench_kernels_gpu.py [--out DIR] [--sweep] [--baselines all|eager|none] [--ops all|quant]
 
 Bandwidth counts compulsory bytes only (each input read once, each output written once; bf16 data, int8 codes,
 fp32 per-row scales). memcpy is `dst.copy_(src)` of a buffer as large as the op's main input, bytes read + written.
@@ -33,8 +33,8 @@ from faircalib.kernels import quant, quant_reference, registry
 
 ACT_SHAPES = [(16384, 3584), (16384, 4096), (16384, 12288), (16384, 18944)]
 WEIGHT_SHAPES = [(4096, 4096), (12288, 4096), (4096, 12288), (3584, 18944), (18944, 3584)]
-SWEEP = [quant.LaunchConfig(4096, 4096, 4), quant.LaunchConfig(4096, 4096, 8), quant.LaunchConfig(8192, 4096, 8),
-         quant.LaunchConfig(8192, 8192, 8), quant.LaunchConfig(16384, 8192, 16), quant.LaunchConfig(2048, 2048, 4)]
+SWEEP = [quant.LaunchConfig(), quant.LaunchConfig(warp_elements=256), quant.LaunchConfig(warp_elements=1024),
+         quant.LaunchConfig(tile=2048, max_block_m=4, max_block_n=2048)]
 L2_BYTES = 50 * 2 ** 20
 CALLS_PER_GRAPH = 12
 DTYPE = torch.bfloat16
@@ -189,14 +189,16 @@ def compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def measure(case: Case, copy_gbps: float, with_compile: bool) -> dict:
+def measure(case: Case, copy_gbps: float, baselines: str) -> dict:
     row = {"op": case.op, "shape": list(case.shape), "bytes": case.nbytes, "memcpy_GBps": copy_gbps}
     with K.use_backend("triton"):
         ours = case.ours(*case.inputs)
     row["check"] = bool(case.check(ours, case.reference(*case.inputs)))
     del ours
-    contenders = [("triton", case.ours), ("eager", case.reference)]
-    if with_compile:
+    contenders = [("triton", case.ours)]
+    if baselines != "none":
+        contenders.append(("eager", case.reference))
+    if baselines == "all":
         contenders.append(("compile", compiled(case.reference)))
     for name, fn in contenders:
         try:
@@ -214,7 +216,7 @@ def measure(case: Case, copy_gbps: float, with_compile: bool) -> dict:
 def sweep(cases: list[Case]) -> quant.LaunchConfig:
     """Time the Triton quantization kernels under each SWEEP config on a few shapes; keep the fastest overall."""
     shapes = {ACT_SHAPES[1], ACT_SHAPES[-1], WEIGHT_SHAPES[0], WEIGHT_SHAPES[-1]}
-    picked = [c for c in cases if c.shape in shapes and c.op.startswith("fake_quant")]
+    picked = [c for c in cases if c.shape in shapes and c.op.startswith(("fake_quant", "quantize_weight"))]
     best, best_score = quant.LAUNCH, -1.0
     for config in SWEEP:
         quant.LAUNCH = config
@@ -247,7 +249,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--sweep", action="store_true", help="tune the quantization kernels' launch config first")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    parser.add_argument("--baselines", choices=("all", "eager", "none"), default="all",
+                        help="reference contenders to time: eager and torch.compile, eager only, or none")
+    parser.add_argument("--ops", choices=("all", "quant"), default="all", help="quant: skip the loss kernels")
     args = parser.parse_args()
     for knob in ("cache_size_limit", "recompile_limit"):
         if hasattr(torch._dynamo.config, knob):
@@ -257,7 +261,7 @@ def main() -> None:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     print(json.dumps(meta), flush=True)
-    cases = quant_cases(gen) + loss_cases(gen)
+    cases = quant_cases(gen) + (loss_cases(gen) if args.ops == "all" else [])
     if args.sweep:
         meta["launch_config"] = dataclasses.asdict(sweep(cases))
     copy_gbps = {}
@@ -266,7 +270,7 @@ def main() -> None:
         if case.input_bytes not in copy_gbps:
             copy_gbps[case.input_bytes] = memcpy_gbps(case.input_bytes)
         try:
-            rows.append(measure(case, copy_gbps[case.input_bytes], not args.no_compile))
+            rows.append(measure(case, copy_gbps[case.input_bytes], args.baselines))
         except Exception as error:  # one broken op must not hide the others' numbers
             rows.append({"op": case.op, "shape": list(case.shape), "check": False,
                          "error": f"{type(error).__name__}: {str(error)[:300]}"})
