@@ -28,15 +28,6 @@ SMALL_ARCH = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matmuls run faster on one thread, and far faster when the CI machine is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _fixed_batch_loss(model, tok):
     batch = encode_examples(tok, load_tasks("heldout", n=16), GEN_LENGTH)
     with torch.no_grad():
