@@ -6,6 +6,7 @@ A model is `embed_inputs -> blocks -> head`, and every block is called the same 
 them.
 """
 import torch
+import transformers
 from transformers.modeling_outputs import MaskedLMOutput
 
 from faircalib.models.rope import positions_from_padding, rotary_cos_sin
@@ -25,7 +26,7 @@ class BlockwiseLM:
 
     def tied_weights(self) -> dict[str, str]:
         """{parameter name not stored in checkpoints: the stored parameter it shares}; empty when untied."""
-        raise NotImplementedError
+        return dict(self.TIED_WEIGHTS) if self.config.tie_word_embeddings else {}
 
     def retie_(self) -> None:
         """Share tied parameters again after `to_empty` or `load_state_dict(assign=True)` split them."""
@@ -53,6 +54,13 @@ class BlockwiseLM:
         for block in self.blocks:
             hidden = block(hidden, **kwargs)
         return MaskedLMOutput(logits=self.head(hidden))
+
+
+def tied_weights_declaration(tied: dict[str, str]) -> dict[str, str] | list[str]:
+    """`_tied_weights_keys` for transformers' own loading (from_pretrained): a {target: source} dict since
+    transformers 5, a list of targets before. Without it a tied checkpoint (no head tensor) loads with the head
+    "missing" and re-initialised, which overwrites the shared embedding."""
+    return tied if int(transformers.__version__.split(".")[0]) >= 5 else list(tied)
 
 
 def rotary_block_kwargs(

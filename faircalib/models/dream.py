@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from faircalib.models.base import BlockwiseLM
+from faircalib.models.base import BlockwiseLM, tied_weights_declaration
 from faircalib.models.layers import RMSNorm, bidirectional_attention, swiglu
 
 
@@ -167,6 +167,8 @@ class DreamModel(BlockwiseLM, PreTrainedModel):
     config_class = DreamConfig
     base_model_prefix = "model"
     _no_split_modules = ["DreamDecoderLayer"]
+    TIED_WEIGHTS = {"lm_head.weight": "model.embed_tokens.weight"}  # when tie_word_embeddings
+    _tied_weights_keys = tied_weights_declaration(TIED_WEIGHTS)
 
     def __init__(self, config: DreamConfig):
         config.check_supported()
@@ -194,10 +196,6 @@ class DreamModel(BlockwiseLM, PreTrainedModel):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [B, L, hidden_size] -> raw (shifted) logits [B, L, vocab_size]."""
         return self.lm_head(self.model.norm(hidden))
-
-    def tied_weights(self) -> dict[str, str]:
-        """{parameter name that is not stored in checkpoints: the stored parameter it shares}."""
-        return {"lm_head.weight": "model.embed_tokens.weight"} if self.config.tie_word_embeddings else {}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
-from faircalib.models.base import BlockwiseLM
+from faircalib.models.base import BlockwiseLM, tied_weights_declaration
 from faircalib.models.layers import RMSNorm, bidirectional_attention, swiglu
 
 # Options of the OLMo-derived config that this implementation supports, with the only value it supports.
@@ -215,6 +215,8 @@ class LLaDAModelLM(BlockwiseLM, PreTrainedModel):
     config_class = LLaDAConfig
     base_model_prefix = "model"
     _no_split_modules = ["LLaDABlock"]
+    TIED_WEIGHTS = {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}  # when weight_tying
+    _tied_weights_keys = tied_weights_declaration(TIED_WEIGHTS)
 
     def __init__(self, config: LLaDAConfig):
         config.check_supported()
@@ -241,12 +243,6 @@ class LLaDAModelLM(BlockwiseLM, PreTrainedModel):
         """hidden: [B, L, d_model] -> logits [B, L, rows]."""
         logits = self.model.transformer.ff_out(self.model.transformer.ln_f(hidden))
         return logits * (1 / math.sqrt(self.config.d_model)) if self.config.scale_logits else logits
-
-    def tied_weights(self) -> dict[str, str]:
-        """{parameter name that is not stored in checkpoints: the stored parameter it shares}."""
-        if not self.config.weight_tying:
-            return {}
-        return {"model.transformer.ff_out.weight": "model.transformer.wte.weight"}
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer.wte

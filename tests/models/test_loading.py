@@ -170,3 +170,16 @@ def test_tokenizer_is_read_from_the_checkpoint_directory(tmp_path):
     CharTokenizer().save(tmp_path)
     tokenizer = load_tokenizer(tmp_path)
     assert isinstance(tokenizer, CharTokenizer) and tokenizer.decode(tokenizer.encode("12+34")) == "12+34"
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_transformers_from_pretrained_reads_our_checkpoints(family, tied, tmp_path, gen):
+    # The deploy path loads native classes through transformers; a tied head must not count as missing (it would be
+    # re-initialised, overwriting the shared embedding).
+    model = tiny_model(family, **{"weight_tying" if family == "llada" else "tie_word_embeddings": tied})
+    save_model(model, tmp_path)
+    loaded, info = type(model).from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    ids = random_ids(gen)
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert (loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight) is tied
