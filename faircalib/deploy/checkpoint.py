@@ -58,7 +58,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomic(target: Path, value: dict) -> None:
+def write_json_atomic(target: Path, value: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -85,7 +85,7 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, fingerprint: 
         "quant_method": QUANT_METHOD, "format": FORMAT, "format_version": FORMAT_VERSION,
         "version": faircalib.__version__, "fingerprint": fingerprint, "weight_layout": WEIGHT_LAYOUT,
         "sha256": _sha256(directory / WEIGHTS), "modules": modules}
-    _write_json_atomic(directory / "config.json", config)
+    write_json_atomic(directory / "config.json", config)
     return directory
 
 
