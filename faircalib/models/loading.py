@@ -2,9 +2,10 @@
 
 A local directory with config.json and safetensors (one `model.safetensors`, or shards listed in
 `model.safetensors.index.json`) loads into the native implementation chosen by `model_type`; no remote code
-runs. Every tensor is checked by name and shape before any weight is read, and the load fails loudly (naming the
-tensors) if anything is missing, unexpected or mis-shaped: some transformers versions silently leave published
-dLLM weights randomly initialised, and a half-loaded model must never reach calibration.
+runs. Every tensor is checked by name, shape and dtype (floating point) from the safetensors headers before any
+weight is read, and the load fails loudly (naming the tensors) if anything is missing, unexpected or mis-shaped:
+some transformers versions silently leave published dLLM weights randomly initialised, and a half-loaded model
+must never reach calibration.
 """
 import json
 import os
