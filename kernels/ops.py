@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import registry
-from .quant_reference import num_groups
+from .quant_reference import num_groups  # importing quant_reference registers its reference implementations
 
 
 def _dispatch(op: str, fake: Callable, *args):
