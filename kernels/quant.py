@@ -300,7 +300,10 @@ def _per_group(clip: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return clip.to(torch.float32).expand(shape).contiguous().reshape(-1)
 
 
-def _fake_quant(x, clip_max, clip_min, bits, group_size, symmetric, codes):
+def _fake_quant(x: torch.Tensor, clip_max: torch.Tensor, clip_min: torch.Tensor, bits: int, group_size: int | None,
+                symmetric: bool, codes: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel -> (out like x: dequantized x.dtype or int8 codes, scale fp32 [R], zero int8 [R]);
+    scale and zero are written only when `codes`. group_size None: per-row activations."""
     m, groups, cols = _as_groups(x, group_size)
     rows = m.shape[0] * groups
     block_m, block_n, single_pass, num_warps = _launch_shape(rows, cols)
@@ -316,7 +319,9 @@ def _fake_quant(x, clip_max, clip_min, bits, group_size, symmetric, codes):
     return out, scale, zero
 
 
-def _fake_quant_backward(grad_y, x, clip_max, clip_min, bits, group_size, symmetric):
+def _fake_quant_backward(grad_y: torch.Tensor, x: torch.Tensor, clip_max: torch.Tensor, clip_min: torch.Tensor,
+                         bits: int, group_size: int | None, symmetric: bool):
+    """Launch the backward kernel -> (grad_x like x, grad_clip_max [N, G] fp32, grad_clip_min [N, G] fp32)."""
     m, groups, cols = _as_groups(x, group_size)
     g, _, _ = _as_groups(grad_y, group_size)
     rows = m.shape[0] * groups
@@ -350,12 +355,14 @@ def fake_quant_act_backward(grad_y: torch.Tensor, x: torch.Tensor, clip: torch.T
 
 
 @registry.register("fake_quant_weight", "triton")
-def fake_quant_weight(w, clip_max, clip_min, bits, group_size, symmetric):
+def fake_quant_weight(w: torch.Tensor, clip_max: torch.Tensor, clip_min: torch.Tensor, bits: int, group_size: int,
+                      symmetric: bool) -> torch.Tensor:
     return _fake_quant(w, clip_max, clip_min, bits, group_size, symmetric, codes=False)[0]
 
 
 @registry.register("fake_quant_weight_backward", "triton")
-def fake_quant_weight_backward(grad_y, w, clip_max, clip_min, bits, group_size, symmetric):
+def fake_quant_weight_backward(grad_y: torch.Tensor, w: torch.Tensor, clip_max: torch.Tensor, clip_min: torch.Tensor,
+                               bits: int, group_size: int, symmetric: bool):
     return _fake_quant_backward(grad_y, w, clip_max, clip_min, bits, group_size, symmetric)
 
 

@@ -186,3 +186,17 @@ def test_two_pass_chunked_path_matches_the_reference(gen, chunked, symmetric):
             for e, a in zip(expected[1:], actual[1:]):
                 torch.testing.assert_close(a[finite], e[finite], rtol=1e-5, atol=1e-5)
                 assert torch.isnan(a[2]).all()
+
+
+def test_broadcast_upstream_gradient_of_a_sum(gen):
+    # .sum().backward() hands the backward a zero-stride gradient
+    w = sample((6, 48), torch.float16, gen)
+    x = sample((2, 3, 40), torch.float32, gen)
+    for fn, t in ((lambda t: K.fake_quant_weight(t, 4, 16, False), w), (lambda t: K.fake_quant_act(t, 4), x)):
+        grads = []
+        for backend in ("reference", "triton"):
+            leaf = t.clone().requires_grad_()
+            with K.use_backend(backend):
+                fn(leaf).float().sum().backward()
+            grads.append(leaf.grad)
+        assert_identical(*grads)
