@@ -64,7 +64,8 @@ class PriorConfig:
     lag_rollouts, lag_max_states: the stability lag of the teacher is measured on the first lag_rollouts
     rollouts, reading at most lag_max_states later states per rollout (`faircalib.metrics`; 0 rollouts skips it).
     That costs about lag_rollouts · lag_max_states · G/2 extra forward rows (leave-one-out queries): on an 8B
-    model with G = 256 the defaults add ~8k rows; set lag_rollouts=0 where probe time matters most.
+    model with G = 256 the defaults add ~4k rows (on a tiny model about a quarter of a 64-rollout probe); set
+    lag_rollouts=0 where probe time matters most.
     seed: seeds the probe's generator when the caller passes none.
     """
 
@@ -81,7 +82,7 @@ class PriorConfig:
     n_probe: int = 512
     batch_size: int = 64
     tol: float | None = 0.01
-    lag_rollouts: int = 8
+    lag_rollouts: int = 4
     lag_max_states: int | None = 8
     seed: int = 0
 
