@@ -41,7 +41,7 @@ def _clip_tensor(op: str, name: str, clip: object, like: torch.Tensor, scale_sha
         # a fill, not a host-to-device copy, so the op can be captured in a CUDA graph
         return torch.full((), float(clip), dtype=torch.float32, device=like.device)
     check_float_tensor(op, name, clip)
-    check_same_device(op, "x" if op.endswith("act") else "w", like, name, clip)
+    check_same_device(op, "the input", like, name, clip)
     check_broadcastable(op, name, clip, scale_shape, "per-group scale")
     return clip
 
