@@ -51,9 +51,9 @@ class TrainConfig:
 
     family: str = "llada"
     arch: dict = field(default_factory=dict)  # overrides of TINY_ARCH[family]
-    steps: int = 6000
+    steps: int = 12_000
     batch_size: int = 256
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     weight_decay: float = 0.1
     warmup_steps: int = 200
     train_per_task: int = 100_000
