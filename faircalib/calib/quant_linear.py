@@ -14,6 +14,7 @@ from torch import nn
 
 from faircalib import kernels
 from faircalib.config import QuantSpec
+from faircalib.kernels.quant_reference import true_div
 
 # FlatQuant's clip initialisation: sigmoid(4.0) ≈ 0.982.
 CLIP_LOGIT_INIT = 4.0
@@ -77,7 +78,7 @@ class QuantLinear(nn.Module):
             scales = self.fixed_weight_scale
         else:
             clip = self.weight_clip_ratio()
-            clip = torch.ones(w.shape[0], 1) if clip is None else clip.detach().float()
+            clip = torch.ones(w.shape[0], 1, device=w.device) if clip is None else clip.detach().float()
             scales = _clipped_scales(w, clip, spec.bits, spec.group_size)
         return _codes(w, scales, spec.bits, spec.group_size), scales
 
@@ -115,9 +116,10 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def _clipped_scales(w: torch.Tensor, clip: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """scale = clip·absmax/qmax per channel/group, fp32 [N, G] (the project numerics)."""
+    """scale = clip·absmax/qmax per channel/group, fp32 [N, G] (the project numerics; an IEEE division as in the
+    kernels: CUDA turns division by a Python number into a reciprocal multiply, one ulp off)."""
     absmax = _grouped(w, group_size).abs().amax(-1)
-    return (clip.reshape(w.shape[0], -1) * absmax) / (2 ** (bits - 1) - 1)
+    return true_div(clip.reshape(w.shape[0], -1) * absmax, 2 ** (bits - 1) - 1)
 
 
 def _codes(w: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ def kronecker_factors(d: int) -> tuple[int, int]:
 def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
     """A Haar-random orthogonal [n, n] fp32 matrix (QR of a Gaussian with the sign fix)."""
     q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
-    return (q * torch.sign(torch.diagonal(r))).float()
+    return (q * torch.sign(torch.diagonal(r))).float().contiguous()  # LAPACK's Q is column-major
 
 
 class KroneckerTransform(nn.Module):
