@@ -1,0 +1,56 @@
+"""`faircalib calibrate` (and the shared recipe options) through `faircalib.cli.main`, on a saved random tiny
+model: a run writes the calibrated model and its log; bad settings are usage errors before any model loads."""
+import json
+import re
+
+import pytest
+import torch
+
+from faircalib.cli import main
+from faircalib.models import save_model
+from faircalib.zoo import TASKS, CharTokenizer
+from tests.calib.conftest import tiny_model
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    directory = tmp_path / "tiny"
+    save_model(tiny_model("dream"), directory)
+    CharTokenizer().save(directory)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_calibrate_rtn(saved_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    status = main(["calibrate", "--model", str(saved_model), "--method", "rtn", "--out", str(out),
+                   "--n-calib", str(len(TASKS)), "--wbits", "3", "--abits", "16"])
+    assert status == 0
+    printed = json.loads(capsys.readouterr().out)
+    log = json.loads((out / "calibration.json").read_text())
+    assert printed["method"] == "rtn" and printed["fingerprint"] == log["fingerprint"]
+    assert len(printed["block_losses"]) == 2
+    assert log["recipe"]["method"] == "rtn" and log["recipe"]["qconfig"]["weight"]["bits"] == 3
+    assert log["recipe"]["qconfig"]["act"] is None and len(log["blocks"]) == 2
+    assert (out / "calibrated.pt").exists() and not (out / "prior.json").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["calibrate", "--method", "bogus"], r"unknown calibration method 'bogus'"),
+    (["calibrate", "--method", "rtn", "--wbits", "9"], r"bits must be an int in 2..8"),
+    (["calibrate", "--method", "rtn", "--epochs", "-1"], r"epochs must be >= 0"),
+    (["compare", "--methods", "fp,bogus"], r"--methods: unknown \['bogus'\]"),
+])
+def test_bad_settings_are_usage_errors(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
