@@ -7,9 +7,9 @@ length, as LLaDA's SFT data is). Saved as `tokenizer.json` beside the model weig
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from faircalib.zoo.files import write_json
 
 SPECIAL_TOKENS = ("<pad>", "<mask>", "<eos>")
 DEFAULT_ALPHABET = "0123456789+-*=:abcdefghijklmnopqrstuvwxyz"
@@ -57,13 +57,8 @@ class CharTokenizer:
         """Writes `directory/tokenizer.json` atomically; returns its path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / TOKENIZER_FILE
         payload = {"type": "char", "special_tokens": list(SPECIAL_TOKENS), "alphabet": self.alphabet}
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tokenizer.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, path)
-        return path
+        return write_json(directory / TOKENIZER_FILE, payload)
 
     @classmethod
     def load(cls, directory) -> "CharTokenizer":

@@ -14,18 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import shlex
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 
+from faircalib.diffusion import SamplerConfig
 from faircalib.models import build_random, get_adapter, save_model
 from faircalib.zoo.evaluate import evaluate
+from faircalib.zoo.files import write_json
 from faircalib.zoo.rtn import rtn_w4a4
 from faircalib.zoo.tasks import GEN_LENGTH, TASKS, Problem, load_tasks
 from faircalib.zoo.tokenizer import CharTokenizer
@@ -177,15 +179,9 @@ def build_model(tokenizer: CharTokenizer, config: TrainConfig):
     return build_random(config.family, model_config, generator=torch.Generator().manual_seed(config.seed))
 
 
-def _write_json(path: Path, payload: dict):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
-
-
 def run(config: TrainConfig, out: Path, device: str, argv: list[str]) -> dict:
     """Build, train, evaluate (FP and naive W4A4 RTN), save to `out`; returns the train log written there."""
+    out.mkdir(parents=True, exist_ok=True)  # fail on an unwritable `out` before training, not after
     tokenizer = CharTokenizer()
     model = build_model(tokenizer, config)
     start = time.time()
@@ -195,24 +191,25 @@ def run(config: TrainConfig, out: Path, device: str, argv: list[str]) -> dict:
     generator = torch.Generator(device=device)
     accuracy = evaluate(model, tokenizer, heldout, generator=generator.manual_seed(0))
     accuracy_rtn = evaluate(rtn_w4a4(model), tokenizer, heldout, generator=generator.manual_seed(0))
-    out.mkdir(parents=True, exist_ok=True)
     save_model(model, out, dtype=torch.float16)
     tokenizer.save(out)
     record = {
-        "command": " ".join([Path(sys.executable).name, "-m", "faircalib.zoo.train", *argv]),
+        "command": shlex.join([Path(sys.executable).name, "-m", "faircalib.zoo.train", *argv]),
         "config": asdict(config),
         "arch": {**TINY_ARCH[config.family], **config.arch},
         "parameters": sum(p.numel() for p in model.parameters()),
         "data": {"train_problems": config.train_per_task * len(TASKS), "heldout_problems": len(heldout)},
         "device": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "train_seconds": round(train_seconds, 1),
         "losses": losses,
+        "sampler": SamplerConfig().to_dict(),
         "heldout_accuracy": accuracy,
         "heldout_accuracy_w4a4_rtn": accuracy_rtn,
     }
-    _write_json(out / "train_log.json", record)
+    write_json(out / "train_log.json", record)
     return record
 
 

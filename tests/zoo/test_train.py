@@ -15,19 +15,6 @@ from faircalib.zoo.train import (
     train,
 )
 
-# Small enough for a CPU test run; same code path as the shipped shapes.
-SMALL_ARCH = {
-    "llada": {"d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden_size": 64},
-    "dream": {
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 64,
-    },
-}
-
-
 def _fixed_batch_loss(model, tok):
     batch = encode_examples(tok, load_tasks("heldout", n=16), GEN_LENGTH)
     with torch.no_grad():
@@ -56,10 +43,10 @@ def test_cosine_with_warmup():
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
-def test_training_reduces_loss_and_is_seeded(family, one_thread):
+def test_training_reduces_loss_and_is_seeded(family, small_arch, one_thread):
     tok = CharTokenizer()
     config = TrainConfig(
-        family=family, arch=SMALL_ARCH[family], steps=60, batch_size=32, lr=1e-2, warmup_steps=5,
+        family=family, arch=small_arch[family], steps=60, batch_size=32, lr=1e-2, warmup_steps=5,
         train_per_task=200, log_every=20,
     )
     model = build_model(tok, config)
@@ -70,12 +57,12 @@ def test_training_reduces_loss_and_is_seeded(family, one_thread):
     assert train(build_model(tok, config), tok, config, "cpu") == log  # same seed, same run
 
 
-def test_main_writes_a_loadable_checkpoint(tmp_path, one_thread):
+def test_main_writes_a_loadable_checkpoint(tmp_path, small_arch, one_thread):
     from faircalib.models import load_model
 
     out = tmp_path / "ckpt"
     record = main(["--family", "dream", "--out", str(out), "--steps", "3", "--batch-size", "8",
-                   "--train-per-task", "20", "--heldout-per-task", "2", "--arch", json.dumps(SMALL_ARCH["dream"]),
+                   "--train-per-task", "20", "--heldout-per-task", "2", "--arch", json.dumps(small_arch["dream"]),
                    "--device", "cpu"])
     assert set(record["heldout_accuracy"]) == {"add", "sort", "rev", "arith", "all"}
     logged = json.loads((out / "train_log.json").read_text())
