@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from faircalib.zoo.tokenizer import CharTokenizer
 from faircalib.zoo.train import TrainConfig, build_model
@@ -18,20 +17,11 @@ SMALL_ARCH = {
 
 
 @pytest.fixture
-def one_thread():
-    """The tiny models' matmuls run faster on one thread, and far faster when the CI machine is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def small_arch():
     return SMALL_ARCH
 
 
 @pytest.fixture(params=list(SMALL_ARCH))
-def small_model(request, one_thread):
+def small_model(request):
     """An untrained small model of each family (seed 0), for tests that need real modules, not accuracy."""
     return build_model(CharTokenizer(), TrainConfig(family=request.param, arch=SMALL_ARCH[request.param]))

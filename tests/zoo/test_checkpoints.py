@@ -24,7 +24,7 @@ def test_checkpoint_files_and_size(shipped):
     assert {"config.json", "tokenizer.json", "train_log.json"} <= {p.name for p in path.iterdir()}
 
 
-def test_loads_and_answers_heldout_problems(shipped, one_thread):
+def test_loads_and_answers_heldout_problems(shipped):
     model = load_model(shipped)
     tokenizer = load_tokenizer(shipped)
     assert tokenizer == CharTokenizer()

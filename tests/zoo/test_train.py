@@ -43,7 +43,7 @@ def test_cosine_with_warmup():
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
-def test_training_reduces_loss_and_is_seeded(family, small_arch, one_thread):
+def test_training_reduces_loss_and_is_seeded(family, small_arch):
     tok = CharTokenizer()
     config = TrainConfig(
         family=family, arch=small_arch[family], steps=60, batch_size=32, lr=1e-2, warmup_steps=5,
@@ -57,7 +57,7 @@ def test_training_reduces_loss_and_is_seeded(family, small_arch, one_thread):
     assert train(build_model(tok, config), tok, config, "cpu") == log  # same seed, same run
 
 
-def test_main_writes_a_loadable_checkpoint(tmp_path, small_arch, one_thread):
+def test_main_writes_a_loadable_checkpoint(tmp_path, small_arch):
     from faircalib.models import load_model
 
     out = tmp_path / "ckpt"
