@@ -100,7 +100,7 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     prior_config = _method_prior_config(method, recipe.prior)
     seq_len = input_ids.shape[1]
     if method.needs_probe and prior is None:
-        prior = _stage1(model, adapter, prior_config, probe_prompts, probe_sampler, seq_len, out, progress)
+        prior = _stage1(model, adapter, prior_config, probe_prompts, probe_sampler, seq_len, out, progress, resume)
     stage1 = time.perf_counter() - start
     weights = prior.weights_for(seq_len).float() if prior is not None else torch.ones(seq_len)
     data = CalibData(input_ids, attention_mask, weights)
@@ -119,8 +119,8 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     return result
 
 
-def _stage1(model, adapter, config: PriorConfig, prompts, sampler, seq_len, out, progress) -> PositionPrior:
-    if out is not None and (out / "prior.json").exists():
+def _stage1(model, adapter, config: PriorConfig, prompts, sampler, seq_len, out, progress, resume) -> PositionPrior:
+    if resume and out is not None and (out / "prior.json").exists():
         saved = PositionPrior.load(out / "prior.json")
         if saved.config == config and saved.seq_len == seq_len:
             return saved  # a finished Stage I of this very recipe: reuse it (resume)

@@ -247,6 +247,22 @@ def test_fair_end_to_end_writes_artifacts_and_reloads(family, tmp_path):
     _assert_same_state(rerun, model)
 
 
+def test_without_resume_stage_one_runs_again(tmp_path):
+    """A fresh run into a directory holding another model's prior must not reuse that prior."""
+    recipe = Recipe("fair", options=CalibOptions(epochs=0),
+                    prior=PriorConfig(n_probe=2, batch_size=2, tol=None, lag_rollouts=0, window=6))
+    prompts = [ids[:4] for ids in calib_ids(seed=3, n=2, length=4)]
+
+    def run(family, out):
+        return calibrate(tiny_model(family), IDS, MASK, recipe=recipe, probe_prompts=prompts,
+                         probe_sampler=SamplerConfig(gen_length=8, steps=8), out_dir=out, progress=False).prior
+
+    llada, dream, dream_alone = run("llada", tmp_path), run("dream", tmp_path), run("dream", None)
+    assert not torch.equal(llada.scores, dream.scores)
+    assert torch.equal(dream.scores, dream_alone.scores)
+    assert torch.equal(PositionPrior.load(tmp_path / "prior.json").scores, dream.scores)
+
+
 def test_quarot_gptq_reloads(tmp_path):
     model = tiny_model("dream")
     calibrate(model, IDS, MASK, recipe=Recipe("quarot", options=CalibOptions(gptq=True)), out_dir=tmp_path,
