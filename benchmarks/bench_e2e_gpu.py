@@ -1,6 +1,7 @@
 """One denoising step (a full forward pass) of a random-weight model with the LLaDA-8B config, bf16 vs W4A4.
 
     python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--factors fp32,bf16]
+    python benchmarks/bench_e2e_gpu.py --tiny-cpu     # reference: generation tokens/s of the tiny models on CPU
 
 bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU. W4A4: the same model with every block
 linear replaced in place by a `W4A4Linear` (per-channel RTN codes of its weight, a FlatQuant-style online
@@ -9,12 +10,15 @@ norms, attention and the LM head stay bf16. Reports the median step time over CU
 memory of a step and the bytes of the block linears' weights, and writes `bench_e2e.json` to DIR ($OUT or .).
 `--factors` also runs W4A4 with bf16 transform factors (fused in the kernel at every LLaDA size) besides fp32
 (tf32 MMA; the 96x128 factors of the 12288-wide down projection input then run as a torch matmul).
+`--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
+PyTorch reference kernels), generation tokens/s on the CPU (`tiny_cpu.json`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -77,12 +81,57 @@ def to_w4a4(adapter, factor_dtype: torch.dtype, gen: torch.Generator) -> None:
     torch.cuda.empty_cache()
 
 
+def tiny_cpu_throughput(out: str) -> None:
+    """Generated tokens per second of the tiny models on CPU: FP, fake-quant W4A4 and deployed W4A4Linear."""
+    import copy
+
+    from faircalib.calib.layerwise import wrap_block
+    from faircalib.calib.methods import get_method
+    from faircalib.config import QuantConfig
+    from faircalib.deploy.w4a4_linear import convert_to_w4a4
+    from faircalib.diffusion.config import SamplerConfig
+    from faircalib.diffusion.generate import generate
+    from faircalib.models import load_model
+
+    torch.set_num_threads(1)  # tiny models gain nothing from threads; spinning threads stall a shared machine
+    rows = []
+    for name, sampler in (("tiny-llada", "llada"), ("tiny-dream", "dream")):
+        fp = load_model(name)
+        fake = copy.deepcopy(fp)
+        adapter = get_adapter(fake)
+        for block in adapter.blocks:
+            wrap_block(adapter, block, get_method("rtn"), QuantConfig.w_a(4, 4), torch.Generator().manual_seed(0))
+        deployed = copy.deepcopy(fake)
+        convert_to_w4a4(deployed)
+        prompt = torch.randint(3, 20, (8, 16), generator=torch.Generator().manual_seed(0))
+        config = SamplerConfig(sampler=sampler, gen_length=32, steps=32)
+        for label, model in (("fp32", fp), ("fake-quant W4A4", fake), ("W4A4Linear", deployed)):
+            generate(model, prompt, config, generator=torch.Generator().manual_seed(1))
+            start = time.perf_counter()
+            generate(model, prompt, config, generator=torch.Generator().manual_seed(1))
+            seconds = time.perf_counter() - start
+            rows.append({"model": name, "variant": label, "tokens_per_s": prompt.shape[0] * 32 / seconds})
+            print(rows[-1], flush=True)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "cpu",
+           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "tiny_cpu.json.tmp"), "w") as f:
+        json.dump({"env": env, "rows": rows}, f, indent=1)
+    os.replace(os.path.join(out, "tiny_cpu.json.tmp"), os.path.join(out, "tiny_cpu.json"))
+    print(f"\n{env}\n\n| model | variant | generated tokens/s (batch 8, 32 tokens, 32 steps) |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['variant']} | {r['tokens_per_s']:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--tokens", default="1024,4096")
     parser.add_argument("--factors", default="fp32,bf16")
+    parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
+    if args.tiny_cpu:
+        return tiny_cpu_throughput(args.out)
     if not torch.cuda.is_available():
         sys.exit("bench_e2e_gpu: needs a CUDA GPU")
     tokens = [int(t) for t in args.tokens.split(",")]
