@@ -52,23 +52,60 @@ def add_arguments(parser):
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--prior", type=Path, help="reuse a saved Stage I prior (prior.json) instead of probing")
+    parser.add_argument("--calib-text", type=Path,
+                        help="models without the task-suite tokenizer (real LLaDA/Dream checkpoints): a UTF-8 text "
+                             "file, tokenized with the checkpoint's own tokenizer; random windows of --seq-len")
+    parser.add_argument("--seq-len", type=int, default=1024, help="calibration window with --calib-text (1024)")
     add_recipe_arguments(parser)
     add_model_arguments(parser)
+
+
+# Stage I on real checkpoints: 64-token prompts cut from the calibration text, 256 answer tokens in 64 steps.
+TEXT_PROMPT_TOKENS = 64
+TEXT_PROBE = dict(sampler="probe", gen_length=256, steps=64, block_length=32)
+
+
+def text_inputs(args):
+    """(input_ids, None, probe prompts, probe sampler) for a real checkpoint from --calib-text."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from faircalib.calib.data import text_sequences
+    from faircalib.diffusion import SamplerConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(str(args.model), local_files_only=True)
+    tokens = torch.tensor(tokenizer(args.calib_text.read_text(encoding="utf-8"))["input_ids"], dtype=torch.long)
+    ids = text_sequences(tokens, args.seq_len, args.n_calib, torch.Generator().manual_seed(args.seed))
+    prompts = [row[:TEXT_PROMPT_TOKENS] for row in ids]
+    return ids, None, prompts, SamplerConfig(**TEXT_PROBE)
+
+
+def task_inputs(args):
+    """(input_ids, attention_mask, probe prompts, probe sampler) from the task suite's training split."""
+    from faircalib.compare import CompareSettings, calibration_inputs
+    from faircalib.diffusion import SamplerConfig
+    from faircalib.models import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(args.model)
+    except FileNotFoundError as error:
+        args.parser.error(f"{error}; for a checkpoint without the task-suite tokenizer pass --calib-text FILE")
+    return (*calibration_inputs(tokenizer, CompareSettings(n_calib=args.n_calib, seed=args.seed)), SamplerConfig())
 
 
 def run(args) -> int:
     import json
 
     from faircalib.calib.pipeline import calibrate
-    from faircalib.compare import CompareSettings, calibration_inputs
-    from faircalib.diffusion import SamplerConfig
-    from faircalib.models import load_model, load_tokenizer
+    from faircalib.calib.prior import PositionPrior
+    from faircalib.models import load_model
 
     recipe = recipe_from(args, args.method)
+    ids, mask, prompts, probe = text_inputs(args) if args.calib_text is not None else task_inputs(args)
+    prior = PositionPrior.load(args.prior) if args.prior is not None else None
     model = load_model(args.model, device="cpu", trust_remote_code=args.trust_remote_code)
-    tokenizer = load_tokenizer(args.model)
-    ids, mask, prompts = calibration_inputs(tokenizer, CompareSettings(n_calib=args.n_calib, seed=args.seed))
-    result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=SamplerConfig(),
+    result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=probe, prior=prior,
                        out_dir=args.out, resume=args.resume)
     print(json.dumps({"out": str(args.out), "method": args.method, "fingerprint": result.fingerprint,
                       "stage1_seconds": round(result.stage1_seconds, 2),
