@@ -4,6 +4,7 @@
 - `save_quantized`, `load_quantized`           packed safetensors checkpoints (checkpoint.py)
 - `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
 - `export_compressed_tensors`                  the compressed-tensors int W4A4 pack-quantized layout
+- `export_quantized(model, dir, fmt)`          the `--export faircalib|compressed-tensors` entry point (export.py)
 Imported lazily, so `import faircalib` only pays for the transformers registration.
 """
 import importlib
@@ -12,6 +13,7 @@ _LAZY = {
     "W4A4Linear": "w4a4_linear", "convert_to_w4a4": "w4a4_linear",
     "save_quantized": "checkpoint", "load_quantized": "checkpoint",
     "export_compressed_tensors": "compressed_tensors", "is_w4a4": "hf_quantizer",
+    "export_quantized": "export", "EXPORT_FORMATS": "export",
 }
 __all__ = sorted(_LAZY)
 
