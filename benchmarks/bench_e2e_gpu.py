@@ -167,7 +167,8 @@ def main() -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
-    print(f"\n{results['env']}\n\n| model | tokens | step ms | speedup vs bf16 | peak GiB | block weights GB (x bf16) |")
+    print(f"\n{results['env']}\n")
+    print("| model | tokens | step ms | speedup vs bf16 | peak GiB | block weights GB (x bf16) |")
     print("|---|---|---|---|---|---|")
     for r in results["runs"]:
         print(f"| {r['model']} | {r['tokens']} | {r['ms']:.1f} | {r.get('speedup_vs_bf16', 1.0):.2f} | "

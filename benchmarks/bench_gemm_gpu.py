@@ -121,7 +121,8 @@ def _check_act(kx: int, gen: torch.Generator, lines: list[str]) -> None:
         c, s = gemm.quantize_act_packed(x, None, left.to(dtype), right.to(dtype), None, 4)
         lines.append(f"act quant K={kx} ({n1}x{n2}, factors {str(dtype)[6:]}, fused="
                      f"{gemm.fused_transform_supported(n1, n2, dtype)}): codes differing "
-                     f"{(c != want_c).float().mean():.2e}, max |diff| {(c.int() - want_c.int()).abs().max().item()}, scale rel err "
+                     f"{(c != want_c).float().mean():.2e}, "
+                     f"max |diff| {(c.int() - want_c.int()).abs().max().item()}, scale rel err "
                      f"{(s / want_s - 1).abs().max().item():.1e}")
     c, s = gemm.quantize_act_packed(x, None, None, None, None, 4)
     ref_c, ref_s = (t.to(dev) for t in gemm_reference.quantize_act_packed(x.cpu(), None, None, None, None, 4))
