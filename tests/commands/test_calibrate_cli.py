@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+from faircalib.calib.prior import PositionPrior, PriorConfig
 from faircalib.cli import main
 from faircalib.models import save_model
 from faircalib.zoo import TASKS, CharTokenizer
@@ -40,6 +41,28 @@ def test_calibrate_rtn(saved_model, tmp_path, capsys):
     assert log["recipe"]["method"] == "rtn" and log["recipe"]["qconfig"]["weight"]["bits"] == 3
     assert log["recipe"]["qconfig"]["act"] is None and len(log["blocks"]) == 2
     assert (out / "calibrated.pt").exists() and not (out / "prior.json").exists()
+
+
+def test_calibrate_fair_with_a_saved_prior(saved_model, tmp_path, capsys):
+    """--prior replaces Stage I: no probe runs, and the run's prior is the saved one."""
+    prior = PositionPrior(PriorConfig(window=8), torch.linspace(1.0, 2.0, 16, dtype=torch.float64), seq_len=8)
+    prior.save(tmp_path / "saved_prior.json")
+    out = tmp_path / "out"
+    status = main(["calibrate", "--model", str(saved_model), "--method", "fair", "--out", str(out),
+                   "--n-calib", str(len(TASKS)), "--epochs", "0", "--prior", str(tmp_path / "saved_prior.json")])
+    assert status == 0
+    assert json.loads(capsys.readouterr().out)["stage1_seconds"] == 0
+    log = json.loads((out / "calibration.json").read_text())
+    assert log["recipe"]["method"] == "fair" and len(log["blocks"]) == 2
+    assert not (out / "prior.json").exists()
+
+
+def test_model_without_the_task_tokenizer_is_a_usage_error(tmp_path, capsys):
+    directory = tmp_path / "no-tokenizer"
+    save_model(tiny_model("llada"), directory)
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", "--model", str(directory), "--method", "rtn", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "--calib-text" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [
