@@ -99,6 +99,7 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     start = time.perf_counter()
     prior_config = _method_prior_config(method, recipe.prior)
     seq_len = input_ids.shape[1]
+    prior = prior if method.needs_probe else None  # the method decides: rtn, quarot and flatquant are unweighted
     if method.needs_probe and prior is None:
         prior = _stage1(model, adapter, prior_config, probe_prompts, probe_sampler, seq_len, out, progress, resume)
     stage1 = time.perf_counter() - start

@@ -112,15 +112,18 @@ def test_flatquant_is_fair_with_a_uniform_prior(family):
     assert not torch.equal(q.input_transform.left, torch.eye(q.input_transform.left.shape[0]))
 
 
-def test_position_weights_change_the_result():
-    """The converse: a non-uniform prior does reach the loss (same seed, different model)."""
+def test_position_weights_reach_fair_and_only_fair():
+    """A non-uniform prior changes fair's result; flatquant stays unweighted even when handed one."""
     scores = torch.linspace(1.0, 3.0, L, dtype=torch.float64)
     prior = PositionPrior(PriorConfig(window=8), scores, seq_len=L)
     options = CalibOptions(epochs=1, batch_size=4)
-    a, b = tiny_model("llada"), tiny_model("llada")
-    calibrate(a, IDS, MASK, recipe=Recipe("flatquant", options=options), progress=False)
-    calibrate(b, IDS, MASK, recipe=Recipe("fair", options=options), prior=prior, progress=False)
-    assert not torch.equal(_logits(a), _logits(b))
+    models = [tiny_model("llada") for _ in range(3)]
+    flat = calibrate(models[0], IDS, MASK, recipe=Recipe("flatquant", options=options), progress=False)
+    handed = calibrate(models[1], IDS, MASK, recipe=Recipe("flatquant", options=options), prior=prior, progress=False)
+    calibrate(models[2], IDS, MASK, recipe=Recipe("fair", options=options), prior=prior, progress=False)
+    assert handed.prior is None and handed.fingerprint == flat.fingerprint
+    _assert_same_state(models[1], models[0])
+    assert not torch.equal(_logits(models[2]), _logits(models[0]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
