@@ -119,9 +119,10 @@ def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
 
 
 def train(model, tokenizer: CharTokenizer, config: TrainConfig, device: str) -> list[dict]:
-    """Trains `model` in place on `config.train_per_task` problems per task (bf16 autocast on CUDA); returns the loss log
-    `[{"step", "loss", "lr"}]` (loss averaged over the steps since the previous entry), ending with
-    `{"step", "stopped_early": True}` when `max_seconds` cut the run short."""
+    """Trains `model` in place on `config.train_per_task` problems per task (bf16 autocast on CUDA).
+
+    Returns the loss log `[{"step", "loss", "lr"}]` (loss averaged over the steps since the previous entry),
+    ending with `{"step", "stopped_early": True}` when `max_seconds` cut the run short."""
     data = encode_examples(tokenizer, load_tasks("train", config.train_per_task, seed=config.seed), config.gen_length)
     data = {k: v.to(device) for k, v in data.items()}
     count = data["input_ids"].shape[0]

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from faircalib.models import get_adapter
 from faircalib.zoo.tasks import GEN_LENGTH, Problem, load_tasks
 from faircalib.zoo.tokenizer import CharTokenizer
 from faircalib.zoo.train import (
@@ -14,6 +15,7 @@ from faircalib.zoo.train import (
     masked_diffusion_loss,
     train,
 )
+
 
 def _fixed_batch_loss(model, tok):
     batch = encode_examples(tok, load_tasks("heldout", n=16), GEN_LENGTH)
@@ -70,3 +72,30 @@ def test_main_writes_a_loadable_checkpoint(tmp_path, small_arch):
     assert CharTokenizer.load(out) == CharTokenizer()
     model = load_model(str(out))
     assert sum(p.numel() for p in model.parameters()) == record["parameters"]
+
+
+def test_loss_masks_only_the_answer_region(small_model):
+    tok = CharTokenizer()
+    batch = encode_examples(tok, load_tasks("heldout", n=8), GEN_LENGTH)
+    seen = []
+    embed = get_adapter(small_model).embed
+    handle = embed.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    masked_diffusion_loss(small_model, batch, tok.mask_token_id, 1e-3, torch.Generator().manual_seed(0))
+    handle.remove()
+    noisy = seen[0]
+    is_mask = noisy == tok.mask_token_id
+    assert is_mask.any() and not (is_mask & ~batch["answer_mask"]).any()
+    assert torch.equal(noisy[~is_mask], batch["input_ids"][~is_mask])
+
+
+def test_loss_at_full_masking_is_mean_answer_cross_entropy(small_model):
+    # eps -> 1 masks every answer token with p = 1: the loss is then the plain mean CE over the answer region.
+    tok = CharTokenizer()
+    batch = encode_examples(tok, load_tasks("heldout", n=4), GEN_LENGTH)
+    loss = masked_diffusion_loss(small_model, batch, tok.mask_token_id, 1 - 1e-9, torch.Generator().manual_seed(0))
+    answer = batch["answer_mask"]
+    noisy = torch.where(answer, tok.mask_token_id, batch["input_ids"])
+    with torch.no_grad():
+        logits = get_adapter(small_model).logits(noisy, batch["attention_mask"])
+    expected = torch.nn.functional.cross_entropy(logits[answer], batch["input_ids"][answer])
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
