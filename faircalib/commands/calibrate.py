@@ -52,6 +52,8 @@ def add_arguments(parser):
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--export", choices=("faircalib", "compressed-tensors"),
+                        help="also write a packed W4A4 checkpoint to OUT/export-FORMAT (deployment format)")
     parser.add_argument("--prior", type=Path, help="reuse a saved Stage I prior (prior.json) instead of probing")
     parser.add_argument("--calib-text", type=Path,
                         help="models without the task-suite tokenizer (real LLaDA/Dream checkpoints): a UTF-8 text "
@@ -96,6 +98,7 @@ def task_inputs(args):
 
 def run(args) -> int:
     import json
+    import sys
 
     from faircalib.calib.pipeline import calibrate
     from faircalib.calib.prior import PositionPrior
@@ -107,7 +110,18 @@ def run(args) -> int:
     model = load_model(args.model, device="cpu", trust_remote_code=args.trust_remote_code)
     result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=probe, prior=prior,
                        out_dir=args.out, resume=args.resume)
+    exported = None
+    if args.export is not None:
+        from faircalib.deploy.export import export_quantized
+
+        try:
+            exported = str(export_quantized(model, args.out / f"export-{args.export}", args.export,
+                                            fingerprint=result.fingerprint))
+        except ValueError as error:  # e.g. compressed-tensors cannot express online transforms
+            print(f"faircalib calibrate: --export {args.export} failed: {error}", file=sys.stderr)
+            return 2
     print(json.dumps({"out": str(args.out), "method": args.method, "fingerprint": result.fingerprint,
+                      "export": exported,
                       "stage1_seconds": round(result.stage1_seconds, 2),
                       "stage2_seconds": round(result.stage2_seconds, 2),
                       "block_losses": [[round(b["loss_init"], 5), round(b["loss_final"], 5)] for b in result.logs]},
