@@ -48,7 +48,7 @@ def test_cosine_with_warmup():
 def test_training_reduces_loss_and_is_seeded(family, small_arch):
     tok = CharTokenizer()
     config = TrainConfig(
-        family=family, arch=small_arch[family], steps=60, batch_size=32, lr=1e-2, warmup_steps=5,
+        family=family, arch=small_arch[family], steps=60, batch_size=16, lr=1e-2, warmup_steps=5,
         train_per_task=200, log_every=20,
     )
     model = build_model(tok, config)
