@@ -135,24 +135,6 @@ def wrap_block(adapter, block: nn.Module, method: Method, qconfig: QuantConfig, 
     return wrapped
 
 
-def _input_absmax(adapter, block: nn.Module, run) -> dict[str, torch.Tensor]:
-    """Per-channel max |x| at each input group of the (still full-precision) block, over one pass `run()`."""
-    linears = adapter.linears(block)
-    stats: dict[str, torch.Tensor] = {}
-    hooks = []
-    for group, roles in INPUT_GROUPS.items():
-        def hook(_mod, args, group=group):
-            m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
-            stats[group] = m if group not in stats else torch.maximum(stats[group], m)
-        hooks.append(linears[roles[0]].register_forward_pre_hook(hook))
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
-    return stats
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # State on disk (atomic, fingerprinted)
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,27 +278,55 @@ def _stream_loss(adapter, block, x_in, targets, data, options, device) -> float:
 
 
 @torch.no_grad()
-def _apply_gptq(adapter, block, wrapped, x_in, data, options, device) -> None:
-    from faircalib.calib.gptq import HessianAccumulator, gptq_quantize
+def _observe_inputs(adapter, block, modules: list[nn.Module], x_in, data: CalibData, options, device, observe) -> None:
+    """One pass of `block` over the stream; `observe(module, x [n, K])` sees each module's input at real tokens
+    only (padding rows are left out: their hidden states are never attended to and would skew statistics)."""
+    batch_mask: dict[str, torch.Tensor | None] = {}
 
-    accs = {id(q): HessianAccumulator(q.in_features, device) for q in wrapped if q.weight_spec is not None}
-    hooks = []
-    for q in wrapped:
-        if id(q) in accs:
-            def hook(mod, args):
-                x = args[0] if mod.input_transform is None else mod.input_transform(args[0])
-                accs[id(mod)].add(x)
-            hooks.append(q.register_forward_pre_hook(hook))
+    def hook(module, args):
+        x, mask = args[0], batch_mask["current"]
+        observe(module, x.reshape(-1, x.shape[-1]) if mask is None else x[mask])
+
+    hooks = [m.register_forward_pre_hook(hook) for m in modules]
     try:
         for rows in _batches(x_in.shape[0], options.batch_size):
+            batch_mask["current"] = None if data.attention_mask is None else data.attention_mask[rows].to(device)
             _forward(adapter, block, x_in[rows.to(x_in.device)], data, rows, device, options.amp)
     finally:
         for h in hooks:
             h.remove()
+
+
+def _input_absmax(adapter, block, x_in, data, options, device) -> dict[str, torch.Tensor]:
+    """Per-channel max |x| at each input group of the (still full-precision) block: group -> [K] fp32."""
+    linears = adapter.linears(block)
+    group_of = {linears[roles[0]]: group for group, roles in INPUT_GROUPS.items()}
+    stats: dict[str, torch.Tensor] = {}
+
+    def observe(module, x):
+        m = x.detach().abs().amax(0).float() if x.shape[0] else torch.zeros(x.shape[-1], device=x.device)
+        group = group_of[module]
+        stats[group] = m if group not in stats else torch.maximum(stats[group], m)
+
+    _observe_inputs(adapter, block, list(group_of), x_in, data, options, device, observe)
+    return stats
+
+
+@torch.no_grad()
+def _apply_gptq(adapter, block, wrapped, x_in, data, options, device) -> None:
+    from faircalib.calib.gptq import HessianAccumulator, gptq_quantize
+
+    quantized = [q for q in wrapped if q.weight_spec is not None]
+    accs = {q: HessianAccumulator(q.in_features, device) for q in quantized}
+
+    def observe(module, x):
+        accs[module].add(x if module.input_transform is None else module.input_transform(x))
+
+    _observe_inputs(adapter, block, quantized, x_in, data, options, device, observe)
     for q in wrapped:
         q.fold()
-        if id(q) in accs:
-            gptq_quantize(q, accs[id(q)].h)
+        if q in accs:
+            gptq_quantize(q, accs[q].h)
 
 
 def calibrate_blocks(adapter, data: CalibData, method: Method, qconfig: QuantConfig, options: CalibOptions,
@@ -349,8 +359,7 @@ def calibrate_blocks(adapter, data: CalibData, method: Method, qconfig: QuantCon
                 q.fold()
             block.load_state_dict(torch.load(state.block_path(i), map_location=device))
         else:
-            act_absmax = (_input_absmax(adapter, block, lambda: _map_stream(adapter, block, x_in, data, options, device))
-                          if method.learns else None)
+            act_absmax = _input_absmax(adapter, block, x_in, data, options, device) if method.learns else None
             wrapped = wrap_block(adapter, block, method, qconfig, generator, act_absmax, options.smooth_alpha)
             loss_init = _stream_loss(adapter, block, x_in, targets, data, options, device)
             epoch_losses = []
