@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -30,10 +30,13 @@ INPUTS = ("quantized", "fp")
 
 @dataclass(frozen=True)
 class CalibOptions:
-    """Stage II settings. Defaults follow FlatQuant: 15 epochs, batch 4, AdamW lr 5e-3 (clips 5e-2), cosine."""
+    """Stage II settings. Defaults follow FlatQuant: 15 epochs, AdamW lr 5e-3 (clips 5e-2), cosine, batch 4.
+
+    batch_size None = `auto_batch_size(seq_len)`: FlatQuant's 4 sequences, or ~256 tokens for short sequences
+    (the tiny models' 30-token rows): a step then averages over enough tokens to be stable."""
 
     epochs: int = 15
-    batch_size: int = 4
+    batch_size: int | None = None
     lr: float = 5e-3
     clip_lr: float = 5e-2
     inputs: str = "quantized"
@@ -46,7 +49,7 @@ class CalibOptions:
     def __post_init__(self) -> None:
         if self.inputs not in INPUTS:
             raise ValueError(f"CalibOptions.inputs must be one of {INPUTS}, got {self.inputs!r}")
-        if self.epochs < 0 or self.batch_size < 1:
+        if self.epochs < 0 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError(f"CalibOptions: epochs must be >= 0 and batch_size >= 1 "
                              f"(got {self.epochs}, {self.batch_size})")
 
@@ -215,6 +218,11 @@ class _Streams:
         self.x_q = self.x_fp.clone() if two_streams else self.x_fp
 
 
+def auto_batch_size(seq_len: int) -> int:
+    """Sequences per step when none is given: at least 4, and at least ~256 tokens."""
+    return max(4, 256 // max(1, seq_len))
+
+
 def _batches(n: int, batch_size: int, order: torch.Tensor | None = None):
     idx = torch.arange(n) if order is None else order
     for s in range(0, n, batch_size):
@@ -338,6 +346,8 @@ def calibrate_blocks(adapter, data: CalibData, method: Method, qconfig: QuantCon
     from tqdm.auto import tqdm
 
     device = torch.device(options.device)
+    if options.batch_size is None:
+        options = replace(options, batch_size=auto_batch_size(data.input_ids.shape[1]))
     blocks = adapter.blocks
     done, logs = state.load() if state is not None else (0, [])
     with torch.no_grad():

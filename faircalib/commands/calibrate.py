@@ -18,7 +18,8 @@ def add_recipe_arguments(parser) -> None:
     g = parser.add_argument_group("Stage II (block-wise calibration)")
     g.add_argument("--epochs", type=int, default=15, help="epochs per block (default 15, FlatQuant's)")
     g.add_argument("--lr", type=float, default=5e-3, help="transform learning rate (clip lr is 10x)")
-    g.add_argument("--batch-size", type=int, default=4, help="sequences per step (default 4)")
+    g.add_argument("--batch-size", type=int,
+                   help="sequences per step (default: 4, or ~256 tokens' worth for short sequences)")
     g.add_argument("--fp-inputs", action="store_true",
                    help="feed each block full-precision inputs (FlatQuant's original) instead of the quantized stream")
     g.add_argument("--n-calib", type=int, default=128, help="calibration sequences (default 128)")
