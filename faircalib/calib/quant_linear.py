@@ -54,7 +54,8 @@ class QuantLinear(nn.Module):
         """The full-precision weight the quantizer sees: W with the transform's inverse folded in. [N, K]"""
         if self.folded:
             return self.weight
-        return self.input_transform.fold_into_weight(self.weight)
+        # fp32 while gradients flow (training steps); float64 otherwise, exactly what `fold()` will store.
+        return self.input_transform.fold_into_weight(self.weight, exact=not torch.is_grad_enabled())
 
     def fake_quant_weight(self) -> torch.Tensor:
         w = self.effective_weight()
@@ -73,7 +74,8 @@ class QuantLinear(nn.Module):
         spec = self.weight_spec
         if spec is None or not spec.symmetric:
             raise ValueError("QuantLinear.quantized_weight: only symmetric weight quantization is deployable")
-        w = self.effective_weight().detach().float()
+        with torch.no_grad():  # the exact (float64) fold, as `fold()` stores it
+            w = self.effective_weight().float()
         if self.fixed_weight_scale is not None:
             scales = self.fixed_weight_scale
         else:
