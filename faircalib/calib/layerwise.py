@@ -122,7 +122,7 @@ def wrap_block(adapter, block: nn.Module, method: Method, qconfig: QuantConfig, 
         d = linears[roles[0]].in_features
         transform = None
         if method.transform == "learned":
-            transform = KroneckerTransform(d)
+            transform = KroneckerTransform(d, orthogonal_init=generator)
             with torch.no_grad():
                 absmax = None if act_absmax is None else act_absmax.get(group)
                 transform.channel_scale.copy_(_smooth_scale([linears[r].weight for r in roles], absmax, alpha))

@@ -30,8 +30,9 @@ class KroneckerTransform(nn.Module):
     """x' = ((x ⊙ c) viewed as [.., n1, n2]) → leftᵀ · X · right, i.e. x'·(left ⊗ right) with learnable factors.
 
     `left [n1, n1]`, `right [n2, n2]` are plain matrices (inverted in float64 when folding, as FlatQuant's
-    alternative parameterisation), `channel_scale [d]` is c. Initialised to the identity (so an untrained
-    transform reproduces plain RTN) or to random orthogonal factors."""
+    alternative parameterisation), `channel_scale [d]` is c. Initialised to random orthogonal factors (what
+    calibration uses, as FlatQuant: they mix outlier channels from the first step) or, without a generator, to the
+    identity (an untrained transform then reproduces plain RTN)."""
 
     def __init__(self, d: int, *, orthogonal_init: torch.Generator | None = None):
         super().__init__()
