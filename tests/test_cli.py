@@ -8,7 +8,6 @@ from faircalib.cli import COMMANDS, main
 from faircalib.diffusion import SamplerConfig, generate
 from faircalib.models import build_random, load_model, save_model
 from faircalib.zoo import CharTokenizer, checkpoint_dir
-from tests.diffusion.fakes import single_thread
 
 TOKENIZER = CharTokenizer()
 SIZES = {
@@ -17,12 +16,6 @@ SIZES = {
     "dream": dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1,
                   intermediate_size=64, max_position_embeddings=64),
 }
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ full-precision row measures the teacher against its own trajectories (no frontie
 import json
 
 import pytest
-import torch
 
 from faircalib.calib.layerwise import CalibOptions
 from faircalib.calib.pipeline import Recipe
@@ -22,15 +21,10 @@ def saved_model(tmp_path):
 
 
 def test_compare_writes_the_report(saved_model, tmp_path):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out = tmp_path / "report"
-        settings = CompareSettings(n_calib=len(TASKS), n_eval=1, n_metric=1, metric_max_states=2)
-        results = compare(str(saved_model), [FP, "rtn"], Recipe(options=CalibOptions(epochs=0)), settings,
-                          out_dir=out, progress=False)
-    finally:
-        torch.set_num_threads(previous)
+    out = tmp_path / "report"
+    settings = CompareSettings(n_calib=len(TASKS), n_eval=1, n_metric=1, metric_max_states=2)
+    results = compare(str(saved_model), [FP, "rtn"], Recipe(options=CalibOptions(epochs=0)), settings,
+                      out_dir=out, progress=False)
     for name in ("results.json", "results.md", "plots.png"):
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))

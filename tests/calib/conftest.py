@@ -23,14 +23,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and spinning threads slow a busy CI machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A fresh random tiny model of `family`; the same seed always gives the same weights."""

@@ -21,13 +21,6 @@ def saved_model(tmp_path):
     return directory
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def test_calibrate_rtn(saved_model, tmp_path, capsys):
     out = tmp_path / "out"

@@ -19,14 +19,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads (and spinning threads slow a busy CI machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _randomise_kronecker(model: torch.nn.Module, gen: torch.Generator) -> None:
     """Give every (identity-initialised) Kronecker transform random orthogonal factors and channel scales."""

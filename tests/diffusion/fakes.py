@@ -1,5 +1,4 @@
 """Tiny fake denoisers: deterministic logits functions whose behaviour makes sampler schedules checkable."""
-from contextlib import contextmanager
 
 import torch
 
@@ -36,14 +35,3 @@ class ContextModel:
         context = (self.tok[input_ids] * mask.unsqueeze(-1)).sum(1, keepdim=True)
         return (self.pos[relative] + context) @ self.out
 
-
-@contextmanager
-def single_thread():
-    """One intra-op thread while inside. The sampler tests run tiny matrices that gain nothing from threads,
-    and on a shared, loaded CI machine handing them between threads made them up to 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

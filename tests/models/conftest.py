@@ -31,15 +31,6 @@ SHRINK = {
 FAMILY_OF = {"llada-8b": "llada", "dream-7b": "dream"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and spinning OpenMP threads on a busy CI machine made each tiny
-    forward 100x slower; restore the session's setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def shrunk_published(name: str) -> dict:
     config = json.loads((CONFIG_DIR / f"{name}.json").read_text())
