@@ -152,10 +152,10 @@ def fingerprint(model: nn.Module, data: CalibData, method: Method, qconfig: Quan
         h.update(str(tuple(p.shape)).encode())
         h.update(repr(float(p.double().sum())).encode())
         h.update(repr(float(p.double().abs().sum())).encode())
-    h.update(data.input_ids.numpy().tobytes())
+    h.update(data.input_ids.cpu().numpy().tobytes())
     if data.attention_mask is not None:
-        h.update(data.attention_mask.numpy().tobytes())
-    h.update(data.position_weights.float().numpy().tobytes())
+        h.update(data.attention_mask.cpu().numpy().tobytes())
+    h.update(data.position_weights.float().cpu().numpy().tobytes())
     opts = {k: v for k, v in asdict(options).items() if k not in ("device",)}
     meta = {"method": asdict(method), "qconfig": qconfig.to_dict(), "options": opts,
             "faircalib": getattr(faircalib, "__version__", "0"), "torch": torch.__version__.split("+")[0]}

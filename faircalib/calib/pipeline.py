@@ -66,11 +66,15 @@ def _method_prior_config(method: Method, prior: PriorConfig) -> PriorConfig:
     return replace(prior, terms=method.prior if method.needs_probe else "uniform")
 
 
-def _validate(adapter, data_ids: torch.Tensor, recipe: Recipe) -> None:
+def _validate(adapter, data_ids: torch.Tensor, attention_mask: torch.Tensor | None, recipe: Recipe) -> None:
     if adapter.mask_token_id is None:
         raise ValueError("calibrate: the model config has no mask_token_id; dLLM calibration needs the mask token")
-    if data_ids.numel() == 0:
-        raise ValueError("calibrate: the calibration data is empty")
+    if data_ids.dim() != 2 or data_ids.numel() == 0:
+        raise ValueError(f"calibrate: the calibration data is empty or malformed: input_ids must be a non-empty "
+                         f"[N, L] tensor, got {tuple(data_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != data_ids.shape:
+        raise ValueError(f"calibrate: attention_mask {tuple(attention_mask.shape)} must match input_ids "
+                         f"{tuple(data_ids.shape)}")
     for i, block in enumerate(adapter.blocks):
         for role, lin in adapter.linears(block).items():
             w_spec, _ = recipe.qconfig.specs(role)
@@ -91,7 +95,7 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     out_dir: where the prior, per-block state, model and log go (`resume=True` continues an interrupted run)."""
     method = get_method(recipe.method)
     adapter = get_adapter(model)
-    _validate(adapter, input_ids, recipe)
+    _validate(adapter, input_ids, attention_mask, recipe)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
