@@ -64,6 +64,16 @@ def fake_quant_act(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio = 1.0) 
     return ops.fake_quant_act(x, clip, bits)
 
 
+def _check_weight_args(op: str, w: torch.Tensor, bits: int, group_size: int, symmetric: bool) -> None:
+    """The checks every weight-quantization op makes: float [N, K] weight, bits, group size, symmetric flag."""
+    check_float_tensor(op, "w", w)
+    check_dims(op, "w", w, 2)
+    check_bits(op, bits)
+    check_group_size(op, group_size, w.shape[1])
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"faircalib.kernels.{op}: symmetric must be a bool, got {symmetric!r}")
+
+
 def fake_quant_weight(w: torch.Tensor, bits: int = 4, group_size: int = -1, symmetric: bool = True,
                       clip_ratio: Union[ClipRatio, tuple[ClipRatio, ClipRatio]] = 1.0) -> torch.Tensor:
     """Weight quantize -> dequantize: w [N, K] float -> [N, K] w.dtype, one scale per output channel
@@ -76,12 +86,7 @@ def fake_quant_weight(w: torch.Tensor, bits: int = 4, group_size: int = -1, symm
     Differentiable in `w` and every clip tensor; exact formulas in `quant_reference.py`.
     """
     op = "fake_quant_weight"
-    check_float_tensor(op, "w", w)
-    check_dims(op, "w", w, 2)
-    check_bits(op, bits)
-    check_group_size(op, group_size, w.shape[1])
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"faircalib.kernels.{op}: symmetric must be a bool, got {symmetric!r}")
+    _check_weight_args(op, w, bits, group_size, symmetric)
     scale_shape = (w.shape[0], quant_reference.num_groups(w.shape[1], group_size))
     if isinstance(clip_ratio, tuple):
         if symmetric or len(clip_ratio) != 2:
@@ -109,12 +114,7 @@ def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = -1, symmet
     zeros int8 [N, G]); codes and zeros lie in [-2^(bits-1), 2^(bits-1)-1] and `(codes - zeros) * scales`
     (per group) is `fake_quant_weight(w, bits, group_size, symmetric)`."""
     op = "quantize_weight"
-    check_float_tensor(op, "w", w)
-    check_dims(op, "w", w, 2)
-    check_bits(op, bits)
-    check_group_size(op, group_size, w.shape[1])
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"faircalib.kernels.{op}: symmetric must be a bool, got {symmetric!r}")
+    _check_weight_args(op, w, bits, group_size, symmetric)
     codes, scales, zeros = ops.quantize_weight(w, bits, group_size, symmetric)
     return (codes, scales) if symmetric else (codes, scales, zeros)
 
