@@ -7,17 +7,13 @@ import pytest
 from faircalib.calib.layerwise import CalibOptions
 from faircalib.calib.pipeline import Recipe
 from faircalib.compare import FP, CompareSettings, compare, markdown_table
-from faircalib.models import save_model
-from faircalib.zoo import TASKS, CharTokenizer
-from tests.calib.conftest import tiny_model
+from faircalib.zoo import TASKS
+from tests.calib.conftest import saved_tiny_checkpoint
 
 
 @pytest.fixture
 def saved_model(tmp_path):
-    directory = tmp_path / "tiny"
-    save_model(tiny_model("llada"), directory)
-    CharTokenizer().save(directory)
-    return directory
+    return saved_tiny_checkpoint("llada", tmp_path / "tiny")
 
 
 def test_compare_writes_the_report(saved_model, tmp_path):

@@ -2,10 +2,12 @@
 
 Sizes are chosen for milliseconds per forward on one CPU thread: d_model 32, two blocks, an MLP of 48 (Kronecker
 factors 4x8 and 6x8, so every learned transform is non-trivial)."""
+import pathlib
+
 import pytest
 import torch
 
-from faircalib.models import build_random
+from faircalib.models import build_random, save_model
 from faircalib.zoo import CharTokenizer
 
 TOKENIZER = CharTokenizer()
@@ -28,6 +30,14 @@ def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A fresh random tiny model of `family`; the same seed always gives the same weights."""
     model = build_random(family, {**TINY[family], **overrides}, generator=torch.Generator().manual_seed(seed))
     return model.eval()
+
+
+def saved_tiny_checkpoint(family: str, directory) -> "pathlib.Path":
+    """A tiny random model of `family` saved with the character tokenizer, as a shipped checkpoint is laid out."""
+    directory = pathlib.Path(directory)
+    save_model(tiny_model(family), directory)
+    CharTokenizer().save(directory)
+    return directory
 
 
 def calib_ids(seed: int = 1, n: int = 8, length: int = 16) -> torch.Tensor:

@@ -9,16 +9,13 @@ import torch
 from faircalib.calib.prior import PositionPrior, PriorConfig
 from faircalib.cli import main
 from faircalib.models import save_model
-from faircalib.zoo import TASKS, CharTokenizer
-from tests.calib.conftest import tiny_model
+from faircalib.zoo import TASKS
+from tests.calib.conftest import saved_tiny_checkpoint, tiny_model
 
 
 @pytest.fixture
 def saved_model(tmp_path):
-    directory = tmp_path / "tiny"
-    save_model(tiny_model("dream"), directory)
-    CharTokenizer().save(directory)
-    return directory
+    return saved_tiny_checkpoint("dream", tmp_path / "tiny")
 
 
 

@@ -12,17 +12,9 @@ from hypothesis import strategies as st
 
 import faircalib.kernels as K
 from faircalib.kernels import loss
+from tests.kernels.backends import on_both
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def on_both(fn, *args, **kwargs):
-    """fn(*args, **kwargs) under the reference and under the Triton backend -> (reference, triton)."""
-    with K.use_backend("reference"):
-        expected = fn(*args, **kwargs)
-    with K.use_backend("triton"):
-        actual = fn(*args, **kwargs)
-    return expected, actual
 
 
 def pair(shape, dtype, gen):

@@ -7,18 +7,10 @@ from hypothesis import strategies as st
 
 import faircalib.kernels as K
 from faircalib.kernels import quant
+from tests.kernels.backends import on_both
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 1), (7, 17), (33, 100), (17, 1025), (1025, 7), (0, 33), (5, 0)]
-
-
-def on_both(fn, *args, **kwargs):
-    """fn(*args, **kwargs) under the reference and under the Triton backend -> (reference, triton)."""
-    with K.use_backend("reference"):
-        expected = fn(*args, **kwargs)
-    with K.use_backend("triton"):
-        actual = fn(*args, **kwargs)
-    return expected, actual
 
 
 def assert_identical(expected, actual):
