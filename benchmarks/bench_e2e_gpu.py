@@ -8,6 +8,8 @@ linear replaced in place by a `W4A4Linear` (per-channel RTN codes of its weight,
 Kronecker transform with random orthogonal factors and a channel scale on every linear input); embeddings,
 norms, attention and the LM head stay bf16. Reports the median step time over CUDA events, the peak allocated
 memory of a step and the bytes of the block linears' weights, and writes `bench_e2e.json` to DIR ($OUT or .).
+Each step is also timed replayed from a CUDA graph (no Python or launch overhead, as a fixed-shape serving loop
+runs it), and for W4A4 a torch.profiler table lists the kernels that take a step's GPU time.
 `--factors` also runs W4A4 with bf16 transform factors (fused in the kernel at every LLaDA size) besides fp32
 (tf32 MMA; the 96x128 factors of the 12288-wide down projection input then run as a torch matmul).
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
@@ -48,6 +50,48 @@ def step_stats(adapter, ids: torch.Tensor, reps: int = 10) -> dict:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
     return {"ms": statistics.median(times), "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
+
+
+def graph_step_ms(adapter, ids: torch.Tensor, reps: int = 10) -> float:
+    """Median ms of one step replayed from a CUDA graph: the GPU time without Python and launch overhead (the
+    way a deployment loop would run a fixed-shape step). NaN, with the reason printed, if capture fails."""
+    try:
+        with torch.no_grad():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                adapter.logits(ids)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                adapter.logits(ids)
+            graph.replay()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+        del graph
+        torch.cuda.empty_cache()
+        return statistics.median(times)
+    except Exception as error:  # noqa: BLE001  (a benchmark reports and goes on)
+        print(f"CUDA graph capture failed: {type(error).__name__}: {str(error).splitlines()[0]}", flush=True)
+        return float("nan")
+
+
+def kernel_profile(adapter, ids: torch.Tensor, top: int = 12) -> list[dict]:
+    """CUDA time per kernel name over one step (torch.profiler), the `top` largest: where a step's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        adapter.logits(ids)
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:top]
+    return [{"kernel": e.key[:90], "calls": e.count, "ms": e.device_time_total / 1e3} for e in rows]
 
 
 def block_weight_bytes(adapter) -> int:
@@ -148,16 +192,20 @@ def main() -> None:
             bf16_bytes = block_weight_bytes(adapter)
             for n in tokens:
                 stats = step_stats(adapter, ids[n])
+                stats["graph_ms"] = graph_step_ms(adapter, ids[n])
                 results["runs"].append({"model": "bf16", "tokens": n, **stats, "block_weight_bytes": bf16_bytes})
                 print(results["runs"][-1], flush=True)
         to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen)
         w4_bytes = block_weight_bytes(adapter)
         for n in tokens:
             stats = step_stats(adapter, ids[n])
+            stats["graph_ms"] = graph_step_ms(adapter, ids[n])
             bf16 = next(r for r in results["runs"] if r["model"] == "bf16" and r["tokens"] == n)
             results["runs"].append({"model": f"w4a4 (factors {factor_name})", "tokens": n, **stats,
                                     "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],
-                                    "weight_bytes_vs_bf16": w4_bytes / bf16["block_weight_bytes"]})
+                                    "graph_speedup_vs_bf16": bf16["graph_ms"] / stats["graph_ms"],
+                                    "weight_bytes_vs_bf16": w4_bytes / bf16["block_weight_bytes"],
+                                    "profile": kernel_profile(adapter, ids[n])})
             print(results["runs"][-1], flush=True)
         del model, adapter
         torch.cuda.empty_cache()
@@ -168,11 +216,18 @@ def main() -> None:
         json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
     print(f"\n{results['env']}\n")
-    print("| model | tokens | step ms | speedup vs bf16 | peak GiB | block weights GB (x bf16) |")
-    print("|---|---|---|---|---|---|")
+    print("| model | tokens | step ms | speedup vs bf16 | CUDA-graph step ms | graph speedup vs bf16 | peak GiB | "
+          "block weights GB (x bf16) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results["runs"]:
         print(f"| {r['model']} | {r['tokens']} | {r['ms']:.1f} | {r.get('speedup_vs_bf16', 1.0):.2f} | "
-              f"{r['peak_gib']:.1f} | {r['block_weight_bytes'] / 1e9:.2f} ({r.get('weight_bytes_vs_bf16', 1.0):.3f}) |")
+              f"{r['graph_ms']:.1f} | {r.get('graph_speedup_vs_bf16', 1.0):.2f} | {r['peak_gib']:.1f} | "
+              f"{r['block_weight_bytes'] / 1e9:.2f} ({r.get('weight_bytes_vs_bf16', 1.0):.3f}) |")
+    for r in results["runs"]:
+        if "profile" in r:
+            print(f"\nKernels of one step, {r['model']}, {r['tokens']} tokens (CUDA ms, calls):")
+            for row in r["profile"]:
+                print(f"  {row['ms']:8.2f} ms {row['calls']:5d}x  {row['kernel']}")
 
 
 if __name__ == "__main__":

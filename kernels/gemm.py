@@ -1,13 +1,21 @@
 """Triton kernels for W4A4 deployment; `gemm_reference.py` is their specification (formulas and weight layout).
 
-`quantize_act_packed`: one pass per token. A program loads the transform factors once, then sweeps its tokens:
-load x (viewed as an [n1, n2] tile, padded to powers of two), scale by the channel scale, right- and
-left-multiply on tensor cores (in the factors' dtype: tf32 for fp32 factors, bf16 for bf16 factors), then absmax,
-scale, round half to even, clamp, store int8 codes and the fp32 scale. Factors whose padded tiles exceed
-MAX_FUSED_SMEM do not fit one program: the transform then runs as a torch matmul and the kernel only
-quantizes (reported by `fused_transform_supported`). A variant that batched several tokens per step (one
-[BT·n1, n2] MMA, then a regrouped [BT·n2, n1] MMA) measured 5x slower on H100 (0.21 vs 1.19 TB/s at
-16384 x 4096, 2026-11-22): the 3-D regrouping costs more than the larger MMAs gain.
+`quantize_act_packed`, three paths (`ActLaunch` holds their settings; chosen per call by factor size):
+- no transform: the per-token quantizer of `quant.py` (long rows swept twice in chunks), same numerics;
+- whole tile (padded [n1, n2] tile <= 8192 elements: K = 3584 and 4096): a program loads the factors once, then
+  sweeps its tokens, the loads pipelined `stages` deep: load x as the [n1, n2] tile, channel scale, right- and
+  left-multiply on tensor cores (tf32 for fp32 factors, bf16 for bf16 factors), absmax, scale, round half to
+  even, clamp, store int8 codes and the fp32 scale;
+- chunked (larger factors: LLaDA's 96x128 at K = 12288, Dream's 128x148 at K = 18944): per token, the output in
+  64-column slices (contracting 32 columns at a time), parked in an fp32 per-program scratch row until the
+  token's absmax is known, then quantized.
+Measured on H100 (BENCHMARKS.md, 2026-11-22, bf16 factors, 16384 tokens, `benchmarks/explore_w4a4_gpu.py`):
+whole tile 0.33x (K = 3584) and 0.56x (K = 4096) of memcpy, pipelining 3 deep vs none +3-12%; chunked 0.16x
+(K = 12288; the whole 128x128 tile 0.12x) and 0.11x (K = 18944; the torch-matmul fallback it replaces, 0.03x).
+The transform is bound neither by bandwidth nor by tensor-core throughput (64x64 tiles run at ~140 TFLOP/s):
+each token's two small dependent MMAs and its absmax reduction serialise. A variant that batched several tokens
+per step (one [BT·n1, n2] MMA, then a regrouped [BT·n2, n1] MMA) measured 5x slower (0.21 vs 1.19 TB/s at
+16384 x 4096): the 3-D regrouping costs more than the larger MMAs gain.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
 int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A plain INT8
@@ -20,19 +28,37 @@ register -> shared-memory round trip in every K-step costs more than re-reading 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
 import triton
 import triton.language as tl
 
+from . import quant as quant_kernels
 from . import registry
-from .gemm_reference import GEMM_K_GROUP, kronecker_apply
+from .gemm_reference import GEMM_K_GROUP
 from .triton_math import round_half_even
 
-# Shared-memory budget of the fused transform: its padded factors and the [n1, n2] tile staged for the two MMAs
-# take about elem_bytes * (p1 + p2)^2 (measured on H100: 128x128 in fp32, 256 KiB, does not fit; 228 KiB max).
-MAX_FUSED_SMEM = 160 * 1024
+@dataclasses.dataclass
+class ActLaunch:
+    """How `quantize_act_packed` runs. Factors whose padded [p1, p2] tile holds <= `fused_max_tile` elements (and
+    fit `fused_max_smem`) take the whole-tile kernel: one token's tile in registers, both MMAs, quantize. Larger
+    ones (LLaDA's 96x128 at K=12288, Dream's 128x148 at K=18944) take the chunked kernel: `chunk_j` output columns
+    at a time, contracting over `chunk_k`-column slices, transformed values parked in an fp32 per-program scratch
+    row (L2-resident) until the token's absmax is known. `stages`: software-pipelining depth of the token loop
+    (the next tokens' loads are in flight while this one is transformed)."""
+    fused_max_tile: int = 8192
+    fused_max_smem: int = 160 * 1024
+    stages: int = 3
+    programs_per_sm: int = 8
+    chunked_programs_per_sm: int = 4
+    chunk_j: int = 64
+    chunk_k: int = 32
+    chunked_warps: int = 4
+
+
+ACT_LAUNCH = ActLaunch()
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,19 +71,34 @@ def _pow2(n: int) -> int:
 
 
 def fused_transform_supported(n1: int, n2: int, dtype: torch.dtype) -> bool:
-    """Whether a Kronecker transform with factors (n1, n2) of `dtype` runs inside the quantization kernel."""
+    """Whether a Kronecker transform with factors (n1, n2) of `dtype` runs in the whole-tile kernel (else in the
+    chunked one). Shared memory: the padded factors and the staged tile take about elem_bytes * (p1 + p2)^2."""
     p1, p2 = _pow2(n1), _pow2(n2)
     elem = torch.finfo(dtype).bits // 8
-    return elem * (p1 + p2) ** 2 <= MAX_FUSED_SMEM
+    return p1 * p2 <= ACT_LAUNCH.fused_max_tile and elem * (p1 + p2) ** 2 <= ACT_LAUNCH.fused_max_smem
+
+
+@triton.jit
+def _quantize_token(y, clip, BITS: tl.constexpr):
+    """A token's transformed values y (fp32, padding zeros) -> (codes fp32, scale): the reference numerics."""
+    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
+    qmin: tl.constexpr = -(1 << (BITS - 1))
+    bad = tl.max(tl.max(((y != y) | (tl.abs(y) == float("inf"))).to(tl.int32), axis=1), axis=0)
+    absmax = tl.max(tl.max(tl.abs(y), axis=1), axis=0)
+    scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
+    v = tl.math.div_rn(y, tl.zeros_like(y) + tl.where(scale > 0, scale, 1.0))
+    q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
+    q = tl.where((bad > 0) | (scale == 0), 0.0, q)
+    return q, tl.where(bad > 0, float("nan"), scale)
 
 
 @triton.jit
 def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr,
                          M, N1, N2, stride_xm, stride_cm,
                          HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                         HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr):
-    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
-    qmin: tl.constexpr = -(1 << (BITS - 1))
+                         HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr,
+                         STAGES: tl.constexpr):
+    """Whole-tile path: a program loads the factors once, then sweeps its tokens (pipelined `STAGES` deep)."""
     i = tl.arange(0, B1)
     j = tl.arange(0, B2)
     inside = (i[:, None] < N1) & (j[None, :] < N2)
@@ -72,7 +113,7 @@ def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr
         left_t = tl.load(left_ptr + i[None, :] * N1 + i[:, None], mask=(i[:, None] < N1) & (i[None, :] < N1),
                          other=0.0)
     clip = tl.load(clip_ptr).to(tl.float32) if HAS_CLIP else 1.0
-    for t in range(tl.program_id(0), M, tl.num_programs(0)):
+    for t in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=STAGES):
         y = tl.load(x_ptr + t * stride_xm + flat, mask=inside, other=0.0).to(tl.float32)
         if HAS_CS:
             y = y * cs
@@ -80,14 +121,69 @@ def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr
             y = tl.dot(y.to(right.dtype), right)
         if HAS_LEFT:
             y = tl.dot(left_t, y.to(left_t.dtype))
-        bad = tl.max(tl.max(((y != y) | (tl.abs(y) == float("inf"))).to(tl.int32), axis=1), axis=0)
-        absmax = tl.max(tl.max(tl.abs(y), axis=1), axis=0)
-        scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
-        v = tl.math.div_rn(y, tl.zeros_like(y) + tl.where(scale > 0, scale, 1.0))
-        q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
-        q = tl.where((bad > 0) | (scale == 0), 0.0, q)
+        q, scale = _quantize_token(y, clip, BITS)
         tl.store(codes_ptr + t * stride_cm + flat, q.to(tl.int8), mask=inside)
+        tl.store(scales_ptr + t, scale)
+
+
+@triton.jit
+def _quantize_act_chunked_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, scratch_ptr,
+                                 M, N1, N2, stride_xm, stride_cm,
+                                 HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_CLIP: tl.constexpr,
+                                 BITS: tl.constexpr, B1: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                                 SCRATCH_W: tl.constexpr):
+    """Chunked path for large factors. Per token, pass 1: for each BJ-column slice of the output,
+    z = (X ⊙ C) · right[:, slice] (contracted BK columns at a time), y = leftᵀ · z, running absmax, y to this
+    program's fp32 scratch [B1, SCRATCH_W]; pass 2: quantize the scratch with the token's scale."""
+    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
+    qmin: tl.constexpr = -(1 << (BITS - 1))
+    i = tl.arange(0, B1)
+    jj = tl.arange(0, BJ)
+    kk = tl.arange(0, BK)
+    row_in = i < N1
+    if HAS_LEFT:
+        left_t = tl.load(left_ptr + i[None, :] * N1 + i[:, None], mask=row_in[:, None] & row_in[None, :], other=0.0)
+    clip = tl.load(clip_ptr).to(tl.float32) if HAS_CLIP else 1.0
+    scratch = scratch_ptr + tl.program_id(0) * (B1 * SCRATCH_W) + i[:, None] * SCRATCH_W
+    for t in range(tl.program_id(0), M, tl.num_programs(0)):
+        x_row = x_ptr + t * stride_xm + i[:, None] * N2
+        absmax = tl.zeros((), tl.float32)
+        bad = tl.zeros((), tl.int32)
+        for j0 in range(0, N2, BJ):
+            z = tl.zeros((B1, BJ), tl.float32)
+            for k0 in range(0, N2, BK):
+                k_in = (k0 + kk) < N2
+                xk = tl.load(x_row + (k0 + kk)[None, :], mask=row_in[:, None] & k_in[None, :], other=0.0)
+                xk = xk.to(tl.float32)
+                if HAS_CS:
+                    xk = xk * tl.load(cs_ptr + i[:, None] * N2 + (k0 + kk)[None, :],
+                                      mask=row_in[:, None] & k_in[None, :], other=0.0).to(tl.float32)
+                r = tl.load(right_ptr + (k0 + kk)[:, None] * N2 + (j0 + jj)[None, :],
+                            mask=k_in[:, None] & ((j0 + jj) < N2)[None, :], other=0.0)
+                z = tl.dot(xk.to(r.dtype), r, z)
+            y = z
+            if HAS_LEFT:
+                y = tl.dot(left_t, z.to(left_t.dtype))
+            bad = tl.maximum(bad, tl.max(tl.max(((y != y) | (tl.abs(y) == float("inf"))).to(tl.int32), 1), 0))
+            absmax = tl.maximum(absmax, tl.max(tl.max(tl.abs(y), axis=1), axis=0))
+            tl.store(scratch + (j0 + jj)[None, :], y)
+        # Pass 2 reads values other threads wrote, and the next token overwrites them: barriers on both sides.
+        tl.debug_barrier()
+        scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
+        safe = tl.where(scale > 0, scale, 1.0)
+        for j0 in range(0, N2, BJ):
+            y = tl.load(scratch + (j0 + jj)[None, :])
+            v = tl.math.div_rn(y, tl.zeros_like(y) + safe)
+            q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
+            q = tl.where((bad > 0) | (scale == 0), 0.0, q)
+            tl.store(codes_ptr + t * stride_cm + i[:, None] * N2 + (j0 + jj)[None, :], q.to(tl.int8),
+                     mask=row_in[:, None] & ((j0 + jj) < N2)[None, :])
         tl.store(scales_ptr + t, tl.where(bad > 0, float("nan"), scale))
+        tl.debug_barrier()
+
+
+def _programs(m: int, device: torch.device, per_sm: int) -> int:
+    return m if device.type != "cuda" else min(m, per_sm * _num_sms(device.index or 0))
 
 
 @registry.register("quantize_act_packed", "triton")
@@ -95,28 +191,45 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
                         right: torch.Tensor | None, clip: torch.Tensor | None, bits: int):
     """x: [M, K] float (row stride free, unit column stride) -> (codes int8 [M, K], scales fp32 [M, 1])."""
     m, k = x.shape
+    if channel_scale is None and left is None and right is None:
+        # No transform: the plain per-token quantizer (`quant.py`, long rows swept in chunks), same numerics.
+        one = torch.ones((), dtype=torch.float32, device=x.device)
+        clip = one if clip is None else clip.reshape(()).float()
+        codes, scales, _ = quant_kernels._fake_quant(x, clip, clip, bits, None, True, codes=True)
+        return codes, scales.reshape(m, 1)
     n1 = left.shape[0] if left is not None else (k // right.shape[0] if right is not None else 1)
     n2 = k // n1
-    factor = left if left is not None else right
-    if factor is not None and not fused_transform_supported(n1, n2, factor.dtype):
-        x, channel_scale, left, right = kronecker_apply(x, channel_scale, left, right), None, None, None
-        n1, n2 = 1, k
     if x.stride(1) != 1:
         x = x.contiguous()
     codes = torch.empty((m, k), dtype=torch.int8, device=x.device)
     scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return codes, scales
-    b1 = _pow2(n1) if left is not None or right is not None else triton.next_power_of_2(n1)
-    b2 = _pow2(n2) if left is not None or right is not None else triton.next_power_of_2(n2)
-    programs = m if x.device.type != "cuda" else min(m, 8 * _num_sms(x.device.index or 0))
-    dummy = scales
-    _quantize_act_kernel[(programs,)](
-        x, dummy if channel_scale is None else channel_scale.contiguous(),
-        dummy if left is None else left.contiguous(), dummy if right is None else right.contiguous(),
-        dummy if clip is None else clip.reshape(()), codes, scales, m, n1, n2, x.stride(0), codes.stride(0),
-        HAS_CS=channel_scale is not None, HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-        HAS_CLIP=clip is not None, BITS=bits, B1=b1, B2=b2, num_warps=8 if b1 * b2 > 4096 else 4)
+    cfg, dummy = ACT_LAUNCH, scales
+    clip_arg = dummy if clip is None else clip.reshape(())
+    cs_arg = dummy if channel_scale is None else channel_scale.contiguous()
+    factor = left if left is not None else right
+    if factor is None or fused_transform_supported(n1, n2, factor.dtype):
+        b1 = _pow2(n1) if factor is not None else 1
+        b2 = _pow2(n2) if factor is not None else triton.next_power_of_2(n2)
+        _quantize_act_kernel[(_programs(m, x.device, cfg.programs_per_sm),)](
+            x, cs_arg, dummy if left is None else left.contiguous(), dummy if right is None else right.contiguous(),
+            clip_arg, codes, scales, m, n1, n2, x.stride(0), codes.stride(0),
+            HAS_CS=channel_scale is not None, HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
+            HAS_CLIP=clip is not None, BITS=bits, B1=b1, B2=b2, STAGES=cfg.stages,
+            num_warps=8 if b1 * b2 > 4096 else 4)
+        return codes, scales
+    if right is None:  # the chunked kernel contracts through `right`: the identity stands in for a missing one
+        right = torch.eye(n2, dtype=left.dtype, device=x.device)
+    b1, bj, bk = _pow2(n1), cfg.chunk_j, cfg.chunk_k
+    scratch_w = triton.cdiv(n2, bj) * bj
+    programs = _programs(m, x.device, cfg.chunked_programs_per_sm)
+    scratch = torch.empty((programs, b1 * scratch_w), dtype=torch.float32, device=x.device)
+    _quantize_act_chunked_kernel[(programs,)](
+        x, cs_arg, dummy if left is None else left.contiguous(), right.contiguous(), clip_arg, codes, scales,
+        scratch, m, n1, n2, x.stride(0), codes.stride(0),
+        HAS_CS=channel_scale is not None, HAS_LEFT=left is not None, HAS_CLIP=clip is not None, BITS=bits,
+        B1=b1, BJ=bj, BK=bk, SCRATCH_W=scratch_w, num_warps=cfg.chunked_warps)
     return codes, scales
 
 

@@ -2,6 +2,8 @@
 worst-case data, every variant), epilogue, fused transform + activation quantization, and the custom ops."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from faircalib import kernels
 from faircalib.kernels import gemm, gemm_reference as ref
@@ -75,13 +77,72 @@ def test_act_quant_matches_reference(gen, n1, n2, parts):
     assert scales[3] == 0 and not codes[3].any()
 
 
-def test_act_quant_large_factor_falls_back_exactly(gen):
-    assert gemm.fused_transform_supported(56, 64, torch.float32)
-    assert gemm.fused_transform_supported(96, 128, torch.bfloat16)
-    assert not gemm.fused_transform_supported(96, 128, torch.float32)
-    x = torch.randn(3, 16 * 148, generator=gen)
-    args = (None, _orthogonal(16, gen), torch.eye(148) * 2, None, 4)  # 148 pads to 256: too large to fuse
-    got, want = gemm.quantize_act_packed(x, *args), ref.quantize_act_packed(x, *args)
+def test_act_quant_path_choice_follows_factor_size():
+    assert gemm.fused_transform_supported(56, 64, torch.float32)  # K = 3584: whole tile
+    assert gemm.fused_transform_supported(64, 64, torch.bfloat16)  # K = 4096
+    assert not gemm.fused_transform_supported(96, 128, torch.bfloat16)  # K = 12288: chunked
+    assert not gemm.fused_transform_supported(128, 148, torch.bfloat16)  # K = 18944
+
+
+@pytest.fixture
+def chunked_only(monkeypatch):
+    """Every transform takes the chunked kernel, with small slices so the tests cross slice boundaries."""
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", gemm.ActLaunch(fused_max_tile=0, chunk_j=32, chunk_k=16))
+
+
+@pytest.mark.parametrize("n1,n2,parts", [(96, 128, "clr"), (20, 148, "lr"), (7, 33, "clr"), (16, 100, "r"),
+                                         (17, 40, "cl"), (1, 64, "r")])
+def test_act_quant_chunked_matches_reference(gen, chunked_only, n1, n2, parts):
+    x = torch.randn(5, n1 * n2, generator=gen).to(torch.bfloat16)
+    x[2] = 0
+    args = (torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None,
+            _orthogonal(n1, gen) if "l" in parts else None, _orthogonal(n2, gen) if "r" in parts else None,
+            torch.tensor(0.85), 4)
+    codes, scales = gemm.quantize_act_packed(x, *args)
+    want_codes, want_scales = ref.quantize_act_packed(x, *args)
+    torch.testing.assert_close(scales, want_scales, rtol=1e-6, atol=0)
+    differ = codes != want_codes
+    assert (codes.int() - want_codes.int()).abs().max() <= 1 and differ.float().mean() < 1e-3
+    assert scales[2] == 0 and not codes[2].any()
+
+
+def test_act_quant_chunked_nonfinite_and_empty(gen, chunked_only):
+    x = torch.randn(3, 20 * 148, generator=gen)
+    x[0, 5], x[2, 2000] = float("inf"), float("nan")
+    left, right = _orthogonal(20, gen), _orthogonal(148, gen)
+    codes, scales = gemm.quantize_act_packed(x, None, left, right, None, 4)
+    assert scales[0].isnan() and scales[2].isnan() and scales[1].isfinite()
+    assert not codes[0].any() and not codes[2].any()
+    codes, scales = gemm.quantize_act_packed(x[:0], None, left, right, None, 4)
+    assert codes.shape == (0, 20 * 148) and scales.shape == (0, 1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(m=st.integers(1, 4), n1=st.integers(1, 24), n2=st.integers(1, 40), parts=st.sampled_from(["lr", "clr", "l", "r"]),
+       chunked=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+       seed=st.integers(0, 2 ** 16))
+def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, chunked, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, n1 * n2, generator=gen).to(dtype)
+    args = (torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None,
+            _orthogonal(n1, gen) if "l" in parts else None, _orthogonal(n2, gen) if "r" in parts else None, None, 4)
+    launch = gemm.ActLaunch(fused_max_tile=0, chunk_j=16, chunk_k=16) if chunked else gemm.ActLaunch()
+    original, gemm.ACT_LAUNCH = gemm.ACT_LAUNCH, launch
+    try:
+        codes, scales = gemm.quantize_act_packed(x, *args)
+    finally:
+        gemm.ACT_LAUNCH = original
+    want_codes, want_scales = ref.quantize_act_packed(x, *args)
+    torch.testing.assert_close(scales, want_scales, rtol=1e-6, atol=0)
+    # A value on a rounding boundary may round the other way (other summation order); tiny tiles make that rare.
+    assert (codes.int() - want_codes.int()).abs().max() <= 1 and (codes != want_codes).float().mean() <= 0.05
+
+
+def test_act_quant_without_transform_is_the_plain_quantizer(gen):
+    x = torch.randn(6, 1025, generator=gen).to(torch.float16)[:, :1000]  # non-contiguous rows, odd width
+    clip = torch.tensor(0.7)
+    got, want = gemm.quantize_act_packed(x, None, None, None, clip, 4), ref.quantize_act_packed(x, None, None, None,
+                                                                                                clip, 4)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
