@@ -18,14 +18,17 @@ import torch
 from torch import nn
 
 from faircalib import kernels
+from faircalib.calib.input_memo import InputMemo
 from faircalib.calib.methods import Method
-from faircalib.calib.quant_linear import QuantLinear
+from faircalib.calib.quant_linear import CLIP_LOGIT_INIT, QuantLinear
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform
 from faircalib.config import QuantConfig
+from faircalib.models.adapter import INPUT_GROUPS  # noqa: F401  (re-exported: linears that read one input)
 
-# Linears that read the same input share one transform (FlatQuant's P_a, P_o, P_ug, P_d).
-INPUT_GROUPS = {"attn_in": ("q", "k", "v"), "o_in": ("o",), "mlp_in": ("gate", "up"), "down_in": ("down",)}
 INPUTS = ("quantized", "fp")
+# Recorded in the fingerprint: how activations are quantized. State written with one activation clip per linear
+# (before the shared per-input quantizer) is a different run and is not resumed.
+ACT_QUANT_LAYOUT = "one-quantizer-per-input"
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,11 @@ def _smooth_scale(weights: list[torch.Tensor], act_absmax: torch.Tensor | None, 
 
 def wrap_block(adapter, block: nn.Module, method: Method, qconfig: QuantConfig, generator: torch.Generator,
                act_absmax: dict[str, torch.Tensor] | None = None, alpha: float = 0.3) -> list[QuantLinear]:
-    """Replace the block's linears by QuantLinears with the method's (shared) input transforms."""
+    """Replace the block's linears by QuantLinears with the method's (shared) input transforms.
+
+    The linears of one input group (INPUT_GROUPS) share the transform and, when their activation specs are equal
+    (always, unless per-role overrides differ), one activation quantizer: one clip parameter and one InputMemo,
+    so the transformed, fake-quantized input is computed once per forward (FlatQuant's layout)."""
     linears = adapter.linears(block)
     wrapped = []
     for group, roles in INPUT_GROUPS.items():
@@ -128,10 +135,17 @@ def wrap_block(adapter, block: nn.Module, method: Method, qconfig: QuantConfig, 
                 transform.channel_scale.copy_(_smooth_scale([linears[r].weight for r in roles], absmax, alpha))
         elif method.transform == "hadamard" and group in ("o_in", "down_in"):
             transform = HadamardTransform(d, generator)
+        quantizers: dict = {}  # act spec -> (clip logit | None, memo): one per distinct spec in the group
         for role in roles:
             w_spec, a_spec = qconfig.specs(role)
             lin = linears[role]
-            ql = QuantLinear(lin, w_spec, a_spec, transform, learn_clips=method.learns)
+            if a_spec not in quantizers:
+                clip = (nn.Parameter(torch.tensor(CLIP_LOGIT_INIT, device=lin.weight.device))
+                        if method.learns and a_spec is not None else None)
+                quantizers[a_spec] = (clip, InputMemo())
+            clip, memo = quantizers[a_spec]
+            ql = QuantLinear(lin, w_spec, a_spec, transform, learn_clips=method.learns, act_clip_logit=clip,
+                             input_memo=memo)
             ql.to(lin.weight.device)
             adapter.set_linear(block, role, ql)
             wrapped.append(ql)
@@ -141,6 +155,22 @@ def wrap_block(adapter, block: nn.Module, method: Method, qconfig: QuantConfig, 
 # ----------------------------------------------------------------------------------------------------------------
 # State on disk (atomic, fingerprinted)
 # ----------------------------------------------------------------------------------------------------------------
+
+def load_shared_state(module: nn.Module, state: dict, where: str) -> None:
+    """`module.load_state_dict(state, strict=True)`, refusing a state whose entries for one shared tensor differ
+    (e.g. `q_proj.act_clip_logit` != `k_proj.act_clip_logit`: written with one activation clip per linear, by a
+    faircalib before the shared per-input quantizer), which loading would silently collapse to one value."""
+    names: dict[int, list[str]] = {}
+    for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+        names.setdefault(id(t), []).append(name)
+    for group in names.values():
+        present = [n for n in group if n in state]
+        if any(not torch.equal(state[present[0]], state[n]) for n in present[1:]):
+            raise ValueError(f"{where}: the saved state holds different values for {present}, which this faircalib "
+                             f"shares (one tensor per linear input); it was written by an older faircalib with one "
+                             f"activation clip per linear: calibrate again")
+    module.load_state_dict(state, strict=True)
+
 
 def fingerprint(model: nn.Module, data: CalibData, method: Method, qconfig: QuantConfig, options: CalibOptions) -> str:
     """A hash of everything that decides the result: model weights, data, prior, method, config, versions."""
@@ -158,7 +188,8 @@ def fingerprint(model: nn.Module, data: CalibData, method: Method, qconfig: Quan
     h.update(data.position_weights.float().cpu().numpy().tobytes())
     opts = {k: v for k, v in asdict(options).items() if k not in ("device",)}
     meta = {"method": asdict(method), "qconfig": qconfig.to_dict(), "options": opts,
-            "faircalib": getattr(faircalib, "__version__", "0"), "torch": torch.__version__.split("+")[0]}
+            "faircalib": getattr(faircalib, "__version__", "0"), "torch": torch.__version__.split("+")[0],
+            "act_quant": ACT_QUANT_LAYOUT}
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -248,12 +279,23 @@ def _weighted_loss(out: torch.Tensor, target: torch.Tensor, weights: torch.Tenso
     return kernels.weighted_mse(out.float(), target.float(), weights.to(out.device))
 
 
+def _unique(params) -> list[nn.Parameter]:
+    """Parameters in first-seen order, each once (shared parameters appear under every linear that reads them)."""
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
 def _optimise(adapter, block, wrapped: list[QuantLinear], x_in, targets, data: CalibData, options: CalibOptions,
               device, generator: torch.Generator) -> list[float]:
     """AdamW + cosine over epochs; each batch's loss is divided by its own detached value (FlatQuant)."""
     transforms = {id(q.input_transform): q.input_transform for q in wrapped if q.input_transform is not None}
-    t_params = [p for t in transforms.values() for p in t.parameters() if p.requires_grad]
-    c_params = [p for q in wrapped for p in (q.weight_clip_logit, q.act_clip_logit) if p is not None]
+    t_params = _unique(p for t in transforms.values() for p in t.parameters() if p.requires_grad)
+    # An input group's linears share one act clip parameter: hand it to the optimizer once.
+    c_params = _unique(p for q in wrapped for p in (q.weight_clip_logit, q.act_clip_logit) if p is not None)
     n = x_in.shape[0]
     steps = options.epochs * math.ceil(n / options.batch_size)
     opt = torch.optim.AdamW([{"params": t_params, "lr": options.lr}, {"params": c_params, "lr": options.clip_lr}],
@@ -324,13 +366,21 @@ def _input_absmax(adapter, block, x_in, data, options, device) -> dict[str, torc
 def _apply_gptq(adapter, block, wrapped, x_in, data, options, device) -> None:
     from faircalib.calib.gptq import HessianAccumulator, gptq_quantize
 
-    quantized = [q for q in wrapped if q.weight_spec is not None]
-    accs = {q: HessianAccumulator(q.in_features, device) for q in quantized}
+    quantized = {q for q in wrapped if q.weight_spec is not None}
+    # The linears of one input group read the same (transformed) input: one Hessian per group, observed at its
+    # first quantized linear.
+    accs, observed = {}, {}
+    for members in adapter.input_groups(block).values():
+        members = [m for m in members.values() if m in quantized]
+        if members:
+            acc = HessianAccumulator(members[0].in_features, device)
+            observed[members[0]] = acc
+            accs.update({m: acc for m in members})
 
     def observe(module, x):
-        accs[module].add(x if module.input_transform is None else module.input_transform(x))
+        observed[module].add(x if module.input_transform is None else module.input_transform(x))
 
-    _observe_inputs(adapter, block, quantized, x_in, data, options, device, observe)
+    _observe_inputs(adapter, block, list(observed), x_in, data, options, device, observe)
     for q in wrapped:
         q.fold()
         if q in accs:
@@ -367,7 +417,7 @@ def calibrate_blocks(adapter, data: CalibData, method: Method, qconfig: QuantCon
             wrapped = wrap_block(adapter, block, method, qconfig, generator)
             for q in wrapped:
                 q.fold()
-            block.load_state_dict(torch.load(state.block_path(i), map_location=device))
+            load_shared_state(block, torch.load(state.block_path(i), map_location=device), state.block_path(i))
         else:
             act_absmax = _input_absmax(adapter, block, x_in, data, options, device) if method.learns else None
             wrapped = wrap_block(adapter, block, method, qconfig, generator, act_absmax, options.smooth_alpha)

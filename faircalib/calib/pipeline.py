@@ -20,7 +20,7 @@ from torch import nn
 
 from faircalib.calib.layerwise import CalibData, CalibOptions, CalibState, calibrate_blocks, check_finite_weights
 from faircalib.calib.layerwise import fingerprint as run_fingerprint
-from faircalib.calib.layerwise import wrap_block
+from faircalib.calib.layerwise import load_shared_state, wrap_block
 from faircalib.calib.methods import Method, get_method
 from faircalib.calib.prior import PositionPrior, PriorConfig, run_probe
 from faircalib.calib.rotation import rotate_residual
@@ -175,5 +175,5 @@ def load_calibrated(out_dir: str | os.PathLike, model: nn.Module) -> nn.Module:
         for q in wrap_block(adapter, block, method, recipe.qconfig, torch.Generator().manual_seed(0)):
             q.fold()
     state = torch.load(out / "calibrated.pt", map_location="cpu")
-    model.load_state_dict(state, strict=True)
+    load_shared_state(model, state, str(out / "calibrated.pt"))
     return model

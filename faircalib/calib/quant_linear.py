@@ -3,6 +3,11 @@
 During calibration the weight stays in full precision and the (shared) input transform, the weight clip logits
 and the activation clip logit are learned. `fold()` moves the transform's inverse into the weight; what remains
 online is the transform of the input. Deployment reads `quantized_weight()` and the transform.
+
+Linears that read the same input (q/k/v, gate/up) share one activation quantizer, as in FlatQuant: one transform
+object, one activation clip parameter (the same `nn.Parameter` registered in each of them, so every state dict
+still holds `<linear>.act_clip_logit`) and one `InputMemo`, so fake_quant_act(T(x)) is computed once per input and
+every reader gets the same tensor (its gradient is the sum of the readers' gradients). `wrap_block` builds them.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faircalib import kernels
+from faircalib.calib.input_memo import InputMemo
 from faircalib.config import QuantSpec
 from faircalib.kernels.quant_reference import true_div
 
@@ -23,11 +29,18 @@ CLIP_LOGIT_INIT = 4.0
 class QuantLinear(nn.Module):
     """y = fake_quant_act(T(x)) · fake_quant_weight(W')ᵀ + b, with W' = T's inverse folded into W.
 
-    x: [..., K] any float dtype → [..., N] same dtype."""
+    x: [..., K] any float dtype → [..., N] same dtype.
+
+    Sharing an input with other linears (module doc): pass the group's `act_clip_logit` (one scalar
+    `nn.Parameter`) and `input_memo` (one `InputMemo`) to each of them, with the same `input_transform` and
+    `act_spec`. Without them the linear gets its own clip (when `learn_clips`) and its own memo."""
 
     def __init__(self, linear: nn.Linear, weight_spec: QuantSpec | None, act_spec: QuantSpec | None,
-                 input_transform: nn.Module | None = None, learn_clips: bool = False):
+                 input_transform: nn.Module | None = None, learn_clips: bool = False, *,
+                 act_clip_logit: nn.Parameter | None = None, input_memo: InputMemo | None = None):
         super().__init__()
+        if act_clip_logit is not None and (act_spec is None or act_clip_logit.shape != ()):
+            raise ValueError("QuantLinear: a shared act_clip_logit must be a scalar parameter, and needs act_spec")
         if weight_spec is not None:
             weight_spec.check_dim(linear.in_features, f"QuantLinear({linear.out_features}x{linear.in_features})")
         self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -39,8 +52,11 @@ class QuantLinear(nn.Module):
         n = linear.out_features
         self.weight_clip_logit = (nn.Parameter(torch.full((n, 1), CLIP_LOGIT_INIT), requires_grad=learn_clips)
                                   if learn_clips and weight_spec is not None else None)
-        self.act_clip_logit = (nn.Parameter(torch.tensor(CLIP_LOGIT_INIT), requires_grad=learn_clips)
-                               if learn_clips and act_spec is not None else None)
+        if act_clip_logit is None and learn_clips and act_spec is not None:
+            act_clip_logit = nn.Parameter(torch.tensor(CLIP_LOGIT_INIT))
+        self.act_clip_logit = act_clip_logit
+        self.input_memo = InputMemo() if input_memo is None else input_memo
+        self.memo_slot = self.input_memo.join()
         # Set by GPTQ: fixed per-channel/group scales, so the codes it chose are reproduced exactly.
         self.register_buffer("fixed_weight_scale", None)
 
@@ -48,6 +64,7 @@ class QuantLinear(nn.Module):
         return None if self.weight_clip_logit is None else torch.sigmoid(self.weight_clip_logit)
 
     def act_clip_ratio(self) -> torch.Tensor | None:
+        """The activation clip ratio (of the input group: its linears share the parameter), [] or None."""
         return None if self.act_clip_logit is None else torch.sigmoid(self.act_clip_logit)
 
     def effective_weight(self) -> torch.Tensor:
@@ -84,12 +101,26 @@ class QuantLinear(nn.Module):
             scales = _clipped_scales(w, clip, spec.bits, spec.group_size)
         return _codes(w, scales, spec.bits, spec.group_size), scales
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        """fake_quant_act(T(x), act clip): the input as the weight sees it, [..., K] x.dtype. Computed once per
+        input for the linears sharing this one's memo (the first reader computes, the others reuse it)."""
+        if self.input_transform is None and self.act_spec is None:
+            return x
+        transform = self.input_transform
+        key = (transform, self.act_spec, self.act_clip_logit,
+               *(() if transform is None else (*transform.parameters(), *transform.buffers())))
+        return self.input_memo.get(self.memo_slot, x, key, lambda: self._quantize_input(x))
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:
             x = self.input_transform(x)
         if self.act_spec is not None:
             clip = self.act_clip_ratio()
             x = kernels.fake_quant_act(x, bits=self.act_spec.bits, clip_ratio=1.0 if clip is None else clip)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantized_input(x)
         return F.linear(x, self.fake_quant_weight().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     @torch.no_grad()

@@ -13,7 +13,10 @@ block linears are `W4A4Linear` modules, stored as their buffers (`<name>.weight_
 Each file is written atomically (model.safetensors first, config.json last). Loading checks the checksum before
 reading (a corrupted or truncated file fails with a clear error), warns when the checkpoint was written by another
 faircalib version, builds the model on the meta device, swaps in the W4A4Linear modules, and verifies every
-tensor's name, shape and dtype before reading weights.
+tensor's name, shape and dtype before reading weights. Every linear stores its own `act_clip` and transform
+buffers; the linears of one input (q/k/v, gate/up) hold equal ones and are linked after loading so the input is
+quantized once (`w4a4_linear.share_model_input_quantization`; checkpoints from before that, with one clip per
+linear, still load and run unlinked, with a warning).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 import faircalib
-from faircalib.deploy.w4a4_linear import W4A4Linear
+from faircalib.deploy.w4a4_linear import W4A4Linear, share_model_input_quantization
 from faircalib.models.build import family_of, make_config, read_config_dict
 from faircalib.models.loading import expected_tensors, save_model, stored_shapes
 
@@ -165,9 +168,9 @@ def swap_w4a4_modules(model: nn.Module, modules: dict) -> None:
 
 def load_quantized(directory: str | os.PathLike, dtype: torch.dtype = torch.float32,
                    device: str | torch.device = "cpu") -> nn.Module:
-    """A packed checkpoint -> model in eval mode on `device` whose block linears are W4A4Linear. Dense tensors
-    (embeddings, norms, LM head, biases) are cast to `dtype`; codes, scales, clips and transform factors keep their
-    stored dtypes (int8, fp32)."""
+    """A packed checkpoint -> model in eval mode on `device` whose block linears are W4A4Linear, the linears of
+    each input group linked to quantize their input once. Dense tensors (embeddings, norms, LM head, biases) are
+    cast to `dtype`; codes, scales, clips and transform factors keep their stored dtypes (int8, fp32)."""
     directory = Path(directory)
     qc = read_quantization_config(directory)
     stored = _check_weights_file(directory / WEIGHTS, qc)
@@ -185,4 +188,5 @@ def load_quantized(directory: str | os.PathLike, dtype: torch.dtype = torch.floa
     on_meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if on_meta:
         raise RuntimeError(f"faircalib.deploy.load_quantized: {directory}: tensors not loaded: {on_meta[:10]}")
+    share_model_input_quantization(model)  # q/k/v and gate/up quantize their shared input once
     return model.eval()

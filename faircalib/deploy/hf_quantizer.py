@@ -3,7 +3,8 @@
 `register()` (run by `import faircalib`) adds the quantization config and the quantizer to transformers'
 registries, and registers the native LLaDA/Dream classes with AutoConfig/AutoModel. The quantizer swaps the
 modules listed in the checkpoint's `quantization_config.modules` for `W4A4Linear` before transformers reads the
-weights, so the packed buffers land in them. Without `import faircalib` transformers does not know the method
+weights, so the packed buffers land in them, and links the linears of each input group after loading (their
+input is quantized once, as in `load_quantized`). Without `import faircalib` transformers does not know the method
 and loads a dense model with the packed tensors unused; after `from_pretrained`, `is_w4a4(model)` checks that the
 swap happened. The quantizer verifies the weights file's checksum before loading, as `load_quantized` does.
 """
@@ -59,6 +60,9 @@ class FaircalibHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        from faircalib.deploy.w4a4_linear import share_model_input_quantization
+
+        share_model_input_quantization(model)  # q/k/v and gate/up quantize their shared input once
         return model
 
     def is_serializable(self, *args, **kwargs) -> bool:

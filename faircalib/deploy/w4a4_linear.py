@@ -11,19 +11,32 @@ Agreement with the fake-quant `QuantLinear` it came from: the activation codes a
 in fp32, and the integer products are exact, so outputs agree to fp32 rounding (relative ~1e-6) wherever the
 codes agree. A code can differ by one where a transformed value sits on a rounding boundary and the two paths
 sum the transform in another order (Hadamard rewritten as Kronecker; tf32 tensor cores on the GPU).
+
+One quantization per input (FlatQuant's layout): the W4A4Linears that read the same input (q/k/v, gate/up) are
+linked by `share_input_quantization`, which checks that their transform buffers and activation clips are bitwise
+equal; the first of them to see an input runs `quantize_act_packed`, the others reuse its codes and scales
+(`InputMemo`: same tensor object, unmodified). Every linear keeps its own buffers (the checkpoint format is
+unchanged); a member whose buffers change after linking has them checked against the others again at its next
+forward (a mismatch then raises). `convert_to_w4a4`, `load_quantized` and the transformers quantizer link every
+block's input groups (`share_model_input_quantization`).
 """
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from faircalib import kernels
+from faircalib.calib.input_memo import InputMemo
 from faircalib.calib.quant_linear import QuantLinear, quantized_linears
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform, hadamard_matrix
 
 MAX_WEIGHT_BITS = 4
+# What decides a W4A4Linear's activation codes besides x: equal in every member of a shared input quantization.
+ACT_BUFFERS = ("act_clip", "channel_scale", "left", "right")
 
 
 def kronecker_form(transform: nn.Module | None, d: int):
@@ -66,6 +79,7 @@ class W4A4Linear(nn.Module):
         self.register_buffer("channel_scale", torch.ones(in_features) if channel_scale else None)
         self.register_buffer("left", torch.eye(left_size) if left_size else None)
         self.register_buffer("right", torch.eye(right_size) if right_size else None)
+        self.shared_input: SharedInputQuantization | None = None  # set by share_input_quantization
 
     @classmethod
     def from_quant_linear(cls, ql: QuantLinear) -> "W4A4Linear":
@@ -94,10 +108,17 @@ class W4A4Linear(nn.Module):
                     getattr(module, name).copy_(value)
         return module.to(ql.weight.device)
 
+    def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes int8 [..., K], scales fp32 [..., 1]) of this linear's transformed input, always computed."""
+        return kernels.quantize_act_packed(x, bits=self.act_bits, clip_ratio=self.act_clip,
+                                           channel_scale=self.channel_scale, left=self.left, right=self.right)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        codes, scales = kernels.quantize_act_packed(x, bits=self.act_bits, clip_ratio=self.act_clip,
-                                                    channel_scale=self.channel_scale, left=self.left,
-                                                    right=self.right)
+        shared = self.shared_input
+        if shared is None or torch.compiler.is_compiling():
+            codes, scales = self.quantize_input(x)
+        else:
+            codes, scales = shared.quantize(self, x)
         return kernels.w4a4_matmul(codes, scales, self.weight_packed, self.weight_scale, self.bias, x.dtype)
 
     def weight_codes(self) -> torch.Tensor:
@@ -106,13 +127,158 @@ class W4A4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         parts = [name for name in ("channel_scale", "left", "right") if getattr(self, name) is not None]
+        shared = "" if self.shared_input is None else f", shared_input={len(self.shared_input.members)}"
         return (f"in={self.in_features}, out={self.out_features}, act_bits={self.act_bits}, "
-                f"bias={self.bias is not None}, transform={'+'.join(parts) or None}")
+                f"bias={self.bias is not None}, transform={'+'.join(parts) or None}{shared}")
+
+
+def _act_state(module: W4A4Linear) -> tuple:
+    """What the member check remembers: act_bits and each activation buffer as (tensor, _version) (None if absent)."""
+    return (module.act_bits, *((None if t is None else (t, t._version))
+                               for t in (getattr(module, name) for name in ACT_BUFFERS)))
+
+
+def _same_state(a: tuple | None, b: tuple) -> bool:
+    return a is not None and a[0] == b[0] and all(
+        u is v or (u is not None and v is not None and u[0] is v[0] and u[1] == v[1]) for u, v in zip(a[1:], b[1:]))
+
+
+def _mismatches(modules: Sequence[W4A4Linear]) -> list[str]:
+    """What differs between modules[0] and the others in what decides the activation codes (empty: bitwise equal)."""
+    first, problems = modules[0], []
+    for i, other in enumerate(modules[1:], start=1):
+        for name in ("in_features", "act_bits"):
+            if getattr(other, name) != getattr(first, name):
+                problems.append(f"{name} of member {i} ({getattr(other, name)}) != member 0 ({getattr(first, name)})")
+        for name in ACT_BUFFERS:
+            a, b = getattr(first, name), getattr(other, name)
+            if a is None or b is None:
+                if (a is None) != (b is None):
+                    problems.append(f"{name}: member {i} {'has' if b is not None else 'lacks'} it, member 0 "
+                                    f"{'has' if a is not None else 'lacks'} it")
+                continue
+            same = (a.dtype == b.dtype and a.shape == b.shape and a.device == b.device and
+                    torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
+            if not same:
+                shown = f" ({b.item():.6g} vs {a.item():.6g})" if a.numel() == 1 and b.numel() == 1 else ""
+                problems.append(f"{name} of member {i} differs from member 0{shown}")
+    return problems
+
+
+class SharedInputQuantization:
+    """The W4A4Linears of one input: the first to see an input quantizes it, the others reuse the codes.
+
+    Built by `share_input_quantization`. Each member's activation buffers were found bitwise equal to the
+    others'; a member whose buffers have changed since (in place, or replaced by `.to()` / `load_state_dict`) has
+    the whole group checked again at its next forward, and a mismatch raises. So a reused result always equals
+    what the reading member would compute itself."""
+
+    def __init__(self, members: Sequence[W4A4Linear]):
+        self.members = list(members)
+        self.memo = InputMemo()
+        self.slots = [self.memo.join() for _ in self.members]
+        self.generation = 0  # bumped by every successful check: results of an older one are not reused
+        self._states: list[tuple | None] = [None] * len(self.members)
+
+    def check(self) -> None:
+        """Raise ValueError unless every member's activation buffers are bitwise equal; remember them."""
+        problems = _mismatches(self.members)
+        if problems:
+            raise ValueError("faircalib.deploy: W4A4Linears that share one input quantization no longer agree: "
+                             f"{'; '.join(problems)}. Give every member the same act_clip and transform, or unlink "
+                             "a module with share_input_quantization([module])")
+        self._states = [_act_state(m) for m in self.members]
+        self.generation += 1
+
+    def quantize(self, module: W4A4Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self._index(module)
+        if not _same_state(self._states[i], _act_state(module)):
+            self.check()
+        return self.memo.get(self.slots[i], x, (self.generation,), lambda: module.quantize_input(x))
+
+    def _index(self, module: W4A4Linear) -> int:
+        for i, m in enumerate(self.members):
+            if m is module:
+                return i
+        raise RuntimeError("faircalib.deploy: a W4A4Linear points to a shared input quantization that does not "
+                           "list it")
+
+    def remove(self, module: W4A4Linear) -> None:
+        i = self._index(module)
+        del self.members[i], self._states[i]
+        self.memo = InputMemo()  # a fresh memo: a stored result is released once the remaining members read it
+        self.slots = [self.memo.join() for _ in self.members]
+
+    def __getstate__(self) -> dict:
+        # A copy re-checks its members at first use (its buffers are new tensors) and holds no stored input.
+        state = dict(self.__dict__)
+        state["_states"] = [None] * len(self.members)
+        return state
+
+
+def share_input_quantization(modules: Sequence[W4A4Linear], names: Sequence[str] | None = None) -> None:
+    """Link W4A4Linears that read the same input so it is transformed and quantized once per forward.
+
+    Raises ValueError (naming the modules) unless their `in_features`, `act_bits`, `act_clip` and transform
+    buffers (`channel_scale`, `left`, `right`) are bitwise equal. A module already linked leaves its old group; a
+    single module is simply unlinked."""
+    modules = list(modules)
+    if not modules or not all(isinstance(m, W4A4Linear) for m in modules):
+        raise TypeError("faircalib.deploy.share_input_quantization: expects a non-empty list of W4A4Linear modules")
+    if len({id(m) for m in modules}) != len(modules):
+        raise ValueError("faircalib.deploy.share_input_quantization: a module is listed twice")
+    problems = _mismatches(modules)
+    if problems:
+        label = f" ({', '.join(names)})" if names else ""
+        raise ValueError(f"faircalib.deploy.share_input_quantization: the modules{label} cannot share one "
+                         f"activation quantization: {'; '.join(problems)}")
+    for m in modules:
+        if m.shared_input is not None:
+            m.shared_input.remove(m)
+            m.shared_input = None
+    if len(modules) == 1:
+        return
+    group = SharedInputQuantization(modules)
+    group.check()
+    for m in modules:
+        m.shared_input = group
+
+
+def share_model_input_quantization(model: nn.Module) -> int:
+    """Link the W4A4Linears of every block input group (INPUT_GROUPS: q/k/v, gate/up) of a LLaDA/Dream-layout
+    model; returns the number of groups linked. A group whose members differ (a checkpoint calibrated with one
+    activation clip per linear, by a faircalib before the shared quantizer) stays unlinked, with a warning: each
+    of its linears then quantizes its input itself, exactly as before. Models of another layout are left alone."""
+    from faircalib.models.adapter import detect_layout, get_adapter
+
+    try:
+        detect_layout(model)
+    except ValueError:
+        return 0
+    adapter = get_adapter(model)
+    linked, unlinked = 0, []
+    for b, block in enumerate(adapter.blocks):
+        for group in adapter.input_groups(block).values():
+            members = {role: m for role, m in group.items() if isinstance(m, W4A4Linear)}
+            if len(members) < 2:
+                continue
+            if _mismatches(list(members.values())):
+                unlinked.append(f"block {b} {'/'.join(members)}")
+                continue
+            share_input_quantization(list(members.values()))
+            linked += 1
+    if unlinked:
+        warnings.warn(f"faircalib.deploy: {len(unlinked)} input group(s) (e.g. {unlinked[0]}) hold different "
+                      f"activation clips or transforms per linear (calibrated by an older faircalib): their "
+                      f"linears quantize the shared input separately, which is correct but slower; calibrate "
+                      f"again for one quantization per input", stacklevel=2)
+    return linked
 
 
 def convert_to_w4a4(model: nn.Module) -> list[str]:
-    """Replace every deployable QuantLinear in `model` by a W4A4Linear, in place. Returns the names of the
-    QuantLinears left as they are (not deployable: e.g. 16-bit activations or per-group weights)."""
+    """Replace every deployable QuantLinear in `model` by a W4A4Linear, in place, and link the linears of each
+    input group (`share_model_input_quantization`). Returns the names of the QuantLinears left as they are (not
+    deployable: e.g. 16-bit activations or per-group weights)."""
     kept = []
     for name, ql in list(quantized_linears(model)):
         try:
@@ -122,4 +288,5 @@ def convert_to_w4a4(model: nn.Module) -> list[str]:
             continue
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module)
+    share_model_input_quantization(model)
     return kept

@@ -16,6 +16,9 @@ from torch import nn
 from faircalib.models.base import BlockwiseLM
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+# Linears that read the same input (FlatQuant's P_a, P_o, P_ug, P_d): they share one input transform and one
+# activation quantizer, in calibration and in deployment.
+INPUT_GROUPS = {"attn_in": ("q", "k", "v"), "o_in": ("o",), "mlp_in": ("gate", "up"), "down_in": ("down",)}
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,11 @@ class Adapter:
         """block -> {role: its linear module} for roles q k v o gate up down."""
         block = _unwrap(block)
         return {role: block.get_submodule(path) for role, path in self.layout.linears.items()}
+
+    def input_groups(self, block: nn.Module) -> dict[str, dict[str, nn.Module]]:
+        """block -> {input group: {role: linear}} (INPUT_GROUPS: the linears of a group read the same input)."""
+        linears = self.linears(block)
+        return {group: {role: linears[role] for role in roles} for group, roles in INPUT_GROUPS.items()}
 
     def set_linear(self, block: nn.Module, role: str, module: nn.Module) -> None:
         """Replace the linear of `role` inside `block` (e.g. by a quantized linear)."""

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
+from faircalib import kernels
 from faircalib.calib.layerwise import (CalibData, CalibOptions, CalibState, calibrate_blocks, check_finite_weights,
-                                       fingerprint, wrap_block)
+                                       fingerprint, load_shared_state, wrap_block)
 from faircalib.calib.methods import METHODS, get_method
 from faircalib.calib.quant_linear import QuantLinear
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform
@@ -67,6 +68,127 @@ def test_wrap_block_shares_one_transform_per_input(family, gen):
     assert all(lin[r].weight_clip_logit is not None and lin[r].act_clip_logit is not None for r in lin)
     assert all(torch.equal(lin[r].weight, original[r]) for r in lin)
     assert all(not m.folded for m in wrapped)
+
+
+def test_wrap_block_shares_one_activation_quantizer_per_input(family, gen):
+    adapter = get_adapter(tiny_model(family))
+    block = adapter.blocks[0]
+    wrap_block(adapter, block, get_method("flatquant"), QuantConfig(), gen)
+    lin = adapter.linears(block)
+    assert lin["q"].act_clip_logit is lin["k"].act_clip_logit is lin["v"].act_clip_logit
+    assert lin["gate"].act_clip_logit is lin["up"].act_clip_logit
+    assert lin["q"].input_memo is lin["k"].input_memo is lin["v"].input_memo and lin["q"].input_memo.size == 3
+    assert lin["gate"].input_memo is lin["up"].input_memo and lin["gate"].input_memo.size == 2
+    clips = [name for name, _ in block.named_parameters() if name.endswith("act_clip_logit")]
+    assert len(clips) == 4  # one per input: q/k/v, o, gate/up, down
+    assert sum(name.endswith("act_clip_logit") for name in block.state_dict()) == 7  # every linear still lists it
+
+
+def _count_fake_quant_act(monkeypatch) -> list:
+    calls, original = [], kernels.fake_quant_act
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "fake_quant_act", counted)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["rtn", "quarot", "flatquant"])
+def test_a_block_forward_quantizes_each_input_once(method, monkeypatch, gen):
+    adapter = get_adapter(tiny_model("dream"))
+    block = adapter.blocks[0]
+    wrap_block(adapter, block, get_method(method), QuantConfig(), gen)
+    calls = _count_fake_quant_act(monkeypatch)
+    ids = calib_ids(n=2, length=L)
+    hidden = adapter.embed_inputs(ids)
+    with torch.no_grad():
+        block(hidden, **adapter.block_kwargs(ids))
+    assert len(calls) == 4
+    block(hidden, **adapter.block_kwargs(ids)).square().sum().backward()
+    assert len(calls) == 8
+
+
+def test_different_act_specs_in_one_input_get_their_own_quantizers(gen):
+    adapter = get_adapter(tiny_model("llada"))
+    block = adapter.blocks[0]
+    config = QuantConfig(overrides={"v": (QuantSpec(4), QuantSpec(8))})
+    wrap_block(adapter, block, get_method("flatquant"), config, gen)
+    lin = adapter.linears(block)
+    assert lin["q"].act_clip_logit is lin["k"].act_clip_logit is not lin["v"].act_clip_logit
+    assert lin["q"].input_memo is lin["k"].input_memo is not lin["v"].input_memo
+    assert lin["v"].input_transform is lin["q"].input_transform and lin["v"].act_spec == QuantSpec(8)
+
+
+def test_the_optimizer_gets_each_shared_parameter_once(monkeypatch):
+    seen = []
+    adamw = torch.optim.AdamW
+
+    def recording(groups, **kwargs):
+        seen.append([p for g in groups for p in g["params"]])
+        return adamw(groups, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording)
+    adapter = get_adapter(tiny_model("llada"))
+    calibrate_blocks(adapter, _data(), METHODS["flatquant"], QuantConfig(), CalibOptions(epochs=1), progress=False)
+    assert len(seen) == 2
+    for params in seen:
+        assert len({id(p) for p in params}) == len(params)
+        assert sum(p.shape == () for p in params) == 4  # the act clips: one per input
+
+
+def test_gptq_reads_one_hessian_per_input_group(monkeypatch):
+    """GPTQ observes each input group once; its codes equal those of per-linear Hessians of the same inputs."""
+    from faircalib.calib import gptq
+
+    adds = []
+    add = gptq.HessianAccumulator.add
+
+    def counted(self, x):
+        adds.append(self)
+        add(self, x)
+
+    monkeypatch.setattr(gptq.HessianAccumulator, "add", counted)
+    data = _data()
+    options = CalibOptions(epochs=0, gptq=True, batch_size=3)
+    adapter = get_adapter(tiny_model("llada"))
+    calibrate_blocks(adapter, data, METHODS["rtn"], QuantConfig(), options, progress=False)
+    assert len(adds) == 2 * 4 * 2 and len(set(map(id, adds))) == 2 * 4  # blocks x groups x batches
+
+    # Reference: block 0 again, every linear with its own Hessian of its own observed inputs.
+    monkeypatch.setattr(gptq.HessianAccumulator, "add", add)
+    reference = get_adapter(tiny_model("llada"))
+    block = reference.blocks[0]
+    wrapped = wrap_block(reference, block, METHODS["rtn"], QuantConfig(), torch.Generator().manual_seed(0))
+    accs = {q: gptq.HessianAccumulator(q.in_features) for q in wrapped}
+    hooks = [q.register_forward_pre_hook(lambda m, args: accs[m].add(args[0].reshape(-1, args[0].shape[-1])))
+             for q in wrapped]
+    with torch.no_grad():
+        for rows in (torch.arange(0, 3), torch.arange(3, 6)):
+            ids = data.input_ids[rows]
+            block(reference.embed_inputs(ids), **reference.block_kwargs(ids))
+    for h in hooks:
+        h.remove()
+    got = adapter.linears(adapter.blocks[0])
+    for role, q in reference.linears(block).items():
+        q.fold()
+        gptq.gptq_quantize(q, accs[q].h)
+        assert torch.equal(q.weight, got[role].weight), role
+        assert torch.equal(q.fixed_weight_scale, got[role].fixed_weight_scale), role
+
+
+def test_a_state_with_one_clip_per_linear_is_refused(gen):
+    """State written by a faircalib with per-linear activation clips cannot be collapsed onto one shared clip."""
+    adapter = get_adapter(tiny_model("llada"))
+    block = adapter.blocks[0]
+    wrap_block(adapter, block, get_method("flatquant"), QuantConfig(), gen)
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    load_shared_state(block, state, "block_000.pt")  # a state of this faircalib loads
+    k_clip = next(k for k in state if k.endswith("k_proj.act_clip_logit"))
+    state[k_clip] = state[k_clip] + 1.0
+    with pytest.raises(ValueError, match=r"block_000.pt: .*k_proj.act_clip_logit.*older faircalib"):
+        load_shared_state(block, state, "block_000.pt")
 
 
 def test_wrap_block_quarot_and_rtn(gen):

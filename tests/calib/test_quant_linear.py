@@ -9,6 +9,7 @@ from torch import nn
 
 from faircalib import kernels
 from faircalib.calib.gptq import HessianAccumulator, gptq_quantize
+from faircalib.calib.input_memo import InputMemo
 from faircalib.calib.quant_linear import CLIP_LOGIT_INIT, QuantLinear, quantized_linears
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform
 from faircalib.config import QuantSpec
@@ -244,3 +245,147 @@ def test_asymmetric_weights_are_not_deployable(gen):
 def test_quantized_linears_names_every_wrapped_module(gen):
     model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(QuantLinear(_linear(gen, k=4, n=4), QuantSpec(), None)))
     assert [name for name, _ in quantized_linears(model)] == ["1.0"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One activation quantizer per shared input (q/k/v, gate/up): one clip parameter, one computation per forward
+# ---------------------------------------------------------------------------------------------------------------
+
+SIZES = (N, 12, 8)  # three readers of one input, as q, k and v
+
+
+def _readers(gen: torch.Generator, transform, shared: bool = True, clip: float = 0.7) -> list[QuantLinear]:
+    """Three QuantLinears reading one input through `transform`: with one shared clip and memo, or (shared=False)
+    each with its own clip parameter of the same value and its own memo (the unshared formulation)."""
+    logit, memo = nn.Parameter(torch.tensor(clip)), InputMemo()
+    layers = []
+    for n in SIZES:
+        kwargs = dict(act_clip_logit=logit, input_memo=memo) if shared else {}
+        layer = QuantLinear(_linear(gen, n=n), QuantSpec(4), QuantSpec(4), transform, learn_clips=True, **kwargs)
+        with torch.no_grad():
+            layer.act_clip_logit.fill_(clip)
+            layer.weight_clip_logit.copy_(torch.randn(n, 1, generator=gen) + 2.0)
+        layers.append(layer)
+    return layers
+
+
+def _count_calls(monkeypatch, module, name: str) -> list:
+    calls, original = [], getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_readers_of_one_input_share_one_clip_parameter(gen):
+    layers = _readers(gen, _kronecker(gen))
+    assert layers[0].act_clip_logit is layers[1].act_clip_logit is layers[2].act_clip_logit
+    assert all(layer.act_clip_ratio() == torch.sigmoid(torch.tensor(0.7)) for layer in layers)
+    model = nn.ModuleList(layers)
+    clips = [p for name, p in model.named_parameters() if name.endswith("act_clip_logit")]
+    assert len(clips) == 1  # one parameter, registered under every reader
+    assert {k for k in model.state_dict() if k.endswith("act_clip_logit")} == {"0.act_clip_logit",
+                                                                                 "1.act_clip_logit",
+                                                                                 "2.act_clip_logit"}
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_shared_input_is_transformed_and_quantized_once_per_forward(grad, gen, monkeypatch):
+    layers = _readers(gen, _kronecker(gen))
+    quantized = _count_calls(monkeypatch, kernels, "fake_quant_act")
+    transformed = _count_calls(monkeypatch, layers[0].input_transform, "forward")
+    with torch.set_grad_enabled(grad):
+        for step in range(2):
+            x = torch.randn(3, 5, K, generator=gen)
+            before = len(quantized), len(transformed)
+            outs = [layer(x) for layer in layers]
+            assert (len(quantized) - before[0], len(transformed) - before[1]) == (1, 1)
+            for out, layer in zip(outs, layers):  # each reader quantizing its own copy, in the same grad mode
+                xq = kernels.fake_quant_act(layer.input_transform(x), bits=4, clip_ratio=layer.act_clip_ratio())
+                assert torch.equal(out, F.linear(xq, layer.fake_quant_weight(), layer.bias))
+
+
+def test_a_modified_or_different_input_is_quantized_again(gen, monkeypatch):
+    layers = _readers(gen, _kronecker(gen))
+    calls = _count_calls(monkeypatch, kernels, "fake_quant_act")
+    x = torch.randn(4, K, generator=gen)
+    with torch.no_grad():
+        layers[0](x)
+        x.mul_(3.0)
+        got = layers[1](x)
+        assert len(calls) == 2
+        twin = x.clone()
+        got_twin = layers[2](twin)
+        assert len(calls) == 3
+        assert torch.equal(got, _expected_forward(layers[1], x))
+        assert torch.equal(got_twin, _expected_forward(layers[2], twin))
+
+
+def test_a_changed_clip_is_not_served_from_the_memo(gen):
+    layers = _readers(gen, _kronecker(gen))
+    x = torch.randn(4, K, generator=gen)
+    with torch.no_grad():
+        layers[0](x)
+        layers[0].act_clip_logit.fill_(-0.5)  # e.g. an optimizer step between two readers
+        assert torch.equal(layers[1](x), _expected_forward(layers[1], x))
+
+
+def _explicit_loss(layers, x, targets, left, right, channel_scale, clip_logit):
+    """Σ_j ⟨F.linear(fake_quant_act(T(x), sigmoid(clip)), W'_j), target_j⟩ with T written out and each reader
+    quantizing its own copy of the input (the unshared formulation), the folded weights held constant."""
+    n1, n2 = left.shape[0], right.shape[0]
+    loss = 0.0
+    for layer, target in zip(layers, targets):
+        xt = (left.t() @ (x * channel_scale).reshape(-1, n1, n2) @ right).reshape(x.shape)
+        xq = kernels.fake_quant_act(xt, bits=4, clip_ratio=torch.sigmoid(clip_logit))
+        codes, scales = layer.quantized_weight()
+        loss = loss + (F.linear(xq, _dequantize(codes, scales), layer.bias) * target).sum()
+    return loss
+
+
+def test_shared_gradients_equal_the_explicit_unshared_computation(gen):
+    transform = _kronecker(gen)
+    layers = _readers(gen, transform)
+    for layer in layers:
+        layer.fold()
+    x = torch.randn(6, K, generator=gen, requires_grad=True)
+    targets = [torch.randn(6, n, generator=gen) for n in SIZES]
+    sum((layer(x) * t).sum() for layer, t in zip(layers, targets)).backward()
+    leaves = [p.detach().clone().requires_grad_() for p in (transform.left, transform.right,
+                                                           transform.channel_scale, layers[0].act_clip_logit)]
+    x2 = x.detach().clone().requires_grad_()
+    _explicit_loss(layers, x2, targets, *leaves).backward()
+    for got, want in zip((transform.left, transform.right, transform.channel_scale, layers[0].act_clip_logit, x),
+                         (*leaves, x2)):
+        assert got.grad is not None and want.grad.abs().sum() > 0
+        _close(got.grad, want.grad)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Equal up to the order of fp32 sums (the shared input sums its readers' gradients before the transform)."""
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_shared_gradients_while_training_equal_the_unshared_readers(gen):
+    """Unfolded (the transform's inverse also in the weights): the shared clip's gradient is the sum of the three
+    per-reader clips' gradients, and every other gradient is the unshared formulation's."""
+    shared = _readers(torch.Generator().manual_seed(5), _kronecker(torch.Generator().manual_seed(6)))
+    unshared = _readers(torch.Generator().manual_seed(5), _kronecker(torch.Generator().manual_seed(6)), shared=False)
+    assert len({id(layer.act_clip_logit) for layer in unshared}) == 3
+    x = torch.randn(6, K, generator=gen)
+    targets = [torch.randn(6, n, generator=gen) for n in SIZES]
+    for layers in (shared, unshared):
+        sum((layer(x) * t).sum() for layer, t in zip(layers, targets)).backward()
+    _close(shared[0].act_clip_logit.grad, sum(layer.act_clip_logit.grad for layer in unshared))
+    for name in ("left", "right", "channel_scale"):
+        _close(getattr(shared[0].input_transform, name).grad, getattr(unshared[0].input_transform, name).grad)
+    for a, b in zip(shared, unshared):
+        _close(a.weight_clip_logit.grad, b.weight_clip_logit.grad)
+
+
+def test_a_shared_clip_needs_an_activation_spec(gen):
+    with pytest.raises(ValueError, match="needs act_spec"):
+        QuantLinear(_linear(gen), QuantSpec(4), None, act_clip_logit=nn.Parameter(torch.tensor(1.0)))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from faircalib.deploy.checkpoint import load_quantized, save_quantized
-from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4
+from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, share_input_quantization
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
 from faircalib.models import get_adapter
@@ -30,11 +30,36 @@ def test_round_trip_is_identical(saved):
     assert sorted(names) == sorted(config["modules"]) and len(names) == 14
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert a.dtype == b.dtype and torch.equal(a, b), name
+    for block in get_adapter(loaded).blocks:  # q/k/v and gate/up linked again: one quantization per input
+        lin = get_adapter(loaded).linears(block)
+        assert lin["q"].shared_input is lin["k"].shared_input is lin["v"].shared_input is not None
+        assert lin["gate"].shared_input is lin["up"].shared_input is not None
     sampler = SamplerConfig(sampler="llada" if family == "llada" else "dream", gen_length=8, steps=8)
     prompt = torch.randint(0, 48, (2, 6), generator=torch.Generator().manual_seed(1))
     a = generate(model, prompt, sampler, generator=torch.Generator().manual_seed(2)).tokens
     b = generate(loaded, prompt, sampler, generator=torch.Generator().manual_seed(2)).tokens
     assert torch.equal(a, b)
+
+
+def test_a_checkpoint_with_one_clip_per_linear_loads_unlinked(tmp_path, family):
+    """Checkpoints calibrated before the shared quantizer hold different clips in q/k/v: they load, warn, and run
+    each linear's own quantization, as they did."""
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    k = get_adapter(model).linears(get_adapter(model).blocks[1])["k"]
+    share_input_quantization([k])
+    with torch.no_grad():
+        k.act_clip.fill_(0.75)
+    save_quantized(model, tmp_path)
+    with pytest.warns(UserWarning, match=r"1 input group\(s\) \(e.g. block 1 q/k/v\) hold different activation clips"):
+        loaded = load_quantized(tmp_path)
+    adapter = get_adapter(loaded)
+    lin = adapter.linears(adapter.blocks[1])
+    assert lin["q"].shared_input is None and lin["k"].shared_input is None
+    assert lin["gate"].shared_input is lin["up"].shared_input is not None
+    ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(adapter.logits(ids), get_adapter(model).logits(ids))
 
 
 def test_corrupted_file_fails_clearly(saved):

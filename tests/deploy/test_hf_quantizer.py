@@ -25,6 +25,10 @@ def test_automodel_loads_w4a4_modules(checkpoint):
     loaded = AutoModel.from_pretrained(path, dtype=torch.float32)
     assert is_w4a4(loaded), "transformers loaded a dense model: the modules were not swapped"
     assert sum(isinstance(m, W4A4Linear) for m in loaded.modules()) == 14
+    for block in get_adapter(loaded).blocks:  # q/k/v and gate/up linked: one quantization per input
+        lin = get_adapter(loaded).linears(block)
+        assert lin["q"].shared_input is lin["k"].shared_input is lin["v"].shared_input is not None
+        assert lin["gate"].shared_input is lin["up"].shared_input is not None
     ids = torch.randint(0, 48, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(get_adapter(loaded).logits(ids), get_adapter(model).logits(ids))

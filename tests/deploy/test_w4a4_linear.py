@@ -9,7 +9,7 @@ from faircalib import kernels
 from faircalib.calib.quant_linear import QuantLinear
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform
 from faircalib.config import QuantSpec
-from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, kronecker_form
+from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, kronecker_form, share_input_quantization
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
 from faircalib.models import get_adapter
@@ -100,3 +100,145 @@ def test_model_logits_and_generation_match_fake_quant(family, method):
     a = generate(fake, prompt, config, generator=torch.Generator().manual_seed(3)).tokens
     b = generate(deployed, prompt, config, generator=torch.Generator().manual_seed(3)).tokens
     assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One quantization per shared input: q/k/v and gate/up are linked and quantize their input once
+# ---------------------------------------------------------------------------------------------------------------
+
+def _count(monkeypatch, name: str = "quantize_act_packed") -> list:
+    calls, original = [], getattr(kernels, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, name, counted)
+    return calls
+
+
+def _unlinked(model: nn.Module) -> nn.Module:
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, W4A4Linear):
+            share_input_quantization([m])
+    return twin
+
+
+def _readers(gen, n_sizes=(40, 24, 16)) -> list[W4A4Linear]:
+    """Three W4A4Linears of one input (equal transform and clip, different weights), unlinked."""
+    transform = KroneckerTransform(96, orthogonal_init=gen)
+    modules = []
+    for n in n_sizes:
+        ql = QuantLinear(nn.Linear(96, n, bias=True), QuantSpec(4), QuantSpec(4), transform, learn_clips=True)
+        with torch.no_grad():
+            ql.act_clip_logit.fill_(1.5)
+        ql.fold()
+        modules.append(W4A4Linear.from_quant_linear(ql))
+    return modules
+
+
+def test_convert_links_the_linears_of_each_input(family):
+    deployed = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(deployed)
+    adapter = get_adapter(deployed)
+    for block in adapter.blocks:
+        lin = adapter.linears(block)
+        assert lin["q"].shared_input is lin["k"].shared_input is lin["v"].shared_input is not None
+        assert lin["gate"].shared_input is lin["up"].shared_input is not None
+        assert lin["q"].shared_input is not lin["gate"].shared_input
+        assert lin["o"].shared_input is None and lin["down"].shared_input is None
+        assert torch.equal(lin["q"].act_clip, lin["v"].act_clip) and torch.equal(lin["q"].left, lin["k"].left)
+
+
+@pytest.mark.parametrize("method", ["rtn", "flatquant"])
+def test_a_forward_quantizes_each_input_once(family, method, monkeypatch):
+    deployed = quantized_tiny(family, method)
+    convert_to_w4a4(deployed)
+    separate = _unlinked(deployed)
+    calls = _count(monkeypatch)
+    ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = get_adapter(deployed).logits(ids)
+        assert len(calls) == 4 * len(get_adapter(deployed).blocks)  # q/k/v, o, gate/up, down
+        want = get_adapter(separate).logits(ids)
+        assert len(calls) == 4 * 2 + 7 * 2
+    assert torch.equal(got, want)  # the same codes: linking changes the work, not the numbers
+
+
+def test_a_modified_or_different_input_is_quantized_again(gen, monkeypatch):
+    q, k, v = _readers(gen)
+    separate = [copy.deepcopy(m) for m in (q, k, v)]
+    share_input_quantization([q, k, v])
+    calls = _count(monkeypatch)
+    x = torch.randn(5, 96, generator=gen)
+    with torch.no_grad():
+        q(x)
+        x.mul_(4.0)
+        got_k = k(x)
+        assert len(calls) == 2
+        twin = x.clone()
+        got_v = v(twin)
+        assert len(calls) == 3
+        assert torch.equal(got_k, separate[1](x)) and torch.equal(got_v, separate[2](twin))
+        y = torch.randn(5, 96, generator=gen)
+        assert [torch.equal(m(y), s(y)) for m, s in zip((q, k, v), separate)] == [True] * 3
+    assert len(calls) == 3 + 2 + 1 + 3  # the two unlinked checks, one for the linked readers of y, three unlinked
+
+
+def test_members_that_differ_are_refused(gen):
+    q, k, v = _readers(gen)
+    with torch.no_grad():
+        k.act_clip.fill_(0.5)
+    with pytest.raises(ValueError, match=r"\(q, k, v\) cannot share one activation quantization: act_clip of "
+                                         r"member 1 differs from member 0 \(0.5 vs 0.8"):
+        share_input_quantization([q, k, v], names=["q", "k", "v"])
+    with torch.no_grad():
+        k.act_clip.copy_(q.act_clip)
+        v.left[0, 0] += 1e-6
+    with pytest.raises(ValueError, match="left of member 2 differs"):
+        share_input_quantization([q, k, v])
+    other = W4A4Linear(64, 8)
+    with pytest.raises(ValueError, match="in_features of member 1"):
+        share_input_quantization([q, other])
+    assert q.shared_input is None and k.shared_input is None
+
+
+def test_a_member_changed_after_linking_is_checked_again(gen):
+    q, k, v = _readers(gen)
+    share_input_quantization([q, k, v])
+    x = torch.randn(3, 96, generator=gen)
+    with torch.no_grad():
+        q(x)
+        k.act_clip.fill_(0.5)  # only one member: the codes would differ
+        with pytest.raises(ValueError, match="no longer agree: act_clip of member 1"):
+            k(x)
+        for m in (q, v):
+            m.act_clip.fill_(0.5)  # every member: linked again, the new clip used
+        want = copy.deepcopy(k)
+        share_input_quantization([want])
+        assert torch.equal(k(x), want(x)) and torch.equal(q(x), _unlinked(q)(x))
+
+
+def test_unlinking_a_member_leaves_the_others_linked(gen):
+    q, k, v = _readers(gen)
+    share_input_quantization([q, k, v])
+    group = q.shared_input
+    share_input_quantization([v])
+    assert v.shared_input is None and q.shared_input is k.shared_input is group and group.members == [q, k]
+    with torch.no_grad():
+        v.act_clip.fill_(0.3)
+        x = torch.randn(2, 96, generator=gen)
+        assert torch.equal(q(x), _unlinked(q)(x)) and torch.equal(v(x), _unlinked(v)(x))
+
+
+def test_copies_are_linked_among_themselves(gen):
+    q, k, v = _readers(gen)
+    share_input_quantization([q, k, v])
+    model = nn.ModuleList([q, k, v])
+    twin = copy.deepcopy(model)
+    assert twin[0].shared_input is twin[2].shared_input is not q.shared_input
+    assert twin[0].shared_input.members == list(twin)
+    x = torch.randn(2, 96, generator=gen)
+    with torch.no_grad():
+        assert all(torch.equal(a(x), b(x)) for a, b in zip(model, twin))
