@@ -1,17 +1,18 @@
 """One denoising step (a full forward pass) of a random-weight model with the LLaDA-8B config, bf16 vs W4A4.
 
-    python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--factors fp32,bf16]
+    python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--variants bf16:shared,fp32:shared]
     python benchmarks/bench_e2e_gpu.py --tiny-cpu     # reference: generation tokens/s of the tiny models on CPU
 
 bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU. W4A4: the same model with every block
 linear replaced in place by a `W4A4Linear` (per-channel RTN codes of its weight, a FlatQuant-style online
-Kronecker transform with random orthogonal factors and a channel scale on every linear input); embeddings,
+Kronecker transform with random orthogonal factors and a channel scale per input group); embeddings,
 norms, attention and the LM head stay bf16. Reports the median step time over CUDA events, the peak allocated
 memory of a step and the bytes of the block linears' weights, and writes `bench_e2e.json` to DIR ($OUT or .).
 Each step is also timed replayed from a CUDA graph (no Python or launch overhead, as a fixed-shape serving loop
 runs it), and for W4A4 a torch.profiler table lists the kernels that take a step's GPU time.
-`--factors` also runs W4A4 with bf16 transform factors (fused in the kernel at every LLaDA size) besides fp32
-(tf32 MMA; the 96x128 factors of the 12288-wide down projection input then run as a torch matmul).
+`--variants`: transform factors in bf16 (bf16 MMA) or fp32 (tf32 MMA; the 96x128 factors of the 12288-wide down
+projection input then take the chunked kernel), and q/k/v and gate/up quantizing their shared input once
+(`share_model_input_quantization`, as deployed checkpoints load) or once per linear.
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels), generation tokens/s on the CPU (`tiny_cpu.json`).
 """
@@ -30,7 +31,7 @@ import triton
 
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
-from faircalib.deploy.w4a4_linear import W4A4Linear
+from faircalib.deploy.w4a4_linear import W4A4Linear, share_model_input_quantization
 from faircalib.models import build_random, get_adapter
 
 
@@ -103,25 +104,32 @@ def block_weight_bytes(adapter) -> int:
     return total
 
 
-def to_w4a4(adapter, factor_dtype: torch.dtype, gen: torch.Generator) -> None:
-    """Replace every block linear by a W4A4Linear (RTN codes, random Kronecker transform), freeing bf16 weights."""
+def to_w4a4(adapter, factor_dtype: torch.dtype, gen: torch.Generator, share: bool) -> None:
+    """Replace every block linear by a W4A4Linear (RTN codes; one random Kronecker transform and channel scale per
+    input group, as Stage II learns them), freeing bf16 weights; `share`: link each group so its input is
+    transformed and quantized once."""
     for block in adapter.blocks:
-        for role, linear in adapter.linears(block).items():
-            k, n = linear.in_features, linear.out_features
+        for group in adapter.input_groups(block).values():
+            k = next(iter(group.values())).in_features
             n1, n2 = kronecker_factors(k)
-            module = W4A4Linear(k, n, bias=linear.bias is not None, left_size=n1, right_size=n2,
-                                channel_scale=True).cuda()
-            with torch.no_grad(), kernels.use_backend("reference"):
-                codes, scales = kernels.quantize_weight(linear.weight.float(), bits=4)
-                module.weight_packed.copy_(kernels.pack_weight_for_gemm(codes))
-                module.weight_scale.copy_(scales.reshape(-1))
-                module.left = random_orthogonal(n1, gen).cuda().to(factor_dtype)
-                module.right = random_orthogonal(n2, gen).cuda().to(factor_dtype)
-                module.channel_scale.uniform_(0.5, 1.5)
-                if linear.bias is not None:
-                    module.bias.copy_(linear.bias.float())
-            adapter.set_linear(block, role, module)
-            del linear, codes, scales
+            left = random_orthogonal(n1, gen).cuda().to(factor_dtype)
+            right = random_orthogonal(n2, gen).cuda().to(factor_dtype)
+            channel_scale = torch.empty(k).uniform_(0.5, 1.5, generator=gen).cuda()
+            for role, linear in group.items():
+                module = W4A4Linear(k, linear.out_features, bias=linear.bias is not None, left_size=n1,
+                                    right_size=n2, channel_scale=True).cuda()
+                with torch.no_grad(), kernels.use_backend("reference"):
+                    codes, scales = kernels.quantize_weight(linear.weight.float(), bits=4)
+                    module.weight_packed.copy_(kernels.pack_weight_for_gemm(codes))
+                    module.weight_scale.copy_(scales.reshape(-1))
+                    module.left, module.right = left, right
+                    module.channel_scale.copy_(channel_scale)
+                    if linear.bias is not None:
+                        module.bias.copy_(linear.bias.float())
+                adapter.set_linear(block, role, module)
+                del linear, codes, scales
+    if share:
+        share_model_input_quantization(adapter.model)
     torch.cuda.empty_cache()
 
 
@@ -171,7 +179,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--tokens", default="1024,4096")
-    parser.add_argument("--factors", default="fp32,bf16")
+    parser.add_argument("--variants", default="bf16:shared,bf16:separate,fp32:shared",
+                        help="W4A4 variants, factor dtype:(shared|separate) input quantization of q/k/v and gate/up")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -185,7 +194,8 @@ def main() -> None:
                "runs": []}
     gen = torch.Generator().manual_seed(0)
     ids = {n: torch.randint(0, 126000, (1, n), generator=gen).cuda() for n in tokens}
-    for factor_name in args.factors.split(","):
+    for variant in args.variants.split(","):
+        factor_name, sharing = variant.split(":")
         model = build_random("llada", "llada-8b", dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if not results["runs"]:
@@ -195,13 +205,14 @@ def main() -> None:
                 stats["graph_ms"] = graph_step_ms(adapter, ids[n])
                 results["runs"].append({"model": "bf16", "tokens": n, **stats, "block_weight_bytes": bf16_bytes})
                 print(results["runs"][-1], flush=True)
-        to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen)
+        to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen, sharing == "shared")
         w4_bytes = block_weight_bytes(adapter)
         for n in tokens:
             stats = step_stats(adapter, ids[n])
             stats["graph_ms"] = graph_step_ms(adapter, ids[n])
             bf16 = next(r for r in results["runs"] if r["model"] == "bf16" and r["tokens"] == n)
-            results["runs"].append({"model": f"w4a4 (factors {factor_name})", "tokens": n, **stats,
+            results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization)",
+                                    "tokens": n, **stats,
                                     "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],
                                     "graph_speedup_vs_bf16": bf16["graph_ms"] / stats["graph_ms"],
                                     "weight_bytes_vs_bf16": w4_bytes / bf16["block_weight_bytes"],

@@ -1,21 +1,23 @@
 """Triton kernels for W4A4 deployment; `gemm_reference.py` is their specification (formulas and weight layout).
 
 `quantize_act_packed`, three paths (`ActLaunch` holds their settings; chosen per call by factor size):
-- no transform: the per-token quantizer of `quant.py` (long rows swept twice in chunks), same numerics;
-- whole tile (padded [n1, n2] tile <= 8192 elements: K = 3584 and 4096): a program loads the factors once, then
-  sweeps its tokens, the loads pipelined `stages` deep: load x as the [n1, n2] tile, channel scale, right- and
+- no transform, K > 8192: the per-token quantizer of `quant.py` (rows swept twice in chunks), same numerics;
+- whole tile (no transform with K <= 8192, or padded factor tiles <= 16384 elements that fit shared memory:
+  K = 3584, 4096 and, with bf16 factors, 12288): a program loads the factors once, then sweeps its tokens
+  (small tiles stacked several per step), the loads pipelined `stages` deep: channel scale, right- and
   left-multiply on tensor cores (tf32 for fp32 factors, bf16 for bf16 factors), absmax, scale, round half to
-  even, clamp, store int8 codes and the fp32 scale;
-- chunked (larger factors: LLaDA's 96x128 at K = 12288, Dream's 128x148 at K = 18944): per token, the output in
-  64-column slices (contracting 32 columns at a time), parked in an fp32 per-program scratch row until the
-  token's absmax is known, then quantized.
-Measured on H100 (BENCHMARKS.md, 2026-11-22, bf16 factors, 16384 tokens, `benchmarks/explore_w4a4_gpu.py`):
-whole tile 0.33x (K = 3584) and 0.56x (K = 4096) of memcpy, pipelining 3 deep vs none +3-12%; chunked 0.16x
-(K = 12288; the whole 128x128 tile 0.12x) and 0.11x (K = 18944; the torch-matmul fallback it replaces, 0.03x).
-The transform is bound neither by bandwidth nor by tensor-core throughput (64x64 tiles run at ~140 TFLOP/s):
-each token's two small dependent MMAs and its absmax reduction serialise. A variant that batched several tokens
-per step (one [BT·n1, n2] MMA, then a regrouped [BT·n2, n1] MMA) measured 5x slower (0.21 vs 1.19 TB/s at
-16384 x 4096): the 3-D regrouping costs more than the larger MMAs gain.
+  even, clamp, store int8 codes and fp32 scales;
+- chunked (Dream's 128x148 at K = 18944, fp32 factors at 12288): per token, the output in 64-column slices
+  (contracting 32 columns at a time), parked in an fp32 per-program scratch row until the token's absmax is
+  known, then quantized.
+Numerics: the no-transform paths match the reference bit for bit. With a transform, the codes may differ by one
+where a value sits on a rounding boundary: the MMAs sum in another order than torch, and the kernels multiply by
+the scale's reciprocal instead of dividing each element (an IEEE division per element was the bottleneck: the
+reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). Measured (BENCHMARKS.md, 2026-11-22, bf16
+factors, 16384 tokens, `benchmarks/explore_w4a4_gpu.py`): 0.69x (K = 3584), 0.78x (4096), 0.45x (12288) and
+0.13x (18944) of memcpy. Tried and slower: stacking two 64-row tokens per step with a blockdiag left factor,
+re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an earlier
+variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
 int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A plain INT8
@@ -42,16 +44,22 @@ from .triton_math import round_half_even
 
 @dataclasses.dataclass
 class ActLaunch:
-    """How `quantize_act_packed` runs. Factors whose padded [p1, p2] tile holds <= `fused_max_tile` elements (and
-    fit `fused_max_smem`) take the whole-tile kernel: one token's tile in registers, both MMAs, quantize. Larger
-    ones (LLaDA's 96x128 at K=12288, Dream's 128x148 at K=18944) take the chunked kernel: `chunk_j` output columns
-    at a time, contracting over `chunk_k`-column slices, transformed values parked in an fp32 per-program scratch
-    row (L2-resident) until the token's absmax is known. `stages`: software-pipelining depth of the token loop
-    (the next tokens' loads are in flight while this one is transformed)."""
-    fused_max_tile: int = 8192
+    """How `quantize_act_packed` runs (defaults picked on H100 with `benchmarks/explore_w4a4_gpu.py`).
+
+    Transforms whose padded [p1, p2] tile holds <= `fused_max_tile` elements and fits `fused_max_smem` take the
+    whole-tile kernel (tokens stacked up to `transform_rows` rows per step); larger ones (Dream's 128x148 at
+    K = 18944; fp32 factors at K = 12288) take the chunked kernel: `chunk_j` output columns at a time,
+    contracting over `chunk_k`-column slices, values parked in an fp32 per-program scratch row (L2-resident)
+    until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
+    whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
+    software-pipelining depth of the whole-tile token loop."""
+    fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
     programs_per_sm: int = 8
+    transform_rows: int = 64
+    plain_tile: int = 4096
+    plain_max_k: int = 8192
     chunked_programs_per_sm: int = 4
     chunk_j: int = 64
     chunk_k: int = 32
@@ -79,51 +87,66 @@ def fused_transform_supported(n1: int, n2: int, dtype: torch.dtype) -> bool:
 
 
 @triton.jit
-def _quantize_token(y, clip, BITS: tl.constexpr):
-    """A token's transformed values y (fp32, padding zeros) -> (codes fp32, scale): the reference numerics."""
-    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
-    qmin: tl.constexpr = -(1 << (BITS - 1))
-    bad = tl.max(tl.max(((y != y) | (tl.abs(y) == float("inf"))).to(tl.int32), axis=1), axis=0)
-    absmax = tl.max(tl.max(tl.abs(y), axis=1), axis=0)
-    scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
-    v = tl.math.div_rn(y, tl.zeros_like(y) + tl.where(scale > 0, scale, 1.0))
-    q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
-    q = tl.where((bad > 0) | (scale == 0), 0.0, q)
-    return q, tl.where(bad > 0, float("nan"), scale)
-
-
-@triton.jit
 def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr,
                          M, N1, N2, stride_xm, stride_cm,
                          HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                          HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr,
-                         STAGES: tl.constexpr):
-    """Whole-tile path: a program loads the factors once, then sweeps its tokens (pipelined `STAGES` deep)."""
-    i = tl.arange(0, B1)
+                         TOKENS: tl.constexpr, STAGES: tl.constexpr, RECIP: tl.constexpr):
+    """Whole-tile path. A step takes TOKENS tokens stacked as a [TOKENS·B1, B2] tile (token t's [n1, n2] view in
+    rows t·B1 ...): the right factor multiplies the whole stack (one MMA), the left one as blockdiag(leftᵀ, ...)
+    (one MMA; the zero blocks cost flops, not bytes), then per-token absmax and quantization. The factors and
+    the channel scale are loaded once per program. Steps are software-pipelined STAGES deep. RECIP (transform
+    paths): multiply by the scale's reciprocal instead of dividing element by element."""
+    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
+    qmin: tl.constexpr = -(1 << (BITS - 1))
+    ROWS: tl.constexpr = TOKENS * B1
+    r = tl.arange(0, ROWS)
+    a = r % B1
     j = tl.arange(0, B2)
-    inside = (i[:, None] < N1) & (j[None, :] < N2)
-    flat = i[:, None] * N2 + j[None, :]
+    tile_in = (a[:, None] < N1) & (j[None, :] < N2)
+    flat = a[:, None] * N2 + j[None, :]
     if HAS_CS:
-        cs = tl.load(cs_ptr + flat, mask=inside, other=0.0).to(tl.float32)
+        cs = tl.load(cs_ptr + flat, mask=tile_in, other=0.0).to(tl.float32)
     if HAS_RIGHT:
         right = tl.load(right_ptr + j[:, None] * N2 + j[None, :], mask=(j[:, None] < N2) & (j[None, :] < N2),
                         other=0.0)
-    if HAS_LEFT:
-        # leftᵀ[a, b] = left[b, a]
-        left_t = tl.load(left_ptr + i[None, :] * N1 + i[:, None], mask=(i[:, None] < N1) & (i[None, :] < N1),
-                         other=0.0)
+    if HAS_LEFT:  # blockdiag(leftᵀ)[r, r'] = left[r' % B1, r % B1] where r and r' belong to the same token
+        bd = tl.load(left_ptr + (r % B1)[None, :] * N1 + a[:, None],
+                     mask=((r // B1)[:, None] == (r // B1)[None, :]) & (a[:, None] < N1) & ((r % B1)[None, :] < N1),
+                     other=0.0)
     clip = tl.load(clip_ptr).to(tl.float32) if HAS_CLIP else 1.0
-    for t in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=STAGES):
-        y = tl.load(x_ptr + t * stride_xm + flat, mask=inside, other=0.0).to(tl.float32)
+    for step in tl.range(tl.program_id(0), tl.cdiv(M, TOKENS), tl.num_programs(0), num_stages=STAGES):
+        tok = step * TOKENS + r // B1
+        mask = tile_in & (tok < M)[:, None]
+        y = tl.load(x_ptr + tok[:, None] * stride_xm + flat, mask=mask, other=0.0).to(tl.float32)
         if HAS_CS:
             y = y * cs
         if HAS_RIGHT:
             y = tl.dot(y.to(right.dtype), right)
         if HAS_LEFT:
-            y = tl.dot(left_t, y.to(left_t.dtype))
-        q, scale = _quantize_token(y, clip, BITS)
-        tl.store(codes_ptr + t * stride_cm + flat, q.to(tl.int8), mask=inside)
-        tl.store(scales_ptr + t, scale)
+            y = tl.dot(bd, y.to(bd.dtype))
+        # 0·y is NaN exactly where y is NaN or ±Inf: one multiply-add per element finds the bad rows
+        row_bad = (tl.sum(y * 0.0, axis=1) != 0).to(tl.int32)
+        row_max = tl.max(tl.abs(y), axis=1)
+        if B1 == 1:
+            tok_bad, tok_max = row_bad, row_max
+            bad, absmax = row_bad, row_max
+        else:  # a token's statistics over its B1 rows, then broadcast back to them
+            tok_bad = tl.max(tl.reshape(row_bad, (TOKENS, B1)), axis=1)
+            tok_max = tl.max(tl.reshape(row_max, (TOKENS, B1)), axis=1)
+            bad = tl.reshape(tl.broadcast_to(tok_bad[:, None], (TOKENS, B1)), (ROWS,))
+            absmax = tl.reshape(tl.broadcast_to(tok_max[:, None], (TOKENS, B1)), (ROWS,))
+        scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
+        if RECIP:  # the transform is approximate already; an exact division per element would triple the cost
+            v = y * (1.0 / tl.where(scale > 0, scale, 1.0))[:, None]
+        else:
+            v = tl.math.div_rn(y, tl.zeros_like(y) + tl.where(scale > 0, scale, 1.0)[:, None])
+        q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
+        q = tl.where(((bad > 0) | (scale == 0))[:, None], 0.0, q)
+        tl.store(codes_ptr + tok[:, None] * stride_cm + flat, q.to(tl.int8), mask=mask)
+        tok_ids = step * TOKENS + tl.arange(0, TOKENS)
+        tok_scale = tl.math.div_rn(clip * tok_max, tl.full(tok_max.shape, qmax, tl.float32))
+        tl.store(scales_ptr + tok_ids, tl.where(tok_bad > 0, float("nan"), tok_scale), mask=tok_ids < M)
 
 
 @triton.jit
@@ -164,16 +187,16 @@ def _quantize_act_chunked_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, c
             y = z
             if HAS_LEFT:
                 y = tl.dot(left_t, z.to(left_t.dtype))
-            bad = tl.maximum(bad, tl.max(tl.max(((y != y) | (tl.abs(y) == float("inf"))).to(tl.int32), 1), 0))
+            bad = tl.maximum(bad, (tl.sum(tl.sum(y * 0.0, axis=1), axis=0) != 0).to(tl.int32))
             absmax = tl.maximum(absmax, tl.max(tl.max(tl.abs(y), axis=1), axis=0))
             tl.store(scratch + (j0 + jj)[None, :], y)
         # Pass 2 reads values other threads wrote, and the next token overwrites them: barriers on both sides.
         tl.debug_barrier()
         scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
-        safe = tl.where(scale > 0, scale, 1.0)
+        inv = 1.0 / tl.where(scale > 0, scale, 1.0)
         for j0 in range(0, N2, BJ):
             y = tl.load(scratch + (j0 + jj)[None, :])
-            v = tl.math.div_rn(y, tl.zeros_like(y) + safe)
+            v = y * inv
             q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
             q = tl.where((bad > 0) | (scale == 0), 0.0, q)
             tl.store(codes_ptr + t * stride_cm + i[:, None] * N2 + (j0 + jj)[None, :], q.to(tl.int8),
@@ -191,8 +214,10 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
                         right: torch.Tensor | None, clip: torch.Tensor | None, bits: int):
     """x: [M, K] float (row stride free, unit column stride) -> (codes int8 [M, K], scales fp32 [M, 1])."""
     m, k = x.shape
-    if channel_scale is None and left is None and right is None:
-        # No transform: the plain per-token quantizer (`quant.py`, long rows swept in chunks), same numerics.
+    plain = channel_scale is None and left is None and right is None
+    if plain and triton.next_power_of_2(k) > ACT_LAUNCH.plain_max_k:
+        # No transform, long rows: the plain per-token quantizer (`quant.py`, rows swept twice in chunks), same
+        # numerics. Shorter rows take the whole-tile kernel as one [1, K] tile: one launch, less host work.
         one = torch.ones((), dtype=torch.float32, device=x.device)
         clip = one if clip is None else clip.reshape(()).float()
         codes, scales, _ = quant_kernels._fake_quant(x, clip, clip, bits, None, True, codes=True)
@@ -212,12 +237,14 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
     if factor is None or fused_transform_supported(n1, n2, factor.dtype):
         b1 = _pow2(n1) if factor is not None else 1
         b2 = _pow2(n2) if factor is not None else triton.next_power_of_2(n2)
-        _quantize_act_kernel[(_programs(m, x.device, cfg.programs_per_sm),)](
+        # Tokens per step: stack them up to `transform_rows` rows (transforms) or `plain_tile` elements (none).
+        tokens = max(1, cfg.transform_rows // b1) if factor is not None else max(1, cfg.plain_tile // b2)
+        _quantize_act_kernel[(_programs(triton.cdiv(m, tokens), x.device, cfg.programs_per_sm),)](
             x, cs_arg, dummy if left is None else left.contiguous(), dummy if right is None else right.contiguous(),
             clip_arg, codes, scales, m, n1, n2, x.stride(0), codes.stride(0),
             HAS_CS=channel_scale is not None, HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-            HAS_CLIP=clip is not None, BITS=bits, B1=b1, B2=b2, STAGES=cfg.stages,
-            num_warps=8 if b1 * b2 > 4096 else 4)
+            HAS_CLIP=clip is not None, BITS=bits, B1=b1, B2=b2, TOKENS=tokens, STAGES=cfg.stages,
+            RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
         return codes, scales
     if right is None:  # the chunked kernel contracts through `right`: the identity stands in for a missing one
         right = torch.eye(n2, dtype=left.dtype, device=x.device)

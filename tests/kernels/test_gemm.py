@@ -80,8 +80,9 @@ def test_act_quant_matches_reference(gen, n1, n2, parts):
 def test_act_quant_path_choice_follows_factor_size():
     assert gemm.fused_transform_supported(56, 64, torch.float32)  # K = 3584: whole tile
     assert gemm.fused_transform_supported(64, 64, torch.bfloat16)  # K = 4096
-    assert not gemm.fused_transform_supported(96, 128, torch.bfloat16)  # K = 12288: chunked
-    assert not gemm.fused_transform_supported(128, 148, torch.bfloat16)  # K = 18944
+    assert gemm.fused_transform_supported(96, 128, torch.bfloat16)  # K = 12288, bf16 factors
+    assert not gemm.fused_transform_supported(96, 128, torch.float32)  # fp32 factors: chunked
+    assert not gemm.fused_transform_supported(128, 148, torch.bfloat16)  # K = 18944: chunked
 
 
 @pytest.fixture
@@ -117,16 +118,17 @@ def test_act_quant_chunked_nonfinite_and_empty(gen, chunked_only):
     assert codes.shape == (0, 20 * 148) and scales.shape == (0, 1)
 
 
-@settings(max_examples=20, deadline=None)
-@given(m=st.integers(1, 4), n1=st.integers(1, 24), n2=st.integers(1, 40), parts=st.sampled_from(["lr", "clr", "l", "r"]),
-       chunked=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
-       seed=st.integers(0, 2 ** 16))
-def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, chunked, dtype, seed):
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 9), n1=st.integers(1, 24), n2=st.integers(1, 40), parts=st.sampled_from(["lr", "clr", "l", "r"]),
+       chunked=st.booleans(), rows=st.sampled_from([1, 64, 128]),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
+def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, chunked, rows, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, n1 * n2, generator=gen).to(dtype)
     args = (torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None,
             _orthogonal(n1, gen) if "l" in parts else None, _orthogonal(n2, gen) if "r" in parts else None, None, 4)
-    launch = gemm.ActLaunch(fused_max_tile=0, chunk_j=16, chunk_k=16) if chunked else gemm.ActLaunch()
+    launch = (gemm.ActLaunch(fused_max_tile=0, chunk_j=16, chunk_k=16) if chunked
+              else gemm.ActLaunch(transform_rows=rows))
     original, gemm.ACT_LAUNCH = gemm.ACT_LAUNCH, launch
     try:
         codes, scales = gemm.quantize_act_packed(x, *args)
