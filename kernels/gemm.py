@@ -20,9 +20,15 @@ re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the chunke
 variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
-int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A plain INT8
-tensor-core GEMM, int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned per shape; epilogue
-(acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype.
+int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A persistent INT8
+tensor-core GEMM fed by TMA (tensor descriptors), int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned
+per shape; epilogue (acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype. On H100 the persistent
+TMA kernel ran 1.42-1.91x bf16 cuBLAS at M >= 4096 against 1.23-1.59x for the one-program-per-tile kernel with
+pointer loads it replaced (same run, 2026-11-22, `explore_w4a4_gpu.py --parts tma`); Triton's warp
+specialization added nothing.
+Tried and rejected, the FP8 e4m3 carrier (int4 values are exact in e4m3): with Hopper's default imprecise
+accumulation it is 1.48-1.87x but wrong on worst-case data (error 163840 at K = 18944); promoting the partial sum
+every 128 or 256 products (`max_num_imprecise_acc`) is exact but 1.03-1.54x, below the INT8 path.
 Why not unpack inside the GEMM's main loop: measured on H100 (BENCHMARKS.md, 2026-11-22), the same split-nibble
 layout unpacked in-loop (two shifts, no shuffle) ran at 0.70-0.84x bf16 cuBLAS, 0.83-0.99x with the weight as the
 register operand, while the separate pass + INT8 GEMM ran at 1.11-1.39x for M >= 4096: the unpacked tile's
@@ -260,13 +266,20 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
     return codes, scales
 
 
+def _set_block_shapes(nargs: dict) -> None:
+    """Autotune pre-hook: the TMA descriptors take the config's tile shapes."""
+    nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
 def _gemm_configs() -> list[triton.Config]:
     if registry.triton_interpreted():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "GROUP_M": 2}, num_warps=4, num_stages=1)]
-    shapes = [(128, 256, 8, 3), (128, 256, 8, 4), (256, 128, 8, 3), (256, 128, 8, 4), (128, 128, 4, 4),
-              (128, 128, 8, 4), (64, 128, 4, 4)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in shapes]
+        shapes = [(16, 16, 4, 1)]
+    else:
+        shapes = [(128, 256, 8, 3), (128, 256, 8, 4), (256, 128, 8, 3), (256, 128, 8, 4), (128, 128, 8, 4),
+                  (128, 128, 4, 5)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=st,
+                          pre_hook=_set_block_shapes) for bm, bn, w, st in shapes]
 
 
 def _tune_bench(fn, quantiles):
@@ -301,61 +314,63 @@ def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
 
 @triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K"], do_bench=_tune_bench)
 @triton.jit
-def _int8_gemm_kernel(a_ptr, w_ptr, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET,
-                      stride_am, stride_wn, stride_cm,
-                      HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    pid = tl.program_id(0)
+def _int8_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET, stride_cm,
+                      PROGRAMS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """Persistent: PROGRAMS programs sweep the output tiles in grouped order (GROUP_M row-tiles share each weight
+    column-tile while it is in L2); operands arrive by TMA (out-of-range rows and the K tail read as zeros)."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    # Grouped order: GROUP_M row-tiles share each weight column-tile while it is in L2.
-    group = pid // (GROUP_M * num_n)
-    first_m = group * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * num_n)) % size_m
-    pid_n = (pid % (GROUP_M * num_n)) // size_m
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Out-of-range rows read row 0 instead of masking the main loop; they are never stored.
-    rm_in = tl.where(rm < M, rm, 0)
-    rn_in = tl.where(rn < N, rn, 0)
-    kk = tl.arange(0, BLOCK_K)
-    a_rows = a_ptr + rm_in[:, None] * stride_am
-    w_rows = w_ptr + rn_in[:, None] * stride_wn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_rows + (k0 + kk)[None, :])
-        else:
-            a = tl.load(a_rows + (k0 + kk)[None, :], mask=(k0 + kk < K)[None, :], other=0)
-        # The weight rows are zero-padded to a multiple of BLOCK_K: no mask.
-        w = tl.load(w_rows + (k0 + kk)[None, :])
-        acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
-    sa = tl.load(sa_ptr + rm_in)
-    sw = tl.load(sw_ptr + rn_in)
-    out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
-    if HAS_BIAS:
-        out = out + tl.load(bias_ptr + rn_in).to(tl.float32)[None, :]
-    mask = (rm < M)[:, None] & (rn < N)[None, :]
-    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out.to(c_ptr.dtype.element_ty), mask=mask)
+    for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
+        group = tile // (GROUP_M * num_n)
+        first_m = group * GROUP_M
+        size_m = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
+        pid_n = (tile % (GROUP_M * num_n)) // size_m
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            a = a_desc.load([pid_m * BLOCK_M, k0])
+            w = w_desc.load([pid_n * BLOCK_N, k0])
+            acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        out = acc.to(tl.float32) * tl.load(sa_ptr + rm, mask=rm < M, other=0.0)[:, None] * \
+            tl.load(sw_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        if HAS_BIAS:
+            out = out + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+        tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out.to(c_ptr.dtype.element_ty),
+                 mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+# TMA needs 16-byte aligned row strides: int8 codes with K % 16 != 0 are copied into a zero-padded buffer (no
+# LLaDA/Dream width needs it).
+TMA_ALIGN = 16
 
 
 def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
               bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_int8 int8 [N, Kp] (Kp = padded_k(K), zero tail), w_scales
     fp32 [N], bias [N] | None -> [M, N] out_dtype = (A·Wᵀ in int32) · a_scale · w_scale (+ bias)."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
     m, k = a_codes.shape
     n = w_int8.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
     if m == 0 or n == 0:
         return out
-    a_codes = a_codes.contiguous()
-    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+    if k % TMA_ALIGN or a_codes.stride(1) != 1 or a_codes.stride(0) != k:
+        padded = torch.zeros((m, -(-k // TMA_ALIGN) * TMA_ALIGN), dtype=torch.int8, device=a_codes.device)
+        padded[:, :k] = a_codes
+        a_codes, k = padded, padded.shape[1]
+    # Block shapes are placeholders: the autotune pre-hook sets each config's.
+    a_desc = TensorDescriptor.from_tensor(a_codes, [1, 1])
+    w_desc = TensorDescriptor.from_tensor(w_int8, [1, 1])
+    programs = 4 if a_codes.device.type != "cuda" else _num_sms(a_codes.device.index or 0)
+    grid = lambda meta: (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
     _int8_gemm_kernel[grid](
-        a_codes, w_int8, a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
-        w_scales if bias is None else bias.contiguous(), out, m, n, k, triton.next_power_of_2(m),
-        a_codes.stride(0), w_int8.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, EVEN_K=k % GEMM_K_GROUP == 0, BLOCK_K=GEMM_K_GROUP)
+        a_desc, w_desc, a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
+        w_scales if bias is None else bias.contiguous(), out, m, n, k, triton.next_power_of_2(m), out.stride(0),
+        PROGRAMS=programs, HAS_BIAS=bias is not None, BLOCK_K=GEMM_K_GROUP)
     return out
 
 

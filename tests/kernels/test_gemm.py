@@ -34,6 +34,13 @@ def test_gemm_integer_results_are_exact(gen, m, n, k):
     assert torch.equal(_integer_gemm(a, w), ref.int_matmul_exact(a, w).float())
 
 
+def test_gemm_strided_and_empty_activations(gen):
+    wide = _codes((9, 300), gen, -128, 128)
+    a, w = wide[:, 10:266], _codes((20, 256), gen)  # rows 300 bytes apart: not a TMA-aligned stride
+    assert torch.equal(_integer_gemm(a, w), ref.int_matmul_exact(a, w).float())
+    assert _integer_gemm(a[:0], w).shape == (0, 20)
+
+
 @pytest.mark.parametrize("product", [64, -64])
 def test_gemm_worst_case_longest_k_is_exact(product):
     m, n, k = 16, 16, 18944
