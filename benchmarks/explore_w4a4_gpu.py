@@ -233,6 +233,144 @@ def fp8_part(log) -> list[dict]:
     return records
 
 
+def _tma_hook(nargs):
+    nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
+TMA_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=w, num_stages=s,
+                             pre_hook=_tma_hook)
+               for bm, bn, w, s in [(128, 256, 8, 3), (128, 256, 8, 4), (256, 128, 8, 3), (256, 128, 8, 4),
+                                    (128, 128, 8, 4), (128, 128, 4, 5)]]
+
+
+@triton.autotune(configs=TMA_CONFIGS, key=["M", "N", "K", "WS"],
+                 do_bench=lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles))
+@triton.jit
+def _int8_gemm_tma_kernel(a_desc, w_desc, sa_ptr, sw_ptr, c_ptr, M, N, K, stride_cm, NUM_SMS: tl.constexpr,
+                          WS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          GROUP_M: tl.constexpr):
+    """Persistent INT8 GEMM, TMA loads (tensor descriptors), grouped tile order, int32 accumulation."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True, warp_specialize=WS):
+        group = tile // (GROUP_M * num_n)
+        first_m = group * GROUP_M
+        size_m = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
+        pid_n = (tile % (GROUP_M * num_n)) // size_m
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for ki in range(k_tiles):
+            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
+            w = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
+            acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
+        sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+        out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
+        tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out.to(c_ptr.dtype.element_ty),
+                 mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+def int8_gemm_tma(a, sa, w_int8, sw, ws: bool, out_dtype=torch.bfloat16):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    m, k = a.shape
+    n = w_int8.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
+    a_desc = TensorDescriptor.from_tensor(a, [1, 1])
+    w_desc = TensorDescriptor.from_tensor(w_int8[:, :k] if w_int8.shape[1] != k else w_int8, [1, 1])
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+    grid = lambda meta: (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
+    _int8_gemm_tma_kernel[grid](a_desc, w_desc, sa, sw, out, m, n, k, out.stride(0), NUM_SMS=sms, WS=ws)
+    return out
+
+
+def tma_part(log) -> list[dict]:
+    """The shipped INT8 GEMM (pointer loads, one program per tile) vs a persistent TMA version, exactness first."""
+    records = []
+    k = 18944
+    for case, a_val, w_val in (("worst+", -8, -8), ("worst-", 8, -8)):
+        a = torch.full((256, k), a_val, dtype=torch.int8, device="cuda")
+        w = torch.full((256, k), w_val, dtype=torch.int8, device="cuda")
+        for ws in (False, True):
+            try:
+                out = int8_gemm_tma(a, torch.ones(256, device="cuda"), w, torch.ones(256, device="cuda"), ws,
+                                    torch.float32)
+                log(f"tma ws={ws} {case}: max err {float((out.double() - a_val * w_val * k).abs().max())}")
+            except Exception as error:  # noqa: BLE001
+                log(f"tma ws={ws} {case}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    rand_a = torch.randint(-8, 8, (300, 4096), device="cuda", dtype=torch.int8)
+    rand_w = torch.randint(-8, 8, (200, 4096), device="cuda", dtype=torch.int8)
+    got = int8_gemm_tma(rand_a, torch.ones(300, device="cuda"), rand_w, torch.ones(200, device="cuda"), False,
+                        torch.float32)
+    log(f"tma random 300x200x4096 exact: {torch.equal(got.double(), rand_a.double() @ rand_w.double().t())}")
+    for label, k, n in GEMM_SHAPES:
+        packed = gemm_reference.pack_weight_for_gemm(torch.randint(-8, 8, (n, k), dtype=torch.int8)).cuda()
+        w_int8 = gemm.unpack_weight_int8(packed)
+        sw = torch.rand(n, device="cuda")
+        w_bf16 = torch.randn(n, k, device="cuda").to(torch.bfloat16)
+        for m in (1024, 4096, 16384):
+            a = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
+            sa = torch.rand(m, 1, device="cuda")
+            x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+            t = {"bf16": median_ms(lambda: F.linear(x, w_bf16)),
+                 "int8_gemm": median_ms(lambda: gemm.int8_gemm(a, sa, w_int8, sw, None, torch.bfloat16)),
+                 "tma": median_ms(lambda: int8_gemm_tma(a, sa.reshape(-1), w_int8, sw, False)),
+                 "tma_ws": median_ms(lambda: int8_gemm_tma(a, sa.reshape(-1), w_int8, sw, True))}
+            rec = {"shape": label, "M": m, "N": n, "K": k, "ms": t,
+                   "vs_bf16": {key: t["bf16"] / v for key, v in t.items()}}
+            log(f"int8 gemm {label} M={m}: " + ", ".join(f"{key} {v:.2f}x" for key, v in rec["vs_bf16"].items()))
+            records.append(rec)
+    return records
+
+
+def host_part(log) -> list[dict]:
+    """Host time per call of each piece of a W4A4 linear (16 tokens: the GPU work is negligible, so a loop of
+    calls without synchronisation measures what Python, the custom-op dispatcher and the Triton launcher cost)."""
+    from faircalib import kernels
+    from faircalib.deploy.w4a4_linear import W4A4Linear
+    from faircalib.kernels import ops
+
+    k = n = 4096
+    x = torch.randn(16, k, device="cuda").to(torch.bfloat16)
+    lin = W4A4Linear(k, n, left_size=64, right_size=64, channel_scale=True).cuda()
+    lin.left, lin.right = lin.left.to(torch.bfloat16), lin.right.to(torch.bfloat16)
+    codes, scales = kernels.quantize_act_packed(x, 4, lin.act_clip, lin.channel_scale, lin.left, lin.right)
+    unpacked = gemm.unpack_weight_int8(lin.weight_packed)
+    pieces = {
+        "W4A4Linear.forward": lambda: lin(x),
+        "kernels.quantize_act_packed (public)": lambda: kernels.quantize_act_packed(
+            x, 4, lin.act_clip, lin.channel_scale, lin.left, lin.right),
+        "ops.quantize_act_packed (custom op)": lambda: ops.quantize_act_packed(
+            x, lin.channel_scale, lin.left, lin.right, lin.act_clip, 4),
+        "gemm.quantize_act_packed (Triton wrapper)": lambda: gemm.quantize_act_packed(
+            x, lin.channel_scale, lin.left, lin.right, lin.act_clip, 4),
+        "kernels.w4a4_matmul (public)": lambda: kernels.w4a4_matmul(codes, scales, lin.weight_packed,
+                                                                    lin.weight_scale, None, torch.bfloat16),
+        "gemm.w4a4_matmul (Triton wrapper)": lambda: gemm.w4a4_matmul(codes, scales, lin.weight_packed,
+                                                                      lin.weight_scale, None, torch.bfloat16),
+        "gemm.unpack_weight_int8": lambda: gemm.unpack_weight_int8(lin.weight_packed),
+        "gemm.int8_gemm": lambda: gemm.int8_gemm(codes, scales, unpacked, lin.weight_scale, None, torch.bfloat16),
+        "torch.empty (reference point)": lambda: torch.empty(16, n, device="cuda"),
+    }
+    records = []
+    for name, fn in pieces.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(200):
+            fn()
+        host_us = (time.perf_counter() - start) / 200 * 1e6
+        torch.cuda.synchronize()
+        log(f"host {name}: {host_us:.1f} us per call")
+        records.append({"piece": name, "host_us": host_us})
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -250,7 +388,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; memcpy {copy_tbps:.2f} TB/s")
     result = {"memcpy_tbps": copy_tbps}
     for part in args.parts.split(","):
-        result[part] = act_part(copy_tbps, log) if part == "act" else fp8_part(log)
+        result[part] = {"act": lambda: act_part(copy_tbps, log), "fp8": lambda: fp8_part(log),
+                        "tma": lambda: tma_part(log), "host": lambda: host_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "explore_w4a4.json")

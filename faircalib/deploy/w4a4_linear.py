@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from faircalib import kernels
+from faircalib.kernels import registry
 from faircalib.calib.input_memo import InputMemo
 from faircalib.calib.quant_linear import QuantLinear, quantized_linears
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform, hadamard_matrix
@@ -80,6 +81,7 @@ class W4A4Linear(nn.Module):
         self.register_buffer("left", torch.eye(left_size) if left_size else None)
         self.register_buffer("right", torch.eye(right_size) if right_size else None)
         self.shared_input: SharedInputQuantization | None = None  # set by share_input_quantization
+        self._checked_buffers: tuple | None = None  # the buffers the public ops accepted (`_fast_path`)
 
     @classmethod
     def from_quant_linear(cls, ql: QuantLinear) -> "W4A4Linear":
@@ -108,8 +110,28 @@ class W4A4Linear(nn.Module):
                     getattr(module, name).copy_(value)
         return module.to(ql.weight.device)
 
+    def _kernel_buffers(self) -> tuple:
+        return (self.weight_packed, self.weight_scale, self.bias, self.act_clip, self.channel_scale, self.left,
+                self.right)
+
+    def _fast_path(self, x: torch.Tensor) -> bool:
+        """Whether this eager call may skip the public ops' checks and the custom-op dispatcher (on an H100 they
+        cost ~115 of the ~300 us of host time per linear; at 4096 tokens the GPU work is ~250 us): yes once the
+        public ops have accepted these very buffer tensors (a `.to()` or `load_state_dict` that replaces one
+        re-validates) and x has the right width, a float dtype and the buffers' device. Traced code
+        (torch.compile) always takes the custom ops."""
+        checked = self._checked_buffers
+        return (checked is not None and not torch.compiler.is_compiling() and x.dtype.is_floating_point and
+                x.dim() >= 1 and x.shape[-1] == self.in_features and x.device == self.weight_packed.device and
+                all(a is b for a, b in zip(checked, self._kernel_buffers())))
+
     def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes int8 [..., K], scales fp32 [..., 1]) of this linear's transformed input, always computed."""
+        if self._fast_path(x):
+            impl = registry.implementation("quantize_act_packed", x.device)
+            codes, scales = impl(x.reshape(-1, self.in_features), self.channel_scale, self.left, self.right,
+                                 self.act_clip, self.act_bits)
+            return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)
         return kernels.quantize_act_packed(x, bits=self.act_bits, clip_ratio=self.act_clip,
                                            channel_scale=self.channel_scale, left=self.left, right=self.right)
 
@@ -119,7 +141,15 @@ class W4A4Linear(nn.Module):
             codes, scales = self.quantize_input(x)
         else:
             codes, scales = shared.quantize(self, x)
-        return kernels.w4a4_matmul(codes, scales, self.weight_packed, self.weight_scale, self.bias, x.dtype)
+        if self._fast_path(x):
+            impl = registry.implementation("w4a4_matmul", x.device)
+            out = impl(codes.reshape(-1, self.in_features), scales.reshape(-1, 1), self.weight_packed,
+                       self.weight_scale, self.bias, x.dtype)
+            return out.reshape(*x.shape[:-1], self.out_features)
+        out = kernels.w4a4_matmul(codes, scales, self.weight_packed, self.weight_scale, self.bias, x.dtype)
+        if not torch.compiler.is_compiling():
+            self._checked_buffers = self._kernel_buffers()  # both public ops accepted them
+        return out
 
     def weight_codes(self) -> torch.Tensor:
         """The int8 weight codes [N, K] (unpacked from the GEMM layout)."""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from faircalib import kernels
+from faircalib.kernels import registry
 from faircalib.calib.quant_linear import QuantLinear
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform
 from faircalib.config import QuantSpec
@@ -107,13 +108,21 @@ def test_model_logits_and_generation_match_fake_quant(family, method):
 # ---------------------------------------------------------------------------------------------------------------
 
 def _count(monkeypatch, name: str = "quantize_act_packed") -> list:
-    calls, original = [], getattr(kernels, name)
+    """Count runs of the op's kernel: every path (public op, custom op, W4A4Linear's eager fast path) gets its
+    implementation from the registry."""
+    calls, original = [], registry.implementation
 
-    def counted(*args, **kwargs):
-        calls.append(name)
-        return original(*args, **kwargs)
+    def counting(op, device):
+        impl = original(op, device)
+        if op != name:
+            return impl
 
-    monkeypatch.setattr(kernels, name, counted)
+        def counted(*args, **kwargs):
+            calls.append(name)
+            return impl(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(registry, "implementation", counting)
     return calls
 
 
@@ -242,3 +251,17 @@ def test_copies_are_linked_among_themselves(gen):
     x = torch.randn(2, 96, generator=gen)
     with torch.no_grad():
         assert all(torch.equal(a(x), b(x)) for a, b in zip(model, twin))
+
+
+def test_eager_fast_path_gives_the_same_output_and_still_checks(gen):
+    lin = _readers(gen, n_sizes=(24,))[0]
+    x = torch.randn(2, 3, 96, generator=gen)
+    first = lin(x)  # through the public ops: validates the buffers
+    assert lin._checked_buffers is not None and lin._fast_path(x)
+    assert torch.equal(lin(x), first)
+    with pytest.raises(ValueError, match="in_features|K=|96|shape"):
+        lin(torch.randn(2, 95, generator=gen))  # a wrong width leaves the fast path and gets the ops' error
+    lin.left = torch.eye(7)  # a replaced buffer is validated again by the public ops
+    assert not lin._fast_path(x)
+    with pytest.raises(ValueError, match="factor"):
+        lin(x)
