@@ -46,7 +46,7 @@ import triton.language as tl
 from . import quant as quant_kernels
 from . import registry
 from .gemm_reference import GEMM_K_GROUP
-from .triton_math import round_half_even
+from .triton_math import clamp_round_to_int, nan_max
 
 @dataclasses.dataclass
 class ActLaunch:
@@ -124,22 +124,23 @@ def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr
     for step in tl.range(tl.program_id(0), tl.cdiv(M, TOKENS), tl.num_programs(0), num_stages=STAGES):
         tok = step * TOKENS + r // B1
         mask = tile_in & (tok < M)[:, None]
-        y = tl.load(x_ptr + tok[:, None] * stride_xm + flat, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(x_ptr + tok[:, None] * stride_xm + flat, mask=mask, other=0.0)
         if HAS_CS:
-            y = y * cs
+            y = y.to(tl.float32) * cs
         if HAS_RIGHT:
             y = tl.dot(y.to(right.dtype), right)
         if HAS_LEFT:
             y = tl.dot(bd, y.to(bd.dtype))
-        # 0·y is NaN exactly where y is NaN or ±Inf: one multiply-add per element finds the bad rows
-        row_bad = (tl.sum(y * 0.0, axis=1) != 0).to(tl.int32)
-        row_max = tl.max(tl.abs(y), axis=1)
+        y = y.to(tl.float32)
+        # A NaN-propagating absmax is NaN or +Inf exactly for rows holding NaN or ±Inf: no per-element test
+        row_max = tl.reduce(tl.abs(y), 1, nan_max)
+        row_bad = ((row_max != row_max) | (row_max == float("inf"))).to(tl.int32)
         if B1 == 1:
             tok_bad, tok_max = row_bad, row_max
             bad, absmax = row_bad, row_max
         else:  # a token's statistics over its B1 rows, then broadcast back to them
             tok_bad = tl.max(tl.reshape(row_bad, (TOKENS, B1)), axis=1)
-            tok_max = tl.max(tl.reshape(row_max, (TOKENS, B1)), axis=1)
+            tok_max = tl.reduce(tl.reshape(row_max, (TOKENS, B1)), 1, nan_max)
             bad = tl.reshape(tl.broadcast_to(tok_bad[:, None], (TOKENS, B1)), (ROWS,))
             absmax = tl.reshape(tl.broadcast_to(tok_max[:, None], (TOKENS, B1)), (ROWS,))
         scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
@@ -147,8 +148,7 @@ def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr
             v = y * (1.0 / tl.where(scale > 0, scale, 1.0))[:, None]
         else:
             v = tl.math.div_rn(y, tl.zeros_like(y) + tl.where(scale > 0, scale, 1.0)[:, None])
-        q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
-        q = tl.where(((bad > 0) | (scale == 0))[:, None], 0.0, q)
+        q = tl.where(((bad > 0) | (scale == 0))[:, None], 0, clamp_round_to_int(v, qmin * 1.0, qmax * 1.0))
         tl.store(codes_ptr + tok[:, None] * stride_cm + flat, q.to(tl.int8), mask=mask)
         tok_ids = step * TOKENS + tl.arange(0, TOKENS)
         tok_scale = tl.math.div_rn(clip * tok_max, tl.full(tok_max.shape, qmax, tl.float32))
@@ -193,8 +193,9 @@ def _quantize_act_chunked_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, c
             y = z
             if HAS_LEFT:
                 y = tl.dot(left_t, z.to(left_t.dtype))
-            bad = tl.maximum(bad, (tl.sum(tl.sum(y * 0.0, axis=1), axis=0) != 0).to(tl.int32))
-            absmax = tl.maximum(absmax, tl.max(tl.max(tl.abs(y), axis=1), axis=0))
+            slice_max = tl.reduce(tl.reduce(tl.abs(y), 1, nan_max), 0, nan_max)
+            bad = tl.maximum(bad, ((slice_max != slice_max) | (slice_max == float("inf"))).to(tl.int32))
+            absmax = tl.maximum(absmax, tl.where(bad > 0, 0.0, slice_max))
             tl.store(scratch + (j0 + jj)[None, :], y)
         # Pass 2 reads values other threads wrote, and the next token overwrites them: barriers on both sides.
         tl.debug_barrier()
@@ -203,8 +204,7 @@ def _quantize_act_chunked_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, c
         for j0 in range(0, N2, BJ):
             y = tl.load(scratch + (j0 + jj)[None, :])
             v = y * inv
-            q = round_half_even(tl.minimum(tl.maximum(v, qmin * 1.0), qmax * 1.0))
-            q = tl.where((bad > 0) | (scale == 0), 0.0, q)
+            q = tl.where((bad > 0) | (scale == 0), 0, clamp_round_to_int(v, qmin * 1.0, qmax * 1.0))
             tl.store(codes_ptr + t * stride_cm + i[:, None] * N2 + (j0 + jj)[None, :], q.to(tl.int8),
                      mask=row_in[:, None] & ((j0 + jj) < N2)[None, :])
         tl.store(scales_ptr + t, tl.where(bad > 0, float("nan"), scale))

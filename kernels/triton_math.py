@@ -38,3 +38,24 @@ def cast_rne(v, dtype: tl.constexpr):
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         v = bits.to(tl.float32, bitcast=True)
     return v.to(dtype)
+
+
+_MAGIC_BITS: tl.constexpr = tl.constexpr(0x4B400000)  # the bit pattern of 1.5 * 2^23
+
+
+@triton.jit
+def clamp_round_to_int(v, lo, hi):
+    """fp32 -> int32: v clamped to [lo, hi] and rounded half to even (as `round_half_even`), for |lo|, |hi| <= 2^22.
+
+    After the magic add the fp32 value is 1.5·2^23 + k with an ULP of 1, so its bits are 0x4B400000 + k: an integer
+    subtraction yields k without a float-to-int conversion (those run on the GPU's slower conversion unit). NaN
+    clamps to a bound (PTX min/max return the non-NaN operand): callers mask bad rows themselves."""
+    r = tl.minimum(tl.maximum(v, lo), hi) + _ROUNDING_MAGIC
+    return r.to(tl.int32, bitcast=True) - _MAGIC_BITS
+
+
+@triton.jit
+def nan_max(a, b):
+    """Combine function for `tl.reduce`: the maximum, NaN if either is NaN (`tl.max` drops NaN on the GPU, where
+    PTX max returns the other operand, but keeps it under the interpreter's numpy)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
