@@ -8,8 +8,8 @@ linear replaced in place by a `W4A4Linear` (per-channel RTN codes of its weight,
 Kronecker transform with random orthogonal factors and a channel scale per input group); embeddings,
 norms, attention and the LM head stay bf16. Reports the median step time over CUDA events, the peak allocated
 memory of a step and the bytes of the block linears' weights, and writes `bench_e2e.json` to DIR ($OUT or .).
-Each step is also timed replayed from a CUDA graph (no Python or launch overhead, as a fixed-shape serving loop
-runs it), and for W4A4 a torch.profiler table lists the kernels that take a step's GPU time.
+Each step is also timed replayed from a CUDA graph (`faircalib.deploy.GraphedLogits`: no Python or launch overhead,
+as a fixed-shape denoising loop runs it), and for W4A4 a torch.profiler table lists the kernels of a step.
 `--variants`: transform factors in bf16 (bf16 MMA) or fp32 (tf32 MMA; the 96x128 factors of the 12288-wide down
 projection input then take the chunked kernel), and q/k/v and gate/up quantizing their shared input once
 (`share_model_input_quantization`, as deployed checkpoints load) or once per linear.
@@ -31,6 +31,7 @@ import triton
 
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
+from faircalib.deploy.cuda_graph import GraphedLogits
 from faircalib.deploy.w4a4_linear import W4A4Linear, share_model_input_quantization
 from faircalib.models import build_random, get_adapter
 
@@ -54,34 +55,27 @@ def step_stats(adapter, ids: torch.Tensor, reps: int = 10) -> dict:
 
 
 def graph_step_ms(adapter, ids: torch.Tensor, reps: int = 10) -> float:
-    """Median ms of one step replayed from a CUDA graph: the GPU time without Python and launch overhead (the
-    way a deployment loop would run a fixed-shape step). NaN, with the reason printed, if capture fails."""
-    try:
-        with torch.no_grad():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                adapter.logits(ids)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                adapter.logits(ids)
-            graph.replay()
+    """Median ms of one step through `faircalib.deploy.GraphedLogits` (the forward replayed from a CUDA graph: no
+    Python or launch overhead, as a fixed-shape denoising loop runs it). NaN, with the reason printed, if capture
+    fails."""
+    graphed = GraphedLogits(adapter, max_graphs=1, clone_output=False)
+    with torch.no_grad():
+        graphed.logits(ids)
+        if graphed.fallback_reason is not None:
+            print(graphed.fallback_reason, flush=True)
+            return float("nan")
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graphed.logits(ids)
+            end.record()
             torch.cuda.synchronize()
-            times = []
-            for _ in range(reps):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                graph.replay()
-                end.record()
-                torch.cuda.synchronize()
-                times.append(start.elapsed_time(end))
-        del graph
-        torch.cuda.empty_cache()
-        return statistics.median(times)
-    except Exception as error:  # noqa: BLE001  (a benchmark reports and goes on)
-        print(f"CUDA graph capture failed: {type(error).__name__}: {str(error).splitlines()[0]}", flush=True)
-        return float("nan")
+            times.append(start.elapsed_time(end))
+    del graphed
+    torch.cuda.empty_cache()
+    return statistics.median(times)
 
 
 def kernel_profile(adapter, ids: torch.Tensor, top: int = 12) -> list[dict]:

@@ -6,6 +6,7 @@
 - `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
 - `export_compressed_tensors`                  the compressed-tensors int W4A4 pack-quantized layout
 - `export_quantized(model, dir, fmt)`          the `--export faircalib|compressed-tensors` entry point (export.py)
+- `GraphedLogits(model)`                       the forward replayed from one CUDA graph per input shape (cuda_graph.py)
 Imported lazily, so `import faircalib` only pays for the transformers registration.
 """
 import importlib
@@ -15,7 +16,7 @@ _LAZY = {
     "share_input_quantization": "w4a4_linear", "share_model_input_quantization": "w4a4_linear",
     "save_quantized": "checkpoint", "load_quantized": "checkpoint",
     "export_compressed_tensors": "compressed_tensors", "is_w4a4": "hf_quantizer",
-    "export_quantized": "export", "EXPORT_FORMATS": "export",
+    "export_quantized": "export", "EXPORT_FORMATS": "export", "GraphedLogits": "cuda_graph",
 }
 __all__ = sorted(_LAZY)
 

@@ -1,0 +1,85 @@
+"""`GraphedLogits`: a dLLM's forward pass replayed from CUDA graphs, one per input shape.
+
+A denoising loop calls the model with the same [B, L] input every step, so the whole forward can be captured once
+and replayed: one graph launch per step instead of thousands of kernel launches. This matters most for W4A4 models,
+whose Python wrappers and Triton launches cost ~200 us of host time per linear: on an H100 (BENCHMARKS.md,
+2026-11-22) an eager W4A4 LLaDA-8B-config step over 1024 tokens ran at 0.3x bf16, host-bound, and at 1.04x
+replayed from a graph.
+
+    graphed = GraphedLogits(model)            # a LLaDA/Dream model or its adapter, on CUDA
+    out = generate(graphed, prompts, config)  # samplers accept it like a model
+
+Each new (input shape, mask shape) is captured on first use (after warm-up runs on a side stream, which also let
+Triton autotune), up to `max_graphs` of them (least recently used evicted). The captured graph reads static input
+buffers, so each call copies its inputs in and returns a copy of the output (the next replay overwrites the
+static one; `clone_output=False` returns the static buffer itself, for callers that consume the logits before the
+next call). Inputs on the CPU, or when capture is impossible, run eagerly; `fallback_reason` says why.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+
+
+class GraphedLogits:
+    """Adapter-like wrapper (`logits`, `mask_token_id`, `model`): `logits(input_ids, attention_mask)` replays a
+    CUDA graph of the wrapped model's `logits` for that input shape (module doc)."""
+
+    def __init__(self, model, max_graphs: int = 4, warmup: int = 2, clone_output: bool = True):
+        from faircalib.models import get_adapter
+
+        if max_graphs < 1 or warmup < 1:
+            raise ValueError(f"faircalib.deploy.GraphedLogits: max_graphs and warmup must be >= 1, got "
+                             f"{max_graphs}, {warmup}")
+        self.adapter = model if hasattr(model, "logits") and hasattr(model, "mask_token_id") else get_adapter(model)
+        self.model = getattr(self.adapter, "model", None)
+        self.mask_token_id = self.adapter.mask_token_id
+        self.max_graphs, self.warmup, self.clone_output = max_graphs, warmup, clone_output
+        self.fallback_reason: str | None = None
+        self._graphs: OrderedDict = OrderedDict()
+        self._pool = None
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(input_ids, attention_mask)
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if input_ids.device.type != "cuda" or self.fallback_reason is not None:
+            return self.adapter.logits(input_ids, attention_mask)
+        key = (tuple(input_ids.shape), input_ids.dtype, input_ids.device,
+               None if attention_mask is None else (tuple(attention_mask.shape), attention_mask.dtype))
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(input_ids, attention_mask)
+            if entry is None:
+                return self.adapter.logits(input_ids, attention_mask)
+            self._graphs[key] = entry
+            if len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        graph, static_ids, static_mask, static_out = entry
+        static_ids.copy_(input_ids)
+        if static_mask is not None:
+            static_mask.copy_(attention_mask)
+        graph.replay()
+        return static_out.clone() if self.clone_output else static_out
+
+    def _capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        static_ids = input_ids.clone()
+        static_mask = None if attention_mask is None else attention_mask.clone()
+        try:
+            side = torch.cuda.Stream(device=input_ids.device)
+            side.wait_stream(torch.cuda.current_stream(input_ids.device))
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(self.warmup):
+                    self.adapter.logits(static_ids, static_mask)
+            torch.cuda.current_stream(input_ids.device).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
+                static_out = self.adapter.logits(static_ids, static_mask)
+        except RuntimeError as error:  # e.g. an op that synchronises with the host cannot be captured
+            self.fallback_reason = f"CUDA graph capture failed, running eagerly: {str(error).splitlines()[0]}"
+            return None
+        return graph, static_ids, static_mask, static_out

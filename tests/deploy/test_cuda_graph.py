@@ -1,0 +1,46 @@
+"""GraphedLogits: eager fallback on CPU (same logits, same generation), argument checks, and on CUDA replayed graphs
+equal to the eager forward for every captured shape (run on the GPU machine; skipped in CPU-only CI)."""
+import pytest
+import torch
+
+from faircalib.deploy import GraphedLogits, convert_to_w4a4
+from faircalib.diffusion.config import SamplerConfig
+from faircalib.diffusion.generate import generate
+from faircalib.models import get_adapter
+
+from .conftest import quantized_tiny
+
+
+def test_cpu_inputs_run_eagerly_and_generate_the_same(family):
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    graphed = GraphedLogits(model)
+    ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(graphed(ids), get_adapter(model).logits(ids))
+    prompt = torch.randint(0, 48, (2, 6), generator=torch.Generator().manual_seed(1))
+    config = SamplerConfig(sampler=family, gen_length=8, steps=8)
+    want = generate(model, prompt, config, generator=torch.Generator().manual_seed(2))
+    got = generate(graphed, prompt, config, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(got.tokens, want.tokens)
+    assert graphed.fallback_reason is None and not graphed._graphs  # nothing captured on the CPU
+
+
+def test_bad_arguments_are_named(family):
+    model = quantized_tiny(family, "rtn")
+    with pytest.raises(ValueError, match="max_graphs"):
+        GraphedLogits(model, max_graphs=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_replayed_graphs_match_the_eager_forward(family):
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    model.cuda()
+    adapter, graphed = get_adapter(model), GraphedLogits(model, max_graphs=2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for shape in [(2, 10), (1, 7), (2, 10), (3, 5)]:
+            ids = torch.randint(0, 48, shape, generator=gen).cuda()
+            torch.testing.assert_close(graphed(ids), adapter.logits(ids), rtol=0, atol=0)
+    assert graphed.fallback_reason is None and len(graphed._graphs) == 2  # least recently used evicted
