@@ -3,7 +3,7 @@
 A denoising loop calls the model with the same [B, L] input every step, so the whole forward can be captured once
 and replayed: one graph launch per step instead of thousands of kernel launches. This matters most for W4A4 models,
 whose Python wrappers and Triton launches cost ~200 us of host time per linear: on an H100 (BENCHMARKS.md,
-2026-11-22) an eager W4A4 LLaDA-8B-config step over 1024 tokens ran at 0.3x bf16, host-bound, and at 1.04x
+2026-11-22) an eager W4A4 LLaDA-8B-config step over 1024 tokens ran at 0.3-0.45x bf16, host-bound, and at 1.03x
 replayed from a graph.
 
     graphed = GraphedLogits(model)            # a LLaDA/Dream model or its adapter, on CUDA
