@@ -89,6 +89,12 @@ def kernel_profile(adapter, ids: torch.Tensor, top: int = 12) -> list[dict]:
     return [{"kernel": e.key[:90], "calls": e.count, "ms": e.device_time_total / 1e3} for e in rows]
 
 
+def compile_blocks(adapter) -> None:
+    """torch.compile each block in place (one compiled graph, reused by every block: nn modules are inlined)."""
+    for block in adapter.blocks:
+        block.compile()
+
+
 def block_weight_bytes(adapter) -> int:
     total = 0
     for block in adapter.blocks:
@@ -175,6 +181,9 @@ def main() -> None:
     parser.add_argument("--tokens", default="1024,4096")
     parser.add_argument("--variants", default="bf16:shared,bf16:separate,fp32:shared",
                         help="W4A4 variants, factor dtype:(shared|separate) input quantization of q/k/v and gate/up")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
+                             "and residual adds around the linears")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -188,24 +197,31 @@ def main() -> None:
                "runs": []}
     gen = torch.Generator().manual_seed(0)
     ids = {n: torch.randint(0, 126000, (1, n), generator=gen).cuda() for n in tokens}
+    tag = ", compiled blocks" if args.compile else ""
+    results["env"]["compiled_blocks"] = args.compile
     for variant in args.variants.split(","):
         factor_name, sharing = variant.split(":")
         model = build_random("llada", "llada-8b", dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
+        if args.compile:
+            compile_blocks(adapter)
         if not results["runs"]:
             bf16_bytes = block_weight_bytes(adapter)
             for n in tokens:
                 stats = step_stats(adapter, ids[n])
                 stats["graph_ms"] = graph_step_ms(adapter, ids[n])
-                results["runs"].append({"model": "bf16", "tokens": n, **stats, "block_weight_bytes": bf16_bytes})
+                results["runs"].append({"model": f"bf16{tag}", "tokens": n, **stats,
+                                        "block_weight_bytes": bf16_bytes})
                 print(results["runs"][-1], flush=True)
         to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen, sharing == "shared")
+        if args.compile:
+            compile_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
         for n in tokens:
             stats = step_stats(adapter, ids[n])
             stats["graph_ms"] = graph_step_ms(adapter, ids[n])
-            bf16 = next(r for r in results["runs"] if r["model"] == "bf16" and r["tokens"] == n)
-            results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization)",
+            bf16 = next(r for r in results["runs"] if r["model"] == f"bf16{tag}" and r["tokens"] == n)
+            results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{tag})",
                                     "tokens": n, **stats,
                                     "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],
                                     "graph_speedup_vs_bf16": bf16["graph_ms"] / stats["graph_ms"],

@@ -18,7 +18,9 @@ equal; the first of them to see an input runs `quantize_act_packed`, the others 
 (`InputMemo`: same tensor object, unmodified). Every linear keeps its own buffers (the checkpoint format is
 unchanged); a member whose buffers change after linking has them checked against the others again at its next
 forward (a mismatch then raises). `convert_to_w4a4`, `load_quantized` and the transformers quantizer link every
-block's input groups (`share_model_input_quantization`).
+block's input groups (`share_model_input_quantization`). Under torch.compile the members hand the codes on within
+the traced forward instead (`SharedInputQuantization._quantize_traced`), so compiled blocks quantize each input once
+too, in one graph without breaks.
 """
 from __future__ import annotations
 
@@ -137,7 +139,7 @@ class W4A4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = self.shared_input
-        if shared is None or torch.compiler.is_compiling():
+        if shared is None:
             codes, scales = self.quantize_input(x)
         else:
             codes, scales = shared.quantize(self, x)
@@ -209,6 +211,7 @@ class SharedInputQuantization:
         self.slots = [self.memo.join() for _ in self.members]
         self.generation = 0  # bumped by every successful check: results of an older one are not reused
         self._states: list[tuple | None] = [None] * len(self.members)
+        self._handed: tuple | None = None  # (x, codes, scales) within one traced forward (`_quantize_traced`)
 
     def check(self) -> None:
         """Raise ValueError unless every member's activation buffers are bitwise equal; remember them."""
@@ -221,10 +224,24 @@ class SharedInputQuantization:
         self.generation += 1
 
     def quantize(self, module: W4A4Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            return self._quantize_traced(module, x)
         i = self._index(module)
         if not _same_state(self._states[i], _act_state(module)):
             self.check()
         return self.memo.get(self.slots[i], x, (self.generation,), lambda: module.quantize_input(x))
+
+    def _quantize_traced(self, module: W4A4Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Under torch.compile. The memo's bookkeeping does not trace (graph breaks at every linear), and the
+        compiler does not merge equal custom-op calls, so the members hand the result on within one traced forward:
+        the first computes, later ones reuse it for the same tensor, and the last member clears it, so no tensor
+        outlives the call and the compiled code sees the same state every time. The members' equality is trusted
+        from the link (the eager path re-checks it)."""
+        handed = self._handed
+        if handed is None or handed[0] is not x:
+            handed = (x, *module.quantize_input(x))
+        self._handed = None if module is self.members[-1] else handed
+        return handed[1], handed[2]
 
     def _index(self, module: W4A4Linear) -> int:
         for i, m in enumerate(self.members):
@@ -243,6 +260,7 @@ class SharedInputQuantization:
         # A copy re-checks its members at first use (its buffers are new tensors) and holds no stored input.
         state = dict(self.__dict__)
         state["_states"] = [None] * len(self.members)
+        state["_handed"] = None
         return state
 
 

@@ -265,3 +265,25 @@ def test_eager_fast_path_gives_the_same_output_and_still_checks(gen):
     assert not lin._fast_path(x)
     with pytest.raises(ValueError, match="factor"):
         lin(x)
+
+
+def test_compiled_blocks_quantize_each_input_once(monkeypatch):
+    import torch._dynamo
+
+    deployed = quantized_tiny("llada", "flatquant")
+    convert_to_w4a4(deployed)
+    adapter = get_adapter(deployed)
+    ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = adapter.logits(ids)
+        torch._dynamo.reset()
+        for block in adapter.blocks:
+            block.compile(backend="aot_eager")
+        adapter.logits(ids)  # compiles
+        calls = _count(monkeypatch)
+        got = adapter.logits(ids)
+    assert len(calls) == 4 * len(adapter.blocks)  # q/k/v, o, gate/up, down: as in eager
+    assert torch.equal(got, want)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert all(group._handed is None for group in {m.shared_input for m in deployed.modules()
+                                                   if isinstance(m, W4A4Linear) and m.shared_input is not None})
