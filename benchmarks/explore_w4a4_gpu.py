@@ -1,16 +1,18 @@
-"""Design experiments for the W4A4 kernels (issue 5), one GPU run: which activation-path launch settings win at
-each LLaDA/Dream input width, and whether an FP8 carrier with bounded imprecise accumulation is exact and fast.
+"""Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,tma,host,unpack]
 
-act: `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants:
-     whole-tile kernel with software-pipelining depth 1/2/3, and the chunked kernel's slice sizes, programs per SM
-     and warps. Codes are checked against the CPU reference first (fraction differing by one, max difference).
-     Bandwidth counts compulsory bytes (bf16 in, int8 codes + fp32 scales out) against an in-run memcpy.
-fp8: the INT4 x INT4 product on FP8 e4m3 tensor cores (int4 values are exact in e4m3), fp32 accumulator, Triton's
-     `max_num_imprecise_acc` set to None (Hopper default: never promote) or to a window W <= BLOCK_K (promote the
-     tensor-core partial sum to a full fp32 add every W products). Exactness on worst-case data (every product ±64
-     over K = 18944) and random data, then time against cuBLAS bf16 and the shipped INT8 path.
+act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
+        (whole-tile vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps); codes checked
+        against the CPU reference first; bandwidth counts compulsory bytes (bf16 in, int8 + fp32 out) against an
+        in-run memcpy.
+fp8:    the INT4 x INT4 product on FP8 e4m3 tensor cores (int4 values are exact in e4m3), fp32 accumulator, Triton's
+        `max_num_imprecise_acc` at Hopper's default (never promote) or a window W <= BLOCK_K; exactness on worst-case
+        data (every product ±64 over K = 18944) and random data, then speed against cuBLAS bf16 and the INT8 path.
+tma:    the INT8 GEMM with pointer loads vs a persistent kernel fed by TMA descriptors (with and without Triton's
+        warp specialization); worst-case exactness first.
+host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU work is negligible).
+unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
 """
 from __future__ import annotations
 
@@ -371,6 +373,41 @@ def host_part(log) -> list[dict]:
     return records
 
 
+def unpack_part(log) -> list[dict]:
+    """The weight unpack pass (0.5 byte read + 1 byte written per weight) under launch variants, CUDA-graph timed,
+    against an in-run memcpy of the same bytes."""
+    records = []
+    default = gemm.UNPACK_LAUNCH
+    for n, k in ((4096, 4096), (12288, 4096), (4096, 12288), (18944, 3584)):
+        packed = torch.randint(-128, 128, (n, k // 2), device="cuda", dtype=torch.int8)
+        src = torch.empty(n * k * 3 // 4, dtype=torch.int8, device="cuda")
+        dst = torch.empty_like(src)
+        copy_ms = _graph_ms(lambda: dst.copy_(src))
+        want = None
+        for block_g, warps in ((64, 4), (128, 4), (256, 4), (256, 8), (512, 8), (1024, 8)):
+            gemm.UNPACK_LAUNCH = (block_g, warps)
+            out = gemm.unpack_weight_int8(packed)
+            want = out if want is None else want
+            ms = _graph_ms(lambda: gemm.unpack_weight_int8(packed))
+            tbps = 1.5 * n * k / ms / 1e9
+            log(f"unpack {n}x{k} block_g={block_g} warps={warps}: {ms * 1e3:.1f} us, {tbps:.2f} TB/s, "
+                f"{copy_ms / ms:.2f}x memcpy, same output {torch.equal(out, want)}")
+            records.append({"n": n, "k": k, "block_g": block_g, "warps": warps, "us": ms * 1e3, "tbps": tbps,
+                            "x_memcpy": copy_ms / ms})
+    gemm.UNPACK_LAUNCH = default
+    return records
+
+
+def _graph_ms(fn) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_ms(graph.replay)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -389,7 +426,8 @@ def main() -> None:
     result = {"memcpy_tbps": copy_tbps}
     for part in args.parts.split(","):
         result[part] = {"act": lambda: act_part(copy_tbps, log), "fp8": lambda: fp8_part(log),
-                        "tma": lambda: tma_part(log), "host": lambda: host_part(log)}[part]()
+                        "tma": lambda: tma_part(log), "host": lambda: host_part(log),
+                        "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "explore_w4a4.json")

@@ -13,9 +13,10 @@
 Numerics: the no-transform paths match the reference bit for bit. With a transform, the codes may differ by one
 where a value sits on a rounding boundary: the MMAs sum in another order than torch, and the kernels multiply by
 the scale's reciprocal instead of dividing each element (an IEEE division per element was the bottleneck: the
-reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). Measured (BENCHMARKS.md, 2026-11-22, bf16
-factors, 16384 tokens, `benchmarks/explore_w4a4_gpu.py`): 0.69x (K = 3584), 0.78x (4096), 0.45x (12288) and
-0.13x (18944) of memcpy. Tried and slower: stacking two 64-row tokens per step with a blockdiag left factor,
+reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). NaN/Inf rows are found by a NaN-propagating
+absmax, and codes come from the bits of the rounding add (no float-to-int conversion). Measured (BENCHMARKS.md,
+2026-11-22, bf16 factors, 16384 tokens, `benchmarks/explore_w4a4_gpu.py`): 0.76x (K = 3584), 0.85x (4096), 0.50x
+(12288) and 0.14x (18944) of memcpy. Tried and slower: stacking two 64-row tokens per step with a blockdiag left factor,
 re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an earlier
 variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower.
 
@@ -300,15 +301,19 @@ def _unpack_weight_kernel(packed_ptr, out_ptr, GROUPS, BLOCK_G: tl.constexpr, HA
     tl.store(row + HALF, p >> 4, mask=mask)
 
 
+# (128-element groups per program, warps) of the unpack pass.
+UNPACK_LAUNCH = (64, 4)
+
+
 def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
     """w_packed int8 [N, Kp / 2] (GEMM layout) -> int8 codes [N, Kp] in natural order (zero-padded K tail)."""
     n, half_kp = w_packed.shape
     out = torch.empty((n, 2 * half_kp), dtype=torch.int8, device=w_packed.device)
     groups = n * half_kp // (GEMM_K_GROUP // 2)
-    block_g = 64
+    block_g, warps = UNPACK_LAUNCH
     if groups:
         _unpack_weight_kernel[(triton.cdiv(groups, block_g),)](w_packed.contiguous(), out, groups, BLOCK_G=block_g,
-                                                               HALF=GEMM_K_GROUP // 2, num_warps=4)
+                                                               HALF=GEMM_K_GROUP // 2, num_warps=warps)
     return out
 
 

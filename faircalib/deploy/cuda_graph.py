@@ -9,6 +9,10 @@ replayed from a graph.
     graphed = GraphedLogits(model)            # a LLaDA/Dream model or its adapter, on CUDA
     out = generate(graphed, prompts, config)  # samplers accept it like a model
 
+`compile_blocks=True` also `torch.compile`s every block in place first (`compile_kwargs` go to `torch.compile`):
+Inductor fuses the norms, RoPE and SwiGLU around the W4A4 ops; on the H100 that took a 4096-token W4A4 step from
+1.18x to 1.28x bf16 (each model compiled).
+
 Each new (input shape, mask shape) is captured on first use (after warm-up runs on a side stream, which also let
 Triton autotune), up to `max_graphs` of them (least recently used evicted). The captured graph reads static input
 buffers, so each call copies its inputs in and returns a copy of the output (the next replay overwrites the
@@ -26,13 +30,17 @@ class GraphedLogits:
     """Adapter-like wrapper (`logits`, `mask_token_id`, `model`): `logits(input_ids, attention_mask)` replays a
     CUDA graph of the wrapped model's `logits` for that input shape (module doc)."""
 
-    def __init__(self, model, max_graphs: int = 4, warmup: int = 2, clone_output: bool = True):
+    def __init__(self, model, max_graphs: int = 4, warmup: int = 2, clone_output: bool = True,
+                 compile_blocks: bool = False, compile_kwargs: dict | None = None):
         from faircalib.models import get_adapter
 
         if max_graphs < 1 or warmup < 1:
             raise ValueError(f"faircalib.deploy.GraphedLogits: max_graphs and warmup must be >= 1, got "
                              f"{max_graphs}, {warmup}")
         self.adapter = model if hasattr(model, "logits") and hasattr(model, "mask_token_id") else get_adapter(model)
+        if compile_blocks:
+            for block in self.adapter.blocks:
+                block.compile(**(compile_kwargs or {}))
         self.model = getattr(self.adapter, "model", None)
         self.mask_token_id = self.adapter.mask_token_id
         self.max_graphs, self.warmup, self.clone_output = max_graphs, warmup, clone_output

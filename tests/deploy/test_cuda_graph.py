@@ -44,3 +44,14 @@ def test_replayed_graphs_match_the_eager_forward(family):
             ids = torch.randint(0, 48, shape, generator=gen).cuda()
             torch.testing.assert_close(graphed(ids), adapter.logits(ids), rtol=0, atol=0)
     assert graphed.fallback_reason is None and len(graphed._graphs) == 2  # least recently used evicted
+
+
+def test_compile_blocks_option_compiles_every_block_and_keeps_the_logits(family):
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = get_adapter(model).logits(ids)
+        graphed = GraphedLogits(model, compile_blocks=True, compile_kwargs={"backend": "aot_eager"})
+        assert all(block._compiled_call_impl is not None for block in get_adapter(model).blocks)
+        assert torch.equal(graphed(ids), want)
