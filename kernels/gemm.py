@@ -275,12 +275,13 @@ def _set_block_shapes(nargs: dict) -> None:
 
 def _gemm_configs() -> list[triton.Config]:
     if registry.triton_interpreted():
-        shapes = [(16, 16, 4, 1)]
-    else:
-        shapes = [(128, 256, 8, 3), (128, 256, 8, 4), (256, 128, 8, 3), (256, 128, 8, 4), (128, 128, 8, 4),
-                  (128, 128, 4, 5)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=st,
-                          pre_hook=_set_block_shapes) for bm, bn, w, st in shapes]
+        shapes = [(16, 16, 64, 4, 1)]
+    else:  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+        shapes = [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (256, 128, 128, 8, 4),
+                  (128, 128, 128, 8, 4), (128, 128, 128, 4, 5), (128, 256, 64, 8, 5), (256, 128, 64, 8, 5),
+                  (128, 256, 64, 8, 6)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st,
+                          pre_hook=_set_block_shapes) for bm, bn, bk, w, st in shapes]
 
 
 def _tune_bench(fn, quantiles):
@@ -375,7 +376,7 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     _int8_gemm_kernel[grid](
         a_desc, w_desc, a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
         w_scales if bias is None else bias.contiguous(), out, m, n, k, triton.next_power_of_2(m), out.stride(0),
-        PROGRAMS=programs, HAS_BIAS=bias is not None, BLOCK_K=GEMM_K_GROUP)
+        PROGRAMS=programs, HAS_BIAS=bias is not None)
     return out
 
 
