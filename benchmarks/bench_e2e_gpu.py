@@ -36,25 +36,31 @@ from faircalib.deploy.w4a4_linear import W4A4Linear, share_model_input_quantizat
 from faircalib.models import build_random, get_adapter
 
 
-def step_stats(adapter, ids: torch.Tensor, reps: int = 10) -> dict:
+def median_event_ms(fn, reps: int = 10) -> float:
+    """Median ms of fn() over `reps` calls, each between CUDA events (synchronised)."""
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def step_stats(adapter, ids: torch.Tensor) -> dict:
     """Median ms of one forward over `ids` and the peak memory one step allocates."""
     with torch.no_grad():
         for _ in range(3):
             adapter.logits(ids)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            adapter.logits(ids)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-    return {"ms": statistics.median(times), "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
+        ms = median_event_ms(lambda: adapter.logits(ids))
+    return {"ms": ms, "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30}
 
 
-def graph_step_ms(adapter, ids: torch.Tensor, reps: int = 10) -> float:
+def graph_step_ms(adapter, ids: torch.Tensor) -> float:
     """Median ms of one step through `faircalib.deploy.GraphedLogits` (the forward replayed from a CUDA graph: no
     Python or launch overhead, as a fixed-shape denoising loop runs it). NaN, with the reason printed, if capture
     fails."""
@@ -65,17 +71,10 @@ def graph_step_ms(adapter, ids: torch.Tensor, reps: int = 10) -> float:
             print(graphed.fallback_reason, flush=True)
             return float("nan")
         torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graphed.logits(ids)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-    del graphed
+        ms = median_event_ms(lambda: graphed.logits(ids))
+    graphed = None  # frees the graph's memory pool before the next measurement
     torch.cuda.empty_cache()
-    return statistics.median(times)
+    return ms
 
 
 def kernel_profile(adapter, ids: torch.Tensor, top: int = 12) -> list[dict]:

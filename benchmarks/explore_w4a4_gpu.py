@@ -1,6 +1,6 @@
 """Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,tma,host,unpack]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,host,unpack]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps); codes checked
@@ -9,8 +9,8 @@ act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)
 fp8:    the INT4 x INT4 product on FP8 e4m3 tensor cores (int4 values are exact in e4m3), fp32 accumulator, Triton's
         `max_num_imprecise_acc` at Hopper's default (never promote) or a window W <= BLOCK_K; exactness on worst-case
         data (every product ±64 over K = 18944) and random data, then speed against cuBLAS bf16 and the INT8 path.
-tma:    the INT8 GEMM with pointer loads vs a persistent kernel fed by TMA descriptors (with and without Triton's
-        warp specialization); worst-case exactness first.
+(A `tma` part, at commit e9a979d and before, compared the INT8 GEMM with pointer loads against the persistent TMA
+kernel that replaced it; BENCHMARKS.md has its numbers.)
 host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU work is negligible).
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
 """
@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 import triton.testing
+
+from bench_gemm_gpu import median_ms as graph_median_ms  # CUDA-graph replay timing (run from the repo root)
 
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.kernels import gemm, gemm_reference
@@ -235,100 +237,6 @@ def fp8_part(log) -> list[dict]:
     return records
 
 
-def _tma_hook(nargs):
-    nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
-    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
-
-
-TMA_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=w, num_stages=s,
-                             pre_hook=_tma_hook)
-               for bm, bn, w, s in [(128, 256, 8, 3), (128, 256, 8, 4), (256, 128, 8, 3), (256, 128, 8, 4),
-                                    (128, 128, 8, 4), (128, 128, 4, 5)]]
-
-
-@triton.autotune(configs=TMA_CONFIGS, key=["M", "N", "K", "WS"],
-                 do_bench=lambda fn, quantiles: triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles))
-@triton.jit
-def _int8_gemm_tma_kernel(a_desc, w_desc, sa_ptr, sw_ptr, c_ptr, M, N, K, stride_cm, NUM_SMS: tl.constexpr,
-                          WS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          GROUP_M: tl.constexpr):
-    """Persistent INT8 GEMM, TMA loads (tensor descriptors), grouped tile order, int32 accumulation."""
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    for tile in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS, flatten=True, warp_specialize=WS):
-        group = tile // (GROUP_M * num_n)
-        first_m = group * GROUP_M
-        size_m = min(num_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
-        pid_n = (tile % (GROUP_M * num_n)) // size_m
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for ki in range(k_tiles):
-            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
-            w = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
-            acc = tl.dot(a, w.T, acc, out_dtype=tl.int32)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
-        sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
-        out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
-        tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out.to(c_ptr.dtype.element_ty),
-                 mask=(rm < M)[:, None] & (rn < N)[None, :])
-
-
-def int8_gemm_tma(a, sa, w_int8, sw, ws: bool, out_dtype=torch.bfloat16):
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    m, k = a.shape
-    n = w_int8.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=a.device)
-    a_desc = TensorDescriptor.from_tensor(a, [1, 1])
-    w_desc = TensorDescriptor.from_tensor(w_int8[:, :k] if w_int8.shape[1] != k else w_int8, [1, 1])
-    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-    grid = lambda meta: (min(sms, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
-    _int8_gemm_tma_kernel[grid](a_desc, w_desc, sa, sw, out, m, n, k, out.stride(0), NUM_SMS=sms, WS=ws)
-    return out
-
-
-def tma_part(log) -> list[dict]:
-    """The shipped INT8 GEMM (pointer loads, one program per tile) vs a persistent TMA version, exactness first."""
-    records = []
-    k = 18944
-    for case, a_val, w_val in (("worst+", -8, -8), ("worst-", 8, -8)):
-        a = torch.full((256, k), a_val, dtype=torch.int8, device="cuda")
-        w = torch.full((256, k), w_val, dtype=torch.int8, device="cuda")
-        for ws in (False, True):
-            try:
-                out = int8_gemm_tma(a, torch.ones(256, device="cuda"), w, torch.ones(256, device="cuda"), ws,
-                                    torch.float32)
-                log(f"tma ws={ws} {case}: max err {float((out.double() - a_val * w_val * k).abs().max())}")
-            except Exception as error:  # noqa: BLE001
-                log(f"tma ws={ws} {case}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-    rand_a = torch.randint(-8, 8, (300, 4096), device="cuda", dtype=torch.int8)
-    rand_w = torch.randint(-8, 8, (200, 4096), device="cuda", dtype=torch.int8)
-    got = int8_gemm_tma(rand_a, torch.ones(300, device="cuda"), rand_w, torch.ones(200, device="cuda"), False,
-                        torch.float32)
-    log(f"tma random 300x200x4096 exact: {torch.equal(got.double(), rand_a.double() @ rand_w.double().t())}")
-    for label, k, n in GEMM_SHAPES:
-        packed = gemm_reference.pack_weight_for_gemm(torch.randint(-8, 8, (n, k), dtype=torch.int8)).cuda()
-        w_int8 = gemm.unpack_weight_int8(packed)
-        sw = torch.rand(n, device="cuda")
-        w_bf16 = torch.randn(n, k, device="cuda").to(torch.bfloat16)
-        for m in (1024, 4096, 16384):
-            a = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8)
-            sa = torch.rand(m, 1, device="cuda")
-            x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
-            t = {"bf16": median_ms(lambda: F.linear(x, w_bf16)),
-                 "int8_gemm": median_ms(lambda: gemm.int8_gemm(a, sa, w_int8, sw, None, torch.bfloat16)),
-                 "tma": median_ms(lambda: int8_gemm_tma(a, sa.reshape(-1), w_int8, sw, False)),
-                 "tma_ws": median_ms(lambda: int8_gemm_tma(a, sa.reshape(-1), w_int8, sw, True))}
-            rec = {"shape": label, "M": m, "N": n, "K": k, "ms": t,
-                   "vs_bf16": {key: t["bf16"] / v for key, v in t.items()}}
-            log(f"int8 gemm {label} M={m}: " + ", ".join(f"{key} {v:.2f}x" for key, v in rec["vs_bf16"].items()))
-            records.append(rec)
-    return records
-
-
 def host_part(log) -> list[dict]:
     """Host time per call of each piece of a W4A4 linear (16 tokens: the GPU work is negligible, so a loop of
     calls without synchronisation measures what Python, the custom-op dispatcher and the Triton launcher cost)."""
@@ -382,13 +290,13 @@ def unpack_part(log) -> list[dict]:
         packed = torch.randint(-128, 128, (n, k // 2), device="cuda", dtype=torch.int8)
         src = torch.empty(n * k * 3 // 4, dtype=torch.int8, device="cuda")
         dst = torch.empty_like(src)
-        copy_ms = _graph_ms(lambda: dst.copy_(src))
+        copy_ms = graph_median_ms(lambda: dst.copy_(src))
         want = None
         for block_g, warps in ((64, 4), (128, 4), (256, 4), (256, 8), (512, 8), (1024, 8)):
             gemm.UNPACK_LAUNCH = (block_g, warps)
             out = gemm.unpack_weight_int8(packed)
             want = out if want is None else want
-            ms = _graph_ms(lambda: gemm.unpack_weight_int8(packed))
+            ms = graph_median_ms(lambda: gemm.unpack_weight_int8(packed))
             tbps = 1.5 * n * k / ms / 1e9
             log(f"unpack {n}x{k} block_g={block_g} warps={warps}: {ms * 1e3:.1f} us, {tbps:.2f} TB/s, "
                 f"{copy_ms / ms:.2f}x memcpy, same output {torch.equal(out, want)}")
@@ -396,16 +304,6 @@ def unpack_part(log) -> list[dict]:
                             "x_memcpy": copy_ms / ms})
     gemm.UNPACK_LAUNCH = default
     return records
-
-
-def _graph_ms(fn) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return median_ms(graph.replay)
 
 
 def main() -> None:
@@ -426,7 +324,7 @@ def main() -> None:
     result = {"memcpy_tbps": copy_tbps}
     for part in args.parts.split(","):
         result[part] = {"act": lambda: act_part(copy_tbps, log), "fp8": lambda: fp8_part(log),
-                        "tma": lambda: tma_part(log), "host": lambda: host_part(log),
+                        "host": lambda: host_part(log),
                         "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)

@@ -25,7 +25,7 @@ int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-by
 tensor-core GEMM fed by TMA (tensor descriptors), int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned
 per shape; epilogue (acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype. On H100 the persistent
 TMA kernel ran 1.42-1.91x bf16 cuBLAS at M >= 4096 against 1.23-1.59x for the one-program-per-tile kernel with
-pointer loads it replaced (same run, 2026-11-22, `explore_w4a4_gpu.py --parts tma`); Triton's warp
+pointer loads it replaced (same run, 2026-11-22, `explore_w4a4_gpu.py --parts tma` at commit e9a979d); Triton's warp
 specialization added nothing.
 Tried and rejected, the FP8 e4m3 carrier (int4 values are exact in e4m3): with Hopper's default imprecise
 accumulation it is 1.48-1.87x but wrong on worst-case data (error 163840 at K = 18944); promoting the partial sum

@@ -65,14 +65,26 @@ def _orthogonal(n, gen):
     return torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0].float()
 
 
-@pytest.mark.parametrize("n1,n2,parts", [(1, 200, ""), (64, 64, "lr"), (56, 64, "clr"), (32, 128, "cr"),
-                                         (16, 48, "l"), (16, 100, "lr")])
-def test_act_quant_matches_reference(gen, n1, n2, parts):
+def _act_args(n1, n2, parts, gen, clip=None):
+    """quantize_act_packed's arguments after x: channel scale ("c"), left ("l") and right ("r") factors, clip, bits."""
+    return (torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None,
+            _orthogonal(n1, gen) if "l" in parts else None, _orthogonal(n2, gen) if "r" in parts else None,
+            clip, 4)
+
+
+CHUNKED = gemm.ActLaunch(fused_max_tile=0, chunk_j=32, chunk_k=16)  # small slices: the tests cross their boundaries
+
+
+@pytest.mark.parametrize("n1,n2,parts,launch", [
+    (1, 200, "", None), (64, 64, "lr", None), (56, 64, "clr", None), (32, 128, "cr", None), (16, 48, "l", None),
+    (16, 100, "lr", None), (96, 128, "clr", CHUNKED), (20, 148, "lr", CHUNKED), (7, 33, "clr", CHUNKED),
+    (16, 100, "r", CHUNKED), (17, 40, "cl", CHUNKED), (1, 64, "r", CHUNKED)])
+def test_act_quant_matches_reference(gen, monkeypatch, n1, n2, parts, launch):
+    if launch is not None:
+        monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
     x = torch.randn(9, n1 * n2, generator=gen).to(torch.bfloat16)
     x[3] = 0
-    args = (torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None,
-            _orthogonal(n1, gen) if "l" in parts else None, _orthogonal(n2, gen) if "r" in parts else None,
-            torch.tensor(0.9), 4)
+    args = _act_args(n1, n2, parts, gen, torch.tensor(0.9))
     codes, scales = gemm.quantize_act_packed(x, *args)
     want_codes, want_scales = ref.quantize_act_packed(x, *args)
     torch.testing.assert_close(scales, want_scales, rtol=1e-6, atol=0)
@@ -92,29 +104,8 @@ def test_act_quant_path_choice_follows_factor_size():
     assert not gemm.fused_transform_supported(128, 148, torch.bfloat16)  # K = 18944: chunked
 
 
-@pytest.fixture
-def chunked_only(monkeypatch):
-    """Every transform takes the chunked kernel, with small slices so the tests cross slice boundaries."""
-    monkeypatch.setattr(gemm, "ACT_LAUNCH", gemm.ActLaunch(fused_max_tile=0, chunk_j=32, chunk_k=16))
-
-
-@pytest.mark.parametrize("n1,n2,parts", [(96, 128, "clr"), (20, 148, "lr"), (7, 33, "clr"), (16, 100, "r"),
-                                         (17, 40, "cl"), (1, 64, "r")])
-def test_act_quant_chunked_matches_reference(gen, chunked_only, n1, n2, parts):
-    x = torch.randn(5, n1 * n2, generator=gen).to(torch.bfloat16)
-    x[2] = 0
-    args = (torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None,
-            _orthogonal(n1, gen) if "l" in parts else None, _orthogonal(n2, gen) if "r" in parts else None,
-            torch.tensor(0.85), 4)
-    codes, scales = gemm.quantize_act_packed(x, *args)
-    want_codes, want_scales = ref.quantize_act_packed(x, *args)
-    torch.testing.assert_close(scales, want_scales, rtol=1e-6, atol=0)
-    differ = codes != want_codes
-    assert (codes.int() - want_codes.int()).abs().max() <= 1 and differ.float().mean() < 1e-3
-    assert scales[2] == 0 and not codes[2].any()
-
-
-def test_act_quant_chunked_nonfinite_and_empty(gen, chunked_only):
+def test_act_quant_chunked_nonfinite_and_empty(gen, monkeypatch):
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", CHUNKED)
     x = torch.randn(3, 20 * 148, generator=gen)
     x[0, 5], x[2, 2000] = float("inf"), float("nan")
     left, right = _orthogonal(20, gen), _orthogonal(148, gen)
@@ -132,8 +123,7 @@ def test_act_quant_chunked_nonfinite_and_empty(gen, chunked_only):
 def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, chunked, rows, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, n1 * n2, generator=gen).to(dtype)
-    args = (torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None,
-            _orthogonal(n1, gen) if "l" in parts else None, _orthogonal(n2, gen) if "r" in parts else None, None, 4)
+    args = _act_args(n1, n2, parts, gen)
     launch = (gemm.ActLaunch(fused_max_tile=0, chunk_j=16, chunk_k=16) if chunked
               else gemm.ActLaunch(transform_rows=rows))
     original, gemm.ACT_LAUNCH = gemm.ACT_LAUNCH, launch
