@@ -139,6 +139,14 @@ def _check_act(kx: int, gen: torch.Generator, lines: list[str]) -> None:
     c, s = gemm.quantize_act_packed(x, None, None, None, None, 4)
     ref_c, ref_s = (t.to(dev) for t in gemm_reference.quantize_act_packed(x.cpu(), None, None, None, None, 4))
     lines.append(f"act quant K={kx} no transform: bit-exact {torch.equal(c, ref_c) and torch.equal(s, ref_s)}")
+    gate = torch.randn(2048, kx, device=dev, generator=gen).to(torch.bfloat16)
+    for name, factors in (("bf16 factors", (left.to(torch.bfloat16), right.to(torch.bfloat16))), ("none", (None, None))):
+        c, s = gemm.quantize_swiglu_packed(gate, x, None, *factors, None, 4)
+        want_c, want_s = (t.to(dev) for t in gemm_reference.quantize_swiglu_packed(
+            gate.cpu(), x.cpu(), None, *(None if f is None else f.float().cpu() for f in factors), None, 4))
+        lines.append(f"swiglu act quant K={kx} ({name}): codes differing {(c != want_c).float().mean():.2e}, "
+                     f"max |diff| {(c.int() - want_c.int()).abs().max().item()}, scale rel err "
+                     f"{(s / want_s - 1).abs().max().item():.1e}")
 
 
 def fp8_scaled_mm(a_bf16: torch.Tensor, w_bf16: torch.Tensor):

@@ -248,17 +248,26 @@ def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -
 
 def quantize_act_packed(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio | None = None,
                         channel_scale: torch.Tensor | None = None, left: torch.Tensor | None = None,
-                        right: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        right: torch.Tensor | None = None, gate: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Online transform + per-token quantization, the activation half of a W4A4 linear, in one pass:
     x [..., K] float -> (codes int8 [..., K], scales fp32 [..., 1]) of x' = leftᵀ · (X ⊙ C) · right, with X and C
     (`channel_scale [K]`) viewed as [n1, n2] (`left [n1, n1]`, `right [n2, n2]`, n1·n2 = K; each part optional).
     Codes stay one per byte: they are the A operand of `w4a4_matmul`. Numerics as `quantize_act` with
-    `scale = clip_ratio · absmax / (2^(bits-1) - 1)`; `clip_ratio` is a float or a 0-d tensor."""
+    `scale = clip_ratio · absmax / (2^(bits-1) - 1)`; `clip_ratio` is a float or a 0-d tensor.
+    `gate` (same shape and dtype as x): quantize silu(gate) · x instead (a SwiGLU's down-projection input, computed
+    as `F.silu(gate) * x` is, without writing it to memory)."""
     op = "quantize_act_packed"
     check_float_tensor(op, "x", x)
     check_min_dims(op, "x", x, 1)
     check_bits(op, bits)
     k = x.shape[-1]
+    if gate is not None:
+        check_float_tensor(op, "gate", gate)
+        check_same_device(op, "x", x, "gate", gate)
+        if gate.shape != x.shape or gate.dtype != x.dtype:
+            raise ValueError(f"faircalib.kernels.{op}: gate must match x: got gate {tuple(gate.shape)} "
+                             f"{gate.dtype}, x {tuple(x.shape)} {x.dtype}")
     _check_square(op, "left", left, x)
     _check_square(op, "right", right, x)
     n1 = left.shape[0] if left is not None else (k // right.shape[0] if right is not None else 1)
@@ -272,7 +281,11 @@ def quantize_act_packed(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio | 
             raise ValueError(f"faircalib.kernels.{op}: channel_scale must have shape ({k},), got "
                              f"{tuple(channel_scale.shape)}")
     clip = None if clip_ratio is None else _clip_tensor(op, "clip_ratio", clip_ratio, x, ())
-    codes, scales = ops.quantize_act_packed(x.reshape(-1, k), channel_scale, left, right, clip, bits)
+    if gate is None:
+        codes, scales = ops.quantize_act_packed(x.reshape(-1, k), channel_scale, left, right, clip, bits)
+    else:
+        codes, scales = ops.quantize_swiglu_packed(gate.reshape(-1, k), x.reshape(-1, k), channel_scale, left,
+                                                   right, clip, bits)
     return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)
 
 

@@ -47,7 +47,7 @@ import triton.language as tl
 from . import quant as quant_kernels
 from . import registry
 from .gemm_reference import GEMM_K_GROUP
-from .triton_math import clamp_round_to_int, nan_max
+from .triton_math import cast_rne, clamp_round_to_int, nan_max
 
 @dataclasses.dataclass
 class ActLaunch:
@@ -94,9 +94,18 @@ def fused_transform_supported(n1: int, n2: int, dtype: torch.dtype) -> bool:
 
 
 @triton.jit
-def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr,
+def _swiglu(gate, up):
+    """silu(gate) · up in the inputs' dtype, each op rounded to it as torch's `F.silu(gate) * up` does (fp32 math;
+    exp and the division are the GPU's fast approximations: within an ulp of fp32, far below a bf16 rounding)."""
+    g = gate.to(tl.float32)
+    silu = cast_rne(g / (1.0 + tl.exp(-g)), up.dtype)
+    return cast_rne(silu.to(tl.float32) * up.to(tl.float32), up.dtype)
+
+
+@triton.jit
+def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr,
                          M, N1, N2, stride_xm, stride_cm,
-                         HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                         GATED: tl.constexpr, HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                          HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr,
                          TOKENS: tl.constexpr, STAGES: tl.constexpr, RECIP: tl.constexpr):
     """Whole-tile path. A step takes TOKENS tokens stacked as a [TOKENS·B1, B2] tile (token t's [n1, n2] view in
@@ -126,6 +135,8 @@ def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr
         tok = step * TOKENS + r // B1
         mask = tile_in & (tok < M)[:, None]
         y = tl.load(x_ptr + tok[:, None] * stride_xm + flat, mask=mask, other=0.0)
+        if GATED:
+            y = _swiglu(tl.load(gate_ptr + tok[:, None] * stride_xm + flat, mask=mask, other=0.0), y)
         if HAS_CS:
             y = y.to(tl.float32) * cs
         if HAS_RIGHT:
@@ -157,8 +168,8 @@ def _quantize_act_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr
 
 
 @triton.jit
-def _quantize_act_chunked_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, scratch_ptr,
-                                 M, N1, N2, stride_xm, stride_cm,
+def _quantize_act_chunked_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr,
+                                 scratch_ptr, M, N1, N2, stride_xm, stride_cm, GATED: tl.constexpr,
                                  HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_CLIP: tl.constexpr,
                                  BITS: tl.constexpr, B1: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
                                  SCRATCH_W: tl.constexpr):
@@ -176,14 +187,17 @@ def _quantize_act_chunked_kernel(x_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, c
     clip = tl.load(clip_ptr).to(tl.float32) if HAS_CLIP else 1.0
     scratch = scratch_ptr + tl.program_id(0) * (B1 * SCRATCH_W) + i[:, None] * SCRATCH_W
     for t in range(tl.program_id(0), M, tl.num_programs(0)):
-        x_row = x_ptr + t * stride_xm + i[:, None] * N2
+        row_off = t * stride_xm + i[:, None] * N2
         absmax = tl.zeros((), tl.float32)
         bad = tl.zeros((), tl.int32)
         for j0 in range(0, N2, BJ):
             z = tl.zeros((B1, BJ), tl.float32)
             for k0 in range(0, N2, BK):
                 k_in = (k0 + kk) < N2
-                xk = tl.load(x_row + (k0 + kk)[None, :], mask=row_in[:, None] & k_in[None, :], other=0.0)
+                xk = tl.load(x_ptr + row_off + (k0 + kk)[None, :], mask=row_in[:, None] & k_in[None, :], other=0.0)
+                if GATED:
+                    xk = _swiglu(tl.load(gate_ptr + row_off + (k0 + kk)[None, :],
+                                         mask=row_in[:, None] & k_in[None, :], other=0.0), xk)
                 xk = xk.to(tl.float32)
                 if HAS_CS:
                     xk = xk * tl.load(cs_ptr + i[:, None] * N2 + (k0 + kk)[None, :],
@@ -220,26 +234,44 @@ def _programs(m: int, device: torch.device, per_sm: int) -> int:
 def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, left: torch.Tensor | None,
                         right: torch.Tensor | None, clip: torch.Tensor | None, bits: int):
     """x: [M, K] float (row stride free, unit column stride) -> (codes int8 [M, K], scales fp32 [M, 1])."""
+    return _quantize_packed(x, None, channel_scale, left, right, clip, bits)
+
+
+@registry.register("quantize_swiglu_packed", "triton")
+def quantize_swiglu_packed(gate: torch.Tensor, up: torch.Tensor, channel_scale: torch.Tensor | None,
+                           left: torch.Tensor | None, right: torch.Tensor | None, clip: torch.Tensor | None, bits: int):
+    """gate, up: [M, K] -> codes and scales of silu(gate) · up, computed inside the kernels (never stored)."""
+    return _quantize_packed(up, gate, channel_scale, left, right, clip, bits)
+
+
+def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: torch.Tensor | None,
+                     left: torch.Tensor | None, right: torch.Tensor | None, clip: torch.Tensor | None, bits: int):
     m, k = x.shape
     plain = channel_scale is None and left is None and right is None
     if plain and triton.next_power_of_2(k) > ACT_LAUNCH.plain_max_k:
         # No transform, long rows: the plain per-token quantizer (`quant.py`, rows swept twice in chunks), same
         # numerics. Shorter rows take the whole-tile kernel as one [1, K] tile: one launch, less host work.
+        if gate is not None:
+            x = torch.nn.functional.silu(gate) * x
         one = torch.ones((), dtype=torch.float32, device=x.device)
         clip = one if clip is None else clip.reshape(()).float()
         codes, scales, _ = quant_kernels._fake_quant(x, clip, clip, bits, None, True, codes=True)
         return codes, scales.reshape(m, 1)
     n1 = left.shape[0] if left is not None else (k // right.shape[0] if right is not None else 1)
     n2 = k // n1
-    if x.stride(1) != 1:
+    if x.stride(1) != 1 or (gate is not None and gate.stride() != x.stride()):
         x = x.contiguous()
+        gate = None if gate is None else gate.contiguous()
     codes = torch.empty((m, k), dtype=torch.int8, device=x.device)
     scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return codes, scales
     cfg, dummy = ACT_LAUNCH, scales
+    common = (x, x if gate is None else gate, dummy if channel_scale is None else channel_scale.contiguous(),
+              dummy if left is None else left.contiguous())
+    flags = dict(GATED=gate is not None, HAS_CS=channel_scale is not None, HAS_LEFT=left is not None,
+                 HAS_CLIP=clip is not None, BITS=bits)
     clip_arg = dummy if clip is None else clip.reshape(())
-    cs_arg = dummy if channel_scale is None else channel_scale.contiguous()
     factor = left if left is not None else right
     if factor is None or fused_transform_supported(n1, n2, factor.dtype):
         b1 = _pow2(n1) if factor is not None else 1
@@ -247,11 +279,9 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
         # Tokens per step: stack them up to `transform_rows` rows (transforms) or `plain_tile` elements (none).
         tokens = max(1, cfg.transform_rows // b1) if factor is not None else max(1, cfg.plain_tile // b2)
         _quantize_act_kernel[(_programs(triton.cdiv(m, tokens), x.device, cfg.programs_per_sm),)](
-            x, cs_arg, dummy if left is None else left.contiguous(), dummy if right is None else right.contiguous(),
-            clip_arg, codes, scales, m, n1, n2, x.stride(0), codes.stride(0),
-            HAS_CS=channel_scale is not None, HAS_LEFT=left is not None, HAS_RIGHT=right is not None,
-            HAS_CLIP=clip is not None, BITS=bits, B1=b1, B2=b2, TOKENS=tokens, STAGES=cfg.stages,
-            RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
+            *common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, n1, n2,
+            x.stride(0), codes.stride(0), **flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens,
+            STAGES=cfg.stages, RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
         return codes, scales
     if right is None:  # the chunked kernel contracts through `right`: the identity stands in for a missing one
         right = torch.eye(n2, dtype=left.dtype, device=x.device)
@@ -260,10 +290,8 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
     programs = _programs(m, x.device, cfg.chunked_programs_per_sm)
     scratch = torch.empty((programs, b1 * scratch_w), dtype=torch.float32, device=x.device)
     _quantize_act_chunked_kernel[(programs,)](
-        x, cs_arg, dummy if left is None else left.contiguous(), right.contiguous(), clip_arg, codes, scales,
-        scratch, m, n1, n2, x.stride(0), codes.stride(0),
-        HAS_CS=channel_scale is not None, HAS_LEFT=left is not None, HAS_CLIP=clip is not None, BITS=bits,
-        B1=b1, BJ=bj, BK=bk, SCRATCH_W=scratch_w, num_warps=cfg.chunked_warps)
+        *common, right.contiguous(), clip_arg, codes, scales, scratch, m, n1, n2, x.stride(0), codes.stride(0),
+        **flags, B1=b1, BJ=bj, BK=bk, SCRATCH_W=scratch_w, num_warps=cfg.chunked_warps)
     return codes, scales
 
 

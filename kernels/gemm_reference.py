@@ -7,6 +7,8 @@ Two ops, the online half and the GEMM half of a W4A4 linear:
   round half to even, clamp; all-zero rows -> scale 0, codes 0; rows with NaN/Inf -> scale NaN, codes 0).
   Output: int8 codes, one per byte, K-contiguous ("packed" as the GEMM's A operand: Hopper's MMA reads int8, so
   nibble-packing activations would only add an unpack to the GEMM) and fp32 per-token scales.
+- `quantize_swiglu_packed(gate, up, ...)`: the same of silu(gate) · up (a down projection's input), so the SwiGLU
+  product is never written to memory.
 - `w4a4_matmul(a_codes, a_scales, w_packed, w_scales, bias, out_dtype)`: y = (A·Wᵀ as an exact int32 sum)
   · a_scale[m] · w_scale[n] (+ bias[n]), fp32 epilogue, cast to `out_dtype`.
 
@@ -87,6 +89,14 @@ def quantize_act_packed(x: torch.Tensor, channel_scale: torch.Tensor | None, lef
     p = GroupParams(y, clip, clip, bits, True)
     codes = torch.where(p.bad | p.flat, 0.0, p.levels(y))
     return codes.to(torch.int8), p.scale
+
+
+@registry.register("quantize_swiglu_packed", "reference")
+def quantize_swiglu_packed(gate: torch.Tensor, up: torch.Tensor, channel_scale: torch.Tensor | None,
+                           left: torch.Tensor | None, right: torch.Tensor | None, clip: torch.Tensor | None, bits: int):
+    """`quantize_act_packed` of silu(gate) · up, computed as the models compute it (`F.silu(gate) * up` in the
+    inputs' dtype: each op rounds to it). gate, up: [M, K] of one float dtype."""
+    return quantize_act_packed(torch.nn.functional.silu(gate) * up, channel_scale, left, right, clip, bits)
 
 
 def int_matmul_exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -249,6 +249,19 @@ def quantize_act_packed(x: Tensor, channel_scale: Tensor | None, left: Tensor | 
     return _dispatch("quantize_act_packed", _quantize_act_packed_fake, x, channel_scale, left, right, clip, bits)
 
 
+@torch.library.custom_op("faircalib::quantize_swiglu_packed", mutates_args=())
+def quantize_swiglu_packed(gate: Tensor, up: Tensor, channel_scale: Tensor | None, left: Tensor | None,
+                           right: Tensor | None, clip: Tensor | None, bits: int) -> tuple[Tensor, Tensor]:
+    """gate, up [M, K] -> (codes int8 [M, K], scales fp32 [M, 1]) of the transformed silu(gate) · up."""
+    return _dispatch("quantize_swiglu_packed", _quantize_swiglu_packed_fake, gate, up, channel_scale, left, right,
+                     clip, bits)
+
+
+def _quantize_swiglu_packed_fake(gate: Tensor, up: Tensor, channel_scale: Tensor | None, left: Tensor | None,
+                                 right: Tensor | None, clip: Tensor | None, bits: int) -> tuple[Tensor, Tensor]:
+    return _quantize_act_packed_fake(up, channel_scale, left, right, clip, bits)
+
+
 def _w4a4_matmul_fake(a_codes: Tensor, a_scales: Tensor, w_packed: Tensor, w_scales: Tensor, bias: Tensor | None,
                       out_dtype: torch.dtype) -> Tensor:
     return a_codes.new_zeros((a_codes.shape[0], w_packed.shape[0]), dtype=out_dtype)
@@ -262,4 +275,5 @@ def w4a4_matmul(a_codes: Tensor, a_scales: Tensor, w_packed: Tensor, w_scales: T
 
 
 quantize_act_packed.register_fake(_quantize_act_packed_fake)
+quantize_swiglu_packed.register_fake(_quantize_swiglu_packed_fake)
 w4a4_matmul.register_fake(_w4a4_matmul_fake)

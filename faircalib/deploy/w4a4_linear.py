@@ -5,7 +5,8 @@ It stores what inference needs and nothing else: 4-bit weight codes packed in th
 input transform as Kronecker factors (`channel_scale [K]`, `left [n1, n1]`, `right [n2, n2]`, each optional; a
 block Hadamard rotation is rewritten into that form). Forward: `quantize_act_packed` (transform + per-token
 quantization) then `w4a4_matmul` (exact integer GEMM, fp32 scale epilogue). The kernel registry picks the PyTorch
-reference on CPU and Triton on CUDA.
+reference on CPU and Triton on CUDA. A down projection is called as `forward_swiglu(gate, up)` by the models
+(`layers.swiglu_down`): its activation kernel computes silu(gate)·up itself, so the product never goes to memory.
 
 Agreement with the fake-quant `QuantLinear` it came from: the activation codes are computed by the same formulas
 in fp32, and the integer products are exact, so outputs agree to fp32 rounding (relative ~1e-6) wherever the
@@ -143,6 +144,24 @@ class W4A4Linear(nn.Module):
             codes, scales = self.quantize_input(x)
         else:
             codes, scales = shared.quantize(self, x)
+        return self._matmul(codes, scales, x)
+
+    def forward_swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """self(F.silu(gate) * up), with the SwiGLU computed inside the activation kernel instead of written to
+        memory and read back (the models call this for their down projection: `layers.swiglu_down`). Module hooks
+        do not fire for this entry point."""
+        if self._fast_path(up) and gate.shape == up.shape and gate.dtype == up.dtype and gate.device == up.device:
+            impl = registry.implementation("quantize_swiglu_packed", up.device)
+            codes, scales = impl(gate.reshape(-1, self.in_features), up.reshape(-1, self.in_features),
+                                 self.channel_scale, self.left, self.right, self.act_clip, self.act_bits)
+            codes, scales = codes.reshape(up.shape), scales.reshape(*up.shape[:-1], 1)
+        else:
+            codes, scales = kernels.quantize_act_packed(up, bits=self.act_bits, clip_ratio=self.act_clip,
+                                                        channel_scale=self.channel_scale, left=self.left,
+                                                        right=self.right, gate=gate)
+        return self._matmul(codes, scales, up)
+
+    def _matmul(self, codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self._fast_path(x):
             impl = registry.implementation("w4a4_matmul", x.device)
             out = impl(codes.reshape(-1, self.in_features), scales.reshape(-1, 1), self.weight_packed,

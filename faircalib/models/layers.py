@@ -65,3 +65,10 @@ def bidirectional_attention(
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up, elementwise; both [..., F]."""
     return F.silu(gate) * up
+
+
+def swiglu_down(down: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate) * up). A down projection that computes the SwiGLU inside its own input kernel
+    (`forward_swiglu`: the deployed W4A4Linear) gets gate and up instead of their product."""
+    fused = getattr(down, "forward_swiglu", None)
+    return fused(gate, up) if fused is not None else down(swiglu(gate, up))

@@ -107,18 +107,18 @@ def test_model_logits_and_generation_match_fake_quant(family, method):
 # One quantization per shared input: q/k/v and gate/up are linked and quantize their input once
 # ---------------------------------------------------------------------------------------------------------------
 
-def _count(monkeypatch, name: str = "quantize_act_packed") -> list:
-    """Count runs of the op's kernel: every path (public op, custom op, W4A4Linear's eager fast path) gets its
-    implementation from the registry."""
+def _count(monkeypatch, names=("quantize_act_packed", "quantize_swiglu_packed")) -> list:
+    """Count runs of the activation kernels (the down projection takes the SwiGLU variant): every path (public op,
+    custom op, W4A4Linear's eager fast path) gets its implementation from the registry."""
     calls, original = [], registry.implementation
 
     def counting(op, device):
         impl = original(op, device)
-        if op != name:
+        if op not in names:
             return impl
 
         def counted(*args, **kwargs):
-            calls.append(name)
+            calls.append(op)
             return impl(*args, **kwargs)
         return counted
 
@@ -287,3 +287,18 @@ def test_compiled_blocks_quantize_each_input_once(monkeypatch):
     assert not torch._dynamo.utils.counters["graph_break"]
     assert all(group._handed is None for group in {m.shared_input for m in deployed.modules()
                                                    if isinstance(m, W4A4Linear) and m.shared_input is not None})
+
+
+def test_down_projection_takes_the_swiglu_inside_its_kernel(family, monkeypatch):
+    deployed = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(deployed)
+    unfused = copy.deepcopy(deployed)
+    for module in unfused.modules():
+        if isinstance(module, W4A4Linear):
+            module.forward_swiglu = None  # layers.swiglu_down falls back to down(silu(gate) * up)
+    calls = _count(monkeypatch)
+    ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = get_adapter(deployed).logits(ids)
+        assert calls.count("quantize_swiglu_packed") == len(get_adapter(deployed).blocks)
+        assert torch.equal(got, get_adapter(unfused).logits(ids))  # reference kernels: the same numbers

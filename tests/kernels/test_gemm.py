@@ -160,6 +160,8 @@ def test_custom_ops_pass_opcheck(gen, backend):
     w = kernels.pack_weight_for_gemm(_codes((24, 512), gen))
     with kernels.use_backend(backend):
         torch.library.opcheck(torch.ops.faircalib.quantize_act_packed, (x, None, left, right, torch.tensor(0.8), 4))
+        torch.library.opcheck(torch.ops.faircalib.quantize_swiglu_packed,
+                              (x.flip(0), x, None, left, right, torch.tensor(0.8), 4))
         codes, scales = kernels.quantize_act_packed(x, left=left, right=right)
         torch.library.opcheck(torch.ops.faircalib.w4a4_matmul,
                               (codes, scales, w, torch.rand(24, generator=gen), None, torch.bfloat16))
@@ -187,3 +189,27 @@ def test_public_ops_name_the_problem(gen):
         kernels.w4a4_matmul(codes, scales, torch.zeros(3, 64, dtype=torch.int8), torch.ones(3, 2))
     with pytest.raises(TypeError, match="int8"):
         kernels.w4a4_matmul(codes.float(), scales, torch.zeros(3, 64, dtype=torch.int8), torch.ones(3))
+
+
+@pytest.mark.parametrize("n1,n2,parts,launch", [(1, 300, "", None), (1, 300, "", gemm.ActLaunch(plain_max_k=16)),
+                                                (16, 48, "clr", None), (20, 148, "lr", CHUNKED)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_swiglu_quant_matches_the_unfused_reference(gen, monkeypatch, n1, n2, parts, launch, dtype):
+    if launch is not None:
+        monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
+    gate, up = (torch.randn(6, n1 * n2, generator=gen).to(dtype) * 3 for _ in range(2))
+    args = _act_args(n1, n2, parts, gen, torch.tensor(0.9))
+    codes, scales = gemm.quantize_swiglu_packed(gate, up, *args)
+    want_codes, want_scales = ref.quantize_swiglu_packed(gate, up, *args)
+    assert torch.equal(want_codes, ref.quantize_act_packed(torch.nn.functional.silu(gate) * up, *args)[0])
+    # exp and the division may differ from torch's by an ulp of fp32: rarely, a bf16 product rounds the other way.
+    torch.testing.assert_close(scales, want_scales, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=0)
+    assert (codes.int() - want_codes.int()).abs().max() <= 1 and (codes != want_codes).float().mean() < 1e-2
+
+
+def test_swiglu_quant_public_op_checks_the_gate(gen):
+    up = torch.randn(4, 64, generator=gen)
+    with pytest.raises(ValueError, match="gate must match x"):
+        kernels.quantize_act_packed(up, gate=torch.randn(4, 32, generator=gen))
+    codes, scales = kernels.quantize_act_packed(up.reshape(2, 2, 64), gate=up.reshape(2, 2, 64))
+    assert codes.shape == (2, 2, 64) and scales.shape == (2, 2, 1)
