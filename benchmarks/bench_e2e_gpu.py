@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
                              "and residual adds around the linears")
+    parser.add_argument("--fuse-swiglu", action="store_true",
+                        help="W4A4 down projections take silu(gate)·up inside their activation kernel (fuse_swiglu)")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -197,7 +199,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     ids = {n: torch.randint(0, 126000, (1, n), generator=gen).cuda() for n in tokens}
     tag = ", compiled blocks" if args.compile else ""
-    results["env"]["compiled_blocks"] = args.compile
+    results["env"]["compiled_blocks"], results["env"]["fuse_swiglu"] = args.compile, args.fuse_swiglu
     for variant in args.variants.split(","):
         factor_name, sharing = variant.split(":")
         model = build_random("llada", "llada-8b", dtype=torch.bfloat16, device="cuda")
@@ -213,6 +215,8 @@ def main() -> None:
                                         "block_weight_bytes": bf16_bytes})
                 print(results["runs"][-1], flush=True)
         to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen, sharing == "shared")
+        for block in adapter.blocks:
+            adapter.linears(block)["down"].fuse_swiglu = args.fuse_swiglu
         if args.compile:
             compile_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)

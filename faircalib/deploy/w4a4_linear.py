@@ -5,8 +5,10 @@ It stores what inference needs and nothing else: 4-bit weight codes packed in th
 input transform as Kronecker factors (`channel_scale [K]`, `left [n1, n1]`, `right [n2, n2]`, each optional; a
 block Hadamard rotation is rewritten into that form). Forward: `quantize_act_packed` (transform + per-token
 quantization) then `w4a4_matmul` (exact integer GEMM, fp32 scale epilogue). The kernel registry picks the PyTorch
-reference on CPU and Triton on CUDA. A down projection is called as `forward_swiglu(gate, up)` by the models
-(`layers.swiglu_down`): its activation kernel computes silu(gate)·up itself, so the product never goes to memory.
+reference on CPU and Triton on CUDA. With `fuse_swiglu = True` a down projection is called as
+`forward_swiglu(gate, up)` by the models (`layers.swiglu_down`): its activation kernel computes silu(gate)·up itself,
+so the product never goes to memory. Off by default: the fused kernels are tested under the Triton interpreter and
+compile for sm_90, but have not yet run on a GPU (no speed measured, no on-device parity check).
 
 Agreement with the fake-quant `QuantLinear` it came from: the activation codes are computed by the same formulas
 in fp32, and the integer products are exact, so outputs agree to fp32 rounding (relative ~1e-6) wherever the
@@ -85,6 +87,7 @@ class W4A4Linear(nn.Module):
         self.register_buffer("right", torch.eye(right_size) if right_size else None)
         self.shared_input: SharedInputQuantization | None = None  # set by share_input_quantization
         self._checked_buffers: tuple | None = None  # the buffers the public ops accepted (`_fast_path`)
+        self.fuse_swiglu = False  # `layers.swiglu_down` calls `forward_swiglu` when set (module doc)
 
     @classmethod
     def from_quant_linear(cls, ql: QuantLinear) -> "W4A4Linear":

@@ -68,7 +68,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def swiglu_down(down: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """down(silu(gate) * up). A down projection that computes the SwiGLU inside its own input kernel
-    (`forward_swiglu`: the deployed W4A4Linear) gets gate and up instead of their product."""
-    fused = getattr(down, "forward_swiglu", None)
-    return fused(gate, up) if fused is not None else down(swiglu(gate, up))
+    """down(silu(gate) * up). A down projection that computes the SwiGLU inside its own input kernel (a deployed
+    W4A4Linear with `fuse_swiglu` set) gets gate and up instead of their product."""
+    if getattr(down, "fuse_swiglu", False):
+        return down.forward_swiglu(gate, up)
+    return down(swiglu(gate, up))

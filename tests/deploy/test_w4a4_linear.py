@@ -293,9 +293,9 @@ def test_down_projection_takes_the_swiglu_inside_its_kernel(family, monkeypatch)
     deployed = quantized_tiny(family, "flatquant")
     convert_to_w4a4(deployed)
     unfused = copy.deepcopy(deployed)
-    for module in unfused.modules():
+    for module in deployed.modules():
         if isinstance(module, W4A4Linear):
-            module.forward_swiglu = None  # layers.swiglu_down falls back to down(silu(gate) * up)
+            module.fuse_swiglu = True  # only down projections are called through layers.swiglu_down
     calls = _count(monkeypatch)
     ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
