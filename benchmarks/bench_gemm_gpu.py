@@ -140,7 +140,8 @@ def _check_act(kx: int, gen: torch.Generator, lines: list[str]) -> None:
     ref_c, ref_s = (t.to(dev) for t in gemm_reference.quantize_act_packed(x.cpu(), None, None, None, None, 4))
     lines.append(f"act quant K={kx} no transform: bit-exact {torch.equal(c, ref_c) and torch.equal(s, ref_s)}")
     gate = torch.randn(2048, kx, device=dev, generator=gen).to(torch.bfloat16)
-    for name, factors in (("bf16 factors", (left.to(torch.bfloat16), right.to(torch.bfloat16))), ("none", (None, None))):
+    bf16_factors = (left.to(torch.bfloat16), right.to(torch.bfloat16))
+    for name, factors in (("bf16 factors", bf16_factors), ("none", (None, None))):
         c, s = gemm.quantize_swiglu_packed(gate, x, None, *factors, None, 4)
         want_c, want_s = (t.to(dev) for t in gemm_reference.quantize_swiglu_packed(
             gate.cpu(), x.cpu(), None, *(None if f is None else f.float().cpu() for f in factors), None, 4))

@@ -16,9 +16,10 @@ the scale's reciprocal instead of dividing each element (an IEEE division per el
 reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). NaN/Inf rows are found by a NaN-propagating
 absmax, and codes come from the bits of the rounding add (no float-to-int conversion). Measured (BENCHMARKS.md,
 2026-11-22, bf16 factors, 16384 tokens, `benchmarks/explore_w4a4_gpu.py`): 0.76x (K = 3584), 0.85x (4096), 0.50x
-(12288) and 0.14x (18944) of memcpy. Tried and slower: stacking two 64-row tokens per step with a blockdiag left factor,
-re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an earlier
-variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower.
+(12288) and 0.14x (18944) of memcpy. Tried and slower: stacking two 64-row tokens per step with a blockdiag left
+factor, re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an
+earlier variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower.
+`quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
 int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A persistent INT8
@@ -48,6 +49,7 @@ from . import quant as quant_kernels
 from . import registry
 from .gemm_reference import GEMM_K_GROUP
 from .triton_math import cast_rne, clamp_round_to_int, nan_max
+
 
 @dataclasses.dataclass
 class ActLaunch:
@@ -400,7 +402,9 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     a_desc = TensorDescriptor.from_tensor(a_codes, [1, 1])
     w_desc = TensorDescriptor.from_tensor(w_int8, [1, 1])
     programs = 4 if a_codes.device.type != "cuda" else _num_sms(a_codes.device.index or 0)
-    grid = lambda meta: (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)  # noqa: E731
+    def grid(meta):
+        return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+
     _int8_gemm_kernel[grid](
         a_desc, w_desc, a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
         w_scales if bias is None else bias.contiguous(), out, m, n, k, triton.next_power_of_2(m), out.stride(0),

@@ -117,7 +117,8 @@ def test_act_quant_chunked_nonfinite_and_empty(gen, monkeypatch):
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 9), n1=st.integers(1, 24), n2=st.integers(1, 40), parts=st.sampled_from(["lr", "clr", "l", "r"]),
+@given(m=st.integers(1, 9), n1=st.integers(1, 24), n2=st.integers(1, 40),
+       parts=st.sampled_from(["lr", "clr", "l", "r"]),
        chunked=st.booleans(), rows=st.sampled_from([1, 64, 128]), gated=st.booleans(),
        dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
 def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, chunked, rows, gated, dtype, seed):
