@@ -44,6 +44,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import quant as quant_kernels
 from . import registry
@@ -146,18 +147,17 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
         if HAS_LEFT:
             y = tl.dot(bd, y.to(bd.dtype))
         y = y.to(tl.float32)
-        # A NaN-propagating absmax is NaN or +Inf exactly for rows holding NaN or ±Inf: no per-element test
         row_max = tl.reduce(tl.abs(y), 1, nan_max)
-        row_bad = ((row_max != row_max) | (row_max == float("inf"))).to(tl.int32)
-        if B1 == 1:
-            tok_bad, tok_max = row_bad, row_max
-            bad, absmax = row_bad, row_max
-        else:  # a token's statistics over its B1 rows, then broadcast back to them
-            tok_bad = tl.max(tl.reshape(row_bad, (TOKENS, B1)), axis=1)
+        tok_max = row_max
+        if B1 > 1:  # a token's absmax over its B1 rows
             tok_max = tl.reduce(tl.reshape(row_max, (TOKENS, B1)), 1, nan_max)
+        # A NaN-propagating absmax is NaN or +Inf exactly for tokens holding NaN or ±Inf: no per-element test
+        tok_bad = ((tok_max != tok_max) | (tok_max == float("inf"))).to(tl.int32)
+        tok_scale = tl.math.div_rn(clip * tok_max, tl.full(tok_max.shape, qmax, tl.float32))
+        bad, scale = tok_bad, tok_scale
+        if B1 > 1:  # back to the token's rows
             bad = tl.reshape(tl.broadcast_to(tok_bad[:, None], (TOKENS, B1)), (ROWS,))
-            absmax = tl.reshape(tl.broadcast_to(tok_max[:, None], (TOKENS, B1)), (ROWS,))
-        scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
+            scale = tl.reshape(tl.broadcast_to(tok_scale[:, None], (TOKENS, B1)), (ROWS,))
         if RECIP:  # the transform is approximate already; an exact division per element would triple the cost
             v = y * (1.0 / tl.where(scale > 0, scale, 1.0))[:, None]
         else:
@@ -165,7 +165,6 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
         q = tl.where(((bad > 0) | (scale == 0))[:, None], 0, clamp_round_to_int(v, qmin * 1.0, qmax * 1.0))
         tl.store(codes_ptr + tok[:, None] * stride_cm + flat, q.to(tl.int8), mask=mask)
         tok_ids = step * TOKENS + tl.arange(0, TOKENS)
-        tok_scale = tl.math.div_rn(clip * tok_max, tl.full(tok_max.shape, qmax, tl.float32))
         tl.store(scales_ptr + tok_ids, tl.where(tok_bad > 0, float("nan"), tok_scale), mask=tok_ids < M)
 
 
@@ -387,8 +386,6 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
               bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_int8 int8 [N, Kp] (Kp = padded_k(K), zero tail), w_scales
     fp32 [N], bias [N] | None -> [M, N] out_dtype = (A·Wᵀ in int32) · a_scale · w_scale (+ bias)."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     m, k = a_codes.shape
     n = w_int8.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
