@@ -131,9 +131,10 @@ class W4A4Linear(nn.Module):
                 x.dim() >= 1 and x.shape[-1] == self.in_features and x.device == self.weight_packed.device and
                 all(a is b for a, b in zip(checked, self._kernel_buffers())))
 
-    def quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes int8 [..., K], scales fp32 [..., 1]) of this linear's transformed input, always computed."""
-        if self._fast_path(x):
+    def quantize_input(self, x: torch.Tensor, fast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes int8 [..., K], scales fp32 [..., 1]) of this linear's transformed input, always computed.
+        `fast`: `_fast_path(x)` when the caller already knows it."""
+        if self._fast_path(x) if fast is None else fast:
             impl = registry.implementation("quantize_act_packed", x.device)
             codes, scales = impl(x.reshape(-1, self.in_features), self.channel_scale, self.left, self.right,
                                  self.act_clip, self.act_bits)
@@ -142,18 +143,19 @@ class W4A4Linear(nn.Module):
                                            channel_scale=self.channel_scale, left=self.left, right=self.right)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shared = self.shared_input
+        fast, shared = self._fast_path(x), self.shared_input
         if shared is None:
-            codes, scales = self.quantize_input(x)
+            codes, scales = self.quantize_input(x, fast)
         else:
             codes, scales = shared.quantize(self, x)
-        return self._matmul(codes, scales, x)
+        return self._matmul(codes, scales, x, fast)
 
     def forward_swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """self(F.silu(gate) * up), with the SwiGLU computed inside the activation kernel instead of written to
         memory and read back (the models call this for their down projection: `layers.swiglu_down`). Module hooks
         do not fire for this entry point."""
-        if self._fast_path(up) and gate.shape == up.shape and gate.dtype == up.dtype and gate.device == up.device:
+        fast = self._fast_path(up)
+        if fast and gate.shape == up.shape and gate.dtype == up.dtype and gate.device == up.device:
             impl = registry.implementation("quantize_swiglu_packed", up.device)
             codes, scales = impl(gate.reshape(-1, self.in_features), up.reshape(-1, self.in_features),
                                  self.channel_scale, self.left, self.right, self.act_clip, self.act_bits)
@@ -162,10 +164,10 @@ class W4A4Linear(nn.Module):
             codes, scales = kernels.quantize_act_packed(up, bits=self.act_bits, clip_ratio=self.act_clip,
                                                         channel_scale=self.channel_scale, left=self.left,
                                                         right=self.right, gate=gate)
-        return self._matmul(codes, scales, up)
+        return self._matmul(codes, scales, up, fast)
 
-    def _matmul(self, codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self._fast_path(x):
+    def _matmul(self, codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, fast: bool) -> torch.Tensor:
+        if fast:
             impl = registry.implementation("w4a4_matmul", x.device)
             out = impl(codes.reshape(-1, self.in_features), scales.reshape(-1, 1), self.weight_packed,
                        self.weight_scale, self.bias, x.dtype)
@@ -233,6 +235,7 @@ class SharedInputQuantization:
         self.slots = [self.memo.join() for _ in self.members]
         self.generation = 0  # bumped by every successful check: results of an older one are not reused
         self._states: list[tuple | None] = [None] * len(self.members)
+        self._remember()
         self._handed: tuple | None = None  # (x, codes, scales) within one traced forward (`_quantize_traced`)
 
     def check(self) -> None:
@@ -242,6 +245,10 @@ class SharedInputQuantization:
             raise ValueError("faircalib.deploy: W4A4Linears that share one input quantization no longer agree: "
                              f"{'; '.join(problems)}. Give every member the same act_clip and transform, or unlink "
                              "a module with share_input_quantization([module])")
+        self._remember()
+
+    def _remember(self) -> None:
+        """Record the members' (found equal) activation buffers; results computed before are not reused."""
         self._states = [_act_state(m) for m in self.members]
         self.generation += 1
 
@@ -308,8 +315,7 @@ def share_input_quantization(modules: Sequence[W4A4Linear], names: Sequence[str]
             m.shared_input = None
     if len(modules) == 1:
         return
-    group = SharedInputQuantization(modules)
-    group.check()
+    group = SharedInputQuantization(modules)  # the members were just found equal
     for m in modules:
         m.shared_input = group
 
@@ -332,10 +338,11 @@ def share_model_input_quantization(model: nn.Module) -> int:
             members = {role: m for role, m in group.items() if isinstance(m, W4A4Linear)}
             if len(members) < 2:
                 continue
-            if _mismatches(list(members.values())):
+            try:
+                share_input_quantization(list(members.values()))
+            except ValueError:  # the members differ (the modules themselves are distinct W4A4Linears)
                 unlinked.append(f"block {b} {'/'.join(members)}")
                 continue
-            share_input_quantization(list(members.values()))
             linked += 1
     if unlinked:
         warnings.warn(f"faircalib.deploy: {len(unlinked)} input group(s) (e.g. {unlinked[0]}) hold different "
