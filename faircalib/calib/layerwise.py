@@ -293,7 +293,7 @@ def _optimise(adapter, block, wrapped: list[QuantLinear], x_in, targets, data: C
               device, generator: torch.Generator) -> list[float]:
     """AdamW + cosine over epochs; each batch's loss is divided by its own detached value (FlatQuant)."""
     transforms = {id(q.input_transform): q.input_transform for q in wrapped if q.input_transform is not None}
-    t_params = _unique(p for t in transforms.values() for p in t.parameters() if p.requires_grad)
+    t_params = [p for t in transforms.values() for p in t.parameters() if p.requires_grad]
     # An input group's linears share one act clip parameter: hand it to the optimizer once.
     c_params = _unique(p for q in wrapped for p in (q.weight_clip_logit, q.act_clip_logit) if p is not None)
     n = x_in.shape[0]
