@@ -176,4 +176,8 @@ def load_calibrated(out_dir: str | os.PathLike, model: nn.Module) -> nn.Module:
             q.fold()
     state = torch.load(out / "calibrated.pt", map_location="cpu")
     load_shared_state(model, state, str(out / "calibrated.pt"))
+    # Frozen, as `calibrate` leaves its blocks (torch's matmul takes another summation path for operands that
+    # require grad, even under no_grad: a reloaded model would differ from the calibrated one in the last bit).
+    for block in adapter.blocks:
+        block.requires_grad_(False)
     return model

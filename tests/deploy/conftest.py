@@ -7,7 +7,7 @@ from faircalib.calib.layerwise import wrap_block
 from faircalib.calib.methods import get_method
 from faircalib.calib.transforms import KroneckerTransform, random_orthogonal
 from faircalib.config import QuantConfig
-from faircalib.models import build_random, get_adapter
+from faircalib.models import build_random, get_adapter, load_model
 
 TINY = {
     "llada": {"model_type": "llada", "d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2,
@@ -30,10 +30,12 @@ def _randomise_kronecker(model: torch.nn.Module, gen: torch.Generator) -> None:
                 module.channel_scale.mul_(torch.rand(module.d, generator=gen) + 0.5)
 
 
-def quantized_tiny(family: str, method: str = "flatquant", seed: int = 0) -> torch.nn.Module:
-    """A tiny random model of `family` with every block linear a folded W4A4 QuantLinear of `method`."""
+def quantized_tiny(family: str, method: str = "flatquant", seed: int = 0, shipped: bool = False) -> torch.nn.Module:
+    """A tiny random model of `family` (`shipped`: the trained tiny-llada / tiny-dream) with every block linear a
+    folded W4A4 QuantLinear of `method`."""
     gen = torch.Generator().manual_seed(seed)
-    model = build_random(family, TINY[family], generator=torch.Generator().manual_seed(seed))
+    model = (load_model(f"tiny-{family}") if shipped
+             else build_random(family, TINY[family], generator=torch.Generator().manual_seed(seed)))
     adapter = get_adapter(model)
     for block in adapter.blocks:
         wrap_block(adapter, block, get_method(method), QuantConfig.w_a(4, 4), gen)
@@ -41,7 +43,8 @@ def quantized_tiny(family: str, method: str = "flatquant", seed: int = 0) -> tor
     for module in model.modules():
         if hasattr(module, "fold") and hasattr(module, "input_transform"):
             module.fold()
-    return model.eval()
+    # Frozen, as `calibrate` leaves a model: torch's matmul sums operands that require grad in another order.
+    return model.eval().requires_grad_(False)
 
 
 @pytest.fixture(params=["llada", "dream"])
