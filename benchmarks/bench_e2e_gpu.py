@@ -12,7 +12,8 @@ Each step is also timed replayed from a CUDA graph (`faircalib.deploy.GraphedLog
 as a fixed-shape denoising loop runs it), and for W4A4 a torch.profiler table lists the kernels of a step.
 `--variants`: transform factors in bf16 (bf16 MMA) or fp32 (tf32 MMA; the 96x128 factors of the 12288-wide down
 projection input then take the chunked kernel), and q/k/v and gate/up quantizing their shared input once
-(`share_model_input_quantization`, as deployed checkpoints load) or once per linear.
+(`share_model_input_quantization`, as deployed checkpoints load) or once per linear; a `:swiglu` suffix has the
+down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`).
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels), generation tokens/s on the CPU (`tiny_cpu.json`).
 """
@@ -179,12 +180,11 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--tokens", default="1024,4096")
     parser.add_argument("--variants", default="bf16:shared,bf16:separate,fp32:shared",
-                        help="W4A4 variants, factor dtype:(shared|separate) input quantization of q/k/v and gate/up")
+                        help="W4A4 variants, factor dtype:(shared|separate) input quantization of q/k/v and gate/up"
+                             "[:swiglu] (down projections take silu(gate)·up inside their activation kernel)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
                              "and residual adds around the linears")
-    parser.add_argument("--fuse-swiglu", action="store_true",
-                        help="W4A4 down projections take silu(gate)·up inside their activation kernel (fuse_swiglu)")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -199,9 +199,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     ids = {n: torch.randint(0, 126000, (1, n), generator=gen).cuda() for n in tokens}
     tag = ", compiled blocks" if args.compile else ""
-    results["env"]["compiled_blocks"], results["env"]["fuse_swiglu"] = args.compile, args.fuse_swiglu
+    results["env"]["compiled_blocks"] = args.compile
     for variant in args.variants.split(","):
-        factor_name, sharing = variant.split(":")
+        factor_name, sharing, *fusion = variant.split(":")
+        if sharing not in ("shared", "separate") or fusion not in ([], ["swiglu"]):
+            sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want dtype:(shared|separate)[:swiglu]")
         model = build_random("llada", "llada-8b", dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:
@@ -216,7 +218,7 @@ def main() -> None:
                 print(results["runs"][-1], flush=True)
         to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen, sharing == "shared")
         for block in adapter.blocks:
-            adapter.linears(block)["down"].fuse_swiglu = args.fuse_swiglu
+            adapter.linears(block)["down"].fuse_swiglu = bool(fusion)
         if args.compile:
             compile_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
@@ -224,7 +226,8 @@ def main() -> None:
             stats = step_stats(adapter, ids[n])
             stats["graph_ms"] = graph_step_ms(adapter, ids[n])
             bf16 = next(r for r in results["runs"] if r["model"] == f"bf16{tag}" and r["tokens"] == n)
-            results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{tag})",
+            fused = ", SwiGLU fused into down's input" if fusion else ""
+            results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{fused}{tag})",
                                     "tokens": n, **stats,
                                     "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],
                                     "graph_speedup_vs_bf16": bf16["graph_ms"] / stats["graph_ms"],

@@ -56,12 +56,11 @@ ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
     "tile_s2": dict(stages=2),
+    "tile_p2": dict(programs_per_sm=2, large_tile_programs_per_sm=2),
+    "tile_p8": dict(programs_per_sm=8, large_tile_programs_per_sm=8),
     "chunk_j64k32_p4w4": dict(fused_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=4, chunked_warps=4),
     "chunk_j128k32_p2w4": dict(fused_max_tile=0, chunk_j=128, chunk_k=32, chunked_programs_per_sm=2,
                                chunked_warps=4),
-    "chunk_j64k64_p4w4": dict(fused_max_tile=0, chunk_j=64, chunk_k=64, chunked_programs_per_sm=4, chunked_warps=4),
-    "chunk_j64k32_p8w4": dict(fused_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=8, chunked_warps=4),
-    "chunk_j64k32_p2w8": dict(fused_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=2, chunked_warps=8),
 }
 PLAIN_TILES = (4096,)
 
@@ -74,6 +73,7 @@ def act_part(copy_tbps: float, log) -> list[dict]:
         left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
         right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16)
         small = torch.randn(256, k, device="cuda").to(torch.bfloat16)
+        channel_scale = torch.rand(k, device="cuda") + 0.5
         want_c, want_s = (t.cuda() for t in gemm_reference.quantize_act_packed(
             small.cpu(), None, left.float().cpu(), right.float().cpu(), None, 4))
         for name, overrides in ACT_VARIANTS.items():
@@ -81,6 +81,8 @@ def act_part(copy_tbps: float, log) -> list[dict]:
                 overrides = dict(overrides, fused_max_tile=1 << 30, fused_max_smem=1 << 30)
             if name.startswith("tile") and triton.next_power_of_2(n2) > 128:
                 continue  # 128x256 padded tiles do not fit shared memory
+            if name.startswith("chunk") and k <= 4096:
+                continue  # whole tiles fit: the chunked kernel is never chosen there
             if name.startswith("tile_rows") and k > 4096:
                 continue  # one token already fills 128 rows
             gemm.ACT_LAUNCH.__dict__.update(default, **overrides)
@@ -101,6 +103,9 @@ def act_part(copy_tbps: float, log) -> list[dict]:
                 ms = median_ms(lambda: gemm.quantize_act_packed(x, None, left, right, None, 4))
                 tbps = (3 * m * k + 4 * m) / ms / 1e9
                 rec[f"M{m}_us"], rec[f"M{m}_tbps"], rec[f"M{m}_x_memcpy"] = ms * 1e3, tbps, tbps / copy_tbps
+            # With a channel scale, as FlatQuant's transforms deploy (the input passes through registers first).
+            ms = median_ms(lambda: gemm.quantize_act_packed(x, channel_scale, left, right, None, 4))
+            rec["M16384_cs_x_memcpy"] = (3 * m * k + 4 * m) / ms / 1e9 / copy_tbps
             log(f"act K={k} {n1}x{n2} {name}: " + ", ".join(
                 f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}" for key, val in rec.items()
                 if key not in ("K", "kron", "variant")))

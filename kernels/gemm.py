@@ -62,11 +62,13 @@ class ActLaunch:
     contracting over `chunk_k`-column slices, values parked in an fp32 per-program scratch row (L2-resident)
     until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
-    software-pipelining depth of the whole-tile token loop."""
+    software-pipelining depth of the whole-tile token loop; `programs_per_sm`, or `large_tile_programs_per_sm` for
+    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway."""
     fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
     programs_per_sm: int = 8
+    large_tile_programs_per_sm: int = 2
     transform_rows: int = 64
     plain_tile: int = 4096
     plain_max_k: int = 8192
@@ -112,9 +114,9 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
                          HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr,
                          TOKENS: tl.constexpr, STAGES: tl.constexpr, RECIP: tl.constexpr):
     """Whole-tile path. A step takes TOKENS tokens stacked as a [TOKENS·B1, B2] tile (token t's [n1, n2] view in
-    rows t·B1 ...): the right factor multiplies the whole stack (one MMA), the left one as blockdiag(leftᵀ, ...)
-    (one MMA; the zero blocks cost flops, not bytes), then per-token absmax and quantization. The factors and
-    the channel scale are loaded once per program. Steps are software-pipelined STAGES deep. RECIP (transform
+    rows t·B1 ...): the left factor multiplies it as blockdiag(leftᵀ, ...) (one MMA; the zero blocks cost flops,
+    not bytes), then the right one the whole stack (one MMA), then per-token absmax and quantization. The factors
+    and the channel scale are loaded once per program. Steps are software-pipelined STAGES deep. RECIP (transform
     paths): multiply by the scale's reciprocal instead of dividing element by element."""
     qmax: tl.constexpr = (1 << (BITS - 1)) - 1
     qmin: tl.constexpr = -(1 << (BITS - 1))
@@ -142,10 +144,10 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
             y = _swiglu(tl.load(gate_ptr + tok[:, None] * stride_xm + flat, mask=mask, other=0.0), y)
         if HAS_CS:
             y = y.to(tl.float32) * cs
-        if HAS_RIGHT:
-            y = tl.dot(y.to(right.dtype), right)
         if HAS_LEFT:
             y = tl.dot(bd, y.to(bd.dtype))
+        if HAS_RIGHT:  # the left product stays in registers, as this MMA's A operand
+            y = tl.dot(y.to(right.dtype), right)
         y = y.to(tl.float32)
         row_max = tl.reduce(tl.abs(y), 1, nan_max)
         tok_max = row_max
@@ -279,7 +281,8 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         b2 = _pow2(n2) if factor is not None else triton.next_power_of_2(n2)
         # Tokens per step: stack them up to `transform_rows` rows (transforms) or `plain_tile` elements (none).
         tokens = max(1, cfg.transform_rows // b1) if factor is not None else max(1, cfg.plain_tile // b2)
-        _quantize_act_kernel[(_programs(triton.cdiv(m, tokens), x.device, cfg.programs_per_sm),)](
+        per_sm = cfg.large_tile_programs_per_sm if b1 * b2 >= cfg.fused_max_tile else cfg.programs_per_sm
+        _quantize_act_kernel[(_programs(triton.cdiv(m, tokens), x.device, per_sm),)](
             *common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, n1, n2,
             x.stride(0), codes.stride(0), **flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens,
             STAGES=cfg.stages, RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)

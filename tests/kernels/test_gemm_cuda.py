@@ -1,0 +1,47 @@
+"""The activation-path kernels compiled for a real GPU against the CPU reference: the interpreter runs the same
+source but not Triton's code generation, which miscompiled one order of the split-column MMAs on H100 (Triton 3.6)
+while the interpreter passed. Runs only with a CUDA device and TRITON_INTERPRET=0:
+
+    TRITON_INTERPRET=0 python -m pytest -q tests/kernels/test_gemm_cuda.py
+"""
+import pytest
+import torch
+
+from faircalib.kernels import gemm, gemm_reference as ref, registry
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or registry.triton_interpreted(),
+                                reason="needs a CUDA device and TRITON_INTERPRET=0")
+
+
+def _orthogonal(n, gen):
+    return torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0].float()
+
+
+# (n1, n2): every whole-tile shape class: stacked tokens (b1 < 64), one token per step, column tails of 16 and 32
+# (48 = 32 + 16, 148 = 128 + 32), and LLaDA/Dream's K = 3584, 4096, 12288, 18944.
+@pytest.mark.parametrize("n1,n2", [(16, 48), (128, 48), (64, 148), (16, 100), (56, 64), (64, 64), (96, 128),
+                                   (128, 148)])
+@pytest.mark.parametrize("parts", ["lr", "clr", "r"])
+@pytest.mark.parametrize("gated", [False, True])
+def test_act_quant_on_gpu_matches_reference(n1, n2, parts, gated):
+    gen = torch.Generator().manual_seed(n1 * 1000 + n2)
+    channel_scale = torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None
+    left = _orthogonal(n1, gen).to(torch.bfloat16) if "l" in parts else None
+    right = _orthogonal(n2, gen).to(torch.bfloat16)
+    args = (channel_scale, left, right, torch.tensor(0.9), 4)
+    cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
+    for m in (1, 3, 257):
+        x = torch.randn(m, n1 * n2, generator=gen).to(torch.bfloat16)
+        gate = torch.randn(m, n1 * n2, generator=gen).to(torch.bfloat16) if gated else None
+        if gated:
+            codes, scales = gemm.quantize_swiglu_packed(gate.cuda(), x.cuda(), *cuda_args)
+            want_codes, want_scales = ref.quantize_swiglu_packed(gate, x, *args)
+        else:
+            codes, scales = gemm.quantize_act_packed(x.cuda(), *cuda_args)
+            want_codes, want_scales = ref.quantize_act_packed(x, *args)
+        codes, scales = codes.cpu(), scales.cpu()
+        # bf16 factors, products rounded to bf16 between the two MMAs: scales agree to bf16 precision, codes within
+        # one step where a value sits near a rounding boundary.
+        torch.testing.assert_close(scales, want_scales, rtol=2e-2, atol=0)
+        assert (codes.int() - want_codes.int()).abs().max() <= 1, (m, n1, n2)
+        assert (codes != want_codes).float().mean() < 2e-2, (m, n1, n2)
