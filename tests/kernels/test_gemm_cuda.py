@@ -1,6 +1,7 @@
-"""The activation-path kernels compiled for a real GPU against the CPU reference: the interpreter runs the same
-source but not Triton's code generation, which miscompiled one order of the split-column MMAs on H100 (Triton 3.6)
-while the interpreter passed. Runs only with a CUDA device and TRITON_INTERPRET=0:
+"""The activation-path kernels compiled for a real GPU against the CPU reference. The interpreter runs the same
+source but not Triton's code generation: a variant that split the columns into two MMA blocks passed under the
+interpreter and was miscompiled on H100 with Triton 3.6 (wrong codes, an illegal address). Runs only with a CUDA
+device and TRITON_INTERPRET=0:
 
     TRITON_INTERPRET=0 python -m pytest -q tests/kernels/test_gemm_cuda.py
 """
@@ -17,8 +18,8 @@ def _orthogonal(n, gen):
     return torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0].float()
 
 
-# (n1, n2): every whole-tile shape class: stacked tokens (b1 < 64), one token per step, column tails of 16 and 32
-# (48 = 32 + 16, 148 = 128 + 32), and LLaDA/Dream's K = 3584, 4096, 12288, 18944.
+# (n1, n2): stacked tokens (b1 < 64), one token per step, padded columns, the chunked kernel (64x148, 128x148), and
+# LLaDA/Dream's K = 3584, 4096, 12288, 18944.
 @pytest.mark.parametrize("n1,n2", [(16, 48), (128, 48), (64, 148), (16, 100), (56, 64), (64, 64), (96, 128),
                                    (128, 148)])
 @pytest.mark.parametrize("parts", ["lr", "clr", "r"])
