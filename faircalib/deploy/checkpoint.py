@@ -41,9 +41,18 @@ FORMAT = "w4a4-packed"
 FORMAT_VERSION = 1
 WEIGHT_LAYOUT = "split-nibble-k128"
 WEIGHTS = "model.safetensors"
-# Buffers stored in their own dtype; every other tensor is cast to the load dtype.
+# Buffers stored in their own dtype; every other tensor is cast to the load dtype, the factors to the factor dtype.
 _EXACT_DTYPES = {"weight_packed": "I8", "weight_scale": "F32", "act_clip": "F32", "channel_scale": "F32",
                  "left": "F32", "right": "F32"}
+FACTORS = ("left", "right")
+
+
+def factor_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """The transform factors' dtype in a model run in `dtype`: a 16-bit dtype itself (the activation kernels' MMAs
+    then run on 16-bit operands, twice tf32's rate: on H100 a LLaDA-8B step ran 1.17x bf16 with bf16 factors and
+    1.04x with fp32 ones, BENCHMARKS.md), else fp32 as stored. Codes then differ from the fp32 reference by one
+    step in ~0.4% of elements instead of ~0.05% (values on rounding boundaries)."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
 def _module_spec(module: W4A4Linear) -> dict:
@@ -82,6 +91,15 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, fingerprint: 
     if leftover:
         raise ValueError(f"faircalib.deploy.save_quantized: {len(leftover)} QuantLinear module(s) are not deployable "
                          f"as W4A4 (e.g. {leftover[0]}); save the fake-quant model instead, or quantize them W4A4")
+    stored_dtypes = {"I8": torch.int8, "F32": torch.float32}
+    wrong = [f"{name}.{leaf}: {getattr(m, leaf).dtype}" for name, m in model.named_modules()
+             if isinstance(m, W4A4Linear) for leaf, want in _EXACT_DTYPES.items()
+             if getattr(m, leaf, None) is not None and getattr(m, leaf).dtype != stored_dtypes[want]]
+    if wrong:
+        raise ValueError(f"faircalib.deploy.save_quantized: the format stores codes as int8 and scales, clips and "
+                         f"transform factors as fp32, but {len(wrong)} buffer(s) differ (e.g. {wrong[:3]}): save the "
+                         f"model from convert_to_w4a4, or one loaded with load_quantized(..., factor_dtype="
+                         f"torch.float32) (16-bit factors would lose their low bits)")
     directory = save_model(model, directory)
     config = json.loads((directory / "config.json").read_text())
     config["quantization_config"] = {
@@ -167,10 +185,14 @@ def swap_w4a4_modules(model: nn.Module, modules: dict) -> None:
 
 
 def load_quantized(directory: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                   device: str | torch.device = "cpu") -> nn.Module:
+                   device: str | torch.device = "cpu", factor_dtype: torch.dtype | None = None) -> nn.Module:
     """A packed checkpoint -> model in eval mode on `device` whose block linears are W4A4Linear, the linears of
     each input group linked to quantize their input once. Dense tensors (embeddings, norms, LM head, biases) are
-    cast to `dtype`; codes, scales, clips and transform factors keep their stored dtypes (int8, fp32)."""
+    cast to `dtype`; codes, scales, clips and channel scales keep their stored dtypes (int8, fp32). The transform
+    factors (left, right) take `factor_dtype`, by default `factor_dtype_for(dtype)`: `dtype` when it is 16-bit."""
+    factor_dtype = factor_dtype_for(dtype) if factor_dtype is None else factor_dtype
+    if not factor_dtype.is_floating_point:
+        raise ValueError(f"faircalib.deploy.load_quantized: factor_dtype must be a float dtype, got {factor_dtype}")
     directory = Path(directory)
     qc = read_quantization_config(directory)
     stored = _check_weights_file(directory / WEIGHTS, qc)
@@ -181,8 +203,12 @@ def load_quantized(directory: str | os.PathLike, dtype: torch.dtype = torch.floa
     with safe_open(str(directory / WEIGHTS), framework="pt", device="cpu") as handle:
         for name in expected:
             t = handle.get_tensor(name)
-            exact = name.rsplit(".", 1)[-1] in _EXACT_DTYPES
-            tensors[name] = t.to(device=device) if exact or not t.is_floating_point() else t.to(device, dtype)
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in FACTORS:
+                tensors[name] = t.to(device, factor_dtype)
+            else:
+                exact = leaf in _EXACT_DTYPES or not t.is_floating_point()
+                tensors[name] = t.to(device=device) if exact else t.to(device, dtype)
     model.load_state_dict(tensors, strict=False, assign=True)  # names checked above; tied copies are not stored
     model.retie_()
     on_meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

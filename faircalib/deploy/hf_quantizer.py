@@ -19,8 +19,9 @@ from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 QUANT_METHOD = "faircalib"
-# Buffers transformers must not cast to the model dtype: integer codes and the fp32 numbers the kernels read.
-FP32_BUFFERS = ("weight_scale", "act_clip", "channel_scale", "left", "right")
+# Buffers transformers must not cast to the model dtype: integer codes and the fp32 numbers the kernels read. The
+# transform factors are cast (to 16-bit dtypes), as `load_quantized` does by default (`checkpoint.factor_dtype_for`).
+FP32_BUFFERS = ("weight_scale", "act_clip", "channel_scale")
 
 
 class FaircalibQuantConfig(QuantizationConfigMixin):

@@ -7,8 +7,8 @@ block Hadamard rotation is rewritten into that form). Forward: `quantize_act_pac
 quantization) then `w4a4_matmul` (exact integer GEMM, fp32 scale epilogue). The kernel registry picks the PyTorch
 reference on CPU and Triton on CUDA. With `fuse_swiglu = True` a down projection is called as
 `forward_swiglu(gate, up)` by the models (`layers.swiglu_down`): its activation kernel computes silu(gate)·up itself,
-so the product never goes to memory. Off by default: the fused kernels are tested under the Triton interpreter and
-compile for sm_90, but have not yet run on a GPU (no speed measured, no on-device parity check).
+so the product never goes to memory. Off by default: on H100 it was correct but not faster than Inductor's own fused
+silu·up in compiled blocks (docs/design.md).
 
 Agreement with the fake-quant `QuantLinear` it came from: the activation codes are computed by the same formulas
 in fp32, and the integer products are exact, so outputs agree to fp32 rounding (relative ~1e-6) wherever the

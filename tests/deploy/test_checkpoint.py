@@ -8,6 +8,7 @@ from faircalib.deploy.checkpoint import load_quantized, save_quantized
 from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, share_input_quantization
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
+from faircalib import kernels
 from faircalib.models import get_adapter
 
 from .conftest import quantized_tiny
@@ -39,6 +40,34 @@ def test_round_trip_is_identical(saved):
     a = generate(model, prompt, sampler, generator=torch.Generator().manual_seed(2)).tokens
     b = generate(loaded, prompt, sampler, generator=torch.Generator().manual_seed(2)).tokens
     assert torch.equal(a, b)
+
+
+def test_factors_follow_a_16_bit_load_dtype(saved):
+    model, path, family = saved
+    bf16 = load_quantized(path, dtype=torch.bfloat16)
+    linear = next(m for m in bf16.modules() if isinstance(m, W4A4Linear))
+    assert linear.left.dtype == linear.right.dtype == torch.bfloat16
+    assert linear.channel_scale.dtype == linear.weight_scale.dtype == torch.float32
+    kept = load_quantized(path, dtype=torch.bfloat16, factor_dtype=torch.float32)
+    assert next(m for m in kept.modules() if isinstance(m, W4A4Linear)).left.dtype == torch.float32
+    with pytest.raises(ValueError, match="factor_dtype must be a float dtype"):
+        load_quantized(path, factor_dtype=torch.int8)
+    # The format stores fp32 factors: a model holding bf16 ones is refused, not silently written.
+    with pytest.raises(ValueError, match="factor_dtype=torch.float32"):
+        save_quantized(bf16, path.parent / "resaved")
+    save_quantized(kept.float(), path.parent / "resaved")
+
+
+def test_bf16_factors_move_few_activation_codes(saved):
+    """bf16 factors round the transform's last bits: a code moves by one step where a value sits near a rounding
+    boundary (generated tokens can then change where the model has near-ties, as with any last-bit change)."""
+    _, path, _ = saved
+    fp32 = next(m for m in load_quantized(path).modules() if isinstance(m, W4A4Linear))
+    bf16 = next(m for m in load_quantized(path, factor_dtype=torch.bfloat16).modules() if isinstance(m, W4A4Linear))
+    x = torch.randn(256, fp32.in_features, generator=torch.Generator().manual_seed(0))
+    codes = [kernels.quantize_act_packed(x, 4, m.act_clip, m.channel_scale, m.left, m.right)[0] for m in (fp32, bf16)]
+    moved = (codes[0].int() - codes[1].int()).abs()
+    assert moved.max() <= 1 and 0 < moved.float().mean() < 0.02
 
 
 def test_a_checkpoint_with_one_clip_per_linear_loads_unlinked(tmp_path, family):

@@ -39,7 +39,9 @@ def test_bf16_load_keeps_codes_and_fp32_scales(checkpoint):
     loaded = AutoModel.from_pretrained(path, dtype=torch.bfloat16)
     linear = next(m for m in loaded.modules() if isinstance(m, W4A4Linear))
     assert linear.weight_packed.dtype == torch.int8
-    assert all(getattr(linear, n).dtype == torch.float32 for n in ("weight_scale", "act_clip", "left", "right"))
+    assert all(getattr(linear, n).dtype == torch.float32 for n in ("weight_scale", "act_clip", "channel_scale"))
+    assert linear.left.dtype == linear.right.dtype == torch.bfloat16  # as load_quantized: factors follow bf16
+    assert is_w4a4(loaded) and linear.shared_input is not None
 
 
 def test_damaged_weights_fail_before_loading(checkpoint):
