@@ -5,18 +5,23 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+import types
 
 
 def hand_over() -> None:
     """Load the `kernels` package found on sys.path outside this checkout's root as `sys.modules["kernels"]` (the
-    import statement that ran our `__init__` then returns it); ModuleNotFoundError when there is none."""
+    import statement that ran our `__init__` then returns it). Without one, an empty module stands in: transformers
+    probes the name by importing it (no exception handler), and reads a module without `__file__` or `__version__`
+    as "not installed"."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.machinery.PathFinder.find_spec(
         "kernels", [p for p in sys.path if os.path.abspath(p or os.curdir) != root])
     if spec is None:
-        raise ModuleNotFoundError("No module named 'kernels' outside faircalib's checkout: the top-level name is the "
-                                  "Hugging Face package's; faircalib's kernels import as `faircalib.kernels`",
-                                  name="kernels")
+        stand_in = types.ModuleType("kernels", "Placeholder: the Hugging Face `kernels` package is not installed; "
+                                            "faircalib's kernels import as `faircalib.kernels`.")
+        stand_in.__spec__ = importlib.machinery.ModuleSpec("kernels", None)  # importlib.util.find_spec reads it
+        sys.modules["kernels"] = stand_in
+        return
     module = importlib.util.module_from_spec(spec)
     sys.modules["kernels"] = module
     spec.loader.exec_module(module)
