@@ -1,6 +1,6 @@
 """Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,host,unpack]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps); codes checked
@@ -11,6 +11,9 @@ fp8:    the INT4 x INT4 product on FP8 e4m3 tensor cores (int4 values are exact 
         data (every product ±64 over K = 18944) and random data, then speed against cuBLAS bf16 and the INT8 path.
 (A `tma` part, at commit e9a979d and before, compared the INT8 GEMM with pointer loads against the persistent TMA
 kernel that replaced it; BENCHMARKS.md has its numbers.)
+inloop: the packed weight unpacked inside a persistent TMA GEMM's main loop (0.5 byte per weight read, no int8
+        copy; weight as the MMA's B operand, or as its A operand from registers) against the shipped unpack pass +
+        INT8 GEMM at M = 256, 1024, 4096: exactness, then speed against cuBLAS bf16.
 host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU work is negligible).
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
 """
@@ -311,6 +314,121 @@ def unpack_part(log) -> list[dict]:
     return records
 
 
+def _inloop_configs() -> list[triton.Config]:
+    shapes = ([(16, 16, 4, 1)] if os.environ.get("TRITON_INTERPRET") == "1" else
+              [(64, 128, 4, 4), (128, 128, 8, 3), (128, 128, 8, 4), (64, 256, 8, 3), (128, 256, 8, 3)])
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "GROUP_M": 8}, num_warps=w, num_stages=st,
+                          pre_hook=_inloop_block_shapes) for bm, bn, w, st in shapes]
+
+
+def _inloop_block_shapes(nargs: dict) -> None:
+    half = GEMM_K_GROUP // 2
+    nargs["a_desc"].block_shape = [nargs["BLOCK_M"], half]
+    nargs["w_desc"].block_shape = [nargs["BLOCK_N"], half]
+
+
+@triton.autotune(configs=_inloop_configs(), key=["M_BUCKET", "N", "K", "SWAP_AB"], do_bench=gemm._tune_bench)
+@triton.jit
+def _inloop_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, c_ptr, M, N, K, M_BUCKET, stride_cm, PROGRAMS: tl.constexpr,
+                        SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """The packed weight read by TMA as [BLOCK_N, 64] bytes per 128-element K group and unpacked in registers (two
+    shifts) in the main loop: 0.5 byte per weight from memory, no int8 copy. SWAP_AB: the weight is the MMA's A
+    operand (registers), the activation tile the B operand (shared memory)."""
+    HALF: tl.constexpr = 64
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
+        group = tile // (GROUP_M * num_n)
+        first_m = group * GROUP_M
+        size_m = min(num_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
+        pid_n = (tile % (GROUP_M * num_n)) // size_m
+        if SWAP_AB:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k0 in range(0, K, 2 * HALF):
+            a_lo = a_desc.load([pid_m * BLOCK_M, k0])
+            a_hi = a_desc.load([pid_m * BLOCK_M, k0 + HALF])
+            p = w_desc.load([pid_n * BLOCK_N, k0 // 2])
+            w_lo = (p << 4) >> 4
+            w_hi = p >> 4
+            if SWAP_AB:
+                acc = tl.dot(w_lo, a_lo.T, acc, out_dtype=tl.int32)
+                acc = tl.dot(w_hi, a_hi.T, acc, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(a_lo, w_lo.T, acc, out_dtype=tl.int32)
+                acc = tl.dot(a_hi, w_hi.T, acc, out_dtype=tl.int32)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)
+        sw = tl.load(sw_ptr + rn, mask=rn < N, other=0.0)
+        if SWAP_AB:
+            out = acc.to(tl.float32) * sw[:, None] * sa[None, :]
+            tl.store(c_ptr + rm[None, :] * stride_cm + rn[:, None], out.to(c_ptr.dtype.element_ty),
+                     mask=(rn < N)[:, None] & (rm < M)[None, :])
+        else:
+            out = acc.to(tl.float32) * sa[:, None] * sw[None, :]
+            tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out.to(c_ptr.dtype.element_ty),
+                     mask=(rm < M)[:, None] & (rn < N)[None, :])
+
+
+def inloop_gemm(a_codes, a_scales, w_packed, w_scales, swap_ab: bool):
+    """a_codes int8 [M, K] (K % 16 == 0), w_packed [N, padded_k(K) / 2] -> bf16 [M, N], unpacking in the loop."""
+    m, k = a_codes.shape
+    n = w_packed.shape[0]
+    out = torch.empty((m, n), dtype=torch.bfloat16, device=a_codes.device)
+    a_desc = gemm.TensorDescriptor.from_tensor(a_codes, [1, 1])
+    w_desc = gemm.TensorDescriptor.from_tensor(w_packed, [1, 1])
+    programs = 4 if a_codes.device.type != "cuda" else gemm._num_sms(a_codes.device.index or 0)
+
+    def grid(meta):
+        return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+
+    _inloop_gemm_kernel[grid](a_desc, w_desc, a_scales.reshape(-1), w_scales, out, m, n, 2 * w_packed.shape[1],
+                              triton.next_power_of_2(m), out.stride(0), PROGRAMS=programs, SWAP_AB=swap_ab)
+    return out
+
+
+def inloop_part(log) -> list[dict]:
+    """Unpacking the weight inside the GEMM's main loop (0.5 byte per weight read, no int8 copy) against the
+    shipped unpack pass + INT8 GEMM, at small and mid M where the unpack pass is a large share: exactness on
+    worst-case data first, then CUDA-graph-timed speed against cuBLAS bf16."""
+    records = []
+    dev = "cuda"
+    gen = torch.Generator(device=dev).manual_seed(0)
+    for n, k in ((4096, 4096), (12288, 4096), (4096, 12288), (3584, 18944)):
+        w_codes = torch.randint(-8, 8, (n, k), device=dev, generator=gen, dtype=torch.int8)
+        packed = gemm_reference.pack_weight_for_gemm(w_codes)
+        w_scales = torch.rand(n, device=dev, generator=gen)
+        for m in (256, 1024, 4096):
+            a = torch.randint(-8, 8, (m, k), device=dev, generator=gen, dtype=torch.int8)
+            sa = torch.rand(m, 1, device=dev, generator=gen)
+            want = gemm.w4a4_matmul(a, sa, packed, w_scales, None, torch.bfloat16)
+            rec = {"N": n, "K": k, "M": m}
+            x = torch.randn(m, k, device=dev, generator=gen).to(torch.bfloat16)
+            w = torch.randn(n, k, device=dev, generator=gen).to(torch.bfloat16)
+            t = {"bf16": graph_median_ms(lambda: F.linear(x, w)),
+                 "unpack+int8": graph_median_ms(lambda: gemm.w4a4_matmul(a, sa, packed, w_scales, None,
+                                                                          torch.bfloat16))}
+            for swap in (False, True):
+                name = "inloop_swap" if swap else "inloop"
+                try:
+                    got = inloop_gemm(a, sa, packed, w_scales, swap)
+                    rec[f"{name}_exact"] = bool(torch.equal(got, want))
+                    t[name] = graph_median_ms(lambda: inloop_gemm(a, sa, packed, w_scales, swap))
+                except Exception as error:  # noqa: BLE001
+                    rec[f"{name}_error"] = f"{type(error).__name__}: {str(error)[:200]}"
+                    t[name] = float("nan")
+            rec["ms"] = t
+            rec["vs_bf16"] = {key: t["bf16"] / v for key, v in t.items()}
+            log(f"inloop N={n} K={k} M={m}: " + ", ".join(f"{key} {v:.2f}x" for key, v in rec["vs_bf16"].items())
+                + f"; exact {rec.get('inloop_exact')} / {rec.get('inloop_swap_exact')}"
+                + "".join(f"; {key}: {v}" for key, v in rec.items() if key.endswith("error")))
+            records.append(rec)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -329,6 +447,7 @@ def main() -> None:
     result = {"memcpy_tbps": copy_tbps}
     for part in args.parts.split(","):
         result[part] = {"act": lambda: act_part(copy_tbps, log), "fp8": lambda: fp8_part(log),
+                        "inloop": lambda: inloop_part(log),
                         "host": lambda: host_part(log),
                         "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
