@@ -55,6 +55,8 @@ def memcpy_tbps() -> float:
 # Runs on 2026-11-22 (H100): pipelining depth 3 beat 1, 2 and 4 (+3-12%); 4, 8 or 16 programs per SM and 8 warps
 # instead of 4 did not help; stacking 2 tokens per step (blockdiag left factor) or re-reading the factors every step
 # was slower. The per-element IEEE division was the bottleneck: a reciprocal multiply ran 1.4-3.5x faster.
+# 2026-12-06: with the left factor first, 2 programs per SM beat 8 for K = 12288's 128x128 tiles (+5-18%) and lost
+# for the smaller tiles; pipelining 2 deep and 128-row stacks stayed slower.
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
