@@ -340,11 +340,7 @@ def _inloop_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, c_ptr, M, N, K, M_BUCKET
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
-        group = tile // (GROUP_M * num_n)
-        first_m = group * GROUP_M
-        size_m = min(num_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
-        pid_n = (tile % (GROUP_M * num_n)) // size_m
+        pid_m, pid_n = gemm.grouped_tile(tile, num_m, num_n, GROUP_M)
         if SWAP_AB:
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
         else:

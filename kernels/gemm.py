@@ -353,6 +353,15 @@ def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@triton.jit
+def grouped_tile(tile, num_m, num_n, GROUP_M: tl.constexpr):
+    """Output tile number `tile` of a grouped sweep -> (pid_m, pid_n): GROUP_M row-tiles take each weight
+    column-tile in turn, so it is read from L2 while they share it."""
+    first_m = tile // (GROUP_M * num_n) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    return first_m + (tile % (GROUP_M * num_n)) % size_m, (tile % (GROUP_M * num_n)) // size_m
+
+
 @triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K"], do_bench=_tune_bench)
 @triton.jit
 def _int8_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET, stride_cm,
@@ -363,11 +372,7 @@ def _int8_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, 
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
-        group = tile // (GROUP_M * num_n)
-        first_m = group * GROUP_M
-        size_m = min(num_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % (GROUP_M * num_n)) % size_m
-        pid_n = (tile % (GROUP_M * num_n)) // size_m
+        pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
             a = a_desc.load([pid_m * BLOCK_M, k0])
