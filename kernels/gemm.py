@@ -17,11 +17,12 @@ reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). NaN/Inf rows are
 absmax, and codes come from the bits of the rounding add (no float-to-int conversion). Measured (BENCHMARKS.md,
 2026-12-06, bf16 factors, no channel scale, 16384 / 4096 tokens, `benchmarks/bench_gemm_gpu.py`): 0.75 / 0.58x
 (K = 3584), 0.80 / 0.65x (4096), 0.57 / 0.52x (12288) and 0.15 / 0.14x (18944) of memcpy. Multiplying by the left
-factor first keeps that product in registers as the right MMA's A operand: up to 2.2x faster at 4096 tokens and with
-a channel scale, 4-6% slower without one at 16384 tokens. Tried and slower: stacking two 64-row tokens per step with a blockdiag left
-factor, re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an
-earlier variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower; a whole
-tile for K = 18944 with its 148 columns split into 128 + 32 (0.21x, and miscompiled by Triton 3.6 in some forms).
+factor first keeps that product in registers as the right MMA's A operand: up to 2.2x faster at 4096 tokens and
+with a channel scale, 4-6% slower without one at 16384 tokens. Tried and slower: stacking two 64-row tokens per
+step with a blockdiag left factor, re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the
+chunked kernel at K = 12288; an earlier variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the
+left factor was 5x slower; a whole tile for K = 18944 with its 148 columns split into 128 + 32 (0.21x, and
+miscompiled by Triton 3.6 in some forms).
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
