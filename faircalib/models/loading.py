@@ -47,16 +47,27 @@ def load_model(
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
 ) -> nn.Module:
-    """A checkpoint -> model in eval mode on `device` in `dtype`, every tensor verified.
+    """A checkpoint -> model in eval mode on `device` in `dtype`, every tensor verified. A packed W4A4 checkpoint
+    (`quantization_config.quant_method == "faircalib"`) goes to `faircalib.deploy.load_quantized`.
 
     Native (default): config `model_type` "llada" or "Dream" selects LLaDAModelLM or DreamModel.
     trust_remote_code=True: `AutoModel.from_pretrained(path, trust_remote_code=True)` for other dLLMs that follow
     one of the two module layouts (checked by the adapter); transformers' own loading report must be clean.
     """
     path = resolve_checkpoint(name_or_path)
+    config_dict = read_config_dict(path)
+    quantization = config_dict.get("quantization_config")
+    if quantization is not None:  # every command takes --model: a packed W4A4 checkpoint loads as what it is
+        if quantization.get("quant_method") == "faircalib":
+            from faircalib.deploy.checkpoint import load_quantized
+
+            return load_quantized(path, dtype, device)
+        raise ValueError(f"faircalib.models.loading: {path} holds a {quantization.get('quant_method')!r} quantized "
+                         f"checkpoint; faircalib loads dense checkpoints and its own packed W4A4 format (quant_method "
+                         f"'faircalib', written by `faircalib calibrate --export faircalib`)")
     if trust_remote_code:
         return _load_remote(path, dtype, device)
-    config = make_config(read_config_dict(path))
+    config = make_config(config_dict)
     files = safetensors_files(path)
     with torch.device("meta"):
         model = family_of(config.model_type).model_class(config)

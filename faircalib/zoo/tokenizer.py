@@ -49,6 +49,9 @@ class CharTokenizer:
         for i in (int(i) for i in ids):
             if i == self.eos_token_id:
                 break
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"zoo.tokenizer: id {i} is outside this tokenizer's {self.vocab_size} ids; the "
+                                 f"model's vocab_size does not match the tokenizer it was saved with")
             if i >= len(SPECIAL_TOKENS):
                 chars.append(self.alphabet[i - len(SPECIAL_TOKENS)])
         return "".join(chars)

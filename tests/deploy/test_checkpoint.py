@@ -9,7 +9,9 @@ from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, share_inpu
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
 from faircalib import kernels
-from faircalib.models import get_adapter
+from faircalib import cli
+from faircalib.models import get_adapter, load_model
+from faircalib.zoo import CharTokenizer
 
 from .conftest import quantized_tiny
 
@@ -40,6 +42,26 @@ def test_round_trip_is_identical(saved):
     a = generate(model, prompt, sampler, generator=torch.Generator().manual_seed(2)).tokens
     b = generate(loaded, prompt, sampler, generator=torch.Generator().manual_seed(2)).tokens
     assert torch.equal(a, b)
+
+
+def test_load_model_and_the_cli_take_a_packed_checkpoint(tmp_path, family, capsys):
+    model = quantized_tiny(family, "flatquant", shipped=True)
+    convert_to_w4a4(model)
+    save_quantized(model, tmp_path)
+    CharTokenizer().save(tmp_path)
+    loaded = load_model(tmp_path)
+    assert sum(isinstance(m, W4A4Linear) for m in loaded.modules()) == 7 * len(get_adapter(loaded).blocks)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    argv = ["generate", "--model", str(tmp_path), "--prompt", "12+34=", "--steps", "4", "--gen-length", "4"]
+    assert cli.main(argv) == 0 and capsys.readouterr().out.strip()
+
+
+def test_load_model_names_a_foreign_quantization_method(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llada", "quantization_config": {
+        "quant_method": "compressed-tensors"}}))
+    with pytest.raises(ValueError, match="'compressed-tensors' quantized checkpoint"):
+        load_model(tmp_path)
 
 
 def test_factors_follow_a_16_bit_load_dtype(saved):

@@ -22,6 +22,12 @@ def test_decode_stops_at_first_eos_and_skips_pad_and_mask():
     assert tok.decode(torch.tensor(ids)) == "123"
 
 
+def test_decode_names_an_id_outside_the_vocabulary():
+    tok = CharTokenizer()
+    with pytest.raises(ValueError, match=f"id {tok.vocab_size} is outside"):
+        tok.decode([tok.encode("1")[0], tok.vocab_size])
+
+
 def test_unknown_character_names_it():
     with pytest.raises(ValueError, match=r"\['#'\]"):
         CharTokenizer().encode("1#2")
