@@ -13,7 +13,9 @@ as a fixed-shape denoising loop runs it), and for W4A4 a torch.profiler table li
 `--variants`: transform factors in bf16 (bf16 MMA) or fp32 (tf32 MMA; the 96x128 factors of the 12288-wide down
 projection input then take the chunked kernel), and q/k/v and gate/up quantizing their shared input once
 (`share_model_input_quantization`, as deployed checkpoints load) or once per linear; a `:swiglu` suffix has the
-down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`).
+down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`), `:unpacked` keeps
+int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
+then the packed weights and the int8 copies).
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels), generation tokens/s on the CPU (`tiny_cpu.json`).
 """
@@ -33,7 +35,7 @@ import triton
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.deploy.cuda_graph import GraphedLogits
-from faircalib.deploy.w4a4_linear import W4A4Linear, share_model_input_quantization
+from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked, share_model_input_quantization
 from faircalib.models import build_random, get_adapter
 
 
@@ -181,7 +183,8 @@ def main() -> None:
     parser.add_argument("--tokens", default="1024,4096")
     parser.add_argument("--variants", default="bf16:shared,bf16:separate,fp32:shared",
                         help="W4A4 variants, factor dtype:(shared|separate) input quantization of q/k/v and gate/up"
-                             "[:swiglu] (down projections take silu(gate)·up inside their activation kernel)")
+                             "[:swiglu] (down projections take silu(gate)·up inside their activation kernel)[:unpacked] "
+                             "(keep_weights_unpacked: int8 weight copies, no unpack pass per call)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
                              "and residual adds around the linears")
@@ -201,9 +204,9 @@ def main() -> None:
     tag = ", compiled blocks" if args.compile else ""
     results["env"]["compiled_blocks"] = args.compile
     for variant in args.variants.split(","):
-        factor_name, sharing, *fusion = variant.split(":")
-        if sharing not in ("shared", "separate") or fusion not in ([], ["swiglu"]):
-            sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want dtype:(shared|separate)[:swiglu]")
+        factor_name, sharing, *options = variant.split(":")
+        if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked"}:
+            sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want dtype:(shared|separate)[:swiglu][:unpacked]")
         model = build_random("llada", "llada-8b", dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:
@@ -218,7 +221,9 @@ def main() -> None:
                 print(results["runs"][-1], flush=True)
         to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen, sharing == "shared")
         for block in adapter.blocks:
-            adapter.linears(block)["down"].fuse_swiglu = bool(fusion)
+            adapter.linears(block)["down"].fuse_swiglu = "swiglu" in options
+        if "unpacked" in options:
+            keep_weights_unpacked(model)
         if args.compile:
             compile_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
@@ -226,8 +231,9 @@ def main() -> None:
             stats = step_stats(adapter, ids[n])
             stats["graph_ms"] = graph_step_ms(adapter, ids[n])
             bf16 = next(r for r in results["runs"] if r["model"] == f"bf16{tag}" and r["tokens"] == n)
-            fused = ", SwiGLU fused into down's input" if fusion else ""
-            results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{fused}{tag})",
+            extra = (", SwiGLU fused into down's input" if "swiglu" in options else "") + \
+                (", weights kept unpacked (int8)" if "unpacked" in options else "")
+            results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{extra}{tag})",
                                     "tokens": n, **stats,
                                     "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],
                                     "graph_speedup_vs_bf16": bf16["graph_ms"] / stats["graph_ms"],

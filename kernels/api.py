@@ -232,10 +232,11 @@ def clip_search(x: torch.Tensor, ratios, bits: int = 4, weights: torch.Tensor | 
 # ---------------------------------------------------------------------------------------------------------
 # W4A4 deployment ops: quantize_act_packed, w4a4_matmul and the GEMM weight layout (gemm_reference.py, gemm.py)
 # ---------------------------------------------------------------------------------------------------------
-from .gemm_reference import padded_k, pack_weight_for_gemm, unpack_weight_for_gemm  # noqa: E402
+from .gemm_reference import GEMM_K_GROUP, padded_k, pack_weight_for_gemm, unpack_weight_for_gemm  # noqa: E402
 
 registry.register_triton_module(__package__ + ".gemm")
-__all__ += ["quantize_act_packed", "w4a4_matmul", "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
+__all__ += ["quantize_act_packed", "w4a4_matmul", "int8_matmul", "unpack_weight_int8", "padded_k",
+            "pack_weight_for_gemm", "unpack_weight_for_gemm"]
 
 
 def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
@@ -297,19 +298,53 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
     a_codes int8 [..., K] (any int8 values; from `quantize_act_packed`), a_scales fp32 [..., 1],
     w_packed int8 [N, padded_k(K) / 2] from `pack_weight_for_gemm` (4-bit codes, per-channel),
     w_scales fp32 [N] or [N, 1], bias [N] -> [..., N] out_dtype."""
-    op = "w4a4_matmul"
-    for name, t, dtype in (("a_codes", a_codes, torch.int8), ("w_packed", w_packed, torch.int8),
+    k = _check_gemm_args("w4a4_matmul", a_codes, a_scales, "w_packed", w_packed, 2, w_scales, bias, out_dtype)
+    out = ops.w4a4_matmul(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), w_packed, w_scales.reshape(-1), bias,
+                          out_dtype)
+    return out.reshape(*a_codes.shape[:-1], w_packed.shape[0])
+
+
+def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
+    """w_packed int8 [N, padded_k(K) / 2] (`pack_weight_for_gemm`) -> int8 codes [N, padded_k(K)] in natural order,
+    the K tail zero: `int8_matmul`'s weight (the unpack pass `w4a4_matmul` runs on every call, done once)."""
+    if not isinstance(w_packed, torch.Tensor) or w_packed.dtype != torch.int8:
+        got = w_packed.dtype if isinstance(w_packed, torch.Tensor) else type(w_packed).__name__
+        raise TypeError(f"faircalib.kernels.unpack_weight_int8: w_packed must be a torch.int8 tensor, got {got}")
+    check_dims("unpack_weight_int8", "w_packed", w_packed, 2)
+    if w_packed.shape[1] % (GEMM_K_GROUP // 2):
+        raise ValueError(f"faircalib.kernels.unpack_weight_int8: w_packed {tuple(w_packed.shape)} is not in the GEMM "
+                         f"layout (rows of a multiple of {GEMM_K_GROUP // 2} bytes); pack with pack_weight_for_gemm")
+    return ops.unpack_weight_int8(w_packed)
+
+
+def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
+                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """`w4a4_matmul` with the weight already unpacked: w_int8 int8 [N, padded_k(K)] from `unpack_weight_int8` (codes
+    in [-8, 7] for a 4-bit weight; any int8 values are summed exactly). Saves the unpack pass per call at the cost
+    of 1 byte per weight kept in memory."""
+    k = _check_gemm_args("int8_matmul", a_codes, a_scales, "w_int8", w_int8, 1, w_scales, bias, out_dtype)
+    out = ops.int8_matmul(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), w_int8, w_scales.reshape(-1), bias,
+                          out_dtype)
+    return out.reshape(*a_codes.shape[:-1], w_int8.shape[0])
+
+
+def _check_gemm_args(op: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_name: str, w: torch.Tensor,
+                     codes_per_byte: int, w_scales: torch.Tensor, bias: torch.Tensor | None,
+                     out_dtype: torch.dtype) -> int:
+    """The checks of `w4a4_matmul` (codes_per_byte 2: packed weight) and `int8_matmul` (1); returns K."""
+    for name, t, dtype in (("a_codes", a_codes, torch.int8), (w_name, w, torch.int8),
                            ("a_scales", a_scales, torch.float32), ("w_scales", w_scales, torch.float32)):
         if not isinstance(t, torch.Tensor) or t.dtype != dtype:
             got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
             raise TypeError(f"faircalib.kernels.{op}: {name} must be a {dtype} tensor, got {got}")
     check_min_dims(op, "a_codes", a_codes, 1)
-    check_dims(op, "w_packed", w_packed, 2)
-    k, n = a_codes.shape[-1], w_packed.shape[0]
-    if w_packed.shape[1] != padded_k(k) // 2:
-        raise ValueError(f"faircalib.kernels.{op}: w_packed {tuple(w_packed.shape)} does not match K={k} of a_codes "
-                         f"{tuple(a_codes.shape)}: expected [N, {padded_k(k) // 2}]; pack with "
-                         f"pack_weight_for_gemm(codes [N, {k}])")
+    check_dims(op, w_name, w, 2)
+    k, n = a_codes.shape[-1], w.shape[0]
+    if w.shape[1] != padded_k(k) // codes_per_byte:
+        make = f"pack_weight_for_gemm(codes [N, {k}])"
+        raise ValueError(f"faircalib.kernels.{op}: {w_name} {tuple(w.shape)} does not match K={k} of a_codes "
+                         f"{tuple(a_codes.shape)}: expected [N, {padded_k(k) // codes_per_byte}]; make it with "
+                         f"{make if codes_per_byte == 2 else f'unpack_weight_int8({make})'}")
     if a_scales.shape != (*a_codes.shape[:-1], 1):
         raise ValueError(f"faircalib.kernels.{op}: a_scales must have shape {(*a_codes.shape[:-1], 1)}, got "
                          f"{tuple(a_scales.shape)}")
@@ -322,9 +357,7 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
             raise ValueError(f"faircalib.kernels.{op}: bias must have shape ({n},), got {tuple(bias.shape)}")
     if not out_dtype.is_floating_point:
         raise TypeError(f"faircalib.kernels.{op}: out_dtype must be a float dtype, got {out_dtype}")
-    for name, t in (("a_scales", a_scales), ("w_packed", w_packed), ("w_scales", w_scales), ("bias", bias)):
+    for name, t in (("a_scales", a_scales), (w_name, w), ("w_scales", w_scales), ("bias", bias)):
         if t is not None:
             check_same_device(op, "a_codes", a_codes, name, t)
-    out = ops.w4a4_matmul(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), w_packed, w_scales.reshape(-1), bias,
-                          out_dtype)
-    return out.reshape(*a_codes.shape[:-1], n)
+    return k

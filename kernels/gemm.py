@@ -342,6 +342,7 @@ def _unpack_weight_kernel(packed_ptr, out_ptr, GROUPS, BLOCK_G: tl.constexpr, HA
 UNPACK_LAUNCH = (64, 4)
 
 
+@registry.register("unpack_weight_int8", "triton")
 def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
     """w_packed int8 [N, Kp / 2] (GEMM layout) -> int8 codes [N, Kp] in natural order (zero-padded K tail)."""
     n, half_kp = w_packed.shape
@@ -394,6 +395,7 @@ def _int8_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, 
 TMA_ALIGN = 16
 
 
+@registry.register("int8_matmul", "triton")
 def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
               bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_int8 int8 [N, Kp] (Kp = padded_k(K), zero tail), w_scales

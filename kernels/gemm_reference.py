@@ -110,8 +110,20 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_packed int8 [N, padded_k(K) / 2] (GEMM layout), w_scales fp32
     [N], bias [N] | None -> [M, N] out_dtype = (acc · a_scale) · w_scale (+ bias) in fp32."""
-    w_codes = unpack_weight_for_gemm(w_packed, a_codes.shape[1])
-    acc = int_matmul_exact(a_codes, w_codes).float()
+    return int8_matmul(a_codes, a_scales, unpack_weight_int8(w_packed), w_scales, bias, out_dtype)
+
+
+@registry.register("unpack_weight_int8", "reference")
+def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
+    """w_packed int8 [N, Kp / 2] (GEMM layout) -> int8 codes [N, Kp] in natural order (zero K tail)."""
+    return unpack_weight_for_gemm(w_packed, 2 * w_packed.shape[1])
+
+
+@registry.register("int8_matmul", "reference")
+def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
+                bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """`w4a4_matmul` on a weight already unpacked: w_int8 int8 [N, padded_k(K)] (`unpack_weight_int8`)."""
+    acc = int_matmul_exact(a_codes, w_int8[:, :a_codes.shape[1]]).float()
     out = acc * a_scales.float() * w_scales.float()[None, :]
     if bias is not None:
         out = out + bias.float()

@@ -2,6 +2,7 @@
 
 - `W4A4Linear`, `convert_to_w4a4(model)`       packed INT4 weights + online transform + act quant (w4a4_linear.py)
 - `share_input_quantization(modules)`          link the W4A4Linears of one input: it is quantized once per forward
+- `keep_weights_unpacked(model)`               keep int8 copies of the weights: no unpack pass per call (memory for time)
 - `save_quantized`, `load_quantized`           packed safetensors checkpoints (checkpoint.py)
 - `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
 - `export_compressed_tensors`                  the compressed-tensors int W4A4 pack-quantized layout
@@ -14,6 +15,7 @@ import importlib
 _LAZY = {
     "W4A4Linear": "w4a4_linear", "convert_to_w4a4": "w4a4_linear",
     "share_input_quantization": "w4a4_linear", "share_model_input_quantization": "w4a4_linear",
+    "keep_weights_unpacked": "w4a4_linear",
     "save_quantized": "checkpoint", "load_quantized": "checkpoint",
     "export_compressed_tensors": "compressed_tensors", "is_w4a4": "hf_quantizer",
     "export_quantized": "export", "EXPORT_FORMATS": "export", "GraphedLogits": "cuda_graph",

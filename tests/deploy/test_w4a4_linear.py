@@ -10,7 +10,8 @@ from faircalib.kernels import registry
 from faircalib.calib.quant_linear import QuantLinear
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform
 from faircalib.config import QuantSpec
-from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, kronecker_form, share_input_quantization
+from faircalib.deploy.w4a4_linear import (W4A4Linear, convert_to_w4a4, keep_weights_unpacked, kronecker_form,
+                                          share_input_quantization)
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
 from faircalib.zoo import CharTokenizer
@@ -103,6 +104,26 @@ def test_model_logits_and_generation_match_fake_quant(family, method):
     a = generate(fake, prompt, config, generator=torch.Generator().manual_seed(3)).tokens
     b = generate(deployed, prompt, config, generator=torch.Generator().manual_seed(3)).tokens
     assert torch.equal(a, b)
+
+
+def test_a_kept_unpacked_weight_gives_the_same_outputs_and_follows_changes(family):
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        want = get_adapter(model).logits(ids)
+        assert keep_weights_unpacked(model) == 14
+        assert torch.equal(get_adapter(model).logits(ids), want)
+    assert set(model.state_dict()) == keys  # the int8 copies never reach a checkpoint
+    linear = next(m for m in model.modules() if isinstance(m, W4A4Linear))
+    assert linear.weight_int8.shape == (linear.out_features, kernels.padded_k(linear.in_features))
+    x = torch.randn(3, linear.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        linear.weight_packed.zero_()  # changed in place after unpacking: the next call unpacks again
+        assert not linear(x).any()
+        linear.keep_weight_unpacked(False)
+        assert linear.weight_int8 is None and not linear(x).any()
 
 
 @pytest.mark.parametrize("method", ["flatquant", "quarot"])
@@ -283,11 +304,13 @@ def test_eager_fast_path_gives_the_same_output_and_still_checks(gen):
         lin(x)
 
 
-def test_compiled_blocks_quantize_each_input_once(monkeypatch):
+@pytest.mark.parametrize("unpacked", [False, True])
+def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked):
     import torch._dynamo
 
     deployed = quantized_tiny("llada", "flatquant")
     convert_to_w4a4(deployed)
+    keep_weights_unpacked(deployed, unpacked)  # kept int8 weights: int8_matmul in the graph, still no breaks
     adapter = get_adapter(deployed)
     ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -170,6 +170,37 @@ def test_custom_ops_pass_opcheck(gen, backend):
         codes, scales = kernels.quantize_act_packed(x, left=left, right=right)
         torch.library.opcheck(torch.ops.faircalib.w4a4_matmul,
                               (codes, scales, w, torch.rand(24, generator=gen), None, torch.bfloat16))
+        torch.library.opcheck(torch.ops.faircalib.unpack_weight_int8, (w,))
+        torch.library.opcheck(torch.ops.faircalib.int8_matmul,
+                              (codes, scales, kernels.unpack_weight_int8(w), torch.rand(24, generator=gen), None,
+                               torch.bfloat16))
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 7, 17), (9, 33, 200), (0, 5, 64)])
+def test_unpacked_weight_matmul_equals_the_packed_one(gen, m, n, k):
+    """`unpack_weight_int8` then `int8_matmul` (Triton and reference) gives `w4a4_matmul`'s result exactly."""
+    w_codes = _codes((n, k), gen)
+    packed = kernels.pack_weight_for_gemm(w_codes)
+    a = _codes((m, k), gen, -128, 128)
+    sa, sw, bias = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen), torch.randn(n, generator=gen)
+    for backend in ("reference", "triton"):
+        with kernels.use_backend(backend):
+            unpacked = kernels.unpack_weight_int8(packed)
+            assert unpacked.shape == (n, kernels.padded_k(k)) and not unpacked[:, k:].any()
+            assert torch.equal(unpacked[:, :k], w_codes)
+            got = kernels.int8_matmul(a, sa, unpacked, sw, bias, torch.float32)
+            assert torch.equal(got, kernels.w4a4_matmul(a, sa, packed, sw, bias, torch.float32)), backend
+
+
+def test_unpacked_weight_ops_name_the_problem(gen):
+    packed = kernels.pack_weight_for_gemm(_codes((4, 64), gen))
+    a, sa, sw = _codes((2, 64), gen), torch.ones(2, 1), torch.ones(4)
+    with pytest.raises(ValueError, match=r"expected \[N, 128\]; make it with unpack_weight_int8"):
+        kernels.int8_matmul(a, sa, packed, sw)
+    with pytest.raises(TypeError, match="w_int8 must be a torch.int8"):
+        kernels.int8_matmul(a, sa, kernels.unpack_weight_int8(packed).float(), sw)
+    with pytest.raises(ValueError, match="not in the GEMM layout"):
+        kernels.unpack_weight_int8(packed[:, :40])
 
 
 def test_public_ops_compose_to_a_linear(gen):
