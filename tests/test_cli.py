@@ -74,6 +74,7 @@ def test_generate_trace_shows_every_step(checkpoints, capsys):
         (["--prompt", "1=", "--gen-length", "10", "--block-length", "4"], "not divisible by block_length=4"),
         (["--prompt", "1=", "--sampler", "dream", "--remasking", "random"], "does not exist for sampler 'dream'"),
         (["--prompt", "1=", "--cuda-graph"], "needs a CUDA device"),
+        (["--prompt", "1=", "--keep-unpacked"], "needs a W4A4 checkpoint"),
     ],
 )
 def test_generate_usage_errors(checkpoints, capsys, argv, message):

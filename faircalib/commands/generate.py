@@ -16,6 +16,9 @@ def add_arguments(parser):
     parser.add_argument("--cuda-graph", action="store_true",
                         help="replay each step's forward from a CUDA graph (faircalib.deploy.GraphedLogits; "
                              "needs --device cuda): removes Python and launch overhead, large for W4A4 models")
+    parser.add_argument("--keep-unpacked", action="store_true",
+                        help="W4A4 checkpoints: keep int8 copies of the weights (faircalib.deploy."
+                             "keep_weights_unpacked): no unpack pass per step, weights 0.75x of bf16 instead of 0.25x")
     add_model_arguments(parser)
     add_sampler_arguments(parser)
 
@@ -33,6 +36,11 @@ def run(args) -> int:
     except ValueError as error:
         args.parser.error(str(error))
     model = load_model(args)
+    if args.keep_unpacked:
+        from faircalib.deploy import keep_weights_unpacked
+
+        if not keep_weights_unpacked(model):
+            args.parser.error(f"--keep-unpacked needs a W4A4 checkpoint; {args.model} has no W4A4Linear")
     if args.cuda_graph:
         from faircalib.deploy import GraphedLogits
 

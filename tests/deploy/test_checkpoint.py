@@ -54,7 +54,9 @@ def test_load_model_and_the_cli_take_a_packed_checkpoint(tmp_path, family, capsy
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     argv = ["generate", "--model", str(tmp_path), "--prompt", "12+34=", "--steps", "4", "--gen-length", "4"]
-    assert cli.main(argv) == 0 and capsys.readouterr().out.strip()
+    assert cli.main(argv) == 0
+    answer = capsys.readouterr().out.strip()
+    assert answer and cli.main([*argv, "--keep-unpacked"]) == 0 and capsys.readouterr().out.strip() == answer
 
 
 def test_load_model_names_a_foreign_quantization_method(tmp_path):
