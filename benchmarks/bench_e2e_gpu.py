@@ -17,7 +17,8 @@ down projections compute silu(gate)·up inside their activation kernel (`W4A4Lin
 int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
 then the packed weights and the int8 copies).
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
-PyTorch reference kernels), generation tokens/s on the CPU (`tiny_cpu.json`).
+PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation tokens/s on the CPU
+(`tiny_cpu.json`).
 """
 from __future__ import annotations
 
@@ -157,9 +158,12 @@ def tiny_cpu_throughput(out: str) -> None:
             wrap_block(adapter, block, get_method("rtn"), QuantConfig.w_a(4, 4), torch.Generator().manual_seed(0))
         deployed = copy.deepcopy(fake)
         convert_to_w4a4(deployed)
+        kept = copy.deepcopy(deployed)
+        keep_weights_unpacked(kept)
         prompt = torch.randint(3, 20, (8, 16), generator=torch.Generator().manual_seed(0))
         config = SamplerConfig(sampler=sampler, gen_length=32, steps=32)
-        for label, model in (("fp32", fp), ("fake-quant W4A4", fake), ("W4A4Linear", deployed)):
+        for label, model in (("fp32", fp), ("fake-quant W4A4", fake), ("W4A4Linear", deployed),
+                             ("W4A4Linear, kept unpacked", kept)):
             generate(model, prompt, config, generator=torch.Generator().manual_seed(1))
             start = time.perf_counter()
             generate(model, prompt, config, generator=torch.Generator().manual_seed(1))
