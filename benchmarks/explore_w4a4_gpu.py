@@ -63,17 +63,22 @@ ACT_VARIANTS = {
     "tile_s2": dict(stages=2),
     "tile_p2": dict(programs_per_sm=2, large_tile_programs_per_sm=2),
     "tile_p8": dict(programs_per_sm=8, large_tile_programs_per_sm=8),
-    "chunk_j64k32_p4w4": dict(fused_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=4, chunked_warps=4),
-    "chunk_j128k32_p2w4": dict(fused_max_tile=0, chunk_j=128, chunk_k=32, chunked_programs_per_sm=2,
-                               chunked_warps=4),
+    "chunk_j64k32_p4w4": dict(fused_max_tile=0, split_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=4,
+                              chunked_warps=4),
+    "split": dict(),
+    "split_s1": dict(split_stages=1),
+    "split_s3": dict(split_stages=3),
+    "split_w4": dict(split_warps=4),
+    "split_p2": dict(split_programs_per_sm=2),
+    "split_p2w4": dict(split_programs_per_sm=2, split_warps=4),
 }
 PLAIN_TILES = (4096,)
 
 
-def act_part(copy_tbps: float, log) -> list[dict]:
+def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
     records = []
     default = dataclasses.asdict(gemm.ACT_LAUNCH)
-    for k in (3584, 4096, 12288, 18944):
+    for k in widths:
         n1, n2 = kronecker_factors(k)
         left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
         right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16)
@@ -81,13 +86,20 @@ def act_part(copy_tbps: float, log) -> list[dict]:
         channel_scale = torch.rand(k, device="cuda") + 0.5
         want_c, want_s = (t.cuda() for t in gemm_reference.quantize_act_packed(
             small.cpu(), None, left.float().cpu(), right.float().cpu(), None, 4))
+        gemm.ACT_LAUNCH.__dict__.update(default)
+        splittable = gemm.split_columns(n1, n2, torch.bfloat16) is not None
+        only = os.environ.get("ACT_VARIANTS")
         for name, overrides in ACT_VARIANTS.items():
+            if only and name not in only.split(","):
+                continue
             if name.startswith("tile") and k > 4096:
                 overrides = dict(overrides, fused_max_tile=1 << 30, fused_max_smem=1 << 30)
             if name.startswith("tile") and triton.next_power_of_2(n2) > 128:
                 continue  # 128x256 padded tiles do not fit shared memory
             if name.startswith("chunk") and k <= 4096:
                 continue  # whole tiles fit: the chunked kernel is never chosen there
+            if name.startswith("split") and not splittable:
+                continue  # n2 a power of two: nothing to split
             if name.startswith("tile_rows") and k > 4096:
                 continue  # one token already fills 128 rows
             gemm.ACT_LAUNCH.__dict__.update(default, **overrides)
@@ -431,6 +443,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--parts", default="act,fp8")
+    parser.add_argument("--act-k", default="3584,4096,12288,18944", help="activation widths of the act part")
     args = parser.parse_args()
     lines = []
 
@@ -444,7 +457,7 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; memcpy {copy_tbps:.2f} TB/s")
     result = {"memcpy_tbps": copy_tbps}
     for part in args.parts.split(","):
-        result[part] = {"act": lambda: act_part(copy_tbps, log), "fp8": lambda: fp8_part(log),
+        result[part] = {"act": lambda: act_part(copy_tbps, log, tuple(int(k) for k in args.act_k.split(","))), "fp8": lambda: fp8_part(log),
                         "inloop": lambda: inloop_part(log),
                         "host": lambda: host_part(log),
                         "unpack": lambda: unpack_part(log)}[part]()

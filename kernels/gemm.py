@@ -1,28 +1,32 @@
 """Triton kernels for W4A4 deployment; `gemm_reference.py` is their specification (formulas and weight layout).
 
-`quantize_act_packed`, three paths (`ActLaunch` holds their settings; chosen per call by factor size):
+`quantize_act_packed`, four paths (`ActLaunch` holds their settings; chosen per call by factor size):
 - no transform, K > 8192: the per-token quantizer of `quant.py` (rows swept twice in chunks), same numerics;
 - whole tile (no transform with K <= 8192, or padded factor tiles <= 16384 elements that fit shared memory:
   K = 3584, 4096 and, with bf16 factors, 12288): a program loads the factors once, then sweeps its tokens
   (small tiles stacked several per step), the loads pipelined `stages` deep: channel scale, right- and
   left-multiply on tensor cores (tf32 for fp32 factors, bf16 for bf16 factors), absmax, scale, round half to
   even, clamp, store int8 codes and fp32 scales;
-- chunked (Dream's 128x148 at K = 18944, fp32 factors at 12288): per token, the output in 64-column slices
-  (contracting 32 columns at a time), parked in an fp32 per-program scratch row until the token's absmax is
-  known, then quantized.
+- split columns (16-bit factors whose n2 is not a power of two and too large for a whole tile: Dream's 128x148 at
+  K = 18944): one token per step, its columns held as a 128-wide and a 32-wide block (160 instead of 256 padded),
+  six MMAs, values in registers until the token's absmax is known. A channel scale or gate is applied by a pass of
+  its own first (`scaled_input`: in this kernel Triton 3.6 compiled it to illegal memory accesses on H100);
+- chunked (fp32 factors at K = 12288 and 18944): per token, the output in 64-column slices (contracting 32
+  columns at a time), parked in an fp32 per-program scratch row until the token's absmax is known, then quantized.
 Numerics: the no-transform paths match the reference bit for bit. With a transform, the codes may differ by one
 where a value sits on a rounding boundary: the MMAs sum in another order than torch, and the kernels multiply by
 the scale's reciprocal instead of dividing each element (an IEEE division per element was the bottleneck: the
 reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). NaN/Inf rows are found by a NaN-propagating
 absmax, and codes come from the bits of the rounding add (no float-to-int conversion). Measured (BENCHMARKS.md,
 2026-12-06, bf16 factors, no channel scale, 16384 / 4096 tokens, `benchmarks/bench_gemm_gpu.py`): 0.75 / 0.58x
-(K = 3584), 0.80 / 0.65x (4096), 0.57 / 0.52x (12288) and 0.15 / 0.14x (18944) of memcpy. Multiplying by the left
-factor first keeps that product in registers as the right MMA's A operand: up to 2.2x faster at 4096 tokens and
-with a channel scale, 4-6% slower without one at 16384 tokens. Tried and slower: stacking two 64-row tokens per
+(K = 3584), 0.80 / 0.65x (4096), 0.57 / 0.52x (12288) and 0.34 / 0.32x (18944, split columns; the chunked kernel
+ran 0.15 / 0.14x) of memcpy. Multiplying by the left factor first keeps that product in registers as the right
+MMA's A operand: up to 2.2x faster at 4096 tokens and with a channel scale, 4-6% slower without one at 16384 tokens. Tried and slower: stacking two 64-row tokens per
 step with a blockdiag left factor, re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the
 chunked kernel at K = 12288; an earlier variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the
-left factor was 5x slower; a whole tile for K = 18944 with its 148 columns split into 128 + 32 (0.21x, and
-miscompiled by Triton 3.6 in some forms).
+left factor was 5x slower; an earlier form of the split-column kernel (0.21x; miscompiled by Triton 3.6 with the
+right factor first); the split-column kernel with 4 warps (0.07x), 2 programs per SM or pipelining 1 or 3 deep (no
+change).
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
@@ -61,8 +65,10 @@ class ActLaunch:
     """How `quantize_act_packed` runs (defaults picked on H100 with `benchmarks/explore_w4a4_gpu.py`).
 
     Transforms whose padded [p1, p2] tile holds <= `fused_max_tile` elements and fits `fused_max_smem` take the
-    whole-tile kernel (tokens stacked up to `transform_rows` rows per step); larger ones (Dream's 128x148 at
-    K = 18944; fp32 factors at K = 12288) take the chunked kernel: `chunk_j` output columns at a time,
+    whole-tile kernel (tokens stacked up to `transform_rows` rows per step); larger ones with n2 not a power of two
+    the split-column kernel (`split_columns`: tiles up to `split_max_tile` elements, factors up to
+    `split_max_factor_bytes`; `split_programs_per_sm`, `split_stages`, `split_warps`), as Dream's 128x148 at
+    K = 18944; the rest (fp32 factors at K = 12288, 18944) the chunked kernel: `chunk_j` output columns at a time,
     contracting over `chunk_k`-column slices, values parked in an fp32 per-program scratch row (L2-resident)
     until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
@@ -76,6 +82,11 @@ class ActLaunch:
     transform_rows: int = 64
     plain_tile: int = 4096
     plain_max_k: int = 8192
+    split_max_tile: int = 128 * 160
+    split_max_factor_bytes: int = 96 * 1024
+    split_programs_per_sm: int = 1
+    split_stages: int = 2
+    split_warps: int = 8
     chunked_programs_per_sm: int = 4
     chunk_j: int = 64
     chunk_k: int = 32
@@ -100,6 +111,21 @@ def fused_transform_supported(n1: int, n2: int, dtype: torch.dtype) -> bool:
     p1, p2 = _pow2(n1), _pow2(n2)
     elem = torch.finfo(dtype).bits // 8
     return p1 * p2 <= ACT_LAUNCH.fused_max_tile and elem * (p1 + p2) ** 2 <= ACT_LAUNCH.fused_max_smem
+
+
+def split_columns(n1: int, n2: int, dtype: torch.dtype) -> tuple[int, int, int] | None:
+    """(B1, BA, BB) when a transform that does not fit the whole-tile kernel runs in the split-column one: n2 split
+    into a power-of-two block BA and a remainder block BB = next_pow2(n2 - BA), which saves MMA work and registers
+    over padding to next_pow2(n2) (K = 18944: 128 + 32 = 160 columns instead of 256); None otherwise (the chunked
+    kernel). Limits: `ActLaunch.split_max_tile` elements per token tile and `split_max_factor_bytes` of factors."""
+    b1, ba = _pow2(n1), 1 << (n2.bit_length() - 1)
+    if ba == n2 or ba < 16:
+        return None
+    bb = _pow2(n2 - ba)
+    elem = torch.finfo(dtype).bits // 8
+    if b1 * (ba + bb) > ACT_LAUNCH.split_max_tile or elem * (b1 * b1 + (ba + bb) ** 2) > ACT_LAUNCH.split_max_factor_bytes:
+        return None
+    return b1, ba, bb
 
 
 @triton.jit
@@ -172,6 +198,96 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
         tl.store(codes_ptr + tok[:, None] * stride_cm + flat, q.to(tl.int8), mask=mask)
         tok_ids = step * TOKENS + tl.arange(0, TOKENS)
         tl.store(scales_ptr + tok_ids, tl.where(tok_bad > 0, float("nan"), tok_scale), mask=tok_ids < M)
+
+
+@triton.jit
+def _scaled_input_kernel(x_ptr, gate_ptr, cs_ptr, out_ptr, K, stride_xm, GATED: tl.constexpr, HAS_CS: tl.constexpr,
+                         BLOCK: tl.constexpr):
+    """One [1, BLOCK] slice of the split kernel's input: x, or silu(gate) · x (`_swiglu`), times the channel scale
+    in fp32, rounded to the output's dtype (the factors' dtype: what the whole-tile kernel feeds its MMA)."""
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < K
+    row = tl.program_id(0).to(tl.int64)
+    v = tl.load(x_ptr + row * stride_xm + cols, mask=inside, other=0.0)
+    if GATED:
+        v = _swiglu(tl.load(gate_ptr + row * stride_xm + cols, mask=inside, other=0.0), v)
+    if HAS_CS:
+        v = v.to(tl.float32) * tl.load(cs_ptr + cols, mask=inside, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * K + cols, cast_rne(v.to(tl.float32), out_ptr.dtype.element_ty), mask=inside)
+
+
+SCALED_INPUT_BLOCK = 2048
+
+
+def scaled_input(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: torch.Tensor | None,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """x [M, K] (unit column stride; gate the same strides) -> contiguous [M, K] `dtype` = (F.silu(gate) * x if
+    gate else x).float() * channel_scale, rounded to nearest even: one pass (read 2-4, write 2 bytes per element)."""
+    m, k = x.shape
+    out = torch.empty((m, k), dtype=dtype, device=x.device)
+    if m and k:
+        _scaled_input_kernel[(m, triton.cdiv(k, SCALED_INPUT_BLOCK))](
+            x, x if gate is None else gate, x if channel_scale is None else channel_scale.contiguous(), out, k,
+            x.stride(0), GATED=gate is not None, HAS_CS=channel_scale is not None, BLOCK=SCALED_INPUT_BLOCK,
+            num_warps=4)
+    return out
+
+
+@triton.jit
+def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M, N1, N2, stride_xm,
+                               stride_cm, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_CLIP: tl.constexpr,
+                               BITS: tl.constexpr, B1: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr,
+                               STAGES: tl.constexpr):
+    """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [n1, n2] view held as two column
+    blocks, a = [0, BA) and b = [BA, BA + BB) (masked to n2), instead of one block padded to next_pow2(n2).
+    W = leftᵀ · X per block, then Y_a = W_a · R_aa + W_b · R_ba and Y_b = W_a · R_ab + W_b · R_bb, all in registers
+    until the token's absmax is known. Factors are loaded once per program; quantization as the whole-tile kernel.
+    No channel scale or gate here: the wrapper applies them first (in Triton 3.6 a channel-scale multiply in this
+    kernel compiled to illegal memory accesses on H100, in every form tried)."""
+    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
+    qmin: tl.constexpr = -(1 << (BITS - 1))
+    i = tl.arange(0, B1)
+    ja = tl.arange(0, BA)
+    jb = BA + tl.arange(0, BB)
+    row_in = i < N1
+    in_a = row_in[:, None] & (ja < N2)[None, :]
+    in_b = row_in[:, None] & (jb < N2)[None, :]
+    flat_a = i[:, None] * N2 + ja[None, :]
+    flat_b = i[:, None] * N2 + jb[None, :]
+    if HAS_LEFT:  # leftᵀ
+        left_t = tl.load(left_ptr + i[None, :] * N1 + i[:, None], mask=row_in[:, None] & row_in[None, :], other=0.0)
+    if HAS_RIGHT:
+        b_in = jb < N2
+        r_aa = tl.load(right_ptr + ja[:, None] * N2 + ja[None, :])
+        r_ab = tl.load(right_ptr + ja[:, None] * N2 + jb[None, :], mask=b_in[None, :], other=0.0)
+        r_ba = tl.load(right_ptr + jb[:, None] * N2 + ja[None, :], mask=b_in[:, None], other=0.0)
+        r_bb = tl.load(right_ptr + jb[:, None] * N2 + jb[None, :], mask=b_in[:, None] & b_in[None, :], other=0.0)
+    clip = tl.load(clip_ptr).to(tl.float32) if HAS_CLIP else 1.0
+    for t in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=STAGES):
+        xa = tl.load(x_ptr + t * stride_xm + flat_a, mask=in_a, other=0.0)
+        xb = tl.load(x_ptr + t * stride_xm + flat_b, mask=in_b, other=0.0)
+        if HAS_LEFT:
+            xa = tl.dot(left_t, xa.to(left_t.dtype))
+            xb = tl.dot(left_t, xb.to(left_t.dtype))
+        if HAS_RIGHT:  # the left products stay in registers, as these MMAs' A operands
+            wa = xa.to(r_aa.dtype)
+            wb = xb.to(r_aa.dtype)
+            ya = tl.dot(wb, r_ba, tl.dot(wa, r_aa))
+            yb = tl.dot(wb, r_bb, tl.dot(wa, r_ab))
+        else:
+            ya = xa.to(tl.float32)
+            yb = xb.to(tl.float32)
+        absmax = nan_max(tl.reduce(tl.reduce(tl.abs(ya), 1, nan_max), 0, nan_max),
+                         tl.reduce(tl.reduce(tl.abs(yb), 1, nan_max), 0, nan_max))
+        bad = (absmax != absmax) | (absmax == float("inf"))
+        scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
+        inv = 1.0 / tl.where(scale > 0, scale, 1.0)
+        zero = bad | (scale == 0)
+        qa = tl.where(zero, 0, clamp_round_to_int(ya * inv, qmin * 1.0, qmax * 1.0))
+        qb = tl.where(zero, 0, clamp_round_to_int(yb * inv, qmin * 1.0, qmax * 1.0))
+        tl.store(codes_ptr + t * stride_cm + flat_a, qa.to(tl.int8), mask=in_a)
+        tl.store(codes_ptr + t * stride_cm + flat_b, qb.to(tl.int8), mask=in_b)
+        tl.store(scales_ptr + t, tl.where(bad, float("nan"), scale))
 
 
 @triton.jit
@@ -290,6 +406,19 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
             *common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, n1, n2,
             x.stride(0), codes.stride(0), **flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens,
             STAGES=cfg.stages, RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
+        return codes, scales
+    split = split_columns(n1, n2, factor.dtype)
+    if split is not None:
+        # The gate and channel scale in a pass of their own (see the split kernel's doc), rounded as the whole-tile
+        # kernel rounds the scaled input for its MMA.
+        if gate is not None or channel_scale is not None:
+            x = scaled_input(x, gate, channel_scale, factor.dtype)
+        b1, ba, bb = split
+        _quantize_act_split_kernel[(_programs(m, x.device, cfg.split_programs_per_sm),)](
+            x, dummy if left is None else left.contiguous(), dummy if right is None else right.contiguous(), clip_arg,
+            codes, scales, m, n1, n2, x.stride(0), codes.stride(0), HAS_LEFT=left is not None,
+            HAS_RIGHT=right is not None, HAS_CLIP=clip is not None, BITS=bits, B1=b1, BA=ba, BB=bb,
+            STAGES=cfg.split_stages, num_warps=cfg.split_warps)
         return codes, scales
     if right is None:  # the chunked kernel contracts through `right`: the identity stands in for a missing one
         right = torch.eye(n2, dtype=left.dtype, device=x.device)

@@ -72,13 +72,16 @@ def _act_args(n1, n2, parts, gen, clip=None):
             clip, 4)
 
 
-CHUNKED = gemm.ActLaunch(fused_max_tile=0, chunk_j=32, chunk_k=16)  # small slices: the tests cross their boundaries
+CHUNKED = gemm.ActLaunch(fused_max_tile=0, split_max_tile=0, chunk_j=32, chunk_k=16)  # small slices: the tests
+# cross their boundaries
+SPLIT = gemm.ActLaunch(fused_max_tile=0)  # transforms with n2 not a power of two take the split-column kernel
 
 
 @pytest.mark.parametrize("n1,n2,parts,launch", [
     (1, 200, "", None), (64, 64, "lr", None), (56, 64, "clr", None), (32, 128, "cr", None), (16, 48, "l", None),
     (16, 100, "lr", None), (96, 128, "clr", CHUNKED), (20, 148, "lr", CHUNKED), (7, 33, "clr", CHUNKED),
-    (16, 100, "r", CHUNKED), (17, 40, "cl", CHUNKED), (1, 64, "r", CHUNKED)])
+    (16, 100, "r", CHUNKED), (17, 40, "cl", CHUNKED), (1, 64, "r", CHUNKED), (20, 148, "lr", SPLIT),
+    (7, 33, "clr", SPLIT), (16, 100, "r", SPLIT), (17, 40, "cl", SPLIT), (1, 148, "cr", SPLIT), (5, 24, "l", SPLIT)])
 def test_act_quant_matches_reference(gen, monkeypatch, n1, n2, parts, launch):
     if launch is not None:
         monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
@@ -101,11 +104,37 @@ def test_act_quant_path_choice_follows_factor_size():
     assert gemm.fused_transform_supported(64, 64, torch.bfloat16)  # K = 4096
     assert gemm.fused_transform_supported(96, 128, torch.bfloat16)  # K = 12288, bf16 factors
     assert not gemm.fused_transform_supported(96, 128, torch.float32)  # fp32 factors: chunked
-    assert not gemm.fused_transform_supported(128, 148, torch.bfloat16)  # K = 18944: chunked
+    assert not gemm.fused_transform_supported(128, 148, torch.bfloat16)  # K = 18944: split columns
+    assert gemm.split_columns(128, 148, torch.bfloat16) == (128, 128, 32)  # 160 columns instead of 256
+    assert gemm.split_columns(7, 33, torch.float32) == (16, 32, 16)
+    assert gemm.split_columns(128, 148, torch.float32) is None  # fp32 factors: too large, chunked
+    assert gemm.split_columns(96, 128, torch.bfloat16) is None  # a power of two: nothing to split
+    assert gemm.split_columns(4, 12, torch.bfloat16) is None  # blocks under 16 columns: chunked
 
 
-def test_act_quant_chunked_nonfinite_and_empty(gen, monkeypatch):
-    monkeypatch.setattr(gemm, "ACT_LAUNCH", CHUNKED)
+@pytest.mark.parametrize("gated,scaled,dtype", [(False, True, torch.bfloat16), (True, True, torch.float16),
+                                                (True, False, torch.float32), (False, False, torch.bfloat16)])
+def test_scaled_input_pass_matches_torch(gen, gated, scaled, dtype):
+    """The split kernel's pre-pass: (silu(gate) · x) · channel_scale in fp32, rounded to the factors' dtype, as
+    torch computes it; odd widths cross the pass's blocks, rows are strided."""
+    x = torch.randn(3, 2 * gemm.SCALED_INPUT_BLOCK + 77, generator=gen).to(dtype)[:, :-40]
+    gate = torch.randn(3, 2 * gemm.SCALED_INPUT_BLOCK + 77, generator=gen).to(dtype)[:, :-40] if gated else None
+    cs = torch.rand(x.shape[1], generator=gen) + 0.5 if scaled else None
+    want = torch.nn.functional.silu(gate) * x if gated else x
+    want = (want.float() * cs if scaled else want.float()).to(torch.bfloat16)
+    got = gemm.scaled_input(x, gate, cs, torch.bfloat16)
+    assert got.is_contiguous()
+    if gated:  # the kernel's exp and division are within an fp32 ulp of torch's: a rounding may flip, rarely
+        torch.testing.assert_close(got, want, rtol=2 ** -7, atol=0)
+        assert (got != want).float().mean() < 1e-3
+    else:
+        assert torch.equal(got, want)
+    assert gemm.scaled_input(x[:0], gate, cs, torch.bfloat16).shape == (0, x.shape[1])
+
+
+@pytest.mark.parametrize("launch", [CHUNKED, SPLIT], ids=["chunked", "split"])
+def test_act_quant_large_factor_paths_nonfinite_and_empty(gen, monkeypatch, launch):
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
     x = torch.randn(3, 20 * 148, generator=gen)
     x[0, 5], x[2, 2000] = float("inf"), float("nan")
     left, right = _orthogonal(20, gen), _orthogonal(148, gen)
@@ -119,15 +148,15 @@ def test_act_quant_chunked_nonfinite_and_empty(gen, monkeypatch):
 @settings(max_examples=25, deadline=None)
 @given(m=st.integers(1, 9), n1=st.integers(1, 24), n2=st.integers(1, 40),
        parts=st.sampled_from(["lr", "clr", "l", "r"]),
-       chunked=st.booleans(), rows=st.sampled_from([1, 64, 128]), gated=st.booleans(),
+       path=st.sampled_from(["tile", "split", "chunked"]), rows=st.sampled_from([1, 64, 128]), gated=st.booleans(),
        dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
-def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, chunked, rows, gated, dtype, seed):
+def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, path, rows, gated, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, n1 * n2, generator=gen).to(dtype)
     gate = torch.randn(m, n1 * n2, generator=gen).to(dtype) if gated else None
     args = _act_args(n1, n2, parts, gen)
-    launch = (gemm.ActLaunch(fused_max_tile=0, chunk_j=16, chunk_k=16) if chunked
-              else gemm.ActLaunch(transform_rows=rows))
+    launch = {"tile": gemm.ActLaunch(transform_rows=rows), "split": SPLIT,
+              "chunked": gemm.ActLaunch(fused_max_tile=0, split_max_tile=0, chunk_j=16, chunk_k=16)}[path]
     original, gemm.ACT_LAUNCH = gemm.ACT_LAUNCH, launch
     try:
         codes, scales = (gemm.quantize_swiglu_packed(gate, x, *args) if gated else gemm.quantize_act_packed(x, *args))

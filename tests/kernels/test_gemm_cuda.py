@@ -18,8 +18,8 @@ def _orthogonal(n, gen):
     return torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0].float()
 
 
-# (n1, n2): stacked tokens (b1 < 64), one token per step, padded columns, the chunked kernel (64x148, 128x148), and
-# LLaDA/Dream's K = 3584, 4096, 12288, 18944.
+# (n1, n2): stacked tokens (b1 < 64), one token per step, padded columns, the split-column kernel (64x148,
+# 128x148), and LLaDA/Dream's K = 3584, 4096, 12288, 18944.
 @pytest.mark.parametrize("n1,n2", [(16, 48), (128, 48), (64, 148), (16, 100), (56, 64), (64, 64), (96, 128),
                                    (128, 148)])
 @pytest.mark.parametrize("parts,gated", [("lr", False), ("clr", False), ("r", False), ("clr", True)])
@@ -45,3 +45,18 @@ def test_act_quant_on_gpu_matches_reference(n1, n2, parts, gated):
         torch.testing.assert_close(scales, want_scales, rtol=2e-2, atol=0)
         assert (codes.int() - want_codes.int()).abs().max() <= 1, (m, n1, n2)
         assert (codes != want_codes).float().mean() < 2e-2, (m, n1, n2)
+
+
+@pytest.mark.parametrize("n1,n2", [(96, 128), (128, 148)])
+def test_chunked_kernel_on_gpu_matches_reference(n1, n2):
+    """fp32 factors at K = 12288 and 18944 do not fit the whole-tile or split kernels: the chunked one (tf32 MMAs)."""
+    gen = torch.Generator().manual_seed(n1 + n2)
+    args = (torch.rand(n1 * n2, generator=gen) + 0.5, _orthogonal(n1, gen), _orthogonal(n2, gen), None, 4)
+    assert not gemm.fused_transform_supported(n1, n2, torch.float32) and gemm.split_columns(n1, n2, torch.float32) is None
+    x = torch.randn(130, n1 * n2, generator=gen).to(torch.bfloat16)
+    codes, scales = gemm.quantize_act_packed(x.cuda(), *(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
+    want_codes, want_scales = ref.quantize_act_packed(x, *args)
+    # tf32 MMAs: 10-bit mantissas, a little closer to the fp32 reference than bf16 factors (the test above).
+    torch.testing.assert_close(scales.cpu(), want_scales, rtol=1e-2, atol=0)
+    assert (codes.cpu().int() - want_codes.int()).abs().max() <= 1
+    assert (codes.cpu() != want_codes).float().mean() < 1e-2
