@@ -3,7 +3,8 @@
     python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
-        (whole-tile vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps); codes checked
+        (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
+        `--act-k` picks the widths, env `ACT_VARIANTS` the variants); codes checked
         against the CPU reference first; bandwidth counts compulsory bytes (bf16 in, int8 + fp32 out) against an
         in-run memcpy.
 fp8:    the INT4 x INT4 product on FP8 e4m3 tensor cores (int4 values are exact in e4m3), fp32 accumulator, Triton's
@@ -56,7 +57,9 @@ def memcpy_tbps() -> float:
 # instead of 4 did not help; stacking 2 tokens per step (blockdiag left factor) or re-reading the factors every step
 # was slower. The per-element IEEE division was the bottleneck: a reciprocal multiply ran 1.4-3.5x faster.
 # 2026-12-06: with the left factor first, 2 programs per SM beat 8 for K = 12288's 128x128 tiles (+5-18%) and lost
-# for the smaller tiles; pipelining 2 deep and 128-row stacks stayed slower.
+# for the smaller tiles; pipelining 2 deep and 128-row stacks stayed slower. The split-column kernel (K = 18944):
+# 0.34x memcpy with 8 warps against the chunked kernel's 0.15x; 4 warps 0.07x; stages and programs per SM changed
+# nothing. Variants run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
