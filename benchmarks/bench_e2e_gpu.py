@@ -1,9 +1,11 @@
-"""One denoising step (a full forward pass) of a random-weight model with the LLaDA-8B config, bf16 vs W4A4.
+"""One denoising step (a full forward pass) of a random-weight LLaDA-8B- (or Dream-7B-) config model, bf16 vs W4A4.
 
     python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--variants bf16:shared,fp32:shared]
+                                       [--family llada|dream]
     python benchmarks/bench_e2e_gpu.py --tiny-cpu     # reference: generation tokens/s of the tiny models on CPU
 
-bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU. W4A4: the same model with every block
+bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU (`--family dream`: "dream-7b", whose
+18944-wide down-projection input takes the split-column activation kernel). W4A4: the same model with every block
 linear replaced in place by a `W4A4Linear` (per-channel RTN codes of its weight, a FlatQuant-style online
 Kronecker transform with random orthogonal factors and a channel scale per input group); embeddings,
 norms, attention and the LM head stay bf16. Reports the median step time over CUDA events, the peak allocated
@@ -192,6 +194,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
                              "and residual adds around the linears")
+    parser.add_argument("--family", choices=("llada", "dream"), default="llada",
+                        help="the LLaDA-8B or the Dream-7B config")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -204,14 +208,17 @@ def main() -> None:
                        "triton": triton.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
                "runs": []}
     gen = torch.Generator().manual_seed(0)
-    ids = {n: torch.randint(0, 126000, (1, n), generator=gen).cuda() for n in tokens}
+    config = {"llada": "llada-8b", "dream": "dream-7b"}[args.family]
+    vocab = build_random(args.family, config, device="meta").config.vocab_size
+    ids = {n: torch.randint(0, vocab, (1, n), generator=gen).cuda() for n in tokens}
+    results["env"]["model"] = config
     tag = ", compiled blocks" if args.compile else ""
     results["env"]["compiled_blocks"] = args.compile
     for variant in args.variants.split(","):
         factor_name, sharing, *options = variant.split(":")
         if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked"}:
             sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want dtype:(shared|separate)[:swiglu][:unpacked]")
-        model = build_random("llada", "llada-8b", dtype=torch.bfloat16, device="cuda")
+        model = build_random(args.family, config, dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:
             compile_blocks(adapter)
