@@ -349,6 +349,16 @@ def _quantize_act_chunked_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, c
         tl.debug_barrier()
 
 
+# The kernels in this file address elements with int32 offsets (cheaper address math in every tile); an input or
+# output reaching 2^31 elements is processed in row blocks that each stay below, by the wrappers.
+MAX_OFFSET = 2 ** 31 - 1
+
+
+def _rows_per_launch(row_stride: int, width: int) -> int:
+    """Most rows, `row_stride` elements apart with `width` of them read, whose offsets all fit MAX_OFFSET."""
+    return max(1, (MAX_OFFSET - width) // max(row_stride, width, 1) + 1)
+
+
 def _programs(m: int, device: torch.device, per_sm: int) -> int:
     return m if device.type != "cuda" else min(m, per_sm * _num_sms(device.index or 0))
 
@@ -388,6 +398,13 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
     codes = torch.empty((m, k), dtype=torch.int8, device=x.device)
     scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
+        return codes, scales
+    rows = _rows_per_launch(x.stride(0), k)
+    if m > rows:  # past int32 offsets (MAX_OFFSET): row blocks, each copied into place
+        for start in range(0, m, rows):
+            part = slice(start, start + rows)
+            codes[part], scales[part] = _quantize_packed(x[part], None if gate is None else gate[part],
+                                                         channel_scale, left, right, clip, bits)
         return codes, scales
     cfg, dummy = ACT_LAUNCH, scales
     common = (x, x if gate is None else gate, dummy if channel_scale is None else channel_scale.contiguous(),
@@ -533,6 +550,12 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     n = w_int8.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
     if m == 0 or n == 0:
+        return out
+    rows = _rows_per_launch(n, n)
+    if m > rows:  # the epilogue's output offsets would pass int32 (MAX_OFFSET): row blocks
+        for start in range(0, m, rows):
+            out[start:start + rows] = int8_gemm(a_codes[start:start + rows], a_scales[start:start + rows], w_int8,
+                                                w_scales, bias, out_dtype)
         return out
     if k % TMA_ALIGN or a_codes.stride(1) != 1 or a_codes.stride(0) != k:
         padded = torch.zeros((m, -(-k // TMA_ALIGN) * TMA_ALIGN), dtype=torch.int8, device=a_codes.device)

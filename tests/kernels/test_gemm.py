@@ -278,3 +278,25 @@ def test_swiglu_quant_public_op_checks_the_gate(gen):
         kernels.quantize_act_packed(up, gate=torch.randn(4, 32, generator=gen))
     codes, scales = kernels.quantize_act_packed(up.reshape(2, 2, 64), gate=up.reshape(2, 2, 64))
     assert codes.shape == (2, 2, 64) and scales.shape == (2, 2, 1)
+
+
+@pytest.mark.parametrize("n1,n2,parts,launch", [(64, 64, "clr", None), (20, 148, "clr", SPLIT), (7, 33, "lr", CHUNKED),
+                                                (1, 200, "", None)])
+def test_inputs_past_int32_offsets_run_in_row_blocks(gen, monkeypatch, n1, n2, parts, launch):
+    """The kernels use int32 offsets: at 2^31 elements the wrappers launch them over row blocks. With the limit
+    lowered to 2.5 rows, the activation paths and the GEMM give the single-launch results exactly."""
+    if launch is not None:
+        monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
+    k = n1 * n2
+    x = torch.randn(7, k + 3, generator=gen).to(torch.bfloat16)[:, :k]  # strided rows
+    args = _act_args(n1, n2, parts, gen, torch.tensor(0.9))
+    w, sw, bias = kernels.pack_weight_for_gemm(_codes((5, k), gen)), torch.rand(5, generator=gen), torch.randn(5)
+    want = gemm.quantize_act_packed(x, *args)
+    want_y = gemm.w4a4_matmul(*want, w, sw, bias, torch.float32)
+    monkeypatch.setattr(gemm, "MAX_OFFSET", 2 * (k + 3) + k // 2)
+    assert gemm._rows_per_launch(k + 3, k) == 2  # 7 rows: four launches
+    got = gemm.quantize_act_packed(x, *args)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    monkeypatch.setattr(gemm, "MAX_OFFSET", 12)  # output rows of 5 elements: two per launch
+    assert gemm._rows_per_launch(5, 5) == 2
+    assert torch.equal(gemm.w4a4_matmul(*want, w, sw, bias, torch.float32), want_y)
