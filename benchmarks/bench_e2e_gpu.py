@@ -189,8 +189,8 @@ def main() -> None:
     parser.add_argument("--tokens", default="1024,4096")
     parser.add_argument("--variants", default="bf16:shared,bf16:separate,fp32:shared",
                         help="W4A4 variants, factor dtype:(shared|separate) input quantization of q/k/v and gate/up"
-                             "[:swiglu] (down projections take silu(gate)·up inside their activation kernel)[:unpacked] "
-                             "(keep_weights_unpacked: int8 weight copies, no unpack pass per call)")
+                             "[:swiglu] (down projections take silu(gate)·up inside their activation kernel)"
+                             "[:unpacked] (keep_weights_unpacked: int8 weight copies, no unpack pass per call)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
                              "and residual adds around the linears")

@@ -460,7 +460,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; memcpy {copy_tbps:.2f} TB/s")
     result = {"memcpy_tbps": copy_tbps}
     for part in args.parts.split(","):
-        result[part] = {"act": lambda: act_part(copy_tbps, log, tuple(int(k) for k in args.act_k.split(","))), "fp8": lambda: fp8_part(log),
+        widths = tuple(int(k) for k in args.act_k.split(","))
+        result[part] = {"act": lambda: act_part(copy_tbps, log, widths), "fp8": lambda: fp8_part(log),
                         "inloop": lambda: inloop_part(log),
                         "host": lambda: host_part(log),
                         "unpack": lambda: unpack_part(log)}[part]()

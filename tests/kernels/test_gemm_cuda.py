@@ -52,7 +52,8 @@ def test_chunked_kernel_on_gpu_matches_reference(n1, n2):
     """fp32 factors at K = 12288 and 18944 do not fit the whole-tile or split kernels: the chunked one (tf32 MMAs)."""
     gen = torch.Generator().manual_seed(n1 + n2)
     args = (torch.rand(n1 * n2, generator=gen) + 0.5, _orthogonal(n1, gen), _orthogonal(n2, gen), None, 4)
-    assert not gemm.fused_transform_supported(n1, n2, torch.float32) and gemm.split_columns(n1, n2, torch.float32) is None
+    assert not gemm.fused_transform_supported(n1, n2, torch.float32)
+    assert gemm.split_columns(n1, n2, torch.float32) is None
     x = torch.randn(130, n1 * n2, generator=gen).to(torch.bfloat16)
     codes, scales = gemm.quantize_act_packed(x.cuda(), *(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
     want_codes, want_scales = ref.quantize_act_packed(x, *args)
