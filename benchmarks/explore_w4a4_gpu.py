@@ -459,8 +459,8 @@ def main() -> None:
     log(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; memcpy {copy_tbps:.2f} TB/s")
     result = {"memcpy_tbps": copy_tbps}
+    widths = tuple(int(k) for k in args.act_k.split(","))
     for part in args.parts.split(","):
-        widths = tuple(int(k) for k in args.act_k.split(","))
         result[part] = {"act": lambda: act_part(copy_tbps, log, widths), "fp8": lambda: fp8_part(log),
                         "inloop": lambda: inloop_part(log),
                         "host": lambda: host_part(log),

@@ -23,10 +23,10 @@ absmax, and codes come from the bits of the rounding add (no float-to-int conver
 ran 0.15 / 0.14x) of memcpy. Multiplying by the left factor first keeps that product in registers as the right
 MMA's A operand: up to 2.2x faster at 4096 tokens and with a channel scale, 4-6% slower without one at 16384
 tokens. Tried and slower: stacking two 64-row tokens per step with a blockdiag left factor, re-reading the factors
-each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an earlier variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the
-left factor was 5x slower; an earlier form of the split-column kernel (0.21x; miscompiled by Triton 3.6 with the
-right factor first); the split-column kernel with 4 warps (0.07x), 2 programs per SM or pipelining 1 or 3 deep (no
-change).
+each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an earlier variant that
+regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower; an earlier form of the
+split-column kernel (0.21x; miscompiled by Triton 3.6 with the right factor first); the split-column kernel with
+4 warps (0.07x), 2 programs per SM or pipelining 1 or 3 deep (no change).
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
@@ -242,9 +242,9 @@ def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, 
     """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [n1, n2] view held as two column
     blocks, a = [0, BA) and b = [BA, BA + BB) (masked to n2), instead of one block padded to next_pow2(n2).
     W = leftᵀ · X per block, then Y_a = W_a · R_aa + W_b · R_ba and Y_b = W_a · R_ab + W_b · R_bb, all in
-    registers until the token's absmax is known. Factors are loaded once per program; quantization as the whole-tile kernel.
-    No channel scale or gate here: the wrapper applies them first (in Triton 3.6 a channel-scale multiply in this
-    kernel compiled to illegal memory accesses on H100, in every form tried)."""
+    registers until the token's absmax is known. Factors are loaded once per program; quantization as the
+    whole-tile kernel. No channel scale or gate here: the wrapper applies them first (in Triton 3.6 a
+    channel-scale multiply in this kernel compiled to illegal memory accesses on H100, in every form tried)."""
     qmax: tl.constexpr = (1 << (BITS - 1)) - 1
     qmin: tl.constexpr = -(1 << (BITS - 1))
     i = tl.arange(0, B1)

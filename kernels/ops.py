@@ -262,16 +262,17 @@ def _quantize_swiglu_packed_fake(gate: Tensor, up: Tensor, channel_scale: Tensor
     return _quantize_act_packed_fake(up, channel_scale, left, right, clip, bits)
 
 
-def _w4a4_matmul_fake(a_codes: Tensor, a_scales: Tensor, w_packed: Tensor, w_scales: Tensor, bias: Tensor | None,
-                      out_dtype: torch.dtype) -> Tensor:
-    return a_codes.new_zeros((a_codes.shape[0], w_packed.shape[0]), dtype=out_dtype)
+def _gemm_fake(a_codes: Tensor, a_scales: Tensor, w: Tensor, w_scales: Tensor, bias: Tensor | None,
+               out_dtype: torch.dtype) -> Tensor:
+    """Fake of `w4a4_matmul` and `int8_matmul` (packed or unpacked weight [N, ...]): [M, N] out_dtype."""
+    return a_codes.new_zeros((a_codes.shape[0], w.shape[0]), dtype=out_dtype)
 
 
 @torch.library.custom_op("faircalib::w4a4_matmul", mutates_args=())
 def w4a4_matmul(a_codes: Tensor, a_scales: Tensor, w_packed: Tensor, w_scales: Tensor, bias: Tensor | None,
                 out_dtype: torch.dtype) -> Tensor:
     """a_codes int8 [M, K] x w_packed int8 [N, padded_k(K) / 2] (GEMM layout) -> [M, N] out_dtype."""
-    return _dispatch("w4a4_matmul", _w4a4_matmul_fake, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
+    return _dispatch("w4a4_matmul", _gemm_fake, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
 
 
 def _unpack_weight_int8_fake(w_packed: Tensor) -> Tensor:
@@ -284,20 +285,15 @@ def unpack_weight_int8(w_packed: Tensor) -> Tensor:
     return _dispatch("unpack_weight_int8", _unpack_weight_int8_fake, w_packed)
 
 
-def _int8_matmul_fake(a_codes: Tensor, a_scales: Tensor, w_int8: Tensor, w_scales: Tensor, bias: Tensor | None,
-                      out_dtype: torch.dtype) -> Tensor:
-    return a_codes.new_zeros((a_codes.shape[0], w_int8.shape[0]), dtype=out_dtype)
-
-
 @torch.library.custom_op("faircalib::int8_matmul", mutates_args=())
 def int8_matmul(a_codes: Tensor, a_scales: Tensor, w_int8: Tensor, w_scales: Tensor, bias: Tensor | None,
                 out_dtype: torch.dtype) -> Tensor:
     """a_codes int8 [M, K] x w_int8 int8 [N, padded_k(K)] (unpacked weight) -> [M, N] out_dtype."""
-    return _dispatch("int8_matmul", _int8_matmul_fake, a_codes, a_scales, w_int8, w_scales, bias, out_dtype)
+    return _dispatch("int8_matmul", _gemm_fake, a_codes, a_scales, w_int8, w_scales, bias, out_dtype)
 
 
 quantize_act_packed.register_fake(_quantize_act_packed_fake)
 quantize_swiglu_packed.register_fake(_quantize_swiglu_packed_fake)
-w4a4_matmul.register_fake(_w4a4_matmul_fake)
+w4a4_matmul.register_fake(_gemm_fake)
 unpack_weight_int8.register_fake(_unpack_weight_int8_fake)
-int8_matmul.register_fake(_int8_matmul_fake)
+int8_matmul.register_fake(_gemm_fake)

@@ -2,7 +2,7 @@
 
 - `W4A4Linear`, `convert_to_w4a4(model)`       packed INT4 weights + online transform + act quant (w4a4_linear.py)
 - `share_input_quantization(modules)`          link the W4A4Linears of one input: it is quantized once per forward
-- `keep_weights_unpacked(model)`               keep int8 copies of the weights: no unpack pass per call (memory for time)
+- `keep_weights_unpacked(model)`               keep int8 copies of the weights: no unpack pass per call (memory/time)
 - `save_quantized`, `load_quantized`           packed safetensors checkpoints (checkpoint.py)
 - `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
 - `export_compressed_tensors`                  the compressed-tensors int W4A4 pack-quantized layout
