@@ -14,7 +14,8 @@ Each step is also timed replayed from a CUDA graph (`faircalib.deploy.GraphedLog
 as a fixed-shape denoising loop runs it), and for W4A4 a torch.profiler table lists the kernels of a step.
 `--variants`: transform factors in bf16 (bf16 MMA) or fp32 (tf32 MMA; the 96x128 factors of the 12288-wide down
 projection input then take the chunked kernel), and q/k/v and gate/up quantizing their shared input once
-(`share_model_input_quantization`, as deployed checkpoints load) or once per linear; a `:swiglu` suffix has the
+(`share_model_input_quantization`, as deployed checkpoints load; each such group then runs one GEMM on its stacked
+weights, or one per linear with an `:unfused` suffix) or once per linear; a `:swiglu` suffix has the
 down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`), `:unpacked` keeps
 int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
 then the packed weights and the int8 copies).
@@ -190,7 +191,8 @@ def main() -> None:
     parser.add_argument("--variants", default="bf16:shared,bf16:separate,fp32:shared",
                         help="W4A4 variants, factor dtype:(shared|separate) input quantization of q/k/v and gate/up"
                              "[:swiglu] (down projections take silu(gate)·up inside their activation kernel)"
-                             "[:unpacked] (keep_weights_unpacked: int8 weight copies, no unpack pass per call)")
+                             "[:unpacked] (keep_weights_unpacked: int8 weight copies, no unpack pass per call)"
+                             "[:unfused] (shared input groups run one GEMM per linear, not one on stacked weights)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
                              "and residual adds around the linears")
@@ -216,8 +218,9 @@ def main() -> None:
     results["env"]["compiled_blocks"] = args.compile
     for variant in args.variants.split(","):
         factor_name, sharing, *options = variant.split(":")
-        if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked"}:
-            sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want dtype:(shared|separate)[:swiglu][:unpacked]")
+        if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked", "unfused"}:
+            sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want "
+                     f"dtype:(shared|separate)[:swiglu][:unpacked][:unfused]")
         model = build_random(args.family, config, dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:
@@ -235,6 +238,8 @@ def main() -> None:
             adapter.linears(block)["down"].fuse_swiglu = "swiglu" in options
         if "unpacked" in options:
             keep_weights_unpacked(model)
+        for group in {m.shared_input for m in model.modules() if isinstance(m, W4A4Linear) and m.shared_input}:
+            group.fused_gemm = "unfused" not in options
         if args.compile:
             compile_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
@@ -243,7 +248,8 @@ def main() -> None:
             stats["graph_ms"] = graph_step_ms(adapter, ids[n])
             bf16 = next(r for r in results["runs"] if r["model"] == f"bf16{tag}" and r["tokens"] == n)
             extra = (", SwiGLU fused into down's input" if "swiglu" in options else "") + \
-                (", weights kept unpacked (int8)" if "unpacked" in options else "")
+                (", weights kept unpacked (int8)" if "unpacked" in options else "") + \
+                (", one GEMM per linear" if "unfused" in options else "")
             results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{extra}{tag})",
                                     "tokens": n, **stats,
                                     "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],

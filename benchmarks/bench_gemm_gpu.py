@@ -35,6 +35,10 @@ SHAPES = [  # (model, role, K, N)
     ("llada-8b", "q/k/v/o", 4096, 4096), ("llada-8b", "gate/up", 4096, 12288), ("llada-8b", "down", 12288, 4096),
     ("dream-7b", "q/o", 3584, 3584), ("dream-7b", "gate/up", 3584, 18944), ("dream-7b", "down", 18944, 3584),
     ("dream-7b", "k/v", 3584, 512),
+    # The GEMM that a shared input's linears run together on their stacked weights (`SharedInputQuantization`);
+    # LLaDA's q+k+v stack is the gate/up shape above.
+    ("llada-8b", "gate+up stacked", 4096, 24576), ("dream-7b", "q+k+v stacked", 3584, 4608),
+    ("dream-7b", "gate+up stacked", 3584, 37888),
 ]
 
 

@@ -1,6 +1,6 @@
 """Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,epilogue]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
@@ -17,6 +17,8 @@ inloop: the packed weight unpacked inside a persistent TMA GEMM's main loop (0.5
         INT8 GEMM at M = 256, 1024, 4096: exactness, then speed against cuBLAS bf16.
 host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU work is negligible).
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
+epilogue: the INT8 GEMM with its output written by TMA (whole tile or two halves) against the shipped pointer
+        stores, on single and stacked (q+k+v, gate+up) weight shapes.
 """
 from __future__ import annotations
 
@@ -442,6 +444,91 @@ def inloop_part(log) -> list[dict]:
     return records
 
 
+def _epilogue_configs() -> list[triton.Config]:
+    return [triton.Config({**c.kwargs, "SUBTILE": sub}, num_warps=c.num_warps, num_stages=c.num_stages,
+                          pre_hook=_epilogue_block_shapes) for c in gemm._gemm_configs() for sub in (False, True)]
+
+
+def _epilogue_block_shapes(nargs: dict) -> None:
+    gemm._set_block_shapes(nargs)
+    nargs["c_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"] // (2 if nargs["SUBTILE"] else 1)]
+
+
+@triton.autotune(configs=_epilogue_configs(), key=["M_BUCKET", "N", "K"], do_bench=gemm._tune_bench)
+@triton.jit
+def _tma_store_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, M, N, K, M_BUCKET, PROGRAMS: tl.constexpr,
+                           SUBTILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           GROUP_M: tl.constexpr):
+    """The shipped persistent INT8 GEMM with its bf16 output written by TMA (asynchronous, from shared memory)
+    instead of pointer stores; SUBTILE (autotuned) stores it in two halves."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
+        pid_m, pid_n = gemm.grouped_tile(tile, num_m, num_n, GROUP_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            acc = tl.dot(a_desc.load([pid_m * BLOCK_M, k0]), w_desc.load([pid_n * BLOCK_N, k0]).T, acc,
+                         out_dtype=tl.int32)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        out = acc.to(tl.float32) * tl.load(sa_ptr + rm, mask=rm < M, other=0.0)[:, None] * \
+            tl.load(sw_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        if SUBTILE:  # two [BLOCK_M, BLOCK_N / 2] stores: half the staging buffer in shared memory
+            left, right = tl.split(tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], left.to(tl.bfloat16))
+            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2], right.to(tl.bfloat16))
+        else:
+            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], out.to(tl.bfloat16))
+
+
+def tma_store_gemm(a_codes, a_scales, w_int8, w_scales):
+    m, k = a_codes.shape
+    n = w_int8.shape[0]
+    out = torch.empty((m, n), dtype=torch.bfloat16, device=a_codes.device)
+    descs = [gemm.TensorDescriptor.from_tensor(t, [1, 1]) for t in (a_codes, w_int8, out)]
+    programs = 4 if a_codes.device.type != "cuda" else gemm._num_sms(a_codes.device.index or 0)
+
+    def grid(meta):
+        return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
+
+    _tma_store_gemm_kernel[grid](*descs, a_scales.reshape(-1), w_scales, m, n, k, triton.next_power_of_2(m),
+                                 PROGRAMS=programs)
+    return out
+
+
+def epilogue_part(log) -> list[dict]:
+    """The INT8 GEMM alone (pre-unpacked weights) with a TMA-store epilogue against the shipped pointer-store one,
+    at M = 1024 and 4096 on LLaDA/Dream shapes and the stacked q+k+v / gate+up shapes: bitwise equal outputs first,
+    then CUDA-graph-timed speed against cuBLAS bf16."""
+    records = []
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for label, k, n in (("llada q/k/v/o", 4096, 4096), ("llada gate/up, q+k+v", 4096, 12288),
+                        ("llada gate+up", 4096, 24576), ("llada down", 12288, 4096), ("dream q/o", 3584, 3584),
+                        ("dream q+k+v", 3584, 4608), ("dream down", 18944, 3584)):
+        w = torch.randint(-8, 8, (n, k), device="cuda", generator=gen, dtype=torch.int8)
+        sw = torch.rand(n, device="cuda", generator=gen)
+        for m in (1024, 4096):
+            a = torch.randint(-8, 8, (m, k), device="cuda", generator=gen, dtype=torch.int8)
+            sa = torch.rand(m, 1, device="cuda", generator=gen)
+            x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+            wb = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
+            want = gemm.int8_gemm(a, sa, w, sw, None, torch.bfloat16)
+            try:
+                exact = bool(torch.equal(tma_store_gemm(a, sa, w, sw), want))
+            except Exception as error:  # noqa: BLE001
+                exact = f"{type(error).__name__}: {str(error)[:200]}"
+            t = {"bf16": graph_median_ms(lambda: F.linear(x, wb)),
+                 "int8 (shipped)": graph_median_ms(lambda: gemm.int8_gemm(a, sa, w, sw, None, torch.bfloat16)),
+                 "int8 tma store": graph_median_ms(lambda: tma_store_gemm(a, sa, w, sw))}
+            best = _tma_store_gemm_kernel.best_config
+            rec = {"shape": label, "M": m, "N": n, "K": k, "exact": exact, "ms": t, "best": str(best),
+                   "vs_bf16": {key: t["bf16"] / v for key, v in t.items()}}
+            log(f"epilogue {label} M={m}: " + ", ".join(f"{key} {v:.2f}x" for key, v in rec["vs_bf16"].items())
+                + f"; bitwise equal {exact}; tma config {best}")
+            records.append(rec)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -462,7 +549,7 @@ def main() -> None:
     widths = tuple(int(k) for k in args.act_k.split(","))
     for part in args.parts.split(","):
         result[part] = {"act": lambda: act_part(copy_tbps, log, widths), "fp8": lambda: fp8_part(log),
-                        "inloop": lambda: inloop_part(log),
+                        "inloop": lambda: inloop_part(log), "epilogue": lambda: epilogue_part(log),
                         "host": lambda: host_part(log),
                         "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started

@@ -12,7 +12,7 @@ a row/group holding NaN or ±Inf gives scale NaN, codes 0 and NaN outputs.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 
@@ -235,8 +235,8 @@ def clip_search(x: torch.Tensor, ratios, bits: int = 4, weights: torch.Tensor | 
 from .gemm_reference import GEMM_K_GROUP, padded_k, pack_weight_for_gemm, unpack_weight_for_gemm  # noqa: E402
 
 registry.register_triton_module(__package__ + ".gemm")
-__all__ += ["quantize_act_packed", "w4a4_matmul", "int8_matmul", "unpack_weight_int8", "padded_k",
-            "pack_weight_for_gemm", "unpack_weight_for_gemm"]
+__all__ += ["quantize_act_packed", "w4a4_matmul", "int8_matmul", "unpack_weight_int8", "unpack_weights_int8",
+            "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
 
 
 def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
@@ -246,6 +246,18 @@ def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -
     check_same_device(op, "x", x, name, t)
     if t.dim() != 2 or t.shape[0] != t.shape[1]:
         raise ValueError(f"faircalib.kernels.{op}: {name} must be a square [n, n] factor, got shape {tuple(t.shape)}")
+
+
+@torch._dynamo.assume_constant_result
+def _channel_scale_pass(device_type: str, n1: int, n2: int, dtype: torch.dtype) -> bool:
+    """Whether the Triton kernels apply the channel scale of an (n1, n2) transform in a pass of its own
+    (`gemm.scaled_input`, in front of the split-column kernel). Called while torch.compile traces, whose result is
+    taken as a constant: the backend choice is fixed when a graph is compiled."""
+    if device_type != "cuda" or registry.backend(torch.device(device_type)) != "triton":
+        return False
+    from . import gemm
+
+    return not gemm.fused_transform_supported(n1, n2, dtype) and gemm.split_columns(n1, n2, dtype) is not None
 
 
 def quantize_act_packed(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio | None = None,
@@ -283,6 +295,14 @@ def quantize_act_packed(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio | 
             raise ValueError(f"faircalib.kernels.{op}: channel_scale must have shape ({k},), got "
                              f"{tuple(channel_scale.shape)}")
     clip = None if clip_ratio is None else _clip_tensor(op, "clip_ratio", clip_ratio, x, ())
+    factor = left if left is not None else right
+    if channel_scale is not None and factor is not None and torch.compiler.is_compiling() and \
+            _channel_scale_pass(x.device.type, n1, n2, factor.dtype):
+        # The kernel would run this product as a pass of its own that re-reads x; in the traced graph Inductor
+        # fuses it into x's producer (the SwiGLU of a down projection) instead. Same formula: fp32 product
+        # rounded to the factors' dtype.
+        scaled = x if gate is None else torch.nn.functional.silu(gate) * x
+        x, gate, channel_scale = (scaled.float() * channel_scale.float()).to(factor.dtype), None, None
     if gate is None:
         codes, scales = ops.quantize_act_packed(x.reshape(-1, k), channel_scale, left, right, clip, bits)
     else:
@@ -315,6 +335,27 @@ def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"faircalib.kernels.unpack_weight_int8: w_packed {tuple(w_packed.shape)} is not in the GEMM "
                          f"layout (rows of a multiple of {GEMM_K_GROUP // 2} bytes); pack with pack_weight_for_gemm")
     return ops.unpack_weight_int8(w_packed)
+
+
+def unpack_weights_int8(w_packed: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Several packed weights (`pack_weight_for_gemm`, one K) -> their int8 codes stacked along N, [sum N_i,
+    padded_k(K)]: the weight of one `int8_matmul` for linears that read the same input (q/k/v, gate/up), whose
+    outputs are then column slices of one GEMM's output."""
+    op = "unpack_weights_int8"
+    if isinstance(w_packed, torch.Tensor) or not w_packed:
+        raise TypeError(f"faircalib.kernels.{op}: expects a non-empty list of packed weights; for one weight use "
+                        f"unpack_weight_int8")
+    for i, w in enumerate(w_packed):
+        if not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
+            got = w.dtype if isinstance(w, torch.Tensor) else type(w).__name__
+            raise TypeError(f"faircalib.kernels.{op}: w_packed[{i}] must be a torch.int8 tensor, got {got}")
+        check_dims(op, f"w_packed[{i}]", w, 2)
+        if w.shape[1] != w_packed[0].shape[1] or w.shape[1] % (GEMM_K_GROUP // 2):
+            raise ValueError(f"faircalib.kernels.{op}: w_packed[{i}] {tuple(w.shape)} does not match w_packed[0] "
+                             f"{tuple(w_packed[0].shape)}: every weight must be in the GEMM layout (rows of a "
+                             f"multiple of {GEMM_K_GROUP // 2} bytes, from pack_weight_for_gemm) for the same K")
+        check_same_device(op, "w_packed[0]", w_packed[0], f"w_packed[{i}]", w)
+    return ops.unpack_weights_int8(list(w_packed))
 
 
 def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,

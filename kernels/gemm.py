@@ -492,13 +492,24 @@ UNPACK_LAUNCH = (64, 4)
 @registry.register("unpack_weight_int8", "triton")
 def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
     """w_packed int8 [N, Kp / 2] (GEMM layout) -> int8 codes [N, Kp] in natural order (zero-padded K tail)."""
-    n, half_kp = w_packed.shape
-    out = torch.empty((n, 2 * half_kp), dtype=torch.int8, device=w_packed.device)
-    groups = n * half_kp // (GEMM_K_GROUP // 2)
+    return unpack_weights_int8([w_packed])
+
+
+@registry.register("unpack_weights_int8", "triton")
+def unpack_weights_int8(w_packed: list[torch.Tensor]) -> torch.Tensor:
+    """Packed weights int8 [N_i, Kp / 2] (one Kp) -> their int8 codes stacked along N, [sum N_i, Kp]: the weight
+    of one INT8 GEMM for linears that share an input (q/k/v, gate/up), one unpack launch per weight."""
+    half_kp = w_packed[0].shape[1]
+    out = torch.empty((sum(w.shape[0] for w in w_packed), 2 * half_kp), dtype=torch.int8, device=w_packed[0].device)
     block_g, warps = UNPACK_LAUNCH
-    if groups:
-        _unpack_weight_kernel[(triton.cdiv(groups, block_g),)](w_packed.contiguous(), out, groups, BLOCK_G=block_g,
-                                                               HALF=GEMM_K_GROUP // 2, num_warps=warps)
+    row = 0
+    for w in w_packed:
+        groups = w.shape[0] * half_kp // (GEMM_K_GROUP // 2)
+        if groups:
+            _unpack_weight_kernel[(triton.cdiv(groups, block_g),)](w.contiguous(), out[row:row + w.shape[0]], groups,
+                                                                   BLOCK_G=block_g, HALF=GEMM_K_GROUP // 2,
+                                                                   num_warps=warps)
+        row += w.shape[0]
     return out
 
 

@@ -119,6 +119,12 @@ def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
     return unpack_weight_for_gemm(w_packed, 2 * w_packed.shape[1])
 
 
+@registry.register("unpack_weights_int8", "reference")
+def unpack_weights_int8(w_packed: list[torch.Tensor]) -> torch.Tensor:
+    """Packed weights int8 [N_i, Kp / 2] (one Kp) -> their int8 codes stacked along N, [sum N_i, Kp]."""
+    return torch.cat([unpack_weight_int8(w) for w in w_packed])
+
+
 @registry.register("int8_matmul", "reference")
 def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:

@@ -70,9 +70,13 @@ class InputMemo:
     def clear(self) -> None:
         self._entry = None
 
+    def memoizes(self, x: torch.Tensor, key: tuple) -> bool:
+        """Whether `get` may store (and reuse) a result for this input and key (module doc)."""
+        return not (self.size < 2 or x.is_inference() or torch.compiler.is_compiling() or
+                    any(isinstance(v, torch.Tensor) and v.is_inference() for v in key))
+
     def get(self, member: int, x: torch.Tensor, key: tuple, compute: Callable[[], Any]) -> Any:
-        if self.size < 2 or x.is_inference() or torch.compiler.is_compiling() or \
-                any(isinstance(v, torch.Tensor) and v.is_inference() for v in key):
+        if not self.memoizes(x, key):
             return compute()
         state = (x._version, torch.is_grad_enabled(), _autocast_state(x.device.type), *_frozen(key))
         entry = self._entry

@@ -21,9 +21,16 @@ equal; the first of them to see an input runs `quantize_act_packed`, the others 
 (`InputMemo`: same tensor object, unmodified). Every linear keeps its own buffers (the checkpoint format is
 unchanged); a member whose buffers change after linking has them checked against the others again at its next
 forward (a mismatch then raises). `convert_to_w4a4`, `load_quantized` and the transformers quantizer link every
-block's input groups (`share_model_input_quantization`). Under torch.compile the members hand the codes on within
-the traced forward instead (`SharedInputQuantization._quantize_traced`), so compiled blocks quantize each input once
-too, in one graph without breaks.
+block's input groups (`share_model_input_quantization`). Under torch.compile the members hand the result on within
+the traced forward instead (`SharedInputQuantization._hand`), so compiled blocks quantize each input once too, in one
+graph without breaks.
+
+One GEMM per input group (`SharedInputQuantization.fused_gemm`, on by default): the first member to see an input
+also unpacks the members' weights stacked along N (`unpack_weights_int8`) and runs one INT8 GEMM; each member returns
+its column slice, bitwise equal to its own GEMM's output. A wider GEMM fills the GPU better (H100: LLaDA-8B's
+q/k/v as one 12288-wide GEMM, Dream-7B's 512-wide k/v inside a 4608-wide one; BENCHMARKS.md). Only the stacked int8
+weight is a transient; the packed weights stay per member. Not taken where the memo is not (inference tensors) or
+where weights are kept unpacked (stacking those copies would cost a copy per call): then one GEMM per member.
 """
 from __future__ import annotations
 
@@ -148,11 +155,11 @@ class W4A4Linear(nn.Module):
         """Whether this eager call may skip the public ops' checks and the custom-op dispatcher (on an H100 they
         cost ~115 of the ~300 us of host time per linear; at 4096 tokens the GPU work is ~250 us): yes once the
         public ops have accepted these very buffer tensors (a `.to()` or `load_state_dict` that replaces one
-        re-validates) and x has the right width, a float dtype and the buffers' device. Traced code
-        (torch.compile) always takes the custom ops."""
+        re-validates) and x is not empty (the ops skip the kernels then) and has the right width, a float dtype and
+        the buffers' device. Traced code (torch.compile) always takes the custom ops."""
         checked = self._checked_buffers
         return (checked is not None and not torch.compiler.is_compiling() and x.dtype.is_floating_point and
-                x.dim() >= 1 and x.shape[-1] == self.in_features and x.device == self.weight_packed.device and
+                x.dim() >= 1 and x.numel() > 0 and x.shape[-1] == self.in_features and x.device == self.weight_packed.device and
                 all(a is b for a, b in zip(checked, self._kernel_buffers())))
 
     def quantize_input(self, x: torch.Tensor, fast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,12 +174,10 @@ class W4A4Linear(nn.Module):
                                            channel_scale=self.channel_scale, left=self.left, right=self.right)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fast, shared = self._fast_path(x), self.shared_input
-        if shared is None:
-            codes, scales = self.quantize_input(x, fast)
-        else:
-            codes, scales = shared.quantize(self, x)
-        return self._matmul(codes, scales, x, fast)
+        if self.shared_input is not None:
+            return self.shared_input.forward(self, x)
+        fast = self._fast_path(x)
+        return self._matmul(*self.quantize_input(x, fast), x, fast)
 
     def forward_swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """self(F.silu(gate) * up), with the SwiGLU computed inside the activation kernel instead of written to
@@ -263,7 +268,8 @@ class SharedInputQuantization:
         self.generation = 0  # bumped by every successful check: results of an older one are not reused
         self._states: list[tuple | None] = [None] * len(self.members)
         self._remember()
-        self._handed: tuple | None = None  # (x, codes, scales) within one traced forward (`_quantize_traced`)
+        self._handed: tuple | None = None  # (x, result) within one traced forward (`_hand`)
+        self.fused_gemm = True  # one GEMM for all members (module doc); False: one per member
 
     def check(self) -> None:
         """Raise ValueError unless every member's activation buffers are bitwise equal; remember them."""
@@ -279,15 +285,69 @@ class SharedInputQuantization:
         self._states = [_act_state(m) for m in self.members]
         self.generation += 1
 
-    def quantize(self, module: W4A4Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, module: W4A4Linear, x: torch.Tensor) -> torch.Tensor:
+        """module(x) for a member: its column slice of the group's one GEMM (`fused_gemm`), else its own GEMM on
+        the codes the first member computed."""
         if torch.compiler.is_compiling():
-            return self._quantize_traced(module, x)
+            if self._gemm_fusable():
+                return self._member_slice(module, self._hand(module, x, lambda: self._fused_matmul(x)))
+            return module._matmul(*self._hand(module, x, lambda: module.quantize_input(x)), x, False)
         i = self._index(module)
         if not _same_state(self._states[i], _act_state(module)):
             self.check()
-        return self.memo.get(self.slots[i], x, (self.generation,), lambda: module.quantize_input(x))
+        weights = tuple(t for m in self.members for t in (m.weight_packed, m.weight_scale, m.bias))
+        key = (self.generation, *weights)
+        if self._gemm_fusable() and self.memo.memoizes(x, key):
+            return self._member_slice(module, self.memo.get(self.slots[i], x, key, lambda: self._fused_matmul(x)))
+        fast = module._fast_path(x)
+        codes, scales = self.memo.get(self.slots[i], x, (self.generation,), lambda: module.quantize_input(x, fast))
+        return module._matmul(codes, scales, x, fast)
 
-    def _quantize_traced(self, module: W4A4Linear, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gemm_fusable(self) -> bool:
+        """One GEMM for the group: wanted, and every member's weight is packed (kept int8 copies are separate
+        tensors: stacking them would cost a copy per call)."""
+        return self.fused_gemm and all(m.weight_int8 is None for m in self.members)
+
+    def _fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., sum of the members' out_features]: the members' weights stacked along N (`unpack_weights_int8`),
+        one INT8 GEMM. Each output element is computed as the member's own GEMM computes it (exact integer sum, the
+        same fp32 epilogue), so the slices equal the members' separate outputs bitwise."""
+        members = self.members
+        for m in members:
+            if m.weight_scale.numel() != m.out_features or (m.bias is not None and m.bias.numel() != m.out_features):
+                raise ValueError(f"faircalib.deploy.W4A4Linear: weight_scale {tuple(m.weight_scale.shape)} or bias of "
+                                 f"a {m.out_features}-output member of a shared input quantization does not hold "
+                                 f"one value per output channel")
+        fast = all(m._fast_path(x) for m in members)
+        codes, scales = members[0].quantize_input(x, fast)
+        weight_scale = torch.cat([m.weight_scale.reshape(-1) for m in members])
+        bias = None
+        if any(m.bias is not None for m in members):
+            bias = torch.cat([m.weight_scale.new_zeros(m.out_features) if m.bias is None else m.bias.float()
+                              for m in members])
+        packed = [m.weight_packed for m in members]
+        k = members[0].in_features
+        if fast:
+            unpacked = registry.implementation("unpack_weights_int8", x.device)(packed)
+            out = registry.implementation("int8_matmul", x.device)(codes.reshape(-1, k), scales.reshape(-1, 1),
+                                                                    unpacked, weight_scale, bias, x.dtype)
+        else:
+            out = kernels.int8_matmul(codes, scales, kernels.unpack_weights_int8(packed), weight_scale, bias, x.dtype)
+            if not torch.compiler.is_compiling():
+                for m in members:
+                    m._checked_buffers = m._kernel_buffers()  # the public ops accepted them
+        return out.reshape(*x.shape[:-1], weight_scale.numel())
+
+    def _member_slice(self, module: W4A4Linear, out: torch.Tensor) -> torch.Tensor:
+        start = 0
+        for m in self.members:
+            if m is module:
+                return out[..., start:start + m.out_features]
+            start += m.out_features
+        raise RuntimeError("faircalib.deploy: a W4A4Linear points to a shared input quantization that does not "
+                           "list it")
+
+    def _hand(self, module: W4A4Linear, x: torch.Tensor, compute):
         """Under torch.compile. The memo's bookkeeping does not trace (graph breaks at every linear), and the
         compiler does not merge equal custom-op calls, so the members hand the result on within one traced forward:
         the first computes, later ones reuse it for the same tensor, and the last member clears it, so no tensor
@@ -295,9 +355,9 @@ class SharedInputQuantization:
         from the link (the eager path re-checks it)."""
         handed = self._handed
         if handed is None or handed[0] is not x:
-            handed = (x, *module.quantize_input(x))
+            handed = (x, compute())
         self._handed = None if module is self.members[-1] else handed
-        return handed[1], handed[2]
+        return handed[1]
 
     def _index(self, module: W4A4Linear) -> int:
         for i, m in enumerate(self.members):

@@ -212,6 +212,59 @@ def test_a_forward_quantizes_each_input_once(family, method, monkeypatch):
     assert torch.equal(got, want)  # the same codes: linking changes the work, not the numbers
 
 
+GEMMS = ("w4a4_matmul", "int8_matmul")
+
+
+def test_each_shared_input_takes_one_gemm(family, monkeypatch):
+    """q/k/v and gate/up: one unpack of their stacked weights and one INT8 GEMM, whose column slices equal the
+    members' separate outputs bitwise; `fused_gemm = False` goes back to a GEMM per member."""
+    deployed = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(deployed)
+    adapter = get_adapter(deployed)
+    unfused = copy.deepcopy(deployed)
+    for m in unfused.modules():
+        if isinstance(m, W4A4Linear) and m.shared_input is not None:
+            m.shared_input.fused_gemm = False
+    ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
+    calls = _count(monkeypatch, GEMMS + ("unpack_weights_int8",))
+    with torch.no_grad():
+        got = adapter.logits(ids)
+        blocks = len(adapter.blocks)
+        assert sorted(calls) == sorted(["int8_matmul", "unpack_weights_int8"] * 2 * blocks + ["w4a4_matmul"] * 2 * blocks)
+        calls.clear()
+        assert torch.equal(get_adapter(unfused).logits(ids), got)
+        assert calls == ["w4a4_matmul"] * 7 * blocks
+
+
+def test_group_gemm_slices_equal_the_members_outputs(gen, monkeypatch):
+    q, k, v = _readers(gen, n_sizes=(40, 7, 17))
+    k.bias = None  # a member without a bias: zeros in the stacked epilogue
+    separate = [copy.deepcopy(m) for m in (q, k, v)]
+    share_input_quantization([q, k, v])
+    calls = _count(monkeypatch, GEMMS)
+    x = torch.randn(2, 5, 96, generator=gen)
+    with torch.no_grad():
+        got = [m(x) for m in (q, k, v)]
+        assert calls == ["int8_matmul"]
+        assert [tuple(y.shape) for y in got] == [(2, 5, 40), (2, 5, 7), (2, 5, 17)]
+        assert all(torch.equal(y, s(x)) for y, s in zip(got, separate))
+        assert torch.equal(q(x[:, :0]), separate[0](x[:, :0]))  # no tokens
+        calls.clear()
+        with torch.inference_mode():  # inference tensors are not memoized: a GEMM per member, the same outputs
+            x = x.clone()
+            assert all(torch.equal(m(x), y) for m, y in zip((q, k, v), got))
+        assert calls == ["w4a4_matmul"] * 3
+    x = torch.randn(3, 96, generator=gen)
+    with torch.no_grad():
+        q(x)
+        for m in (v, separate[2]):
+            m.weight_scale.mul_(2.0)  # a weight changed in place after q's call: the stacked GEMM is computed again
+        assert torch.equal(v(x), separate[2](x))
+        v.weight_scale = torch.ones(3)
+        with pytest.raises(ValueError, match="weight_scale \\(3,\\) or bias of a 17-output member"):
+            q(torch.randn(2, 96, generator=gen))
+
+
 def test_a_modified_or_different_input_is_quantized_again(gen, monkeypatch):
     q, k, v = _readers(gen)
     separate = [copy.deepcopy(m) for m in (q, k, v)]
@@ -322,6 +375,11 @@ def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked):
         calls = _count(monkeypatch)
         got = adapter.logits(ids)
     assert len(calls) == 4 * len(adapter.blocks)  # q/k/v, o, gate/up, down: as in eager
+    calls = _count(monkeypatch, GEMMS)
+    with torch.no_grad():
+        adapter.logits(ids)
+    # packed weights: one GEMM per shared input, as in eager; kept int8 copies: one per linear
+    assert len(calls) == (7 if unpacked else 4) * len(adapter.blocks)
     assert torch.equal(got, want)
     assert not torch._dynamo.utils.counters["graph_break"]
     assert all(group._handed is None for group in {m.shared_input for m in deployed.modules()

@@ -21,6 +21,32 @@ def test_unpack_kernel_matches_layout_spec(gen, n, k):
     assert torch.equal(out[:, :k], codes) and not out[:, k:].any()
 
 
+@pytest.mark.parametrize("rows", [(1,), (7, 0, 17), (33, 5, 5)])
+def test_stacked_unpack_matches_the_reference(gen, rows):
+    """`unpack_weights_int8` (Triton and reference): the members' codes stacked along N, K tail zero; opcheck."""
+    k = 200
+    codes = [_codes((n, k), gen) for n in rows]
+    packed = [kernels.pack_weight_for_gemm(c) for c in codes]
+    for backend in ("reference", "triton"):
+        with kernels.use_backend(backend):
+            out = kernels.unpack_weights_int8(packed)
+            assert out.shape == (sum(rows), kernels.padded_k(k)) and not out[:, k:].any(), backend
+            assert torch.equal(out[:, :k], torch.cat(codes)), backend
+            torch.library.opcheck(torch.ops.faircalib.unpack_weights_int8, (packed,))
+
+
+def test_stacked_unpack_names_the_problem(gen):
+    a, b = (kernels.pack_weight_for_gemm(_codes((4, k), gen)) for k in (64, 200))
+    with pytest.raises(ValueError, match=r"w_packed\[1\] \(4, 128\) does not match w_packed\[0\] \(4, 64\)"):
+        kernels.unpack_weights_int8([a, b])
+    with pytest.raises(TypeError, match=r"w_packed\[0\] must be a torch.int8"):
+        kernels.unpack_weights_int8([a.float()])
+    with pytest.raises(TypeError, match="non-empty list"):
+        kernels.unpack_weights_int8(a)
+    with pytest.raises(TypeError, match="non-empty list"):
+        kernels.unpack_weights_int8([])
+
+
 def _integer_gemm(a, w_codes):
     """The GEMM with unit scales and an fp32 output: the int32 accumulator itself (|acc| < 2^24 here)."""
     m, n = a.shape[0], w_codes.shape[0]
@@ -300,3 +326,37 @@ def test_inputs_past_int32_offsets_run_in_row_blocks(gen, monkeypatch, n1, n2, p
     monkeypatch.setattr(gemm, "MAX_OFFSET", 12)  # output rows of 5 elements: two per launch
     assert gemm._rows_per_launch(5, 5) == 2
     assert torch.equal(gemm.w4a4_matmul(*want, w, sw, bias, torch.float32), want_y)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_compiled_split_transform_scales_its_input_in_the_graph(gen, monkeypatch, gated):
+    """Under torch.compile, where the Triton kernels would apply a channel scale (and SwiGLU) in a pass of their
+    own (the split-column path), `quantize_act_packed` computes it in the traced graph instead, for Inductor to fuse
+    into x's producer; the op then gets no channel scale, and the codes equal eager's (fp32 here: no rounding)."""
+    import torch._dynamo
+
+    from faircalib.kernels import api, registry
+
+    monkeypatch.setattr(api, "_channel_scale_pass", lambda *args: True)  # as on a GPU for K = 18944
+    x, gate = torch.randn(2, 5, 96, generator=gen), torch.randn(2, 5, 96, generator=gen) if gated else None
+    left, right, cs = _orthogonal(8, gen), _orthogonal(12, gen), torch.rand(96, generator=gen) + 0.5
+
+    def quantize(x, gate):
+        return kernels.quantize_act_packed(x, clip_ratio=0.9, channel_scale=cs, left=left, right=right, gate=gate)
+
+    want = quantize(x, gate)
+    seen, original = [], registry.implementation
+
+    def recording(op, device):
+        impl = original(op, device)
+
+        def recorded(*args):
+            seen.append((op, args[2 if op == "quantize_swiglu_packed" else 1]))
+            return impl(*args)
+        return recorded
+
+    monkeypatch.setattr(registry, "implementation", recording)
+    torch._dynamo.reset()
+    got = torch.compile(quantize, backend="aot_eager", fullgraph=True)(x, gate)
+    assert [(op, cs_arg) for op, cs_arg in seen] == [("quantize_act_packed", None)]
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

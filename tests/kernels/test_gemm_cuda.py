@@ -61,3 +61,33 @@ def test_chunked_kernel_on_gpu_matches_reference(n1, n2):
     torch.testing.assert_close(scales.cpu(), want_scales, rtol=1e-2, atol=0)
     assert (codes.cpu().int() - want_codes.int()).abs().max() <= 1
     assert (codes.cpu() != want_codes).float().mean() < 1e-2
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_compiled_split_transform_matches_eager(gated):
+    """K = 18944 with bf16 factors under torch.compile (Inductor): the channel scale (and SwiGLU) computed in the
+    graph instead of by `gemm.scaled_input`. Without a gate the product is the same fp32 product rounded to bf16, so
+    the codes are bitwise eager's; with one, Inductor keeps silu(gate)·x in fp32 where eager rounds it to bf16."""
+    import torch._dynamo
+
+    from faircalib import kernels
+
+    gen = torch.Generator().manual_seed(7)
+    n1, n2 = 128, 148
+    cs = (torch.rand(n1 * n2, generator=gen) + 0.5).cuda()
+    left, right = (_orthogonal(n, gen).to(torch.bfloat16).cuda() for n in (n1, n2))
+    x = torch.randn(300, n1 * n2, generator=gen).to(torch.bfloat16).cuda()
+    gate = torch.randn(300, n1 * n2, generator=gen).to(torch.bfloat16).cuda() if gated else None
+
+    def quantize(x, gate):
+        return kernels.quantize_act_packed(x, clip_ratio=0.9, channel_scale=cs, left=left, right=right, gate=gate)
+
+    want_codes, want_scales = quantize(x, gate)
+    torch._dynamo.reset()
+    codes, scales = torch.compile(quantize, fullgraph=True)(x, gate)
+    if not gated:
+        assert torch.equal(codes, want_codes) and torch.equal(scales, want_scales)
+        return
+    torch.testing.assert_close(scales, want_scales, rtol=1e-2, atol=0)
+    assert (codes.int() - want_codes.int()).abs().max() <= 1
+    assert (codes != want_codes).float().mean() < 1e-2
