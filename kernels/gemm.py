@@ -451,20 +451,27 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
 
 
 def _set_block_shapes(nargs: dict) -> None:
-    """Autotune pre-hook: the TMA descriptors take the config's tile shapes."""
+    """Autotune pre-hook: the TMA descriptors take the config's tile shapes (the output's: half a tile wide when
+    the epilogue stores it in two halves)."""
     nargs["a_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_K"]]
     nargs["w_desc"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    if nargs["c_desc"] is not None:
+        nargs["c_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"] // (2 if nargs["SUBTILE"] else 1)]
 
 
 def _gemm_configs() -> list[triton.Config]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) x SUBTILE. Under the interpreter one config (the autotuner would
+    time several on a GPU); tests swap in each epilogue variant."""
     if registry.triton_interpreted():
-        shapes = [(16, 16, 64, 4, 1)]
-    else:  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+        shapes, subtiles = [(16, 32, 64, 4, 1)], (True,)
+    else:
         shapes = [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (256, 128, 128, 8, 4),
                   (128, 128, 128, 8, 4), (128, 128, 128, 4, 5), (128, 256, 64, 8, 5), (256, 128, 64, 8, 5),
                   (128, 256, 64, 8, 6)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=st,
-                          pre_hook=_set_block_shapes) for bm, bn, bk, w, st in shapes]
+        subtiles = (False, True)
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SUBTILE": sub}, num_warps=w,
+                          num_stages=st, pre_hook=_set_block_shapes)
+            for bm, bn, bk, w, st in shapes for sub in subtiles]
 
 
 def _tune_bench(fn, quantiles):
@@ -522,13 +529,16 @@ def grouped_tile(tile, num_m, num_n, GROUP_M: tl.constexpr):
     return first_m + (tile % (GROUP_M * num_n)) % size_m, (tile % (GROUP_M * num_n)) // size_m
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K"], do_bench=_tune_bench)
+@triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K", "TMA_STORE"], do_bench=_tune_bench)
 @triton.jit
-def _int8_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET, stride_cm,
-                      PROGRAMS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+def _int8_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET, stride_cm,
+                      PROGRAMS: tl.constexpr, HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, SUBTILE: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """Persistent: PROGRAMS programs sweep the output tiles in grouped order (GROUP_M row-tiles share each weight
-    column-tile while it is in L2); operands arrive by TMA (out-of-range rows and the K tail read as zeros)."""
+    column-tile while it is in L2); operands arrive by TMA (out-of-range rows and the K tail read as zeros).
+    TMA_STORE: the output tile leaves by TMA too (asynchronous, clipped at the edges; SUBTILE: in two halves, half
+    the staging buffer), which ran the GEMM up to 1.2x faster than pointer stores on H100 (BENCHMARKS.md); pointer
+    stores where the output's row stride is not 16-byte aligned."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
@@ -544,12 +554,19 @@ def _int8_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, 
             tl.load(sw_ptr + rn, mask=rn < N, other=0.0)[None, :]
         if HAS_BIAS:
             out = out + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out.to(c_ptr.dtype.element_ty),
-                 mask=(rm < M)[:, None] & (rn < N)[None, :])
+        out = out.to(c_ptr.dtype.element_ty)
+        if TMA_STORE and SUBTILE:
+            left, right = tl.split(tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], left)
+            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2], right)
+        elif TMA_STORE:
+            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], out)
+        else:
+            tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out, mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
-# TMA needs 16-byte aligned row strides: int8 codes with K % 16 != 0 are copied into a zero-padded buffer (no
-# LLaDA/Dream width needs it).
+# TMA needs 16-byte aligned row strides: int8 codes with K % 16 != 0 are copied into a zero-padded buffer, and an
+# output whose rows are not a multiple of 16 bytes is written by pointer stores (no LLaDA/Dream width needs either).
 TMA_ALIGN = 16
 
 
@@ -576,14 +593,16 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     # Block shapes are placeholders: the autotune pre-hook sets each config's.
     a_desc = TensorDescriptor.from_tensor(a_codes, [1, 1])
     w_desc = TensorDescriptor.from_tensor(w_int8, [1, 1])
+    tma_store = n * out.element_size() % TMA_ALIGN == 0
+    c_desc = TensorDescriptor.from_tensor(out, [1, 1]) if tma_store else None
     programs = 4 if a_codes.device.type != "cuda" else _num_sms(a_codes.device.index or 0)
     def grid(meta):
         return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
 
     _int8_gemm_kernel[grid](
-        a_desc, w_desc, a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
+        a_desc, w_desc, c_desc, a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
         w_scales if bias is None else bias.contiguous(), out, m, n, k, triton.next_power_of_2(m), out.stride(0),
-        PROGRAMS=programs, HAS_BIAS=bias is not None)
+        PROGRAMS=programs, HAS_BIAS=bias is not None, TMA_STORE=tma_store)
     return out
 
 

@@ -2,6 +2,7 @@
 worst-case data, every variant), epilogue, fused transform + activation quantization, and the custom ops."""
 import pytest
 import torch
+import triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,9 +75,23 @@ def test_gemm_worst_case_longest_k_is_exact(product):
     assert (_integer_gemm(a, torch.full((n, k), -8, dtype=torch.int8)) == product * k).all()
 
 
+@pytest.fixture(params=[True, False], ids=["tma-store-halves", "tma-store-whole"])
+def epilogue(request, monkeypatch):
+    """Each epilogue variant the GPU autotuner chooses among (TMA store in two halves or whole); outputs whose row
+    stride is not 16-byte aligned take pointer stores in either."""
+    kernel = gemm._int8_gemm_kernel
+    config = kernel.configs[0]
+    kwargs = {**config.kwargs, "SUBTILE": request.param}
+    monkeypatch.setattr(kernel, "configs", [triton.Config(kwargs, num_warps=config.num_warps,
+                                                          num_stages=config.num_stages, pre_hook=config.pre_hook)])
+    monkeypatch.setattr(kernel, "cache", {})
+    return request.param
+
+
 @pytest.mark.parametrize("bias", [False, True])
-def test_gemm_epilogue_matches_reference(gen, bias):
-    m, n, k = 33, 40, 256
+@pytest.mark.parametrize("m,n", [(33, 40), (37, 17), (1, 72)])
+def test_gemm_epilogue_matches_reference(gen, epilogue, bias, m, n):
+    k = 256
     a, w = _codes((m, k), gen), kernels.pack_weight_for_gemm(_codes((n, k), gen))
     sa, sw = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen)
     b = torch.randn(n, generator=gen) if bias else None
