@@ -506,18 +506,22 @@ def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
 def unpack_weights_int8(w_packed: list[torch.Tensor]) -> torch.Tensor:
     """Packed weights int8 [N_i, Kp / 2] (one Kp) -> their int8 codes stacked along N, [sum N_i, Kp]: the weight
     of one INT8 GEMM for linears that share an input (q/k/v, gate/up), one unpack launch per weight."""
-    half_kp = w_packed[0].shape[1]
-    out = torch.empty((sum(w.shape[0] for w in w_packed), 2 * half_kp), dtype=torch.int8, device=w_packed[0].device)
-    block_g, warps = UNPACK_LAUNCH
+    out = torch.empty((sum(w.shape[0] for w in w_packed), 2 * w_packed[0].shape[1]), dtype=torch.int8,
+                      device=w_packed[0].device)
     row = 0
     for w in w_packed:
-        groups = w.shape[0] * half_kp // (GEMM_K_GROUP // 2)
-        if groups:
-            _unpack_weight_kernel[(triton.cdiv(groups, block_g),)](w.contiguous(), out[row:row + w.shape[0]], groups,
-                                                                   BLOCK_G=block_g, HALF=GEMM_K_GROUP // 2,
-                                                                   num_warps=warps)
+        unpack_into(w, out[row:row + w.shape[0]])
         row += w.shape[0]
     return out
+
+
+def unpack_into(w_packed: torch.Tensor, out: torch.Tensor) -> None:
+    """The unpack pass: w_packed int8 [N, Kp / 2] -> its int8 codes written into out [N, Kp] (contiguous)."""
+    groups = w_packed.numel() // (GEMM_K_GROUP // 2)
+    block_g, warps = UNPACK_LAUNCH
+    if groups:
+        _unpack_weight_kernel[(triton.cdiv(groups, block_g),)](w_packed.contiguous(), out, groups, BLOCK_G=block_g,
+                                                               HALF=GEMM_K_GROUP // 2, num_warps=warps)
 
 
 @triton.jit
@@ -572,19 +576,21 @@ TMA_ALIGN = 16
 
 @registry.register("int8_matmul", "triton")
 def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
-              bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+              bias: torch.Tensor | None, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_int8 int8 [N, Kp] (Kp = padded_k(K), zero tail), w_scales
-    fp32 [N], bias [N] | None -> [M, N] out_dtype = (A·Wᵀ in int32) · a_scale · w_scale (+ bias)."""
+    fp32 [N], bias [N] | None -> [M, N] out_dtype = (A·Wᵀ in int32) · a_scale · w_scale (+ bias), written into
+    `out` when given (an [M, N] out_dtype view with unit column stride, e.g. a column slice of a wider output)."""
     m, k = a_codes.shape
     n = w_int8.shape[0]
-    out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
+    if out is None:
+        out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
     if m == 0 or n == 0:
         return out
-    rows = _rows_per_launch(n, n)
+    rows = _rows_per_launch(out.stride(0), n)
     if m > rows:  # the epilogue's output offsets would pass int32 (MAX_OFFSET): row blocks
         for start in range(0, m, rows):
-            out[start:start + rows] = int8_gemm(a_codes[start:start + rows], a_scales[start:start + rows], w_int8,
-                                                w_scales, bias, out_dtype)
+            part = slice(start, start + rows)
+            int8_gemm(a_codes[part], a_scales[part], w_int8, w_scales, bias, out_dtype, out[part])
         return out
     if k % TMA_ALIGN or a_codes.stride(1) != 1 or a_codes.stride(0) != k:
         padded = torch.zeros((m, -(-k // TMA_ALIGN) * TMA_ALIGN), dtype=torch.int8, device=a_codes.device)
@@ -593,7 +599,7 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     # Block shapes are placeholders: the autotune pre-hook sets each config's.
     a_desc = TensorDescriptor.from_tensor(a_codes, [1, 1])
     w_desc = TensorDescriptor.from_tensor(w_int8, [1, 1])
-    tma_store = n * out.element_size() % TMA_ALIGN == 0
+    tma_store = out.stride(0) * out.element_size() % TMA_ALIGN == 0 and out.data_ptr() % TMA_ALIGN == 0
     c_desc = TensorDescriptor.from_tensor(out, [1, 1]) if tma_store else None
     programs = 4 if a_codes.device.type != "cuda" else _num_sms(a_codes.device.index or 0)
     def grid(meta):

@@ -343,6 +343,19 @@ def test_inputs_past_int32_offsets_run_in_row_blocks(gen, monkeypatch, n1, n2, p
     assert torch.equal(gemm.w4a4_matmul(*want, w, sw, bias, torch.float32), want_y)
 
 
+@pytest.mark.parametrize("start", [8, 3])
+def test_gemm_writes_into_a_column_slice(gen, epilogue, start):
+    """`int8_gemm(..., out=view)`: a column slice of a wider output (16-byte aligned: TMA store; not: pointer
+    stores) gets the standalone result, and the columns around it stay untouched."""
+    m, n, k = 21, 40, 256
+    a, w = _codes((m, k), gen, -128, 128), gemm.unpack_weight_int8(kernels.pack_weight_for_gemm(_codes((n, k), gen)))
+    sa, sw = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen)
+    wide = torch.full((m, 56), 7.0)
+    gemm.int8_gemm(a, sa, w, sw, None, torch.float32, out=wide[:, start:start + n])
+    assert torch.equal(wide[:, start:start + n], gemm.int8_gemm(a, sa, w, sw, None, torch.float32))
+    assert (wide[:, :start] == 7).all() and (wide[:, start + n:] == 7).all()
+
+
 @pytest.mark.parametrize("gated", [False, True])
 def test_compiled_split_transform_scales_its_input_in_the_graph(gen, monkeypatch, gated):
     """Under torch.compile, where the Triton kernels would apply a channel scale (and SwiGLU) in a pass of their
