@@ -19,7 +19,8 @@ host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
 epilogue: the INT8 GEMM with its output written by TMA (whole tile or two halves) against the shipped pointer
         stores, on single and stacked (q+k+v, gate+up) weight shapes.
-l2chunk: unpack + GEMM slice by slice through one reused int8 buffer, so the unpacked copy lives in L2.
+l2chunk: `w4a4_matmul` with the weight unpacked whole vs in row slices through one reused int8 buffer
+        (`gemm.GEMM_CHUNKS`), at 1024-16384 tokens.
 """
 from __future__ import annotations
 
@@ -530,50 +531,41 @@ def epilogue_part(log) -> list[dict]:
     return records
 
 
-def chunked_w4a4(a, sa, packed, sw, rows: int, buffer: torch.Tensor) -> torch.Tensor:
-    """w4a4_matmul over `rows`-row slices of the weight: each slice unpacked into the same int8 buffer, then its
-    GEMM written into the output's columns, so the int8 copy is reread from L2 and overwritten there."""
-    m, n = a.shape[0], packed.shape[0]
-    out = torch.empty((m, n), dtype=torch.bfloat16, device=a.device)
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
-        w = buffer[:r1 - r0]
-        gemm.unpack_into(packed[r0:r1], w)
-        gemm.int8_gemm(a, sa, w, sw[r0:r1], None, torch.bfloat16, out=out[:, r0:r1])
-    return out
-
-
 def l2chunk_part(log) -> list[dict]:
-    """The unpack pass + INT8 GEMM run slice by slice through one reused int8 buffer (L2-sized), against the
-    shipped whole-weight unpack + GEMM and the INT8 GEMM alone: bitwise equal outputs first, CUDA-graph-timed."""
+    """`w4a4_matmul` with the weight unpacked whole and then multiplied, against row slices run through one reused
+    int8 buffer of 8, 16 or 32 MiB (`gemm.GEMM_CHUNKS`), and the INT8 GEMM alone: bitwise equal outputs first,
+    CUDA-graph-timed against cuBLAS bf16."""
     records = []
     gen = torch.Generator(device="cuda").manual_seed(0)
+    default = gemm.GEMM_CHUNKS
+    whole = dataclasses.replace(default, min_m=2 ** 62)
+    slices = {f"slices of {mib} MiB": dataclasses.replace(default, min_m=1, bytes=mib * 2 ** 20) for mib in (8, 16, 32)}
     for label, k, n in (("llada q+k+v", 4096, 12288), ("llada gate+up", 4096, 24576), ("llada down", 12288, 4096),
-                        ("dream gate+up", 3584, 37888), ("dream down", 18944, 3584)):
+                        ("dream q+k+v", 3584, 4608), ("dream gate+up", 3584, 37888), ("dream down", 18944, 3584)):
         packed = gemm_reference.pack_weight_for_gemm(torch.randint(-8, 8, (n, k), device="cuda", generator=gen,
                                                                    dtype=torch.int8))
         unpacked = gemm.unpack_weight_int8(packed)
         sw = torch.rand(n, device="cuda", generator=gen)
-        for m in (256, 1024, 4096):
+        for m in (1024, 2048, 4096, 16384):
             a = torch.randint(-8, 8, (m, k), device="cuda", generator=gen, dtype=torch.int8)
             sa = torch.rand(m, 1, device="cuda", generator=gen)
             x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
             wb = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
-            want = gemm.w4a4_matmul(a, sa, packed, sw, None, torch.bfloat16)
             t = {"bf16": graph_median_ms(lambda: F.linear(x, wb)),
-                 "shipped": graph_median_ms(lambda: gemm.w4a4_matmul(a, sa, packed, sw, None, torch.bfloat16)),
                  "int8 alone": graph_median_ms(lambda: gemm.int8_gemm(a, sa, unpacked, sw, None, torch.bfloat16))}
             exact = {}
-            for rows in (1024, 2048, 4096):
-                if rows >= n:
-                    continue
-                buffer = torch.empty((rows, unpacked.shape[1]), dtype=torch.int8, device="cuda")
-                exact[rows] = bool(torch.equal(chunked_w4a4(a, sa, packed, sw, rows, buffer), want))
-                t[f"chunks of {rows}"] = graph_median_ms(lambda: chunked_w4a4(a, sa, packed, sw, rows, buffer))
+            want = None
+            for name, cfg in {"whole": whole, **slices}.items():
+                gemm.GEMM_CHUNKS = cfg
+                got = gemm.w4a4_matmul(a, sa, packed, sw, None, torch.bfloat16)
+                want = got if want is None else want
+                exact[name] = bool(torch.equal(got, want))
+                t[name] = graph_median_ms(lambda: gemm.w4a4_matmul(a, sa, packed, sw, None, torch.bfloat16))
+            gemm.GEMM_CHUNKS = default
             rec = {"shape": label, "M": m, "N": n, "K": k, "exact": exact, "ms": t,
                    "vs_bf16": {key: t["bf16"] / v for key, v in t.items()}}
             log(f"l2chunk {label} M={m}: " + ", ".join(f"{key} {v:.2f}x" for key, v in rec["vs_bf16"].items())
-                + f"; bitwise equal {exact}")
+                + f"; bitwise equal {all(exact.values())}")
             records.append(rec)
     return records
 

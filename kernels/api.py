@@ -235,7 +235,7 @@ def clip_search(x: torch.Tensor, ratios, bits: int = 4, weights: torch.Tensor | 
 from .gemm_reference import GEMM_K_GROUP, padded_k, pack_weight_for_gemm, unpack_weight_for_gemm  # noqa: E402
 
 registry.register_triton_module(__package__ + ".gemm")
-__all__ += ["quantize_act_packed", "w4a4_matmul", "int8_matmul", "unpack_weight_int8", "unpack_weights_int8",
+__all__ += ["quantize_act_packed", "w4a4_matmul", "w4a4_matmul_stacked", "int8_matmul", "unpack_weight_int8",
             "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
 
 
@@ -337,25 +337,32 @@ def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
     return ops.unpack_weight_int8(w_packed)
 
 
-def unpack_weights_int8(w_packed: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Several packed weights (`pack_weight_for_gemm`, one K) -> their int8 codes stacked along N, [sum N_i,
-    padded_k(K)]: the weight of one `int8_matmul` for linears that read the same input (q/k/v, gate/up), whose
-    outputs are then column slices of one GEMM's output."""
-    op = "unpack_weights_int8"
+def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: Sequence[torch.Tensor],
+                        w_scales: torch.Tensor, bias: torch.Tensor | None = None,
+                        out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """`w4a4_matmul` against several packed weights of one K stacked along N, as one GEMM: the linears that read
+    the same input (q/k/v, gate/up) run together, and their outputs are column slices of the result.
+    w_packed: a list of int8 [N_i, padded_k(K) / 2] (`pack_weight_for_gemm`); w_scales fp32 [sum N_i] and bias
+    [sum N_i] in the same order -> [..., sum N_i] out_dtype. The stacked weight is never built in memory."""
+    op = "w4a4_matmul_stacked"
     if isinstance(w_packed, torch.Tensor) or not w_packed:
-        raise TypeError(f"faircalib.kernels.{op}: expects a non-empty list of packed weights; for one weight use "
-                        f"unpack_weight_int8")
+        raise TypeError(f"faircalib.kernels.{op}: w_packed must be a non-empty list of packed weights; for one "
+                        f"weight use w4a4_matmul")
     for i, w in enumerate(w_packed):
         if not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
             got = w.dtype if isinstance(w, torch.Tensor) else type(w).__name__
             raise TypeError(f"faircalib.kernels.{op}: w_packed[{i}] must be a torch.int8 tensor, got {got}")
         check_dims(op, f"w_packed[{i}]", w, 2)
-        if w.shape[1] != w_packed[0].shape[1] or w.shape[1] % (GEMM_K_GROUP // 2):
-            raise ValueError(f"faircalib.kernels.{op}: w_packed[{i}] {tuple(w.shape)} does not match w_packed[0] "
-                             f"{tuple(w_packed[0].shape)}: every weight must be in the GEMM layout (rows of a "
-                             f"multiple of {GEMM_K_GROUP // 2} bytes, from pack_weight_for_gemm) for the same K")
-        check_same_device(op, "w_packed[0]", w_packed[0], f"w_packed[{i}]", w)
-    return ops.unpack_weights_int8(list(w_packed))
+    n = sum(w.shape[0] for w in w_packed)
+    k = _check_gemm_args(op, a_codes, a_scales, "w_packed[0]", w_packed[0], 2, w_scales, bias, out_dtype, n)
+    for i, w in enumerate(w_packed[1:], start=1):
+        if w.shape[1] != padded_k(k) // 2:
+            raise ValueError(f"faircalib.kernels.{op}: w_packed[{i}] {tuple(w.shape)} does not match K={k} of "
+                             f"a_codes: expected [N_{i}, {padded_k(k) // 2}]; make it with pack_weight_for_gemm")
+        check_same_device(op, "a_codes", a_codes, f"w_packed[{i}]", w)
+    out = ops.w4a4_matmul_stacked(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), list(w_packed),
+                                  w_scales.reshape(-1), bias, out_dtype)
+    return out.reshape(*a_codes.shape[:-1], n)
 
 
 def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
@@ -371,8 +378,9 @@ def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Ten
 
 def _check_gemm_args(op: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_name: str, w: torch.Tensor,
                      codes_per_byte: int, w_scales: torch.Tensor, bias: torch.Tensor | None,
-                     out_dtype: torch.dtype) -> int:
-    """The checks of `w4a4_matmul` (codes_per_byte 2: packed weight) and `int8_matmul` (1); returns K."""
+                     out_dtype: torch.dtype, n: int | None = None) -> int:
+    """The checks of `w4a4_matmul` (codes_per_byte 2: packed weight) and `int8_matmul` (1); returns K. `n`: the
+    output width when it is not w's (stacked weights)."""
     for name, t, dtype in (("a_codes", a_codes, torch.int8), (w_name, w, torch.int8),
                            ("a_scales", a_scales, torch.float32), ("w_scales", w_scales, torch.float32)):
         if not isinstance(t, torch.Tensor) or t.dtype != dtype:
@@ -380,7 +388,7 @@ def _check_gemm_args(op: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_n
             raise TypeError(f"faircalib.kernels.{op}: {name} must be a {dtype} tensor, got {got}")
     check_min_dims(op, "a_codes", a_codes, 1)
     check_dims(op, w_name, w, 2)
-    k, n = a_codes.shape[-1], w.shape[0]
+    k, n = a_codes.shape[-1], w.shape[0] if n is None else n
     if w.shape[1] != padded_k(k) // codes_per_byte:
         make = f"pack_weight_for_gemm(codes [N, {k}])"
         raise ValueError(f"faircalib.kernels.{op}: {w_name} {tuple(w.shape)} does not match K={k} of a_codes "

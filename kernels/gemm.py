@@ -499,19 +499,8 @@ UNPACK_LAUNCH = (64, 4)
 @registry.register("unpack_weight_int8", "triton")
 def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
     """w_packed int8 [N, Kp / 2] (GEMM layout) -> int8 codes [N, Kp] in natural order (zero-padded K tail)."""
-    return unpack_weights_int8([w_packed])
-
-
-@registry.register("unpack_weights_int8", "triton")
-def unpack_weights_int8(w_packed: list[torch.Tensor]) -> torch.Tensor:
-    """Packed weights int8 [N_i, Kp / 2] (one Kp) -> their int8 codes stacked along N, [sum N_i, Kp]: the weight
-    of one INT8 GEMM for linears that share an input (q/k/v, gate/up), one unpack launch per weight."""
-    out = torch.empty((sum(w.shape[0] for w in w_packed), 2 * w_packed[0].shape[1]), dtype=torch.int8,
-                      device=w_packed[0].device)
-    row = 0
-    for w in w_packed:
-        unpack_into(w, out[row:row + w.shape[0]])
-        row += w.shape[0]
+    out = torch.empty((w_packed.shape[0], 2 * w_packed.shape[1]), dtype=torch.int8, device=w_packed.device)
+    unpack_into(w_packed, out)
     return out
 
 
@@ -612,9 +601,52 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     return out
 
 
+@dataclasses.dataclass
+class GemmChunks:
+    """When `w4a4_matmul` unpacks and multiplies the weight in row slices through one reused int8 buffer of about
+    `bytes` (the slice stays in L2 between its unpack and its GEMM, and each GEMM writes its output columns in
+    place) instead of unpacking it whole first: from `min_m` tokens. H100, 2026-12-06 (BENCHMARKS.md): at 4096
+    tokens 16 MiB slices ran 1.45-1.76x bf16 against 1.31-1.52x whole; at 1024 tokens slices were slower (each
+    slice's GEMM alone underfills the GPU)."""
+    min_m: int = 4096
+    bytes: int = 16 * 2 ** 20
+    align: int = 512  # slice rows: a multiple of this (16-byte aligned output columns for TMA stores)
+
+
+GEMM_CHUNKS = GemmChunks()
+
+
 @registry.register("w4a4_matmul", "triton")
 def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_packed int8 [N, padded_k(K) / 2], w_scales fp32 [N],
     bias [N] | None -> [M, N] out_dtype: unpack pass, then the INT8 GEMM."""
-    return int8_gemm(a_codes, a_scales, unpack_weight_int8(w_packed), w_scales, bias, out_dtype)
+    return w4a4_matmul_stacked(a_codes, a_scales, [w_packed], w_scales, bias, out_dtype)
+
+
+@registry.register("w4a4_matmul_stacked", "triton")
+def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
+                        w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """`w4a4_matmul` against the weights w_packed[i] [N_i, Kp / 2] stacked along N (w_scales, bias [sum N_i]) ->
+    [M, sum N_i]. The stack is never built: each weight is unpacked into its rows of the int8 operand, whole or
+    slice by slice (`GEMM_CHUNKS`)."""
+    m, n, kp = a_codes.shape[0], sum(w.shape[0] for w in w_packed), 2 * w_packed[0].shape[1]
+    cfg = GEMM_CHUNKS
+    rows = max(cfg.align, cfg.bytes // kp // cfg.align * cfg.align)
+    if m < cfg.min_m or rows >= n:
+        rows = n
+    out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
+    if m == 0 or n == 0:
+        return out
+    buffer = torch.empty((rows, kp), dtype=torch.int8, device=a_codes.device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        start = 0
+        for w in w_packed:  # the weights' rows that fall in [r0, r1)
+            lo, hi = max(start, r0), min(start + w.shape[0], r1)
+            if lo < hi:
+                unpack_into(w[lo - start:hi - start], buffer[lo - r0:hi - r0])
+            start += w.shape[0]
+        int8_gemm(a_codes, a_scales, buffer[:r1 - r0], w_scales[r0:r1], None if bias is None else bias[r0:r1],
+                  out_dtype, out[:, r0:r1])
+    return out

@@ -119,10 +119,12 @@ def unpack_weight_int8(w_packed: torch.Tensor) -> torch.Tensor:
     return unpack_weight_for_gemm(w_packed, 2 * w_packed.shape[1])
 
 
-@registry.register("unpack_weights_int8", "reference")
-def unpack_weights_int8(w_packed: list[torch.Tensor]) -> torch.Tensor:
-    """Packed weights int8 [N_i, Kp / 2] (one Kp) -> their int8 codes stacked along N, [sum N_i, Kp]."""
-    return torch.cat([unpack_weight_int8(w) for w in w_packed])
+@registry.register("w4a4_matmul_stacked", "reference")
+def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
+                        w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """`w4a4_matmul` against the weights w_packed[i] [N_i, Kp / 2] stacked along N (w_scales, bias [sum N_i])."""
+    return int8_matmul(a_codes, a_scales, torch.cat([unpack_weight_int8(w) for w in w_packed]), w_scales, bias,
+                       out_dtype)
 
 
 @registry.register("int8_matmul", "reference")

@@ -285,16 +285,17 @@ def unpack_weight_int8(w_packed: Tensor) -> Tensor:
     return _dispatch("unpack_weight_int8", _unpack_weight_int8_fake, w_packed)
 
 
-def _unpack_weights_int8_fake(w_packed: list[Tensor]) -> Tensor:
-    return w_packed[0].new_zeros((sum(w.shape[0] for w in w_packed), 2 * w_packed[0].shape[1]))
+def _w4a4_matmul_stacked_fake(a_codes: Tensor, a_scales: Tensor, w_packed: list[Tensor], w_scales: Tensor,
+                              bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    return a_codes.new_zeros((a_codes.shape[0], sum(w.shape[0] for w in w_packed)), dtype=out_dtype)
 
 
-@torch.library.custom_op("faircalib::unpack_weights_int8", mutates_args=())
-def unpack_weights_int8(w_packed: list[Tensor]) -> Tensor:
-    """Packed weights int8 [N_i, Kp / 2] (one Kp) -> int8 [sum N_i, Kp]: their codes stacked along N."""
-    if sum(w.numel() for w in w_packed) == 0:
-        return _unpack_weights_int8_fake(w_packed)
-    return registry.implementation("unpack_weights_int8", w_packed[0].device)(w_packed).contiguous()
+@torch.library.custom_op("faircalib::w4a4_matmul_stacked", mutates_args=())
+def w4a4_matmul_stacked(a_codes: Tensor, a_scales: Tensor, w_packed: list[Tensor], w_scales: Tensor,
+                        bias: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    """a_codes int8 [M, K] x the weights w_packed[i] [N_i, padded_k(K) / 2] stacked along N -> [M, sum N_i]."""
+    return _dispatch("w4a4_matmul_stacked", _w4a4_matmul_stacked_fake, a_codes, a_scales, w_packed, w_scales, bias,
+                     out_dtype)
 
 
 @torch.library.custom_op("faircalib::int8_matmul", mutates_args=())
@@ -308,5 +309,5 @@ quantize_act_packed.register_fake(_quantize_act_packed_fake)
 quantize_swiglu_packed.register_fake(_quantize_swiglu_packed_fake)
 w4a4_matmul.register_fake(_gemm_fake)
 unpack_weight_int8.register_fake(_unpack_weight_int8_fake)
-unpack_weights_int8.register_fake(_unpack_weights_int8_fake)
+w4a4_matmul_stacked.register_fake(_w4a4_matmul_stacked_fake)
 int8_matmul.register_fake(_gemm_fake)

@@ -26,11 +26,11 @@ the traced forward instead (`SharedInputQuantization._hand`), so compiled blocks
 graph without breaks.
 
 One GEMM per input group (`SharedInputQuantization.fused_gemm`, on by default): the first member to see an input
-also unpacks the members' weights stacked along N (`unpack_weights_int8`) and runs one INT8 GEMM; each member returns
-its column slice, bitwise equal to its own GEMM's output. A wider GEMM fills the GPU better (H100: LLaDA-8B's
-q/k/v as one 12288-wide GEMM, Dream-7B's 512-wide k/v inside a 4608-wide one; BENCHMARKS.md). Only the stacked int8
-weight is a transient; the packed weights stay per member. Not taken where the memo is not (inference tensors) or
-where weights are kept unpacked (stacking those copies would cost a copy per call): then one GEMM per member.
+also runs one GEMM against the members' weights stacked along N (`w4a4_matmul_stacked`); each member returns its
+column slice, bitwise equal to its own GEMM's output. A wider GEMM fills the GPU better (H100: Dream-7B's 512-wide
+k/v inside a 4608-wide q/k/v GEMM; BENCHMARKS.md). The packed weights stay per member; the stack exists only as the
+GEMM's int8 operand. Not taken where the memo is not (inference tensors) or where weights are kept unpacked
+(stacking those copies would cost a copy per call): then one GEMM per member.
 """
 from __future__ import annotations
 
@@ -159,8 +159,8 @@ class W4A4Linear(nn.Module):
         the buffers' device. Traced code (torch.compile) always takes the custom ops."""
         checked = self._checked_buffers
         return (checked is not None and not torch.compiler.is_compiling() and x.dtype.is_floating_point and
-                x.dim() >= 1 and x.numel() > 0 and x.shape[-1] == self.in_features and x.device == self.weight_packed.device and
-                all(a is b for a, b in zip(checked, self._kernel_buffers())))
+                x.dim() >= 1 and x.numel() > 0 and x.shape[-1] == self.in_features and
+                x.device == self.weight_packed.device and all(a is b for a, b in zip(checked, self._kernel_buffers())))
 
     def quantize_input(self, x: torch.Tensor, fast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes int8 [..., K], scales fp32 [..., 1]) of this linear's transformed input, always computed.
@@ -309,9 +309,9 @@ class SharedInputQuantization:
         return self.fused_gemm and all(m.weight_int8 is None for m in self.members)
 
     def _fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., sum of the members' out_features]: the members' weights stacked along N (`unpack_weights_int8`),
-        one INT8 GEMM. Each output element is computed as the member's own GEMM computes it (exact integer sum, the
-        same fp32 epilogue), so the slices equal the members' separate outputs bitwise."""
+        """[..., sum of the members' out_features]: one GEMM against the members' weights stacked along N
+        (`w4a4_matmul_stacked`). Each output element is computed as the member's own GEMM computes it (exact
+        integer sum, the same fp32 epilogue), so the slices equal the members' separate outputs bitwise."""
         members = self.members
         for m in members:
             if m.weight_scale.numel() != m.out_features or (m.bias is not None and m.bias.numel() != m.out_features):
@@ -328,11 +328,10 @@ class SharedInputQuantization:
         packed = [m.weight_packed for m in members]
         k = members[0].in_features
         if fast:
-            unpacked = registry.implementation("unpack_weights_int8", x.device)(packed)
-            out = registry.implementation("int8_matmul", x.device)(codes.reshape(-1, k), scales.reshape(-1, 1),
-                                                                    unpacked, weight_scale, bias, x.dtype)
+            out = registry.implementation("w4a4_matmul_stacked", x.device)(
+                codes.reshape(-1, k), scales.reshape(-1, 1), packed, weight_scale, bias, x.dtype)
         else:
-            out = kernels.int8_matmul(codes, scales, kernels.unpack_weights_int8(packed), weight_scale, bias, x.dtype)
+            out = kernels.w4a4_matmul_stacked(codes, scales, packed, weight_scale, bias, x.dtype)
             if not torch.compiler.is_compiling():
                 for m in members:
                     m._checked_buffers = m._kernel_buffers()  # the public ops accepted them

@@ -212,7 +212,7 @@ def test_a_forward_quantizes_each_input_once(family, method, monkeypatch):
     assert torch.equal(got, want)  # the same codes: linking changes the work, not the numbers
 
 
-GEMMS = ("w4a4_matmul", "int8_matmul")
+GEMMS = ("w4a4_matmul", "w4a4_matmul_stacked", "int8_matmul")
 
 
 def test_each_shared_input_takes_one_gemm(family, monkeypatch):
@@ -226,11 +226,11 @@ def test_each_shared_input_takes_one_gemm(family, monkeypatch):
         if isinstance(m, W4A4Linear) and m.shared_input is not None:
             m.shared_input.fused_gemm = False
     ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
-    calls = _count(monkeypatch, GEMMS + ("unpack_weights_int8",))
+    calls = _count(monkeypatch, GEMMS)
     with torch.no_grad():
         got = adapter.logits(ids)
         blocks = len(adapter.blocks)
-        assert sorted(calls) == sorted(["int8_matmul", "unpack_weights_int8"] * 2 * blocks + ["w4a4_matmul"] * 2 * blocks)
+        assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul"] * 2 * blocks)
         calls.clear()
         assert torch.equal(get_adapter(unfused).logits(ids), got)
         assert calls == ["w4a4_matmul"] * 7 * blocks
@@ -245,7 +245,7 @@ def test_group_gemm_slices_equal_the_members_outputs(gen, monkeypatch):
     x = torch.randn(2, 5, 96, generator=gen)
     with torch.no_grad():
         got = [m(x) for m in (q, k, v)]
-        assert calls == ["int8_matmul"]
+        assert calls == ["w4a4_matmul_stacked"]
         assert [tuple(y.shape) for y in got] == [(2, 5, 40), (2, 5, 7), (2, 5, 17)]
         assert all(torch.equal(y, s(x)) for y, s in zip(got, separate))
         assert torch.equal(q(x[:, :0]), separate[0](x[:, :0]))  # no tokens

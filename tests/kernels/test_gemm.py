@@ -23,29 +23,48 @@ def test_unpack_kernel_matches_layout_spec(gen, n, k):
 
 
 @pytest.mark.parametrize("rows", [(1,), (7, 0, 17), (33, 5, 5)])
-def test_stacked_unpack_matches_the_reference(gen, rows):
-    """`unpack_weights_int8` (Triton and reference): the members' codes stacked along N, K tail zero; opcheck."""
-    k = 200
+@pytest.mark.parametrize("slice_rows", [None, 16])
+def test_stacked_gemm_matches_the_reference(gen, monkeypatch, rows, slice_rows):
+    """`w4a4_matmul_stacked` (Triton and reference) equals `w4a4_matmul` on the concatenated weight, bitwise, also
+    when the Triton path runs in 16-row slices that cut across the weights (`GEMM_CHUNKS`); opcheck."""
+    if slice_rows is not None:
+        monkeypatch.setattr(gemm, "GEMM_CHUNKS", gemm.GemmChunks(min_m=1, bytes=slice_rows * 256, align=16))
+    m, k = 9, 200
     codes = [_codes((n, k), gen) for n in rows]
     packed = [kernels.pack_weight_for_gemm(c) for c in codes]
+    a, sa = _codes((m, k), gen, -128, 128), torch.rand(m, 1, generator=gen)
+    sw, bias = torch.rand(sum(rows), generator=gen), torch.randn(sum(rows), generator=gen)
+    want = ref.w4a4_matmul(a, sa, kernels.pack_weight_for_gemm(torch.cat(codes)), sw, bias, torch.float32)
     for backend in ("reference", "triton"):
         with kernels.use_backend(backend):
-            out = kernels.unpack_weights_int8(packed)
-            assert out.shape == (sum(rows), kernels.padded_k(k)) and not out[:, k:].any(), backend
-            assert torch.equal(out[:, :k], torch.cat(codes)), backend
-            torch.library.opcheck(torch.ops.faircalib.unpack_weights_int8, (packed,))
+            got = kernels.w4a4_matmul_stacked(a, sa, packed, sw, bias, torch.float32)
+            assert torch.equal(got, want), backend
+            assert kernels.w4a4_matmul_stacked(a[:0], sa[:0], packed, sw, bias).shape == (0, sum(rows))
+            torch.library.opcheck(torch.ops.faircalib.w4a4_matmul_stacked, (a, sa, packed, sw, None, torch.bfloat16))
 
 
-def test_stacked_unpack_names_the_problem(gen):
+def test_sliced_gemm_equals_the_whole_one(gen, monkeypatch):
+    """From `GEMM_CHUNKS.min_m` tokens `w4a4_matmul` runs the weight in row slices through one int8 buffer (with a
+    ragged last slice here): the same result bitwise, bias included."""
+    m, n, k = 12, 72, 256
+    a, w = _codes((m, k), gen, -128, 128), kernels.pack_weight_for_gemm(_codes((n, k), gen))
+    sa, sw, bias = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen), torch.randn(n, generator=gen)
+    want = gemm.w4a4_matmul(a, sa, w, sw, bias, torch.bfloat16)
+    monkeypatch.setattr(gemm, "GEMM_CHUNKS", gemm.GemmChunks(min_m=12, bytes=32 * 256, align=16))
+    assert torch.equal(gemm.w4a4_matmul(a, sa, w, sw, bias, torch.bfloat16), want)
+
+
+def test_stacked_gemm_names_the_problem(gen):
     a, b = (kernels.pack_weight_for_gemm(_codes((4, k), gen)) for k in (64, 200))
-    with pytest.raises(ValueError, match=r"w_packed\[1\] \(4, 128\) does not match w_packed\[0\] \(4, 64\)"):
-        kernels.unpack_weights_int8([a, b])
+    codes, sa, sw = _codes((2, 64), gen), torch.ones(2, 1), torch.ones(8)
+    with pytest.raises(ValueError, match=r"w_packed\[1\] \(4, 128\) does not match K=64"):
+        kernels.w4a4_matmul_stacked(codes, sa, [a, b], sw)
     with pytest.raises(TypeError, match=r"w_packed\[0\] must be a torch.int8"):
-        kernels.unpack_weights_int8([a.float()])
+        kernels.w4a4_matmul_stacked(codes, sa, [a.float()], sw)
     with pytest.raises(TypeError, match="non-empty list"):
-        kernels.unpack_weights_int8(a)
-    with pytest.raises(TypeError, match="non-empty list"):
-        kernels.unpack_weights_int8([])
+        kernels.w4a4_matmul_stacked(codes, sa, a, sw[:4])
+    with pytest.raises(ValueError, match=r"one scale per output channel \(8\)"):
+        kernels.w4a4_matmul_stacked(codes, sa, [a, a], sw[:4])
 
 
 def _integer_gemm(a, w_codes):
