@@ -1,6 +1,6 @@
 """Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,epilogue,l2chunk]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,epilogue]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
@@ -19,8 +19,7 @@ host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
 epilogue: the INT8 GEMM with its output written by TMA (whole tile or two halves) against the shipped pointer
         stores, on single and stacked (q+k+v, gate+up) weight shapes.
-l2chunk: `w4a4_matmul` with the weight unpacked whole vs in row slices through one reused int8 buffer
-        (`gemm.GEMM_CHUNKS`), at 1024-16384 tokens.
+(An `l2chunk` part, at commit 1fc27d6 and before, ran `w4a4_matmul` in L2-sized weight slices; BENCHMARKS.md.)
 """
 from __future__ import annotations
 
@@ -531,45 +530,6 @@ def epilogue_part(log) -> list[dict]:
     return records
 
 
-def l2chunk_part(log) -> list[dict]:
-    """`w4a4_matmul` with the weight unpacked whole and then multiplied, against row slices run through one reused
-    int8 buffer of 8, 16 or 32 MiB (`gemm.GEMM_CHUNKS`), and the INT8 GEMM alone: bitwise equal outputs first,
-    CUDA-graph-timed against cuBLAS bf16."""
-    records = []
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    default = gemm.GEMM_CHUNKS
-    whole = dataclasses.replace(default, min_m=2 ** 62)
-    slices = {f"slices of {mib} MiB": dataclasses.replace(default, min_m=1, bytes=mib * 2 ** 20) for mib in (8, 16, 32)}
-    for label, k, n in (("llada q+k+v", 4096, 12288), ("llada gate+up", 4096, 24576), ("llada down", 12288, 4096),
-                        ("dream q+k+v", 3584, 4608), ("dream gate+up", 3584, 37888), ("dream down", 18944, 3584)):
-        packed = gemm_reference.pack_weight_for_gemm(torch.randint(-8, 8, (n, k), device="cuda", generator=gen,
-                                                                   dtype=torch.int8))
-        unpacked = gemm.unpack_weight_int8(packed)
-        sw = torch.rand(n, device="cuda", generator=gen)
-        for m in (1024, 2048, 4096, 16384):
-            a = torch.randint(-8, 8, (m, k), device="cuda", generator=gen, dtype=torch.int8)
-            sa = torch.rand(m, 1, device="cuda", generator=gen)
-            x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-            wb = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
-            t = {"bf16": graph_median_ms(lambda: F.linear(x, wb)),
-                 "int8 alone": graph_median_ms(lambda: gemm.int8_gemm(a, sa, unpacked, sw, None, torch.bfloat16))}
-            exact = {}
-            want = None
-            for name, cfg in {"whole": whole, **slices}.items():
-                gemm.GEMM_CHUNKS = cfg
-                got = gemm.w4a4_matmul(a, sa, packed, sw, None, torch.bfloat16)
-                want = got if want is None else want
-                exact[name] = bool(torch.equal(got, want))
-                t[name] = graph_median_ms(lambda: gemm.w4a4_matmul(a, sa, packed, sw, None, torch.bfloat16))
-            gemm.GEMM_CHUNKS = default
-            rec = {"shape": label, "M": m, "N": n, "K": k, "exact": exact, "ms": t,
-                   "vs_bf16": {key: t["bf16"] / v for key, v in t.items()}}
-            log(f"l2chunk {label} M={m}: " + ", ".join(f"{key} {v:.2f}x" for key, v in rec["vs_bf16"].items())
-                + f"; bitwise equal {all(exact.values())}")
-            records.append(rec)
-    return records
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -591,7 +551,6 @@ def main() -> None:
     for part in args.parts.split(","):
         result[part] = {"act": lambda: act_part(copy_tbps, log, widths), "fp8": lambda: fp8_part(log),
                         "inloop": lambda: inloop_part(log), "epilogue": lambda: epilogue_part(log),
-                        "l2chunk": lambda: l2chunk_part(log),
                         "host": lambda: host_part(log),
                         "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started

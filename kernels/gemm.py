@@ -601,21 +601,6 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     return out
 
 
-@dataclasses.dataclass
-class GemmChunks:
-    """When `w4a4_matmul` unpacks and multiplies the weight in row slices through one reused int8 buffer of about
-    `bytes` (the slice stays in L2 between its unpack and its GEMM, and each GEMM writes its output columns in
-    place) instead of unpacking it whole first: from `min_m` tokens. H100, 2026-12-06 (BENCHMARKS.md): at 4096
-    tokens 16 MiB slices ran 1.45-1.76x bf16 against 1.31-1.52x whole; at 1024 tokens slices were slower (each
-    slice's GEMM alone underfills the GPU)."""
-    min_m: int = 4096
-    bytes: int = 16 * 2 ** 20
-    align: int = 512  # slice rows: a multiple of this (16-byte aligned output columns for TMA stores)
-
-
-GEMM_CHUNKS = GemmChunks()
-
-
 @registry.register("w4a4_matmul", "triton")
 def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
@@ -628,25 +613,11 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
 def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
                         w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """`w4a4_matmul` against the weights w_packed[i] [N_i, Kp / 2] stacked along N (w_scales, bias [sum N_i]) ->
-    [M, sum N_i]. The stack is never built: each weight is unpacked into its rows of the int8 operand, whole or
-    slice by slice (`GEMM_CHUNKS`)."""
-    m, n, kp = a_codes.shape[0], sum(w.shape[0] for w in w_packed), 2 * w_packed[0].shape[1]
-    cfg = GEMM_CHUNKS
-    rows = max(cfg.align, cfg.bytes // kp // cfg.align * cfg.align)
-    if m < cfg.min_m or rows >= n:
-        rows = n
-    out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
-    if m == 0 or n == 0:
-        return out
-    buffer = torch.empty((rows, kp), dtype=torch.int8, device=a_codes.device)
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
-        start = 0
-        for w in w_packed:  # the weights' rows that fall in [r0, r1)
-            lo, hi = max(start, r0), min(start + w.shape[0], r1)
-            if lo < hi:
-                unpack_into(w[lo - start:hi - start], buffer[lo - r0:hi - r0])
-            start += w.shape[0]
-        int8_gemm(a_codes, a_scales, buffer[:r1 - r0], w_scales[r0:r1], None if bias is None else bias[r0:r1],
-                  out_dtype, out[:, r0:r1])
-    return out
+    [M, sum N_i]: each weight unpacked into its rows of one int8 operand, then one INT8 GEMM."""
+    n, kp = sum(w.shape[0] for w in w_packed), 2 * w_packed[0].shape[1]
+    unpacked = torch.empty((n, kp), dtype=torch.int8, device=a_codes.device)
+    start = 0
+    for w in w_packed:
+        unpack_into(w, unpacked[start:start + w.shape[0]])
+        start += w.shape[0]
+    return int8_gemm(a_codes, a_scales, unpacked, w_scales, bias, out_dtype)

@@ -23,12 +23,9 @@ def test_unpack_kernel_matches_layout_spec(gen, n, k):
 
 
 @pytest.mark.parametrize("rows", [(1,), (7, 0, 17), (33, 5, 5)])
-@pytest.mark.parametrize("slice_rows", [None, 16])
-def test_stacked_gemm_matches_the_reference(gen, monkeypatch, rows, slice_rows):
-    """`w4a4_matmul_stacked` (Triton and reference) equals `w4a4_matmul` on the concatenated weight, bitwise, also
-    when the Triton path runs in 16-row slices that cut across the weights (`GEMM_CHUNKS`); opcheck."""
-    if slice_rows is not None:
-        monkeypatch.setattr(gemm, "GEMM_CHUNKS", gemm.GemmChunks(min_m=1, bytes=slice_rows * 256, align=16))
+def test_stacked_gemm_matches_the_reference(gen, rows):
+    """`w4a4_matmul_stacked` (Triton and reference) equals `w4a4_matmul` on the concatenated weight, bitwise;
+    opcheck."""
     m, k = 9, 200
     codes = [_codes((n, k), gen) for n in rows]
     packed = [kernels.pack_weight_for_gemm(c) for c in codes]
@@ -41,17 +38,6 @@ def test_stacked_gemm_matches_the_reference(gen, monkeypatch, rows, slice_rows):
             assert torch.equal(got, want), backend
             assert kernels.w4a4_matmul_stacked(a[:0], sa[:0], packed, sw, bias).shape == (0, sum(rows))
             torch.library.opcheck(torch.ops.faircalib.w4a4_matmul_stacked, (a, sa, packed, sw, None, torch.bfloat16))
-
-
-def test_sliced_gemm_equals_the_whole_one(gen, monkeypatch):
-    """From `GEMM_CHUNKS.min_m` tokens `w4a4_matmul` runs the weight in row slices through one int8 buffer (with a
-    ragged last slice here): the same result bitwise, bias included."""
-    m, n, k = 12, 72, 256
-    a, w = _codes((m, k), gen, -128, 128), kernels.pack_weight_for_gemm(_codes((n, k), gen))
-    sa, sw, bias = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen), torch.randn(n, generator=gen)
-    want = gemm.w4a4_matmul(a, sa, w, sw, bias, torch.bfloat16)
-    monkeypatch.setattr(gemm, "GEMM_CHUNKS", gemm.GemmChunks(min_m=12, bytes=32 * 256, align=16))
-    assert torch.equal(gemm.w4a4_matmul(a, sa, w, sw, bias, torch.bfloat16), want)
 
 
 def test_stacked_gemm_names_the_problem(gen):
