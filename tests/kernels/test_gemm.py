@@ -40,6 +40,20 @@ def test_stacked_gemm_matches_the_reference(gen, rows):
             torch.library.opcheck(torch.ops.faircalib.w4a4_matmul_stacked, (a, sa, packed, sw, None, torch.bfloat16))
 
 
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 300), rows=st.lists(st.integers(0, 40), min_size=1, max_size=4),
+       with_bias=st.booleans(), out_dtype=st.sampled_from([torch.float32, torch.float16]), seed=st.integers(0, 2 ** 16))
+def test_stacked_gemm_fuzz_shapes(m, k, rows, with_bias, out_dtype, seed):
+    """The Triton stacked GEMM (odd K and N, empty members, TMA or pointer stores) equals the reference bitwise."""
+    gen = torch.Generator().manual_seed(seed)
+    packed = [kernels.pack_weight_for_gemm(_codes((n, k), gen)) for n in rows]
+    a, sa = _codes((m, k), gen, -128, 128), torch.rand(m, 1, generator=gen)
+    sw = torch.rand(sum(rows), generator=gen)
+    bias = torch.randn(sum(rows), generator=gen) if with_bias else None
+    args = (a, sa, packed, sw, bias, out_dtype)
+    assert torch.equal(gemm.w4a4_matmul_stacked(*args), ref.w4a4_matmul_stacked(*args))
+
+
 def test_stacked_gemm_names_the_problem(gen):
     a, b = (kernels.pack_weight_for_gemm(_codes((4, k), gen)) for k in (64, 200))
     codes, sa, sw = _codes((2, 64), gen), torch.ones(2, 1), torch.ones(8)
