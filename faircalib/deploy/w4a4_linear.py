@@ -254,7 +254,8 @@ def _mismatches(modules: Sequence[W4A4Linear]) -> list[str]:
 
 
 class SharedInputQuantization:
-    """The W4A4Linears of one input: the first to see an input quantizes it, the others reuse the codes.
+    """The W4A4Linears of one input: the first to see an input quantizes it and runs one GEMM for all of them
+    (`fused_gemm`; else each runs its own on the shared codes), the others take their column slices.
 
     Built by `share_input_quantization`. Each member's activation buffers were found bitwise equal to the
     others'; a member whose buffers have changed since (in place, or replaced by `.to()` / `load_state_dict`) has
