@@ -379,6 +379,9 @@ class SharedInputQuantization:
         state["_handed"] = None
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({"fused_gemm": True, **state})  # pickled by a faircalib before the group GEMM
+
 
 def share_input_quantization(modules: Sequence[W4A4Linear], names: Sequence[str] | None = None) -> None:
     """Link W4A4Linears that read the same input so it is transformed and quantized once per forward.

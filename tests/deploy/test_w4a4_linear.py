@@ -331,6 +331,16 @@ def test_unlinking_a_member_leaves_the_others_linked(gen):
         assert torch.equal(q(x), _unlinked(q)(x)) and torch.equal(v(x), _unlinked(v)(x))
 
 
+def test_a_group_pickled_before_the_group_gemm_loads_with_it_on(gen):
+    q, k, v = _readers(gen)
+    share_input_quantization([q, k, v])
+    state = q.shared_input.__getstate__()
+    del state["fused_gemm"]
+    old = q.shared_input.__class__.__new__(q.shared_input.__class__)
+    old.__setstate__(state)
+    assert old.fused_gemm is True
+
+
 def test_copies_are_linked_among_themselves(gen):
     q, k, v = _readers(gen)
     share_input_quantization([q, k, v])
