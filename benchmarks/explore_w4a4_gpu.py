@@ -17,8 +17,8 @@ inloop: the packed weight unpacked inside a persistent TMA GEMM's main loop (0.5
         INT8 GEMM at M = 256, 1024, 4096: exactness, then speed against cuBLAS bf16.
 host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU work is negligible).
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
-epilogue: the INT8 GEMM with its output written by TMA (whole tile or two halves) against the shipped pointer
-        stores, on single and stacked (q+k+v, gate+up) weight shapes.
+epilogue: the shipped INT8 GEMM (output written by TMA, whole tile or two halves) against the pointer stores it
+        replaced, on single and stacked (q+k+v, gate+up) weight shapes.
 (An `l2chunk` part, at commit 1fc27d6 and before, ran `w4a4_matmul` in L2-sized weight slices; BENCHMARKS.md.)
 """
 from __future__ import annotations
@@ -445,23 +445,22 @@ def inloop_part(log) -> list[dict]:
     return records
 
 
-def _epilogue_configs() -> list[triton.Config]:
-    return [triton.Config({**c.kwargs, "SUBTILE": sub}, num_warps=c.num_warps, num_stages=c.num_stages,
-                          pre_hook=_epilogue_block_shapes) for c in gemm._gemm_configs() for sub in (False, True)]
+def _pointer_store_configs() -> list[triton.Config]:
+    """The shipped tile configs, once each (SUBTILE only shapes TMA stores)."""
+    configs = {}
+    for c in gemm._gemm_configs():
+        key = (tuple(sorted((k, v) for k, v in c.kwargs.items() if k != "SUBTILE")), c.num_warps, c.num_stages)
+        configs.setdefault(key, triton.Config({**c.kwargs, "SUBTILE": False}, num_warps=c.num_warps,
+                                              num_stages=c.num_stages, pre_hook=c.pre_hook))
+    return list(configs.values())
 
 
-def _epilogue_block_shapes(nargs: dict) -> None:
-    gemm._set_block_shapes(nargs)
-    nargs["c_desc"].block_shape = [nargs["BLOCK_M"], nargs["BLOCK_N"] // (2 if nargs["SUBTILE"] else 1)]
-
-
-@triton.autotune(configs=_epilogue_configs(), key=["M_BUCKET", "N", "K"], do_bench=gemm._tune_bench)
+@triton.autotune(configs=_pointer_store_configs(), key=["M_BUCKET", "N", "K"], do_bench=gemm._tune_bench)
 @triton.jit
-def _tma_store_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, M, N, K, M_BUCKET, PROGRAMS: tl.constexpr,
-                           SUBTILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                           GROUP_M: tl.constexpr):
-    """The shipped persistent INT8 GEMM with its bf16 output written by TMA (asynchronous, from shared memory)
-    instead of pointer stores; SUBTILE (autotuned) stores it in two halves."""
+def _pointer_store_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET, stride_cm,
+                               PROGRAMS: tl.constexpr, SUBTILE: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """The shipped persistent INT8 GEMM with the pointer-store epilogue it had until commit a505f6d."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
@@ -474,33 +473,30 @@ def _tma_store_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, M, N, K, M_BU
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         out = acc.to(tl.float32) * tl.load(sa_ptr + rm, mask=rm < M, other=0.0)[:, None] * \
             tl.load(sw_ptr + rn, mask=rn < N, other=0.0)[None, :]
-        if SUBTILE:  # two [BLOCK_M, BLOCK_N / 2] stores: half the staging buffer in shared memory
-            left, right = tl.split(tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], left.to(tl.bfloat16))
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2], right.to(tl.bfloat16))
-        else:
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], out.to(tl.bfloat16))
+        tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out.to(c_ptr.dtype.element_ty),
+                 mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
-def tma_store_gemm(a_codes, a_scales, w_int8, w_scales):
+def pointer_store_gemm(a_codes, a_scales, w_int8, w_scales):
     m, k = a_codes.shape
     n = w_int8.shape[0]
     out = torch.empty((m, n), dtype=torch.bfloat16, device=a_codes.device)
-    descs = [gemm.TensorDescriptor.from_tensor(t, [1, 1]) for t in (a_codes, w_int8, out)]
+    descs = [gemm.TensorDescriptor.from_tensor(t, [1, 1]) for t in (a_codes, w_int8)]
     programs = 4 if a_codes.device.type != "cuda" else gemm._num_sms(a_codes.device.index or 0)
 
     def grid(meta):
         return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
 
-    _tma_store_gemm_kernel[grid](*descs, a_scales.reshape(-1), w_scales, m, n, k, triton.next_power_of_2(m),
-                                 PROGRAMS=programs)
+    _pointer_store_gemm_kernel[grid](*descs, None, a_scales.reshape(-1), w_scales, w_scales, out, m, n, k,
+                                     triton.next_power_of_2(m), out.stride(0), PROGRAMS=programs)
     return out
 
 
 def epilogue_part(log) -> list[dict]:
-    """The INT8 GEMM alone (pre-unpacked weights) with a TMA-store epilogue against the shipped pointer-store one,
-    at M = 1024 and 4096 on LLaDA/Dream shapes and the stacked q+k+v / gate+up shapes: bitwise equal outputs first,
-    then CUDA-graph-timed speed against cuBLAS bf16."""
+    """The INT8 GEMM alone (pre-unpacked weights) with the shipped TMA-store epilogue against the pointer stores it
+    replaced, at M = 1024, 4096 and 16384 on LLaDA/Dream shapes and the stacked q+k+v / gate+up shapes: bitwise
+    equal outputs first, then CUDA-graph-timed speed against cuBLAS bf16. (Up to commit d1d729b the roles were
+    swapped: pointer stores shipped, the TMA kernel defined here.)"""
     records = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     for label, k, n in (("llada q/k/v/o", 4096, 4096), ("llada gate/up, q+k+v", 4096, 12288),
@@ -508,20 +504,21 @@ def epilogue_part(log) -> list[dict]:
                         ("dream q+k+v", 3584, 4608), ("dream down", 18944, 3584)):
         w = torch.randint(-8, 8, (n, k), device="cuda", generator=gen, dtype=torch.int8)
         sw = torch.rand(n, device="cuda", generator=gen)
-        for m in (1024, 4096):
+        for m in (1024, 4096, 16384):
             a = torch.randint(-8, 8, (m, k), device="cuda", generator=gen, dtype=torch.int8)
             sa = torch.rand(m, 1, device="cuda", generator=gen)
             x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
             wb = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
             want = gemm.int8_gemm(a, sa, w, sw, None, torch.bfloat16)
             try:
-                exact = bool(torch.equal(tma_store_gemm(a, sa, w, sw), want))
+                exact = bool(torch.equal(pointer_store_gemm(a, sa, w, sw), want))
             except Exception as error:  # noqa: BLE001
                 exact = f"{type(error).__name__}: {str(error)[:200]}"
             t = {"bf16": graph_median_ms(lambda: F.linear(x, wb)),
-                 "int8 (shipped)": graph_median_ms(lambda: gemm.int8_gemm(a, sa, w, sw, None, torch.bfloat16)),
-                 "int8 tma store": graph_median_ms(lambda: tma_store_gemm(a, sa, w, sw))}
-            best = _tma_store_gemm_kernel.best_config
+                 "int8 pointer store": graph_median_ms(lambda: pointer_store_gemm(a, sa, w, sw)),
+                 "int8 tma store (shipped)": graph_median_ms(lambda: gemm.int8_gemm(a, sa, w, sw, None,
+                                                                                    torch.bfloat16))}
+            best = gemm._int8_gemm_kernel.best_config
             rec = {"shape": label, "M": m, "N": n, "K": k, "exact": exact, "ms": t, "best": str(best),
                    "vs_bf16": {key: t["bf16"] / v for key, v in t.items()}}
             log(f"epilogue {label} M={m}: " + ", ".join(f"{key} {v:.2f}x" for key, v in rec["vs_bf16"].items())
