@@ -39,7 +39,8 @@ import triton
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.deploy.cuda_graph import GraphedLogits
-from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked, share_model_input_quantization
+from faircalib.deploy.shared_input import share_model_input_quantization
+from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
 from faircalib.models import build_random, get_adapter
 
 

@@ -1,7 +1,7 @@
 """faircalib.deploy: a calibrated model as a real W4A4 model.
 
 - `W4A4Linear`, `convert_to_w4a4(model)`       packed INT4 weights + online transform + act quant (w4a4_linear.py)
-- `share_input_quantization(modules)`          link the W4A4Linears of one input: it is quantized once per forward
+- `share_input_quantization(modules)`          link the W4A4Linears of one input: quantized once, one GEMM (shared_input.py)
 - `keep_weights_unpacked(model)`               keep int8 copies of the weights: no unpack pass per call (memory/time)
 - `save_quantized`, `load_quantized`           packed safetensors checkpoints (checkpoint.py)
 - `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
@@ -14,7 +14,7 @@ import importlib
 
 _LAZY = {
     "W4A4Linear": "w4a4_linear", "convert_to_w4a4": "w4a4_linear",
-    "share_input_quantization": "w4a4_linear", "share_model_input_quantization": "w4a4_linear",
+    "share_input_quantization": "shared_input", "share_model_input_quantization": "shared_input",
     "keep_weights_unpacked": "w4a4_linear",
     "save_quantized": "checkpoint", "load_quantized": "checkpoint",
     "export_compressed_tensors": "compressed_tensors", "is_w4a4": "hf_quantizer",

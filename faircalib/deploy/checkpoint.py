@@ -32,7 +32,8 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 import faircalib
-from faircalib.deploy.w4a4_linear import W4A4Linear, share_model_input_quantization
+from faircalib.deploy.shared_input import share_model_input_quantization
+from faircalib.deploy.w4a4_linear import W4A4Linear
 from faircalib.models.build import family_of, make_config, read_config_dict
 from faircalib.models.loading import expected_tensors, save_model, stored_shapes
 

@@ -61,7 +61,7 @@ class FaircalibHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
-        from faircalib.deploy.w4a4_linear import share_model_input_quantization
+        from faircalib.deploy.shared_input import share_model_input_quantization
 
         share_model_input_quantization(model)  # q/k/v and gate/up quantize their shared input once
         return model

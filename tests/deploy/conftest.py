@@ -2,11 +2,15 @@
 wrapped as QuantLinears (RTN, QuaRot-style Hadamard, or FlatQuant-style Kronecker with non-trivial factors)."""
 import pytest
 import torch
+from torch import nn
 
 from faircalib.calib.layerwise import wrap_block
 from faircalib.calib.methods import get_method
+from faircalib.calib.quant_linear import QuantLinear
 from faircalib.calib.transforms import KroneckerTransform, random_orthogonal
-from faircalib.config import QuantConfig
+from faircalib.config import QuantConfig, QuantSpec
+from faircalib.deploy.w4a4_linear import W4A4Linear
+from faircalib.kernels import registry
 from faircalib.models import build_random, get_adapter, load_model
 
 TINY = {
@@ -50,3 +54,35 @@ def quantized_tiny(family: str, method: str = "flatquant", seed: int = 0, shippe
 @pytest.fixture(params=["llada", "dream"])
 def family(request):
     return request.param
+
+
+def count_kernel_calls(monkeypatch, names=("quantize_act_packed", "quantize_swiglu_packed")) -> list:
+    """Count runs of the activation kernels (the down projection takes the SwiGLU variant): every path (public op,
+    custom op, W4A4Linear's eager fast path) gets its implementation from the registry."""
+    calls, original = [], registry.implementation
+
+    def counting(op, device):
+        impl = original(op, device)
+        if op not in names:
+            return impl
+
+        def counted(*args, **kwargs):
+            calls.append(op)
+            return impl(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(registry, "implementation", counting)
+    return calls
+
+
+def linears_of_one_input(gen, n_sizes=(40, 24, 16)) -> list:
+    """Three W4A4Linears of one input (equal transform and clip, different weights), unlinked."""
+    transform = KroneckerTransform(96, orthogonal_init=gen)
+    modules = []
+    for n in n_sizes:
+        ql = QuantLinear(nn.Linear(96, n, bias=True), QuantSpec(4), QuantSpec(4), transform, learn_clips=True)
+        with torch.no_grad():
+            ql.act_clip_logit.fill_(1.5)
+        ql.fold()
+        modules.append(W4A4Linear.from_quant_linear(ql))
+    return modules

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from faircalib.deploy.checkpoint import load_quantized, save_quantized
-from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, share_input_quantization
+from faircalib.deploy.shared_input import share_input_quantization
+from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
 from faircalib import kernels

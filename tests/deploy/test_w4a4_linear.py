@@ -6,18 +6,16 @@ import torch
 from torch import nn
 
 from faircalib import kernels
-from faircalib.kernels import registry
 from faircalib.calib.quant_linear import QuantLinear
 from faircalib.calib.transforms import HadamardTransform, KroneckerTransform
 from faircalib.config import QuantSpec
-from faircalib.deploy.w4a4_linear import (W4A4Linear, convert_to_w4a4, keep_weights_unpacked, kronecker_form,
-                                          share_input_quantization)
+from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, keep_weights_unpacked, kronecker_form
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
 from faircalib.zoo import CharTokenizer
 from faircalib.models import get_adapter
 
-from .conftest import quantized_tiny
+from .conftest import count_kernel_calls, linears_of_one_input, quantized_tiny
 
 
 def _quant_linear(transform, gen, k=96, n=40, act_bits=4):
@@ -140,221 +138,8 @@ def test_shipped_models_generate_the_same_answers_deployed(family, method):
     assert torch.equal(a, b)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# One quantization per shared input: q/k/v and gate/up are linked and quantize their input once
-# ---------------------------------------------------------------------------------------------------------------
-
-def _count(monkeypatch, names=("quantize_act_packed", "quantize_swiglu_packed")) -> list:
-    """Count runs of the activation kernels (the down projection takes the SwiGLU variant): every path (public op,
-    custom op, W4A4Linear's eager fast path) gets its implementation from the registry."""
-    calls, original = [], registry.implementation
-
-    def counting(op, device):
-        impl = original(op, device)
-        if op not in names:
-            return impl
-
-        def counted(*args, **kwargs):
-            calls.append(op)
-            return impl(*args, **kwargs)
-        return counted
-
-    monkeypatch.setattr(registry, "implementation", counting)
-    return calls
-
-
-def _unlinked(model: nn.Module) -> nn.Module:
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        if isinstance(m, W4A4Linear):
-            share_input_quantization([m])
-    return twin
-
-
-def _readers(gen, n_sizes=(40, 24, 16)) -> list[W4A4Linear]:
-    """Three W4A4Linears of one input (equal transform and clip, different weights), unlinked."""
-    transform = KroneckerTransform(96, orthogonal_init=gen)
-    modules = []
-    for n in n_sizes:
-        ql = QuantLinear(nn.Linear(96, n, bias=True), QuantSpec(4), QuantSpec(4), transform, learn_clips=True)
-        with torch.no_grad():
-            ql.act_clip_logit.fill_(1.5)
-        ql.fold()
-        modules.append(W4A4Linear.from_quant_linear(ql))
-    return modules
-
-
-def test_convert_links_the_linears_of_each_input(family):
-    deployed = quantized_tiny(family, "flatquant")
-    convert_to_w4a4(deployed)
-    adapter = get_adapter(deployed)
-    for block in adapter.blocks:
-        lin = adapter.linears(block)
-        assert lin["q"].shared_input is lin["k"].shared_input is lin["v"].shared_input is not None
-        assert lin["gate"].shared_input is lin["up"].shared_input is not None
-        assert lin["q"].shared_input is not lin["gate"].shared_input
-        assert lin["o"].shared_input is None and lin["down"].shared_input is None
-        assert torch.equal(lin["q"].act_clip, lin["v"].act_clip) and torch.equal(lin["q"].left, lin["k"].left)
-
-
-@pytest.mark.parametrize("method", ["rtn", "flatquant"])
-def test_a_forward_quantizes_each_input_once(family, method, monkeypatch):
-    deployed = quantized_tiny(family, method)
-    convert_to_w4a4(deployed)
-    separate = _unlinked(deployed)
-    calls = _count(monkeypatch)
-    ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        got = get_adapter(deployed).logits(ids)
-        assert len(calls) == 4 * len(get_adapter(deployed).blocks)  # q/k/v, o, gate/up, down
-        want = get_adapter(separate).logits(ids)
-        assert len(calls) == 4 * 2 + 7 * 2
-    assert torch.equal(got, want)  # the same codes: linking changes the work, not the numbers
-
-
-GEMMS = ("w4a4_matmul", "w4a4_matmul_stacked", "int8_matmul")
-
-
-def test_each_shared_input_takes_one_gemm(family, monkeypatch):
-    """q/k/v and gate/up: one unpack of their stacked weights and one INT8 GEMM, whose column slices equal the
-    members' separate outputs bitwise; `fused_gemm = False` goes back to a GEMM per member."""
-    deployed = quantized_tiny(family, "flatquant")
-    convert_to_w4a4(deployed)
-    adapter = get_adapter(deployed)
-    unfused = copy.deepcopy(deployed)
-    for m in unfused.modules():
-        if isinstance(m, W4A4Linear) and m.shared_input is not None:
-            m.shared_input.fused_gemm = False
-    ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
-    calls = _count(monkeypatch, GEMMS)
-    with torch.no_grad():
-        got = adapter.logits(ids)
-        blocks = len(adapter.blocks)
-        assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul"] * 2 * blocks)
-        calls.clear()
-        assert torch.equal(get_adapter(unfused).logits(ids), got)
-        assert calls == ["w4a4_matmul"] * 7 * blocks
-
-
-def test_group_gemm_slices_equal_the_members_outputs(gen, monkeypatch):
-    q, k, v = _readers(gen, n_sizes=(40, 7, 17))
-    k.bias = None  # a member without a bias: zeros in the stacked epilogue
-    separate = [copy.deepcopy(m) for m in (q, k, v)]
-    share_input_quantization([q, k, v])
-    calls = _count(monkeypatch, GEMMS)
-    x = torch.randn(2, 5, 96, generator=gen)
-    with torch.no_grad():
-        got = [m(x) for m in (q, k, v)]
-        assert calls == ["w4a4_matmul_stacked"]
-        assert [tuple(y.shape) for y in got] == [(2, 5, 40), (2, 5, 7), (2, 5, 17)]
-        assert all(torch.equal(y, s(x)) for y, s in zip(got, separate))
-        assert torch.equal(q(x[:, :0]), separate[0](x[:, :0]))  # no tokens
-        calls.clear()
-        with torch.inference_mode():  # inference tensors are not memoized: a GEMM per member, the same outputs
-            x = x.clone()
-            assert all(torch.equal(m(x), y) for m, y in zip((q, k, v), got))
-        assert calls == ["w4a4_matmul"] * 3
-    x = torch.randn(3, 96, generator=gen)
-    with torch.no_grad():
-        q(x)
-        for m in (v, separate[2]):
-            m.weight_scale.mul_(2.0)  # a weight changed in place after q's call: the stacked GEMM is computed again
-        assert torch.equal(v(x), separate[2](x))
-        v.weight_scale = torch.ones(3)
-        with pytest.raises(ValueError, match="weight_scale \\(3,\\) or bias of a 17-output member"):
-            q(torch.randn(2, 96, generator=gen))
-
-
-def test_a_modified_or_different_input_is_quantized_again(gen, monkeypatch):
-    q, k, v = _readers(gen)
-    separate = [copy.deepcopy(m) for m in (q, k, v)]
-    share_input_quantization([q, k, v])
-    calls = _count(monkeypatch)
-    x = torch.randn(5, 96, generator=gen)
-    with torch.no_grad():
-        q(x)
-        x.mul_(4.0)
-        got_k = k(x)
-        assert len(calls) == 2
-        twin = x.clone()
-        got_v = v(twin)
-        assert len(calls) == 3
-        assert torch.equal(got_k, separate[1](x)) and torch.equal(got_v, separate[2](twin))
-        y = torch.randn(5, 96, generator=gen)
-        assert [torch.equal(m(y), s(y)) for m, s in zip((q, k, v), separate)] == [True] * 3
-    assert len(calls) == 3 + 2 + 1 + 3  # the two unlinked checks, one for the linked readers of y, three unlinked
-
-
-def test_members_that_differ_are_refused(gen):
-    q, k, v = _readers(gen)
-    with torch.no_grad():
-        k.act_clip.fill_(0.5)
-    with pytest.raises(ValueError, match=r"\(q, k, v\) cannot share one activation quantization: act_clip of "
-                                         r"member 1 differs from member 0 \(0.5 vs 0.8"):
-        share_input_quantization([q, k, v], names=["q", "k", "v"])
-    with torch.no_grad():
-        k.act_clip.copy_(q.act_clip)
-        v.left[0, 0] += 1e-6
-    with pytest.raises(ValueError, match="left of member 2 differs"):
-        share_input_quantization([q, k, v])
-    other = W4A4Linear(64, 8)
-    with pytest.raises(ValueError, match="in_features of member 1"):
-        share_input_quantization([q, other])
-    assert q.shared_input is None and k.shared_input is None
-
-
-def test_a_member_changed_after_linking_is_checked_again(gen):
-    q, k, v = _readers(gen)
-    share_input_quantization([q, k, v])
-    x = torch.randn(3, 96, generator=gen)
-    with torch.no_grad():
-        q(x)
-        k.act_clip.fill_(0.5)  # only one member: the codes would differ
-        with pytest.raises(ValueError, match="no longer agree: act_clip of member 1"):
-            k(x)
-        for m in (q, v):
-            m.act_clip.fill_(0.5)  # every member: linked again, the new clip used
-        want = copy.deepcopy(k)
-        share_input_quantization([want])
-        assert torch.equal(k(x), want(x)) and torch.equal(q(x), _unlinked(q)(x))
-
-
-def test_unlinking_a_member_leaves_the_others_linked(gen):
-    q, k, v = _readers(gen)
-    share_input_quantization([q, k, v])
-    group = q.shared_input
-    share_input_quantization([v])
-    assert v.shared_input is None and q.shared_input is k.shared_input is group and group.members == [q, k]
-    with torch.no_grad():
-        v.act_clip.fill_(0.3)
-        x = torch.randn(2, 96, generator=gen)
-        assert torch.equal(q(x), _unlinked(q)(x)) and torch.equal(v(x), _unlinked(v)(x))
-
-
-def test_a_group_pickled_before_the_group_gemm_loads_with_it_on(gen):
-    q, k, v = _readers(gen)
-    share_input_quantization([q, k, v])
-    state = q.shared_input.__getstate__()
-    del state["fused_gemm"]
-    old = q.shared_input.__class__.__new__(q.shared_input.__class__)
-    old.__setstate__(state)
-    assert old.fused_gemm is True
-
-
-def test_copies_are_linked_among_themselves(gen):
-    q, k, v = _readers(gen)
-    share_input_quantization([q, k, v])
-    model = nn.ModuleList([q, k, v])
-    twin = copy.deepcopy(model)
-    assert twin[0].shared_input is twin[2].shared_input is not q.shared_input
-    assert twin[0].shared_input.members == list(twin)
-    x = torch.randn(2, 96, generator=gen)
-    with torch.no_grad():
-        assert all(torch.equal(a(x), b(x)) for a, b in zip(model, twin))
-
-
 def test_eager_fast_path_gives_the_same_output_and_still_checks(gen):
-    lin = _readers(gen, n_sizes=(24,))[0]
+    lin = linears_of_one_input(gen, n_sizes=(24,))[0]
     x = torch.randn(2, 3, 96, generator=gen)
     first = lin(x)  # through the public ops: validates the buffers
     assert lin._checked_buffers is not None and lin._fast_path(x)
@@ -367,35 +152,6 @@ def test_eager_fast_path_gives_the_same_output_and_still_checks(gen):
         lin(x)
 
 
-@pytest.mark.parametrize("unpacked", [False, True])
-def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked):
-    import torch._dynamo
-
-    deployed = quantized_tiny("llada", "flatquant")
-    convert_to_w4a4(deployed)
-    keep_weights_unpacked(deployed, unpacked)  # kept int8 weights: int8_matmul in the graph, still no breaks
-    adapter = get_adapter(deployed)
-    ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        want = adapter.logits(ids)
-        torch._dynamo.reset()
-        for block in adapter.blocks:
-            block.compile(backend="aot_eager")
-        adapter.logits(ids)  # compiles
-        calls = _count(monkeypatch)
-        got = adapter.logits(ids)
-    assert len(calls) == 4 * len(adapter.blocks)  # q/k/v, o, gate/up, down: as in eager
-    calls = _count(monkeypatch, GEMMS)
-    with torch.no_grad():
-        adapter.logits(ids)
-    # packed weights: one GEMM per shared input, as in eager; kept int8 copies: one per linear
-    assert len(calls) == (7 if unpacked else 4) * len(adapter.blocks)
-    assert torch.equal(got, want)
-    assert not torch._dynamo.utils.counters["graph_break"]
-    assert all(group._handed is None for group in {m.shared_input for m in deployed.modules()
-                                                   if isinstance(m, W4A4Linear) and m.shared_input is not None})
-
-
 def test_down_projection_takes_the_swiglu_inside_its_kernel(family, monkeypatch):
     deployed = quantized_tiny(family, "flatquant")
     convert_to_w4a4(deployed)
@@ -403,7 +159,7 @@ def test_down_projection_takes_the_swiglu_inside_its_kernel(family, monkeypatch)
     for module in deployed.modules():
         if isinstance(module, W4A4Linear):
             module.fuse_swiglu = True  # only down projections are called through layers.swiglu_down
-    calls = _count(monkeypatch)
+    calls = count_kernel_calls(monkeypatch)
     ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = get_adapter(deployed).logits(ids)
