@@ -110,10 +110,10 @@ class SharedInputQuantization:
         i = self._index(module)
         if not _same_state(self._states[i], _act_state(module)):
             self.check()
-        weights = tuple(t for m in self.members for t in (m.weight_packed, m.weight_scale, m.bias))
-        key = (self.generation, *weights)
-        if self._gemm_fusable() and self.memo.memoizes(x, key):
-            return self._member_slice(module, self.memo.get(self.slots[i], x, key, lambda: self._fused_matmul(x)))
+        if self._gemm_fusable():
+            key = (self.generation, *(t for m in self.members for t in (m.weight_packed, m.weight_scale, m.bias)))
+            if self.memo.memoizes(x, key):
+                return self._member_slice(module, self.memo.get(self.slots[i], x, key, lambda: self._fused_matmul(x)))
         fast = module._fast_path(x)
         codes, scales = self.memo.get(self.slots[i], x, (self.generation,), lambda: module.quantize_input(x, fast))
         return module._matmul(codes, scales, x, fast)
@@ -128,12 +128,14 @@ class SharedInputQuantization:
         (`w4a4_matmul_stacked`). Each output element is computed as the member's own GEMM computes it (exact
         integer sum, the same fp32 epilogue), so the slices equal the members' separate outputs bitwise."""
         members = self.members
-        for m in members:
-            if m.weight_scale.numel() != m.out_features or (m.bias is not None and m.bias.numel() != m.out_features):
-                raise ValueError(f"faircalib.deploy.W4A4Linear: weight_scale {tuple(m.weight_scale.shape)} or bias of "
-                                 f"a {m.out_features}-output member of a shared input quantization does not hold "
-                                 f"one value per output channel")
         fast = all(m._fast_path(x) for m in members)
+        if not fast:  # the public op checks the stacked sizes; each member's are checked here, with its buffers
+            for m in members:
+                if m.weight_scale.numel() != m.out_features or (m.bias is not None and
+                                                                m.bias.numel() != m.out_features):
+                    raise ValueError(f"faircalib.deploy.W4A4Linear: weight_scale {tuple(m.weight_scale.shape)} or "
+                                     f"bias of a {m.out_features}-output member of a shared input quantization does "
+                                     f"not hold one value per output channel")
         codes, scales = members[0].quantize_input(x, fast)
         weight_scale = torch.cat([m.weight_scale.reshape(-1) for m in members])
         bias = None
@@ -153,13 +155,8 @@ class SharedInputQuantization:
         return out.reshape(*x.shape[:-1], weight_scale.numel())
 
     def _member_slice(self, module: W4A4Linear, out: torch.Tensor) -> torch.Tensor:
-        start = 0
-        for m in self.members:
-            if m is module:
-                return out[..., start:start + m.out_features]
-            start += m.out_features
-        raise RuntimeError("faircalib.deploy: a W4A4Linear points to a shared input quantization that does not "
-                           "list it")
+        start = sum(m.out_features for m in self.members[:self._index(module)])
+        return out[..., start:start + module.out_features]
 
     def _hand(self, module: W4A4Linear, x: torch.Tensor, compute):
         """Under torch.compile. The memo's bookkeeping does not trace (graph breaks at every linear), and the
