@@ -1,5 +1,7 @@
 """Tiny calibrated models for the deployment tests: random tiny LLaDA/Dream models whose block linears are
 wrapped as QuantLinears (RTN, QuaRot-style Hadamard, or FlatQuant-style Kronecker with non-trivial factors)."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -86,3 +88,12 @@ def linears_of_one_input(gen, n_sizes=(40, 24, 16)) -> list:
         ql.fold()
         modules.append(W4A4Linear.from_quant_linear(ql))
     return modules
+
+
+def one_gemm_per_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a deployed model whose shared-input groups run a GEMM per member (`fused_gemm = False`)."""
+    twin = copy.deepcopy(model)
+    for m in twin.modules():
+        if isinstance(m, W4A4Linear) and m.shared_input is not None:
+            m.shared_input.fused_gemm = False
+    return twin

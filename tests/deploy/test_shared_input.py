@@ -10,7 +10,7 @@ from faircalib.deploy.shared_input import share_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, keep_weights_unpacked
 from faircalib.models import get_adapter
 
-from .conftest import count_kernel_calls, linears_of_one_input, quantized_tiny
+from .conftest import count_kernel_calls, linears_of_one_input, one_gemm_per_linear, quantized_tiny
 
 
 def _unlinked(model: nn.Module) -> nn.Module:
@@ -58,10 +58,7 @@ def test_each_shared_input_takes_one_gemm(family, monkeypatch):
     deployed = quantized_tiny(family, "flatquant")
     convert_to_w4a4(deployed)
     adapter = get_adapter(deployed)
-    unfused = copy.deepcopy(deployed)
-    for m in unfused.modules():
-        if isinstance(m, W4A4Linear) and m.shared_input is not None:
-            m.shared_input.fused_gemm = False
+    unfused = one_gemm_per_linear(deployed)
     ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
     calls = count_kernel_calls(monkeypatch, GEMMS)
     with torch.no_grad():

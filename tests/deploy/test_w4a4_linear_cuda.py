@@ -1,28 +1,17 @@
 """W4A4Linear on a CUDA device (skipped in CPU-only CI): with q/k/v and gate/up in one stacked GEMM per input
 group, each linear's output equals its own GEMM's bitwise, and the logits (eager and compiled) stay those of one
 GEMM per linear."""
-import copy
-
 import pytest
 import torch
 
 from faircalib.deploy import convert_to_w4a4
-from faircalib.deploy.w4a4_linear import W4A4Linear
 from faircalib.kernels import registry
 from faircalib.models import get_adapter
 
-from .conftest import quantized_tiny
+from .conftest import one_gemm_per_linear, quantized_tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or registry.triton_interpreted(),
                                 reason="needs a CUDA device and TRITON_INTERPRET=0")
-
-
-def _unfused(model):
-    twin = copy.deepcopy(model)
-    for m in twin.modules():
-        if isinstance(m, W4A4Linear) and m.shared_input is not None:
-            m.shared_input.fused_gemm = False
-    return twin
 
 
 def _close(got, want):
@@ -37,7 +26,7 @@ def test_stacked_gemms_on_cuda_equal_a_gemm_per_linear(family):
     model = quantized_tiny(family, "flatquant")
     convert_to_w4a4(model)
     model.cuda()
-    unfused = _unfused(model)
+    unfused = one_gemm_per_linear(model)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 48, (3, 40), generator=gen).cuda()
     with torch.no_grad():
