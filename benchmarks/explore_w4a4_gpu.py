@@ -1,6 +1,6 @@
 """Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,epilogue]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,profile,epilogue]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
@@ -17,6 +17,8 @@ inloop: the packed weight unpacked inside a persistent TMA GEMM's main loop (0.5
         INT8 GEMM at M = 256, 1024, 4096: exactness, then speed against cuBLAS bf16.
 host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU work is negligible).
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
+profile: the shipped activation kernels once per `--act-k` width at 16384 tokens (to run under `ncu`), then each
+        compiled kernel's registers, spills, shared memory and MMA instructions (wgmma or mma.sync) from its PTX.
 epilogue: the shipped INT8 GEMM (output written by TMA, whole tile or two halves) against the pointer stores it
         replaced, on single and stacked (q+k+v, gate+up) weight shapes.
 (An `l2chunk` part, at commit 1fc27d6 and before, ran `w4a4_matmul` in L2-sized weight slices; BENCHMARKS.md.)
@@ -527,6 +529,29 @@ def epilogue_part(log) -> list[dict]:
     return records
 
 
+def profile_part(log, widths: tuple[int, ...]) -> list[dict]:
+    for k in widths:
+        n1, n2 = kronecker_factors(k)
+        left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
+        right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16)
+        x = torch.randn(16384, k, device="cuda").to(torch.bfloat16)
+        for _ in range(3):
+            gemm.quantize_act_packed(x, None, left, right, None, 4)
+        torch.cuda.synchronize()
+    records = []
+    for fn in (gemm._quantize_act_kernel, gemm._quantize_act_split_kernel, gemm._quantize_act_chunked_kernel):
+        for cache in fn.device_caches.values():
+            for compiled in cache[0].values():
+                ptx = compiled.asm.get("ptx", "")
+                rec = {"kernel": fn.fn.__name__, "regs": compiled.n_regs, "spills": compiled.n_spills,
+                       "shared": compiled.metadata.shared, "warps": compiled.metadata.num_warps,
+                       "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
+                       "wgmma_wait": ptx.count("wgmma.wait_group"), "cp_async": ptx.count("cp.async.")}
+                log("profile " + ", ".join(f"{key}={val}" for key, val in rec.items()))
+                records.append(rec)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -548,7 +573,7 @@ def main() -> None:
     for part in args.parts.split(","):
         result[part] = {"act": lambda: act_part(copy_tbps, log, widths), "fp8": lambda: fp8_part(log),
                         "inloop": lambda: inloop_part(log), "epilogue": lambda: epilogue_part(log),
-                        "host": lambda: host_part(log),
+                        "host": lambda: host_part(log), "profile": lambda: profile_part(log, widths),
                         "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)
