@@ -87,7 +87,7 @@ class ActLaunch:
     split_max_tile: int = 128 * 160
     split_max_factor_bytes: int = 96 * 1024
     split_programs_per_sm: int = 1
-    split_stages: int = 2
+    split_stages: int = 3
     split_warps: int = 8
     chunked_programs_per_sm: int = 4
     chunk_j: int = 64
@@ -142,7 +142,7 @@ def _swiglu(gate, up):
 
 @triton.jit
 def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr,
-                         M, N1, N2, stride_xm, stride_cm,
+                         M, stride_xm, stride_cm, N1: tl.constexpr, N2: tl.constexpr,
                          GATED: tl.constexpr, HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                          HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr,
                          TOKENS: tl.constexpr, STAGES: tl.constexpr, RECIP: tl.constexpr):
@@ -150,7 +150,8 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
     rows t·B1 ...): the left factor multiplies it as blockdiag(leftᵀ, ...) (one MMA; the zero blocks cost flops,
     not bytes), then the right one the whole stack (one MMA), then per-token absmax and quantization. The factors
     and the channel scale are loaded once per program. Steps are software-pipelined STAGES deep. RECIP (transform
-    paths): multiply by the scale's reciprocal instead of dividing element by element."""
+    paths): multiply by the scale's reciprocal instead of dividing element by element. N1 and N2 are compile-time
+    constants, so every element's offset folds into an immediate instead of taking a register."""
     qmax: tl.constexpr = (1 << (BITS - 1)) - 1
     qmin: tl.constexpr = -(1 << (BITS - 1))
     ROWS: tl.constexpr = TOKENS * B1
@@ -237,8 +238,8 @@ def scaled_input(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: torc
 
 
 @triton.jit
-def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M, N1, N2, stride_xm,
-                               stride_cm, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_CLIP: tl.constexpr,
+def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M, stride_xm, stride_cm,
+                               N1: tl.constexpr, N2: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_CLIP: tl.constexpr,
                                BITS: tl.constexpr, B1: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr,
                                STAGES: tl.constexpr):
     """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [n1, n2] view held as two column
@@ -246,7 +247,9 @@ def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, 
     W = leftᵀ · X per block, then Y_a = W_a · R_aa + W_b · R_ba and Y_b = W_a · R_ab + W_b · R_bb, all in
     registers until the token's absmax is known. Factors are loaded once per program; quantization as the
     whole-tile kernel. No channel scale or gate here: the wrapper applies them first (in Triton 3.6 a
-    channel-scale multiply in this kernel compiled to illegal memory accesses on H100, in every form tried)."""
+    channel-scale multiply in this kernel compiled to illegal memory accesses on H100, in every form tried).
+    N1 and N2 are compile-time constants: with them as runtime values, the tiles' offsets and masks held ~160
+    registers per thread and the kernel spilled (255 registers, 74 spilled; ncu, H100, 2026-12-06)."""
     qmax: tl.constexpr = (1 << (BITS - 1)) - 1
     qmin: tl.constexpr = -(1 << (BITS - 1))
     i = tl.arange(0, B1)
@@ -423,8 +426,8 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         tokens = max(1, cfg.transform_rows // b1) if factor is not None else max(1, cfg.plain_tile // b2)
         per_sm = cfg.large_tile_programs_per_sm if b1 * b2 >= cfg.fused_max_tile else cfg.programs_per_sm
         _quantize_act_kernel[(_programs(triton.cdiv(m, tokens), x.device, per_sm),)](
-            *common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, n1, n2,
-            x.stride(0), codes.stride(0), **flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens,
+            *common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
+            codes.stride(0), n1, n2, **flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens,
             STAGES=cfg.stages, RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
         return codes, scales
     split = split_columns(n1, n2, factor.dtype)
@@ -436,7 +439,7 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         b1, ba, bb = split
         _quantize_act_split_kernel[(_programs(m, x.device, cfg.split_programs_per_sm),)](
             x, dummy if left is None else left.contiguous(), dummy if right is None else right.contiguous(), clip_arg,
-            codes, scales, m, n1, n2, x.stride(0), codes.stride(0), HAS_LEFT=left is not None,
+            codes, scales, m, x.stride(0), codes.stride(0), n1, n2, HAS_LEFT=left is not None,
             HAS_RIGHT=right is not None, HAS_CLIP=clip is not None, BITS=bits, B1=b1, BA=ba, BB=bb,
             STAGES=cfg.split_stages, num_warps=cfg.split_warps)
         return codes, scales
