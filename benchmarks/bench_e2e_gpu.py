@@ -15,8 +15,7 @@ as a fixed-shape denoising loop runs it), and for W4A4 a torch.profiler table li
 `--variants`: transform factors in bf16 (bf16 MMA) or fp32 (tf32 MMA; the 96x128 factors of the 12288-wide down
 projection input then take the chunked kernel), and q/k/v and gate/up quantizing their shared input once
 (`share_model_input_quantization`, as deployed checkpoints load; each such group then runs one GEMM on its stacked
-weights, or one per linear with an `:unfused` suffix; gate/up's GEMM computes silu(gate)·up in its epilogue, or
-writes gate and up with a `:noswiglu` suffix) or once per linear; a `:swiglu` suffix has the
+weights, or one per linear with an `:unfused` suffix) or once per linear; a `:swiglu` suffix has the
 down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`), `:unpacked` keeps
 int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
 then the packed weights and the int8 copies).
@@ -220,9 +219,9 @@ def main() -> None:
     results["env"]["compiled_blocks"] = args.compile
     for variant in args.variants.split(","):
         factor_name, sharing, *options = variant.split(":")
-        if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked", "unfused", "noswiglu"}:
+        if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked", "unfused"}:
             sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want "
-                     f"dtype:(shared|separate)[:swiglu][:unpacked][:unfused][:noswiglu]")
+                     f"dtype:(shared|separate)[:swiglu][:unpacked][:unfused]")
         model = build_random(args.family, config, dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:
@@ -242,7 +241,6 @@ def main() -> None:
             keep_weights_unpacked(model)
         for group in {m.shared_input for m in model.modules() if isinstance(m, W4A4Linear) and m.shared_input}:
             group.fused_gemm = "unfused" not in options
-            group.swiglu_gemm = "noswiglu" not in options
         if args.compile:
             compile_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
@@ -252,8 +250,7 @@ def main() -> None:
             bf16 = next(r for r in results["runs"] if r["model"] == f"bf16{tag}" and r["tokens"] == n)
             extra = (", SwiGLU fused into down's input" if "swiglu" in options else "") + \
                 (", weights kept unpacked (int8)" if "unpacked" in options else "") + \
-                (", one GEMM per linear" if "unfused" in options else "") + \
-                (", gate/up GEMM writes gate and up" if "noswiglu" in options else "")
+                (", one GEMM per linear" if "unfused" in options else "")
             results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{extra}{tag})",
                                     "tokens": n, **stats,
                                     "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],

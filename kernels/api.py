@@ -235,8 +235,8 @@ def clip_search(x: torch.Tensor, ratios, bits: int = 4, weights: torch.Tensor | 
 from .gemm_reference import GEMM_K_GROUP, padded_k, pack_weight_for_gemm, unpack_weight_for_gemm  # noqa: E402
 
 registry.register_triton_module(__package__ + ".gemm")
-__all__ += ["quantize_act_packed", "w4a4_matmul", "w4a4_matmul_stacked", "w4a4_matmul_swiglu", "int8_matmul",
-            "unpack_weight_int8", "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
+__all__ += ["quantize_act_packed", "w4a4_matmul", "w4a4_matmul_stacked", "int8_matmul", "unpack_weight_int8",
+            "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
 
 
 def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
@@ -349,35 +349,6 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
     if isinstance(w_packed, torch.Tensor) or not w_packed:
         raise TypeError(f"faircalib.kernels.{op}: w_packed must be a non-empty list of packed weights; for one "
                         f"weight use w4a4_matmul")
-    k, n = _check_stacked_args(op, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
-    out = ops.w4a4_matmul_stacked(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), list(w_packed),
-                                  w_scales.reshape(-1), bias, out_dtype)
-    return out.reshape(*a_codes.shape[:-1], n)
-
-
-def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: Sequence[torch.Tensor],
-                       w_scales: torch.Tensor, bias: torch.Tensor | None = None,
-                       out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """silu(gate) · up of a SwiGLU MLP in one GEMM: w_packed = [gate, up], two packed weights of one shape
-    [N, padded_k(K) / 2] (`pack_weight_for_gemm`), w_scales fp32 [2N] and bias [2N] (gate's, then up's)
-    -> [..., N] out_dtype. gate and up are `w4a4_matmul_stacked`'s two halves, each rounded to out_dtype as a
-    model computes them, then `F.silu(gate) * up` in out_dtype; the GEMM's epilogue does this, so neither is
-    written to memory."""
-    op = "w4a4_matmul_swiglu"
-    if isinstance(w_packed, torch.Tensor) or len(w_packed) != 2:
-        raise TypeError(f"faircalib.kernels.{op}: w_packed must be a list [gate, up] of two packed weights")
-    k, n = _check_stacked_args(op, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
-    if w_packed[0].shape[0] != w_packed[1].shape[0]:
-        raise ValueError(f"faircalib.kernels.{op}: gate {tuple(w_packed[0].shape)} and up "
-                         f"{tuple(w_packed[1].shape)} must have the same number of output channels")
-    out = ops.w4a4_matmul_swiglu(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), list(w_packed),
-                                 w_scales.reshape(-1), bias, out_dtype)
-    return out.reshape(*a_codes.shape[:-1], n // 2)
-
-
-def _check_stacked_args(op: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: Sequence[torch.Tensor],
-                        w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> tuple[int, int]:
-    """The checks of `w4a4_matmul_stacked` and `w4a4_matmul_swiglu`; returns (K, sum N_i)."""
     for i, w in enumerate(w_packed):
         if not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
             got = w.dtype if isinstance(w, torch.Tensor) else type(w).__name__
@@ -390,7 +361,9 @@ def _check_stacked_args(op: str, a_codes: torch.Tensor, a_scales: torch.Tensor, 
             raise ValueError(f"faircalib.kernels.{op}: w_packed[{i}] {tuple(w.shape)} does not match K={k} of "
                              f"a_codes: expected [N_{i}, {padded_k(k) // 2}]; make it with pack_weight_for_gemm")
         check_same_device(op, "a_codes", a_codes, f"w_packed[{i}]", w)
-    return k, n
+    out = ops.w4a4_matmul_stacked(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), list(w_packed),
+                                  w_scales.reshape(-1), bias, out_dtype)
+    return out.reshape(*a_codes.shape[:-1], n)
 
 
 def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,

@@ -479,16 +479,6 @@ def _gemm_configs() -> list[triton.Config]:
             for bm, bn, bk, w, st in shapes for sub in subtiles]
 
 
-def _swiglu_gemm_configs() -> list[triton.Config]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages); BLOCK_N output columns take 2·BLOCK_N weight rows (gate and up
-    tiles, two accumulators)."""
-    shapes = [(16, 32, 64, 4, 1)] if registry.triton_interpreted() else [
-        (128, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 64, 8, 5), (256, 64, 128, 8, 3),
-        (128, 64, 128, 4, 4)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SUBTILE": False},
-                          num_warps=w, num_stages=st, pre_hook=_set_block_shapes) for bm, bn, bk, w, st in shapes]
-
-
 def _tune_bench(fn, quantiles):
     """Short timing for autotuning, so the first call per shape costs well under a second."""
     return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
@@ -573,41 +563,6 @@ def _int8_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M
             tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out, mask=(rm < M)[:, None] & (rn < N)[None, :])
 
 
-@triton.autotune(configs=_swiglu_gemm_configs(), key=["M_BUCKET", "N", "K", "TMA_STORE"], do_bench=_tune_bench)
-@triton.jit
-def _int8_swiglu_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET, stride_cm,
-                             PROGRAMS: tl.constexpr, HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr,
-                             SUBTILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """`_int8_gemm_kernel` against the gate weight (rows [0, N) of the stacked operand) and the up weight (rows
-    [N, 2N)) at once: output tile columns c take gate rows c and up rows N + c (two accumulators), and the epilogue
-    writes silu(gate) · up, each factor first rounded to the output dtype as the separate GEMM writes it
-    (`_swiglu`). Gate rows past N read up rows: those columns are past the output's edge and never stored."""
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
-        pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
-        acc_gate = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for k0 in range(0, K, BLOCK_K):
-            a = a_desc.load([pid_m * BLOCK_M, k0])
-            acc_gate = tl.dot(a, w_desc.load([pid_n * BLOCK_N, k0]).T, acc_gate, out_dtype=tl.int32)
-            acc_up = tl.dot(a, w_desc.load([N + pid_n * BLOCK_N, k0]).T, acc_up, out_dtype=tl.int32)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        sa = tl.load(sa_ptr + rm, mask=rm < M, other=0.0)[:, None]
-        gate = acc_gate.to(tl.float32) * sa * tl.load(sw_ptr + rn, mask=rn < N, other=0.0)[None, :]
-        up = acc_up.to(tl.float32) * sa * tl.load(sw_ptr + N + rn, mask=rn < N, other=0.0)[None, :]
-        if HAS_BIAS:
-            gate = gate + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-            up = up + tl.load(bias_ptr + N + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        out = _swiglu(cast_rne(gate, c_ptr.dtype.element_ty), cast_rne(up, c_ptr.dtype.element_ty))
-        if TMA_STORE:
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], out)
-        else:
-            tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], out, mask=(rm < M)[:, None] & (rn < N)[None, :])
-
-
 # TMA needs 16-byte aligned row strides: int8 codes with K % 16 != 0 are copied into a zero-padded buffer, and an
 # output whose rows are not a multiple of 16 bytes is written by pointer stores (no LLaDA/Dream width needs either).
 TMA_ALIGN = 16
@@ -615,15 +570,12 @@ TMA_ALIGN = 16
 
 @registry.register("int8_matmul", "triton")
 def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
-              bias: torch.Tensor | None, out_dtype: torch.dtype, out: torch.Tensor | None = None,
-              swiglu: bool = False) -> torch.Tensor:
+              bias: torch.Tensor | None, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_int8 int8 [N, Kp] (Kp = padded_k(K), zero tail), w_scales
     fp32 [N], bias [N] | None -> [M, N] out_dtype = (A·Wᵀ in int32) · a_scale · w_scale (+ bias), written into
-    `out` when given (an [M, N] out_dtype view with unit column stride, e.g. a column slice of a wider output).
-    swiglu: w_int8 stacks a gate and an up weight of N / 2 rows each -> [M, N / 2] silu(gate) · up
-    (`_int8_swiglu_gemm_kernel`)."""
+    `out` when given (an [M, N] out_dtype view with unit column stride, e.g. a column slice of a wider output)."""
     m, k = a_codes.shape
-    n = w_int8.shape[0] // 2 if swiglu else w_int8.shape[0]
+    n = w_int8.shape[0]
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
     if m == 0 or n == 0:
@@ -632,7 +584,7 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     if m > rows:  # the epilogue's output offsets would pass int32 (MAX_OFFSET): row blocks
         for start in range(0, m, rows):
             part = slice(start, start + rows)
-            int8_gemm(a_codes[part], a_scales[part], w_int8, w_scales, bias, out_dtype, out[part], swiglu)
+            int8_gemm(a_codes[part], a_scales[part], w_int8, w_scales, bias, out_dtype, out[part])
         return out
     if k % TMA_ALIGN or a_codes.stride(1) != 1 or a_codes.stride(0) != k:
         padded = torch.zeros((m, -(-k // TMA_ALIGN) * TMA_ALIGN), dtype=torch.int8, device=a_codes.device)
@@ -647,7 +599,7 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
     def grid(meta):
         return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
 
-    (_int8_swiglu_gemm_kernel if swiglu else _int8_gemm_kernel)[grid](
+    _int8_gemm_kernel[grid](
         a_desc, w_desc, c_desc, a_scales.reshape(-1).contiguous(), w_scales.reshape(-1).contiguous(),
         w_scales if bias is None else bias.contiguous(), out, m, n, k, triton.next_power_of_2(m), out.stride(0),
         PROGRAMS=programs, HAS_BIAS=bias is not None, TMA_STORE=tma_store)
@@ -667,24 +619,10 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
                         w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """`w4a4_matmul` against the weights w_packed[i] [N_i, Kp / 2] stacked along N (w_scales, bias [sum N_i]) ->
     [M, sum N_i]: each weight unpacked into its rows of one int8 operand, then one INT8 GEMM."""
-    return int8_gemm(a_codes, a_scales, _unpack_stacked(w_packed), w_scales, bias, out_dtype)
-
-
-@registry.register("w4a4_matmul_swiglu", "triton")
-def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
-                       w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    """w_packed = [gate, up], each [N, Kp / 2] (w_scales, bias [2N]) -> [M, N] silu(gate) · up: the two weights
-    unpacked into one int8 operand, then one INT8 GEMM whose epilogue applies the SwiGLU, so neither gate nor up
-    goes to memory."""
-    return int8_gemm(a_codes, a_scales, _unpack_stacked(w_packed), w_scales, bias, out_dtype, swiglu=True)
-
-
-def _unpack_stacked(w_packed: list[torch.Tensor]) -> torch.Tensor:
-    """The packed weights [N_i, Kp / 2] unpacked into the rows of one int8 [sum N_i, Kp] operand."""
     n, kp = sum(w.shape[0] for w in w_packed), 2 * w_packed[0].shape[1]
-    unpacked = torch.empty((n, kp), dtype=torch.int8, device=w_packed[0].device)
+    unpacked = torch.empty((n, kp), dtype=torch.int8, device=a_codes.device)
     start = 0
     for w in w_packed:
         unpack_into(w, unpacked[start:start + w.shape[0]])
         start += w.shape[0]
-    return unpacked
+    return int8_gemm(a_codes, a_scales, unpacked, w_scales, bias, out_dtype)

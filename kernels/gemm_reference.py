@@ -127,15 +127,6 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
                        out_dtype)
 
 
-@registry.register("w4a4_matmul_swiglu", "reference")
-def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
-                       w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
-    """w_packed = [gate, up] (w_scales, bias [2N]) -> silu(gate) · up [M, N] out_dtype, where gate and up are
-    `w4a4_matmul_stacked`'s two halves, each rounded to out_dtype (as the models compute `F.silu(gate) * up`)."""
-    gate, up = w4a4_matmul_stacked(a_codes, a_scales, w_packed, w_scales, bias, out_dtype).chunk(2, dim=-1)
-    return torch.nn.functional.silu(gate) * up
-
-
 @registry.register("int8_matmul", "reference")
 def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:

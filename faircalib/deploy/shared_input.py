@@ -16,11 +16,6 @@ column slice, bitwise equal to its own GEMM's output. A wider GEMM fills the GPU
 k/v inside a 4608-wide q/k/v GEMM; BENCHMARKS.md). The packed weights stay per member; the stack exists only as the
 GEMM's int8 operand. Not taken where the memo is not (inference tensors) or where weights are kept unpacked
 (stacking those copies would cost a copy per call): then one GEMM per member.
-
-SwiGLU in the GEMM (`SharedInputQuantization.swiglu_gemm`, on by default): a gate/up group called through
-`layers.swiglu_mlp` runs `w4a4_matmul_swiglu`, whose epilogue writes silu(gate) · up, so neither gate nor up goes
-to memory and no separate SwiGLU pass reads them back. Taken when the group is exactly those two linears with
-packed weights and no module hooks (they would not fire); otherwise the members run as above.
 """
 from __future__ import annotations
 
@@ -90,7 +85,6 @@ class SharedInputQuantization:
         self._remember()
         self._handed: tuple | None = None  # (x, result) within one traced forward (`_hand`)
         self.fused_gemm = True  # one GEMM for all members (module doc); False: one per member
-        self.swiglu_gemm = True  # gate/up: silu(gate) · up in that GEMM's epilogue (module doc, `swiglu`)
 
     def check(self) -> None:
         """Raise ValueError unless every member's activation buffers are bitwise equal; remember them."""
@@ -124,35 +118,16 @@ class SharedInputQuantization:
         codes, scales = self.memo.get(self.slots[i], x, (self.generation,), lambda: module.quantize_input(x, fast))
         return module._matmul(codes, scales, x, fast)
 
-    def runs_swiglu(self, gate: W4A4Linear, up: W4A4Linear) -> bool:
-        """Whether `swiglu(gate, up, x)` may stand in for F.silu(gate(x)) * up(x): wanted (`swiglu_gemm`, and
-        `fused_gemm`), this group is exactly gate and up (packed weights, one width), and neither has module hooks
-        (`swiglu` does not call the modules)."""
-        first, last = (self.members + [None, None])[:2]
-        return (self.swiglu_gemm and self._gemm_fusable() and len(self.members) == 2 and gate is not up and
-                ((first is gate and last is up) or (first is up and last is gate)) and
-                gate.out_features == up.out_features and not _hooked(gate) and not _hooked(up))
-
-    def swiglu(self, gate: W4A4Linear, up: W4A4Linear, x: torch.Tensor) -> torch.Tensor:
-        """F.silu(gate(x)) * up(x) [..., N] in x's dtype from one GEMM whose epilogue applies the SwiGLU
-        (`w4a4_matmul_swiglu`). Bitwise equal under the reference kernels; on the GPU silu's fp32 exp may move a
-        rounding by one unit of x's dtype. Call only where `runs_swiglu(gate, up)`."""
-        if not torch.compiler.is_compiling() and not all(
-                _same_state(state, _act_state(m)) for state, m in zip(self._states, self.members)):
-            self.check()
-        return self._fused_matmul(x, (gate, up))
-
     def _gemm_fusable(self) -> bool:
         """One GEMM for the group: wanted, and every member's weight is packed (kept int8 copies are separate
         tensors: stacking them would cost a copy per call)."""
         return self.fused_gemm and all(m.weight_int8 is None for m in self.members)
 
-    def _fused_matmul(self, x: torch.Tensor, swiglu: tuple[W4A4Linear, W4A4Linear] | None = None) -> torch.Tensor:
+    def _fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """[..., sum of the members' out_features]: one GEMM against the members' weights stacked along N
         (`w4a4_matmul_stacked`). Each output element is computed as the member's own GEMM computes it (exact
-        integer sum, the same fp32 epilogue), so the slices equal the members' separate outputs bitwise.
-        swiglu = (gate, up): [..., N] silu(gate) · up instead (`w4a4_matmul_swiglu`)."""
-        members = self.members if swiglu is None else list(swiglu)
+        integer sum, the same fp32 epilogue), so the slices equal the members' separate outputs bitwise."""
+        members = self.members
         fast = all(m._fast_path(x) for m in members)
         if not fast:  # the public op checks the stacked sizes; each member's are checked here, with its buffers
             for m in members:
@@ -169,16 +144,15 @@ class SharedInputQuantization:
                               for m in members])
         packed = [m.weight_packed for m in members]
         k = members[0].in_features
-        op = "w4a4_matmul_stacked" if swiglu is None else "w4a4_matmul_swiglu"
         if fast:
-            out = registry.implementation(op, x.device)(codes.reshape(-1, k), scales.reshape(-1, 1), packed,
-                                                        weight_scale, bias, x.dtype)
+            out = registry.implementation("w4a4_matmul_stacked", x.device)(
+                codes.reshape(-1, k), scales.reshape(-1, 1), packed, weight_scale, bias, x.dtype)
         else:
-            out = getattr(kernels, op)(codes, scales, packed, weight_scale, bias, x.dtype)
+            out = kernels.w4a4_matmul_stacked(codes, scales, packed, weight_scale, bias, x.dtype)
             if not torch.compiler.is_compiling():
                 for m in members:
                     m._checked_buffers = m._kernel_buffers()  # the public ops accepted them
-        return out.reshape(*x.shape[:-1], weight_scale.numel() if swiglu is None else members[0].out_features)
+        return out.reshape(*x.shape[:-1], weight_scale.numel())
 
     def _member_slice(self, module: W4A4Linear, out: torch.Tensor) -> torch.Tensor:
         start = sum(m.out_features for m in self.members[:self._index(module)])
@@ -217,16 +191,7 @@ class SharedInputQuantization:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        # pickled by a faircalib before the group GEMM or its SwiGLU epilogue
-        self.__dict__.update({"fused_gemm": True, "swiglu_gemm": True, **state})
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether calling `module` would run forward hooks (its own or global ones)."""
-    from torch.nn.modules import module as torch_module
-
-    return bool(module._forward_hooks or module._forward_pre_hooks or torch_module._global_forward_hooks or
-                torch_module._global_forward_pre_hooks)
+        self.__dict__.update({"fused_gemm": True, **state})  # pickled by a faircalib before the group GEMM
 
 
 def share_input_quantization(modules: Sequence[W4A4Linear], names: Sequence[str] | None = None) -> None:

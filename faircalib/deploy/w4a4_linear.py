@@ -6,7 +6,7 @@ input transform as Kronecker factors (`channel_scale [K]`, `left [n1, n1]`, `rig
 block Hadamard rotation is rewritten into that form). Forward: `quantize_act_packed` (transform + per-token
 quantization) then `w4a4_matmul` (exact integer GEMM, fp32 scale epilogue). The kernel registry picks the PyTorch
 reference on CPU and Triton on CUDA. With `fuse_swiglu = True` a down projection is called as
-`forward_swiglu(gate, up)` by the models (`layers.swiglu_mlp`): its activation kernel computes silu(gate)·up itself,
+`forward_swiglu(gate, up)` by the models (`layers.swiglu_down`): its activation kernel computes silu(gate)·up itself,
 so the product never goes to memory. Off by default: on H100 it was correct but not faster than Inductor's own fused
 silu·up in compiled blocks (docs/design.md).
 
@@ -82,7 +82,7 @@ class W4A4Linear(nn.Module):
         self._unpacked_from: tuple | None = None  # (weight_packed, its _version) that weight_int8 was unpacked from
         self.shared_input: SharedInputQuantization | None = None  # set by share_input_quantization
         self._checked_buffers: tuple | None = None  # the buffers the public ops accepted (`_fast_path`)
-        self.fuse_swiglu = False  # `layers.swiglu_mlp` calls `forward_swiglu` when set (module doc)
+        self.fuse_swiglu = False  # `layers.swiglu_down` calls `forward_swiglu` when set (module doc)
 
     @classmethod
     def from_quant_linear(cls, ql: QuantLinear) -> "W4A4Linear":
@@ -166,7 +166,7 @@ class W4A4Linear(nn.Module):
 
     def forward_swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """self(F.silu(gate) * up), with the SwiGLU computed inside the activation kernel instead of written to
-        memory and read back (the models call this for their down projection: `layers.swiglu_mlp`). Module hooks
+        memory and read back (the models call this for their down projection: `layers.swiglu_down`). Module hooks
         do not fire for this entry point."""
         fast = self._fast_path(up)
         if fast and gate.shape == up.shape and gate.dtype == up.dtype and gate.device == up.device:

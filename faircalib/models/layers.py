@@ -67,15 +67,9 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def swiglu_mlp(gate_proj: nn.Module, up_proj: nn.Module, down: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """down(silu(gate_proj(x)) * up_proj(x)). Deployed W4A4 linears take shortcuts with the same result: gate and
-    up linked in one shared input quantization compute silu(gate) · up in their GEMM's epilogue
-    (`SharedInputQuantization.swiglu`); else a down projection with `fuse_swiglu` set gets gate and up and computes
-    their product inside its own input kernel."""
-    group = getattr(gate_proj, "shared_input", None)
-    if group is not None and group.runs_swiglu(gate_proj, up_proj):
-        return down(group.swiglu(gate_proj, up_proj, x))
-    gate, up = gate_proj(x), up_proj(x)
+def swiglu_down(down: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate) * up). A down projection that computes the SwiGLU inside its own input kernel (a deployed
+    W4A4Linear with `fuse_swiglu` set) gets gate and up instead of their product."""
     if getattr(down, "fuse_swiglu", False):
         return down.forward_swiglu(gate, up)
     return down(swiglu(gate, up))

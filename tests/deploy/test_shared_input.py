@@ -4,15 +4,11 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from faircalib.calib.quant_linear import QuantLinear
-from faircalib.config import QuantSpec
 from faircalib.deploy.shared_input import share_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, keep_weights_unpacked
 from faircalib.models import get_adapter
-from faircalib.models.layers import swiglu_mlp
 
 from .conftest import count_kernel_calls, linears_of_one_input, one_gemm_per_linear, quantized_tiny
 
@@ -53,60 +49,25 @@ def test_a_forward_quantizes_each_input_once(family, method, monkeypatch):
     assert torch.equal(got, want)  # the same codes: linking changes the work, not the numbers
 
 
-GEMMS = ("w4a4_matmul", "w4a4_matmul_stacked", "w4a4_matmul_swiglu", "int8_matmul")
+GEMMS = ("w4a4_matmul", "w4a4_matmul_stacked", "int8_matmul")
 
 
 def test_each_shared_input_takes_one_gemm(family, monkeypatch):
-    """q/k/v and gate/up: one unpack of their stacked weights and one INT8 GEMM (gate/up's with the SwiGLU in its
-    epilogue), equal bitwise to the members' separate outputs (reference kernels); `swiglu_gemm = False` gives
-    gate/up the plain stacked GEMM, `fused_gemm = False` a GEMM per member."""
+    """q/k/v and gate/up: one unpack of their stacked weights and one INT8 GEMM, whose column slices equal the
+    members' separate outputs bitwise; `fused_gemm = False` goes back to a GEMM per member."""
     deployed = quantized_tiny(family, "flatquant")
     convert_to_w4a4(deployed)
     adapter = get_adapter(deployed)
     unfused = one_gemm_per_linear(deployed)
-    no_swiglu = copy.deepcopy(deployed)
-    for m in no_swiglu.modules():
-        if isinstance(m, W4A4Linear) and m.shared_input is not None:
-            m.shared_input.swiglu_gemm = False
     ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
     calls = count_kernel_calls(monkeypatch, GEMMS)
     with torch.no_grad():
         got = adapter.logits(ids)
         blocks = len(adapter.blocks)
-        assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul_swiglu", "w4a4_matmul",
-                                        "w4a4_matmul"] * blocks)
-        calls.clear()
-        assert torch.equal(get_adapter(no_swiglu).logits(ids), got)
         assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul"] * 2 * blocks)
         calls.clear()
         assert torch.equal(get_adapter(unfused).logits(ids), got)
         assert calls == ["w4a4_matmul"] * 7 * blocks
-
-
-def test_swiglu_gemm_leaves_hooked_or_odd_groups_to_the_members(gen, monkeypatch):
-    """`swiglu_mlp` runs the SwiGLU GEMM only for a linked gate/up pair without module hooks; a hook on either
-    member, a group of another size or unlinked linears take the members' own forwards (and the hook fires)."""
-    gate, up, other = linears_of_one_input(gen, n_sizes=(24, 24, 24))
-    down = W4A4Linear.from_quant_linear(QuantLinear(nn.Linear(24, 96), QuantSpec(4), QuantSpec(4)))
-    x = torch.randn(2, 3, 96, generator=gen)
-    with torch.no_grad():
-        want = down(F.silu(gate(x)) * up(x))
-        share_input_quantization([gate, up])
-        calls = count_kernel_calls(monkeypatch, GEMMS)
-        assert torch.equal(swiglu_mlp(gate, up, down, x), want)
-        assert calls == ["w4a4_matmul_swiglu", "w4a4_matmul"]
-        seen = []
-        handle = up.register_forward_hook(lambda module, args, out: seen.append(out.shape))
-        calls.clear()
-        assert torch.equal(swiglu_mlp(gate, up, down, x), want)
-        assert seen == [(2, 3, 24)] and "w4a4_matmul_swiglu" not in calls
-        handle.remove()
-        assert gate.shared_input.runs_swiglu(gate, up) and gate.shared_input.runs_swiglu(up, gate)
-        assert not gate.shared_input.runs_swiglu(gate, gate) and not gate.shared_input.runs_swiglu(gate, other)
-        share_input_quantization([gate, up, other])
-        assert not gate.shared_input.runs_swiglu(gate, up)
-        calls.clear()
-        assert torch.equal(swiglu_mlp(gate, up, down, x), want) and "w4a4_matmul_swiglu" not in calls
 
 
 def test_group_gemm_slices_equal_the_members_outputs(gen, monkeypatch):

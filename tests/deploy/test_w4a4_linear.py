@@ -158,9 +158,7 @@ def test_down_projection_takes_the_swiglu_inside_its_kernel(family, monkeypatch)
     unfused = copy.deepcopy(deployed)
     for module in deployed.modules():
         if isinstance(module, W4A4Linear):
-            module.fuse_swiglu = True  # only down projections are called through layers.swiglu_mlp
-            if module.shared_input is not None:
-                module.shared_input.swiglu_gemm = False  # else gate/up's GEMM computes the SwiGLU first
+            module.fuse_swiglu = True  # only down projections are called through layers.swiglu_down
     calls = count_kernel_calls(monkeypatch)
     ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
