@@ -64,7 +64,9 @@ def memcpy_tbps() -> float:
 # 2026-12-06: with the left factor first, 2 programs per SM beat 8 for K = 12288's 128x128 tiles (+5-18%) and lost
 # for the smaller tiles; pipelining 2 deep and 128-row stacks stayed slower. The split-column kernel (K = 18944):
 # 0.34x memcpy with 8 warps against the chunked kernel's 0.15x; 4 warps 0.07x; stages and programs per SM changed
-# nothing. Variants run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
+# nothing. Later that day, with the factor sizes as compile-time constants (no more register spills): 0.41x
+# pipelined 2 deep, 0.52x 3 deep (shipped), 4 deep out of shared memory; K = 12288 1 deep 0.63x against 3 deep's
+# 0.57x without a channel scale but 0.41x against 0.44x with one (3 deep kept). Variants run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
@@ -80,6 +82,7 @@ ACT_VARIANTS = {
     "split_s2": dict(split_stages=2),
     "split_s4": dict(split_stages=4),
     "split_w4": dict(split_warps=4),
+    "split_w16": dict(split_warps=16),
     "split_p2": dict(split_programs_per_sm=2),
     "split_p2w4": dict(split_programs_per_sm=2, split_warps=4),
 }

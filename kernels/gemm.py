@@ -18,15 +18,17 @@ where a value sits on a rounding boundary: the MMAs sum in another order than to
 the scale's reciprocal instead of dividing each element (an IEEE division per element was the bottleneck: the
 reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). NaN/Inf rows are found by a NaN-propagating
 absmax, and codes come from the bits of the rounding add (no float-to-int conversion). Measured (BENCHMARKS.md,
-2026-12-06, bf16 factors, no channel scale, 16384 / 4096 tokens, `benchmarks/bench_gemm_gpu.py`): 0.75 / 0.58x
-(K = 3584), 0.80 / 0.65x (4096), 0.57 / 0.52x (12288) and 0.34 / 0.32x (18944, split columns; the chunked kernel
-ran 0.15 / 0.14x) of memcpy. Multiplying by the left factor first keeps that product in registers as the right
+2026-12-06, bf16 factors, no channel scale, 16384 / 4096 tokens, `benchmarks/explore_w4a4_gpu.py --parts act`):
+0.77 / 0.59x (K = 3584), 0.80 / 0.65x (4096), 0.57 / 0.45x (12288) and 0.52 / 0.47x (18944, split columns; the
+chunked kernel ran 0.15 / 0.14x) of memcpy. The factor sizes are compile-time constants: as runtime values the
+split kernel held its tiles' offsets in ~160 registers and spilled (0.34 / 0.32x then). Multiplying by the left factor first keeps that product in registers as the right
 MMA's A operand: up to 2.2x faster at 4096 tokens and with a channel scale, 4-6% slower without one at 16384
 tokens. Tried and slower: stacking two 64-row tokens per step with a blockdiag left factor, re-reading the factors
 each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an earlier variant that
 regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower; an earlier form of the
 split-column kernel (0.21x; miscompiled by Triton 3.6 with the right factor first); the split-column kernel with
-4 warps (0.07x), 2 programs per SM or pipelining 1 or 3 deep (no change).
+4 warps (0.07x), 2 programs per SM (no change), pipelining 1 or 2 deep (0.41x; 3 deep: 0.52x; 4 deep does not fit
+shared memory).
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
