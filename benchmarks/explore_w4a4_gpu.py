@@ -65,7 +65,7 @@ def memcpy_tbps() -> float:
 # for the smaller tiles; pipelining 2 deep and 128-row stacks stayed slower. The split-column kernel (K = 18944):
 # 0.34x memcpy with 8 warps against the chunked kernel's 0.15x; 4 warps 0.07x; stages and programs per SM changed
 # nothing. Later that day, with the factor sizes as compile-time constants (no more register spills): 0.41x
-# pipelined 2 deep, 0.52x 3 deep (shipped), 4 deep out of shared memory; K = 12288 1 deep 0.63x against 3 deep's
+# pipelined 2 deep, 0.52x 3 deep (shipped), 4 deep out of shared memory, 16 warps 0.19x; K = 12288 1 deep 0.63x against 3 deep's
 # 0.57x without a channel scale but 0.41x against 0.44x with one (3 deep kept). Variants run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
 ACT_VARIANTS = {
     "tile": dict(),
