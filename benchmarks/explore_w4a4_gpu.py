@@ -58,15 +58,16 @@ def memcpy_tbps() -> float:
     return 2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e9
 
 
-# Runs on 2026-11-22 (H100): pipelining depth 3 beat 1, 2 and 4 (+3-12%); 4, 8 or 16 programs per SM and 8 warps
-# instead of 4 did not help; stacking 2 tokens per step (blockdiag left factor) or re-reading the factors every step
-# was slower. The per-element IEEE division was the bottleneck: a reciprocal multiply ran 1.4-3.5x faster.
-# 2026-12-06: with the left factor first, 2 programs per SM beat 8 for K = 12288's 128x128 tiles (+5-18%) and lost
-# for the smaller tiles; pipelining 2 deep and 128-row stacks stayed slower. The split-column kernel (K = 18944):
-# 0.34x memcpy with 8 warps against the chunked kernel's 0.15x; 4 warps 0.07x; stages and programs per SM changed
-# nothing. Later that day, with the factor sizes as compile-time constants (no more register spills): 0.41x
-# pipelined 2 deep, 0.52x 3 deep (shipped), 4 deep out of shared memory, 16 warps 0.19x; K = 12288 1 deep 0.63x against 3 deep's
-# 0.57x without a channel scale but 0.41x against 0.44x with one (3 deep kept). Variants run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
+# Runs on 2026-11-22 (H100): pipelining depth 3 beat 1, 2 and 4 (+3-12%); 4, 8 or 16 programs per SM and 8 warps instead
+# of 4 did not help; stacking 2 tokens per step (blockdiag left factor) or re-reading the factors every step was slower.
+# The per-element IEEE division was the bottleneck: a reciprocal multiply ran 1.4-3.5x faster. 2026-12-06: with the left
+# factor first, 2 programs per SM beat 8 for K = 12288's 128x128 tiles (+5-18%) and lost for the smaller tiles;
+# pipelining 2 deep and 128-row stacks stayed slower. The split-column kernel (K = 18944): 0.34x memcpy with 8 warps
+# against the chunked kernel's 0.15x; 4 warps 0.07x; stages and programs per SM changed nothing. Later that day, with
+# the factor sizes as compile-time constants (no more register spills): 0.41x pipelined 2 deep, 0.52x 3 deep (shipped),
+# 4 deep out of shared memory, 16 warps 0.19x; K = 12288 1 deep 0.63x against 3 deep's 0.57x without a channel scale but
+# 0.41x against 0.44x with one (3 deep kept). Variants run in one process; `ACT_VARIANTS=a,b` picks some (one process
+# per variant survives a crash).
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),

@@ -19,16 +19,16 @@ the scale's reciprocal instead of dividing each element (an IEEE division per el
 reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). NaN/Inf rows are found by a NaN-propagating
 absmax, and codes come from the bits of the rounding add (no float-to-int conversion). Measured (BENCHMARKS.md,
 2026-12-06, bf16 factors, no channel scale, 16384 / 4096 tokens, `benchmarks/explore_w4a4_gpu.py --parts act`):
-0.77 / 0.59x (K = 3584), 0.80 / 0.65x (4096), 0.57 / 0.45x (12288) and 0.52 / 0.47x (18944, split columns; the
-chunked kernel ran 0.15 / 0.14x) of memcpy. The factor sizes are compile-time constants: as runtime values the
-split kernel held its tiles' offsets in ~160 registers and spilled (0.34 / 0.32x then). Multiplying by the left factor first keeps that product in registers as the right
-MMA's A operand: up to 2.2x faster at 4096 tokens and with a channel scale, 4-6% slower without one at 16384
-tokens. Tried and slower: stacking two 64-row tokens per step with a blockdiag left factor, re-reading the factors
-each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at K = 12288; an earlier variant that
-regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x slower; an earlier form of the
-split-column kernel (0.21x; miscompiled by Triton 3.6 with the right factor first); the split-column kernel with
-4 warps (0.07x), 2 programs per SM (no change), pipelining 1 or 2 deep (0.41x; 3 deep: 0.52x; 4 deep does not fit
-shared memory).
+0.77 / 0.59x (K = 3584), 0.80 / 0.65x (4096), 0.57 / 0.45x (12288) and 0.52 / 0.47x (18944, split columns; the chunked
+kernel ran 0.15 / 0.14x) of memcpy. The factor sizes are compile-time constants: as runtime values the split kernel
+held its tiles' offsets and masks in registers and spilled (0.34 / 0.32x then). Multiplying by the left factor first
+keeps that product in registers as the right MMA's A operand: up to 2.2x faster at 4096 tokens and with a channel
+scale, 4-6% slower without one at 16384 tokens. Tried and slower: stacking two 64-row tokens per step with a
+blockdiag left factor, re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at
+K = 12288; an earlier variant that regrouped a [BT·n1, n2] MMA result into [BT·n2, n1] for the left factor was 5x
+slower; an earlier form of the split-column kernel (0.21x; miscompiled by Triton 3.6 with the right factor first);
+the split-column kernel with 4 warps (0.07x), 2 programs per SM (no change), pipelining 1 or 2 deep (0.41x; 3 deep:
+0.52x; 4 deep does not fit shared memory).
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
@@ -241,17 +241,18 @@ def scaled_input(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: torc
 
 @triton.jit
 def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M, stride_xm, stride_cm,
-                               N1: tl.constexpr, N2: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_CLIP: tl.constexpr,
-                               BITS: tl.constexpr, B1: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr,
-                               STAGES: tl.constexpr):
+                               N1: tl.constexpr, N2: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                               HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, BA: tl.constexpr,
+                               BB: tl.constexpr, STAGES: tl.constexpr):
     """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [n1, n2] view held as two column
     blocks, a = [0, BA) and b = [BA, BA + BB) (masked to n2), instead of one block padded to next_pow2(n2).
     W = leftᵀ · X per block, then Y_a = W_a · R_aa + W_b · R_ba and Y_b = W_a · R_ab + W_b · R_bb, all in
     registers until the token's absmax is known. Factors are loaded once per program; quantization as the
     whole-tile kernel. No channel scale or gate here: the wrapper applies them first (in Triton 3.6 a
     channel-scale multiply in this kernel compiled to illegal memory accesses on H100, in every form tried).
-    N1 and N2 are compile-time constants: with them as runtime values, the tiles' offsets and masks held ~160
-    registers per thread and the kernel spilled (255 registers, 74 spilled; ncu, H100, 2026-12-06)."""
+    N1 and N2 are compile-time constants: with them as runtime values, each element's offset and mask in both
+    tile layouts took registers and the kernel spilled (255 registers, 74 spilled; 203 and none now; H100,
+    2026-12-06)."""
     qmax: tl.constexpr = (1 << (BITS - 1)) - 1
     qmin: tl.constexpr = -(1 << (BITS - 1))
     i = tl.arange(0, B1)
