@@ -14,8 +14,10 @@ One GEMM per input group (`SharedInputQuantization.fused_gemm`, on by default): 
 also runs one GEMM against the members' weights stacked along N (`w4a4_matmul_stacked`); each member returns its
 column slice, bitwise equal to its own GEMM's output. A wider GEMM fills the GPU better (H100: Dream-7B's 512-wide
 k/v inside a 4608-wide q/k/v GEMM; BENCHMARKS.md). The packed weights stay per member; the stack exists only as the
-GEMM's int8 operand. Not taken where the memo is not (inference tensors) or where weights are kept unpacked
-(stacking those copies would cost a copy per call): then one GEMM per member.
+GEMM's int8 operand. With weights kept unpacked (`keep_weights_unpacked(model)`), the members' int8 copies are
+row slices of one stacked tensor (`stack_kept_weights`) and the group's GEMM is `int8_matmul` on it. Not taken where
+the memo is not (inference tensors), or where a member's int8 copy is no longer its slice (unpacked again after its
+packed weight changed, moved by `.to()`, kept per module): then one GEMM per member.
 """
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ class SharedInputQuantization:
         self._remember()
         self._handed: tuple | None = None  # (x, result) within one traced forward (`_hand`)
         self.fused_gemm = True  # one GEMM for all members (module doc); False: one per member
+        self._kept: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None  # `stack_kept_weights`
 
     def check(self) -> None:
         """Raise ValueError unless every member's activation buffers are bitwise equal; remember them."""
@@ -111,7 +114,8 @@ class SharedInputQuantization:
         if not _same_state(self._states[i], _act_state(module)):
             self.check()
         if self._gemm_fusable():
-            key = (self.generation, *(t for m in self.members for t in (m.weight_packed, m.weight_scale, m.bias)))
+            key = (self.generation, self._kept_stack(),
+                   *(t for m in self.members for t in (m.weight_packed, m.weight_scale, m.bias)))
             if self.memo.memoizes(x, key):
                 return self._member_slice(module, self.memo.get(self.slots[i], x, key, lambda: self._fused_matmul(x)))
         fast = module._fast_path(x)
@@ -119,9 +123,43 @@ class SharedInputQuantization:
         return module._matmul(codes, scales, x, fast)
 
     def _gemm_fusable(self) -> bool:
-        """One GEMM for the group: wanted, and every member's weight is packed (kept int8 copies are separate
-        tensors: stacking them would cost a copy per call)."""
-        return self.fused_gemm and all(m.weight_int8 is None for m in self.members)
+        """One GEMM for the group: wanted, and either every member's weight is packed only or their int8 copies
+        are the slices of one stacked tensor (`_kept_stack`)."""
+        return self.fused_gemm and (all(m.weight_int8 is None for m in self.members) or
+                                    self._kept_stack() is not None)
+
+    def stack_kept_weights(self) -> None:
+        """Re-point the members' kept int8 weights (`W4A4Linear.keep_weight_unpacked`) at the row slices of one
+        stacked tensor, so the group's one GEMM reads them as they are (a stack built per call would cost a copy);
+        the memory is that of the separate copies. No stack unless every member keeps its int8 weight."""
+        self._kept = None
+        if any(m.weight_int8 is None for m in self.members):
+            return
+        with torch.no_grad():
+            stacked = torch.cat([m._unpacked_weight() for m in self.members])
+        views, start = [], 0
+        for m in self.members:
+            m.weight_int8 = stacked[start:start + m.out_features]
+            views.append(m.weight_int8)
+            start += m.out_features
+        self._kept = (stacked, tuple(views))
+
+    def _kept_stack(self) -> torch.Tensor | None:
+        """The stacked int8 weight while every member's int8 copy is still its slice; else None (one GEMM per
+        member), and eager calls release the stale stack. Eager calls first let each member unpack again if its
+        packed weight changed (which replaces its copy)."""
+        kept = self._kept
+        if kept is None:
+            return None
+        compiling = torch.compiler.is_compiling()
+        if not compiling:
+            for m in self.members:
+                m._unpacked_weight()
+        if all(m.weight_int8 is view for m, view in zip(self.members, kept[1])):
+            return kept[0]
+        if not compiling:
+            self._kept = None
+        return None
 
     def _fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """[..., sum of the members' out_features]: one GEMM against the members' weights stacked along N
@@ -137,18 +175,20 @@ class SharedInputQuantization:
                                      f"bias of a {m.out_features}-output member of a shared input quantization does "
                                      f"not hold one value per output channel")
         codes, scales = members[0].quantize_input(x, fast)
+        stacked = self._kept_stack()
         weight_scale = torch.cat([m.weight_scale.reshape(-1) for m in members])
         bias = None
         if any(m.bias is not None for m in members):
             bias = torch.cat([m.weight_scale.new_zeros(m.out_features) if m.bias is None else m.bias.float()
                               for m in members])
-        packed = [m.weight_packed for m in members]
+        weight = [m.weight_packed for m in members] if stacked is None else stacked
+        op = "w4a4_matmul_stacked" if stacked is None else "int8_matmul"
         k = members[0].in_features
         if fast:
-            out = registry.implementation("w4a4_matmul_stacked", x.device)(
-                codes.reshape(-1, k), scales.reshape(-1, 1), packed, weight_scale, bias, x.dtype)
+            out = registry.implementation(op, x.device)(codes.reshape(-1, k), scales.reshape(-1, 1), weight,
+                                                        weight_scale, bias, x.dtype)
         else:
-            out = kernels.w4a4_matmul_stacked(codes, scales, packed, weight_scale, bias, x.dtype)
+            out = getattr(kernels, op)(codes, scales, weight, weight_scale, bias, x.dtype)
             if not torch.compiler.is_compiling():
                 for m in members:
                     m._checked_buffers = m._kernel_buffers()  # the public ops accepted them
@@ -191,7 +231,8 @@ class SharedInputQuantization:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update({"fused_gemm": True, **state})  # pickled by a faircalib before the group GEMM
+        # pickled by a faircalib before the group GEMM or the stacked kept weights
+        self.__dict__.update({"fused_gemm": True, "_kept": None, **state})
 
 
 def share_input_quantization(modules: Sequence[W4A4Linear], names: Sequence[str] | None = None) -> None:

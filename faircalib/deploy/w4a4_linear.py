@@ -206,11 +206,14 @@ class W4A4Linear(nn.Module):
 
 
 def keep_weights_unpacked(model: nn.Module, keep: bool = True) -> int:
-    """`W4A4Linear.keep_weight_unpacked(keep)` on every W4A4Linear of `model` (memory for time: see there);
-    returns how many there are."""
+    """`W4A4Linear.keep_weight_unpacked(keep)` on every W4A4Linear of `model` (memory for time: see there), the
+    copies of linked linears stacked so that each group still runs one GEMM (`stack_kept_weights`); returns how
+    many linears there are."""
     linears = [m for m in model.modules() if isinstance(m, W4A4Linear)]
     for linear in linears:
         linear.keep_weight_unpacked(keep)
+    for group in {id(m.shared_input): m.shared_input for m in linears if m.shared_input is not None}.values():
+        group.stack_kept_weights()
     return len(linears)
 
 

@@ -70,6 +70,48 @@ def test_each_shared_input_takes_one_gemm(family, monkeypatch):
         assert calls == ["w4a4_matmul"] * 7 * blocks
 
 
+def test_kept_int8_weights_are_stacked_per_input(monkeypatch):
+    """`keep_weights_unpacked(model)` keeps each group's int8 copies as slices of one tensor, so a group still runs
+    one GEMM (`int8_matmul` on the stack), bitwise equal to the packed path; a member whose packed weight changes
+    unpacks again and the group falls back to a GEMM per member (stale stack released); copies keep the link;
+    keep=False returns to the packed stacked GEMM."""
+    deployed = quantized_tiny("dream", "flatquant")
+    convert_to_w4a4(deployed)
+    adapter = get_adapter(deployed)
+    blocks = len(adapter.blocks)
+    ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
+    calls = count_kernel_calls(monkeypatch, GEMMS)
+    with torch.no_grad():
+        want = adapter.logits(ids)
+        keep_weights_unpacked(deployed)
+        calls.clear()
+        assert torch.equal(adapter.logits(ids), want)
+        assert calls == ["int8_matmul"] * 4 * blocks
+        mlp = adapter.linears(adapter.blocks[0])
+        gate, up = mlp["gate"], mlp["up"]
+        assert gate.weight_int8._base is up.weight_int8._base is gate.shared_input._kept[0]
+
+        twin = copy.deepcopy(deployed)
+        calls.clear()
+        assert torch.equal(get_adapter(twin).logits(ids), want) and calls == ["int8_matmul"] * 4 * blocks
+
+        changed = copy.deepcopy(deployed)
+        keep_weights_unpacked(changed, False)
+        adapter_changed = get_adapter(changed)
+        adapter_changed.linears(adapter_changed.blocks[0])["gate"].weight_packed.zero_()
+        gate.weight_packed.zero_()  # in place: gate unpacks again, its copy is no longer the stack's slice
+        calls.clear()
+        assert torch.equal(adapter.logits(ids), adapter_changed.logits(ids))
+        assert calls.count("int8_matmul") == 4 * blocks + 1  # block 0's gate and up: one GEMM each
+        assert gate.shared_input._kept is None and up.weight_int8 is not None
+
+        keep_weights_unpacked(deployed, False)
+        assert all(m.weight_int8 is None for m in deployed.modules() if isinstance(m, W4A4Linear))
+        calls.clear()
+        adapter.logits(ids)
+        assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul"] * 2 * blocks)
+
+
 def test_group_gemm_slices_equal_the_members_outputs(gen, monkeypatch):
     q, k, v = linears_of_one_input(gen, n_sizes=(40, 7, 17))
     k.bias = None  # a member without a bias: zeros in the stacked epilogue
@@ -193,7 +235,7 @@ def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked):
 
     deployed = quantized_tiny("llada", "flatquant")
     convert_to_w4a4(deployed)
-    keep_weights_unpacked(deployed, unpacked)  # kept int8 weights: int8_matmul in the graph, still no breaks
+    keep_weights_unpacked(deployed, unpacked)  # kept int8 weights: int8_matmul on the stacks, still no breaks
     adapter = get_adapter(deployed)
     ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -208,8 +250,9 @@ def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked):
     calls = count_kernel_calls(monkeypatch, GEMMS)
     with torch.no_grad():
         adapter.logits(ids)
-    # packed weights: one GEMM per shared input, as in eager; kept int8 copies: one per linear
-    assert len(calls) == (7 if unpacked else 4) * len(adapter.blocks)
+    # one GEMM per shared input, as in eager: on the packed weights, or on the stacked int8 copies
+    assert sorted(set(calls)) == (["int8_matmul"] if unpacked else ["w4a4_matmul", "w4a4_matmul_stacked"])
+    assert len(calls) == 4 * len(adapter.blocks)
     assert torch.equal(got, want)
     assert not torch._dynamo.utils.counters["graph_break"]
     assert all(group._handed is None for group in {m.shared_input for m in deployed.modules()

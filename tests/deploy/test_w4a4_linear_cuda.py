@@ -1,10 +1,11 @@
 """W4A4Linear on a CUDA device (skipped in CPU-only CI): with q/k/v and gate/up in one stacked GEMM per input
 group, each linear's output equals its own GEMM's bitwise, and the logits (eager and compiled) stay those of one
-GEMM per linear."""
+GEMM per linear; with kept int8 weights (stacked per group) they equal the packed path's bitwise."""
 import pytest
 import torch
 
 from faircalib.deploy import convert_to_w4a4
+from faircalib.deploy.w4a4_linear import keep_weights_unpacked
 from faircalib.kernels import registry
 from faircalib.models import get_adapter
 
@@ -42,3 +43,16 @@ def test_stacked_gemms_on_cuda_equal_a_gemm_per_linear(family):
             for block in get_adapter(m).blocks:
                 block.compile()
         _close(get_adapter(model).logits(ids), get_adapter(unfused).logits(ids))
+
+
+def test_kept_int8_stacks_on_cuda_equal_the_packed_path(family):
+    """Kept int8 weights, stacked per input group: the same int8 operands as the packed path's unpacked stacks, the
+    same GEMM, so the logits are bitwise equal."""
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    model.cuda()
+    ids = torch.randint(0, 48, (3, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        want = get_adapter(model).logits(ids)
+        keep_weights_unpacked(model)
+        assert torch.equal(get_adapter(model).logits(ids), want)
