@@ -576,7 +576,7 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
               bias: torch.Tensor | None, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
     """a_codes int8 [M, K], a_scales fp32 [M, 1], w_int8 int8 [N, Kp] (Kp = padded_k(K), zero tail), w_scales
     fp32 [N], bias [N] | None -> [M, N] out_dtype = (A·Wᵀ in int32) · a_scale · w_scale (+ bias), written into
-    `out` when given (an [M, N] out_dtype view with unit column stride, e.g. a column slice of a wider output)."""
+    `out` when given (an [M, N] out_dtype view with unit column stride: a row block of the output, below)."""
     m, k = a_codes.shape
     n = w_int8.shape[0]
     if out is None:

@@ -107,26 +107,36 @@ class SharedInputQuantization:
         """module(x) for a member: its column slice of the group's one GEMM (`fused_gemm`), else its own GEMM on
         the codes the first member computed."""
         if torch.compiler.is_compiling():
-            if self._gemm_fusable():
-                return self._member_slice(module, self._hand(module, x, lambda: self._fused_matmul(x)))
+            weight = self._group_weight()
+            if weight is not None:
+                return self._member_slice(module, self._hand(module, x, lambda: self._fused_matmul(x, weight)))
             return module._matmul(*self._hand(module, x, lambda: module.quantize_input(x)), x, False)
         i = self._index(module)
         if not _same_state(self._states[i], _act_state(module)):
             self.check()
-        if self._gemm_fusable():
-            key = (self.generation, self._kept_stack(),
-                   *(t for m in self.members for t in (m.weight_packed, m.weight_scale, m.bias)))
+        weight = self._group_weight()
+        if weight is not None:
+            key = (self.generation, *(weight if isinstance(weight, list) else [weight]),
+                   *(t for m in self.members for t in (m.weight_scale, m.bias)))
             if self.memo.memoizes(x, key):
-                return self._member_slice(module, self.memo.get(self.slots[i], x, key, lambda: self._fused_matmul(x)))
+                return self._member_slice(module, self.memo.get(self.slots[i], x, key,
+                                                                lambda: self._fused_matmul(x, weight)))
         fast = module._fast_path(x)
         codes, scales = self.memo.get(self.slots[i], x, (self.generation,), lambda: module.quantize_input(x, fast))
         return module._matmul(codes, scales, x, fast)
 
-    def _gemm_fusable(self) -> bool:
-        """One GEMM for the group: wanted, and either every member's weight is packed only or their int8 copies
-        are the slices of one stacked tensor (`_kept_stack`)."""
-        return self.fused_gemm and (all(m.weight_int8 is None for m in self.members) or
-                                    self._kept_stack() is not None)
+    def _group_weight(self) -> torch.Tensor | list[torch.Tensor] | None:
+        """The operand of the group's one GEMM: the stacked kept int8 weight (`_kept_stack`), or the members'
+        packed weights where none keeps an int8 copy; None where the group runs a GEMM per member (`fused_gemm`
+        off, or int8 copies that are not one stack's slices)."""
+        if not self.fused_gemm:
+            return None
+        stacked = self._kept_stack()
+        if stacked is not None:
+            return stacked
+        if all(m.weight_int8 is None for m in self.members):
+            return [m.weight_packed for m in self.members]
+        return None
 
     def stack_kept_weights(self) -> None:
         """Re-point the members' kept int8 weights (`W4A4Linear.keep_weight_unpacked`) at the row slices of one
@@ -161,10 +171,11 @@ class SharedInputQuantization:
             self._kept = None
         return None
 
-    def _fused_matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def _fused_matmul(self, x: torch.Tensor, weight: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """[..., sum of the members' out_features]: one GEMM against the members' weights stacked along N
-        (`w4a4_matmul_stacked`). Each output element is computed as the member's own GEMM computes it (exact
-        integer sum, the same fp32 epilogue), so the slices equal the members' separate outputs bitwise."""
+        (`w4a4_matmul_stacked` on the packed weights, or `int8_matmul` on the stacked kept copy: `_group_weight`).
+        Each output element is computed as the member's own GEMM computes it (exact integer sum, the same fp32
+        epilogue), so the slices equal the members' separate outputs bitwise."""
         members = self.members
         fast = all(m._fast_path(x) for m in members)
         if not fast:  # the public op checks the stacked sizes; each member's are checked here, with its buffers
@@ -175,14 +186,12 @@ class SharedInputQuantization:
                                      f"bias of a {m.out_features}-output member of a shared input quantization does "
                                      f"not hold one value per output channel")
         codes, scales = members[0].quantize_input(x, fast)
-        stacked = self._kept_stack()
         weight_scale = torch.cat([m.weight_scale.reshape(-1) for m in members])
         bias = None
         if any(m.bias is not None for m in members):
             bias = torch.cat([m.weight_scale.new_zeros(m.out_features) if m.bias is None else m.bias.float()
                               for m in members])
-        weight = [m.weight_packed for m in members] if stacked is None else stacked
-        op = "w4a4_matmul_stacked" if stacked is None else "int8_matmul"
+        op = "w4a4_matmul_stacked" if isinstance(weight, list) else "int8_matmul"
         k = members[0].in_features
         if fast:
             out = registry.implementation(op, x.device)(codes.reshape(-1, k), scales.reshape(-1, 1), weight,
