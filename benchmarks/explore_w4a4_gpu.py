@@ -86,6 +86,11 @@ ACT_VARIANTS = {
     "split_w16": dict(split_warps=16),
     "split_p2": dict(split_programs_per_sm=2),
     "split_p2w4": dict(split_programs_per_sm=2, split_warps=4),
+    "split_fused": dict(split_fuses_input=True),
+    "split_rows": dict(split_over_tile=True),
+    "split_rows_s2": dict(split_over_tile=True, split_stages=2),
+    "split_rows_p2": dict(split_over_tile=True, split_programs_per_sm=2),
+    "split_rows_fused": dict(split_over_tile=True, split_fuses_input=True),
 }
 PLAIN_TILES = (4096,)
 
@@ -102,7 +107,7 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
         want_c, want_s = (t.cuda() for t in gemm_reference.quantize_act_packed(
             small.cpu(), None, left.float().cpu(), right.float().cpu(), None, 4))
         gemm.ACT_LAUNCH.__dict__.update(default)
-        splittable = gemm.split_columns(n1, n2, torch.bfloat16) is not None
+        splittable = gemm.split_layout(n1, n2, torch.bfloat16) is not None
         only = os.environ.get("ACT_VARIANTS")
         for name, overrides in ACT_VARIANTS.items():
             if only and name not in only.split(","):
@@ -114,14 +119,18 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
             if name.startswith("chunk") and k <= 4096:
                 continue  # whole tiles fit: the chunked kernel is never chosen there
             if name.startswith("split") and not splittable:
-                continue  # n2 a power of two: nothing to split
+                continue  # no block split narrower than the padded tile
             if name.startswith("tile_rows") and k > 4096:
                 continue  # one token already fills 128 rows
             gemm.ACT_LAUNCH.__dict__.update(default, **overrides)
             rec = {"K": k, "kron": f"{n1}x{n2}", "variant": name}
+            known = {id(compiled) for _, compiled in _compiled_act_kernels()}
             try:
                 c, s = gemm.quantize_act_packed(small, None, left, right, None, 4)
+                gemm.quantize_act_packed(small, channel_scale, left, right, None, 4)
                 torch.cuda.synchronize()
+                rec["compiled"] = " ".join(f"{fn.fn.__name__[14:]}:{compiled.n_regs}r/{compiled.n_spills}s"
+                                           for fn, compiled in _compiled_act_kernels() if id(compiled) not in known)
                 diff = (c.int() - want_c.int()).abs()
                 rec.update(code_max_diff=int(diff.max()), code_frac_diff=float((diff > 0).float().mean()),
                            scale_max_rel=float(((s - want_s).abs() / want_s.abs().clamp_min(1e-30)).max()))
@@ -546,17 +555,22 @@ def profile_part(log, widths: tuple[int, ...]) -> list[dict]:
             gemm.quantize_act_packed(x, None, left, right, None, 4)
         torch.cuda.synchronize()
     records = []
-    for fn in (gemm._quantize_act_kernel, gemm._quantize_act_split_kernel, gemm._quantize_act_chunked_kernel):
-        for cache in fn.device_caches.values():
-            for compiled in cache[0].values():
-                ptx = compiled.asm.get("ptx", "")
-                rec = {"kernel": fn.fn.__name__, "regs": compiled.n_regs, "spills": compiled.n_spills,
-                       "shared": compiled.metadata.shared, "warps": compiled.metadata.num_warps,
-                       "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
-                       "wgmma_wait": ptx.count("wgmma.wait_group"), "cp_async": ptx.count("cp.async.")}
-                log("profile " + ", ".join(f"{key}={val}" for key, val in rec.items()))
-                records.append(rec)
+    for fn, compiled in _compiled_act_kernels():
+        ptx = compiled.asm.get("ptx", "")
+        rec = {"kernel": fn.fn.__name__, "regs": compiled.n_regs, "spills": compiled.n_spills,
+               "shared": compiled.metadata.shared, "warps": compiled.metadata.num_warps,
+               "wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"),
+               "wgmma_wait": ptx.count("wgmma.wait_group"), "cp_async": ptx.count("cp.async.")}
+        log("profile " + ", ".join(f"{key}={val}" for key, val in rec.items()))
+        records.append(rec)
     return records
+
+
+def _compiled_act_kernels() -> list:
+    """(jit function, compiled kernel) for every activation kernel compiled in this process so far."""
+    return [(fn, compiled)
+            for fn in (gemm._quantize_act_kernel, gemm._quantize_act_split_kernel, gemm._quantize_act_chunked_kernel)
+            for cache in fn.device_caches.values() for compiled in cache[0].values()]
 
 
 def main() -> None:

@@ -251,13 +251,13 @@ def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -
 @torch._dynamo.assume_constant_result
 def _channel_scale_pass(device_type: str, n1: int, n2: int, dtype: torch.dtype) -> bool:
     """Whether the Triton kernels apply the channel scale of an (n1, n2) transform in a pass of its own
-    (`gemm.scaled_input`, in front of the split-column kernel). Called while torch.compile traces, whose result is
+    (`gemm.scaled_input`, in front of the split kernel). Called while torch.compile traces, whose result is
     taken as a constant: the backend choice is fixed when a graph is compiled."""
     if device_type != "cuda" or registry.backend(torch.device(device_type)) != "triton":
         return False
     from . import gemm
 
-    return not gemm.fused_transform_supported(n1, n2, dtype) and gemm.split_columns(n1, n2, dtype) is not None
+    return gemm.input_pass(n1, n2, dtype)
 
 
 def quantize_act_packed(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio | None = None,

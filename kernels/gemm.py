@@ -69,10 +69,12 @@ class ActLaunch:
     """How `quantize_act_packed` runs (defaults picked on H100 with `benchmarks/explore_w4a4_gpu.py`).
 
     Transforms whose padded [p1, p2] tile holds <= `fused_max_tile` elements and fits `fused_max_smem` take the
-    whole-tile kernel (tokens stacked up to `transform_rows` rows per step); larger ones with n2 not a power of two
-    the split-column kernel (`split_columns`: tiles up to `split_max_tile` elements, factors up to
-    `split_max_factor_bytes`; `split_programs_per_sm`, `split_stages`, `split_warps`), as Dream's 128x148 at
-    K = 18944; the rest (fp32 factors at K = 12288, 18944) the chunked kernel: `chunk_j` output columns at a time,
+    whole-tile kernel (tokens stacked up to `transform_rows` rows per step); larger ones whose n2 (or n1) splits
+    into narrower blocks than its padding the split kernel (`split_layout`: tiles up to `split_max_tile` elements,
+    factors up to `split_max_factor_bytes`; `split_programs_per_sm`, `split_stages`, `split_warps`), as Dream's
+    128x148 at K = 18944; `split_over_tile`: the split kernel also where a whole tile fits (K = 12288's 96x128 as
+    128 x (64 + 32)); `split_fuses_input`: the split kernel applies gate and channel scale itself instead of a
+    pass in front (`scaled_input`); the rest (fp32 factors at K = 12288, 18944) the chunked kernel: `chunk_j` output columns at a time,
     contracting over `chunk_k`-column slices, values parked in an fp32 per-program scratch row (L2-resident)
     until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
@@ -88,6 +90,8 @@ class ActLaunch:
     plain_max_k: int = 8192
     split_max_tile: int = 128 * 160
     split_max_factor_bytes: int = 96 * 1024
+    split_over_tile: bool = False
+    split_fuses_input: bool = False
     split_programs_per_sm: int = 1
     split_stages: int = 3
     split_warps: int = 8
@@ -118,19 +122,49 @@ def fused_transform_supported(n1: int, n2: int, dtype: torch.dtype) -> bool:
 
 
 def split_columns(n1: int, n2: int, dtype: torch.dtype) -> tuple[int, int, int] | None:
-    """(B1, BA, BB) when a transform that does not fit the whole-tile kernel runs in the split-column one: n2 split
-    into a power-of-two block BA and a remainder block BB = next_pow2(n2 - BA), which saves MMA work and registers
-    over padding to next_pow2(n2) (K = 18944: 128 + 32 = 160 columns instead of 256); None otherwise (the chunked
-    kernel). Limits: `ActLaunch.split_max_tile` elements per token tile and `split_max_factor_bytes` of factors."""
+    """(B1, BA, BB) when a transform's [n1, n2] token view runs in the split-column kernel: n2 split into a
+    power-of-two block BA and a remainder block BB = next_pow2(n2 - BA), which saves MMA work and registers over
+    padding to next_pow2(n2) (K = 18944: 128 + 32 = 160 columns instead of 256); None where the blocks would not be
+    narrower than the padded width or are under 16 columns. Limits: `ActLaunch.split_max_tile` elements per token
+    tile and `split_max_factor_bytes` of factors."""
     b1, ba = _pow2(n1), 1 << (n2.bit_length() - 1)
     if ba == n2 or ba < 16:
         return None
     bb = _pow2(n2 - ba)
     elem = torch.finfo(dtype).bits // 8
     factor_bytes = elem * (b1 * b1 + (ba + bb) ** 2)
-    if b1 * (ba + bb) > ACT_LAUNCH.split_max_tile or factor_bytes > ACT_LAUNCH.split_max_factor_bytes:
+    if ba + bb >= _pow2(n2) or b1 * (ba + bb) > ACT_LAUNCH.split_max_tile or \
+            factor_bytes > ACT_LAUNCH.split_max_factor_bytes:
         return None
     return b1, ba, bb
+
+
+def split_layout(n1: int, n2: int, dtype: torch.dtype) -> tuple[int, int, int, bool] | None:
+    """(B1, BA, BB, transposed) for the split kernel: the token's [n1, n2] view split by columns (`split_columns`),
+    else its transpose [n2, n1] split by columns, i.e. the rows split (K = 12288's 96x128: 64 + 32 rows instead of
+    a 128x128 padded tile, a third fewer MMA flops); None if neither saves work."""
+    columns = split_columns(n1, n2, dtype)
+    if columns is not None:
+        return (*columns, False)
+    rows = split_columns(n2, n1, dtype)
+    return None if rows is None else (*rows, True)
+
+
+def act_path(n1: int, n2: int, dtype: torch.dtype | None) -> str:
+    """Which kernel `quantize_act_packed` runs for an (n1, n2) transform whose factors are `dtype` (None: no
+    transform): "tile", "split" or "chunked" (`ActLaunch` documents the choice)."""
+    if dtype is None:
+        return "tile"
+    split = split_layout(n1, n2, dtype) is not None
+    if fused_transform_supported(n1, n2, dtype) and not (split and ACT_LAUNCH.split_over_tile):
+        return "tile"
+    return "split" if split else "chunked"
+
+
+def input_pass(n1: int, n2: int, dtype: torch.dtype) -> bool:
+    """Whether a channel scale or gate of an (n1, n2) transform is applied by a pass of its own (`scaled_input`)
+    in front of the kernel, rather than inside it."""
+    return act_path(n1, n2, dtype) == "split" and not ACT_LAUNCH.split_fuses_input
 
 
 @triton.jit
@@ -140,6 +174,20 @@ def _swiglu(gate, up):
     g = gate.to(tl.float32)
     silu = cast_rne(g / (1.0 + tl.exp(-g)), up.dtype)
     return cast_rne(silu.to(tl.float32) * up.to(tl.float32), up.dtype)
+
+
+@triton.jit
+def _token_scale(absmax, clip, BITS: tl.constexpr):
+    """A token's scale clip · absmax / (2^(BITS-1) - 1), with the IEEE division the reference does (once per
+    token, so its cost does not matter)."""
+    return tl.math.div_rn(clip * absmax, tl.full(absmax.shape, (1 << (BITS - 1)) - 1, tl.float32))
+
+
+@triton.jit
+def _codes(v, zero, BITS: tl.constexpr):
+    """v (values already divided by their token's scale) -> int32 codes, rounded half to even and clamped to the
+    BITS-bit range; 0 where `zero` (NaN/Inf tokens and all-zero ones)."""
+    return tl.where(zero, 0, clamp_round_to_int(v, -(1 << (BITS - 1)) * 1.0, ((1 << (BITS - 1)) - 1) * 1.0))
 
 
 @triton.jit
@@ -154,8 +202,6 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
     and the channel scale are loaded once per program. Steps are software-pipelined STAGES deep. RECIP (transform
     paths): multiply by the scale's reciprocal instead of dividing element by element. N1 and N2 are compile-time
     constants, so every element's offset folds into an immediate instead of taking a register."""
-    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
-    qmin: tl.constexpr = -(1 << (BITS - 1))
     ROWS: tl.constexpr = TOKENS * B1
     r = tl.arange(0, ROWS)
     a = r % B1
@@ -191,7 +237,7 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
             tok_max = tl.reduce(tl.reshape(row_max, (TOKENS, B1)), 1, nan_max)
         # A NaN-propagating absmax is NaN or +Inf exactly for tokens holding NaN or ±Inf: no per-element test
         tok_bad = ((tok_max != tok_max) | (tok_max == float("inf"))).to(tl.int32)
-        tok_scale = tl.math.div_rn(clip * tok_max, tl.full(tok_max.shape, qmax, tl.float32))
+        tok_scale = _token_scale(tok_max, clip, BITS)
         bad, scale = tok_bad, tok_scale
         if B1 > 1:  # back to the token's rows
             bad = tl.reshape(tl.broadcast_to(tok_bad[:, None], (TOKENS, B1)), (ROWS,))
@@ -200,7 +246,7 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
             v = y * (1.0 / tl.where(scale > 0, scale, 1.0))[:, None]
         else:
             v = tl.math.div_rn(y, tl.zeros_like(y) + tl.where(scale > 0, scale, 1.0)[:, None])
-        q = tl.where(((bad > 0) | (scale == 0))[:, None], 0, clamp_round_to_int(v, qmin * 1.0, qmax * 1.0))
+        q = _codes(v, ((bad > 0) | (scale == 0))[:, None], BITS)
         tl.store(codes_ptr + tok[:, None] * stride_cm + flat, q.to(tl.int8), mask=mask)
         tok_ids = step * TOKENS + tl.arange(0, TOKENS)
         tl.store(scales_ptr + tok_ids, tl.where(tok_bad > 0, float("nan"), tok_scale), mask=tok_ids < M)
@@ -240,29 +286,36 @@ def scaled_input(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: torc
 
 
 @triton.jit
-def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M, stride_xm, stride_cm,
-                               N1: tl.constexpr, N2: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+def _quantize_act_split_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M,
+                               stride_xm, stride_cm, N1: tl.constexpr, N2: tl.constexpr, GATED: tl.constexpr,
+                               HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                                HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, BA: tl.constexpr,
-                               BB: tl.constexpr, STAGES: tl.constexpr):
-    """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [n1, n2] view held as two column
-    blocks, a = [0, BA) and b = [BA, BA + BB) (masked to n2), instead of one block padded to next_pow2(n2).
+                               BB: tl.constexpr, TRANSPOSED: tl.constexpr, STAGES: tl.constexpr):
+    """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [N1, N2] view held as two column
+    blocks, a = [0, BA) and b = [BA, BA + BB) (masked to N2), instead of one block padded to next_pow2(N2).
     W = leftᵀ · X per block, then Y_a = W_a · R_aa + W_b · R_ba and Y_b = W_a · R_ab + W_b · R_bb, all in
-    registers until the token's absmax is known. Factors are loaded once per program; quantization as the
-    whole-tile kernel. No channel scale or gate here: the wrapper applies them first (in Triton 3.6 a
-    channel-scale multiply in this kernel compiled to illegal memory accesses on H100, in every form tried).
-    N1 and N2 are compile-time constants: with them as runtime values, each element's offset and mask in both
-    tile layouts took registers and the kernel spilled (255 registers, 74 spilled; 203 and none now; H100,
-    2026-12-06)."""
-    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
-    qmin: tl.constexpr = -(1 << (BITS - 1))
+    registers until the token's absmax is known. TRANSPOSED: the view is the transpose of the token's (the wrapper
+    swaps the factors: (Lᵀ X R)ᵀ = Rᵀ Xᵀ L), so rows of the transform are split (K = 12288's 96x128 as 128 x
+    (64 + 32)); element (i, j) of the view lies at j·N1 + i. Factors (and the channel scale) are loaded once per
+    program; quantization as the whole-tile kernel. GATED / HAS_CS: silu(gate) · x and the channel scale as the
+    tokens load, or by the wrapper's pass in front (`ActLaunch.split_fuses_input`). N1 and N2 are compile-time
+    constants: with them as runtime values, each element's offset and mask in both tile layouts took registers and
+    the kernel spilled (255 registers, 74 spilled; 203 and none now; H100, 2026-12-06)."""
     i = tl.arange(0, B1)
     ja = tl.arange(0, BA)
     jb = BA + tl.arange(0, BB)
     row_in = i < N1
     in_a = row_in[:, None] & (ja < N2)[None, :]
     in_b = row_in[:, None] & (jb < N2)[None, :]
-    flat_a = i[:, None] * N2 + ja[None, :]
-    flat_b = i[:, None] * N2 + jb[None, :]
+    if TRANSPOSED:
+        flat_a = i[:, None] + ja[None, :] * N1
+        flat_b = i[:, None] + jb[None, :] * N1
+    else:
+        flat_a = i[:, None] * N2 + ja[None, :]
+        flat_b = i[:, None] * N2 + jb[None, :]
+    if HAS_CS:
+        cs_a = tl.load(cs_ptr + flat_a, mask=in_a, other=0.0).to(tl.float32)
+        cs_b = tl.load(cs_ptr + flat_b, mask=in_b, other=0.0).to(tl.float32)
     if HAS_LEFT:  # leftᵀ
         left_t = tl.load(left_ptr + i[None, :] * N1 + i[:, None], mask=row_in[:, None] & row_in[None, :], other=0.0)
     if HAS_RIGHT:
@@ -275,6 +328,12 @@ def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, 
     for t in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=STAGES):
         xa = tl.load(x_ptr + t * stride_xm + flat_a, mask=in_a, other=0.0)
         xb = tl.load(x_ptr + t * stride_xm + flat_b, mask=in_b, other=0.0)
+        if GATED:
+            xa = _swiglu(tl.load(gate_ptr + t * stride_xm + flat_a, mask=in_a, other=0.0), xa)
+            xb = _swiglu(tl.load(gate_ptr + t * stride_xm + flat_b, mask=in_b, other=0.0), xb)
+        if HAS_CS:
+            xa = xa.to(tl.float32) * cs_a
+            xb = xb.to(tl.float32) * cs_b
         if HAS_LEFT:
             xa = tl.dot(left_t, xa.to(left_t.dtype))
             xb = tl.dot(left_t, xb.to(left_t.dtype))
@@ -289,11 +348,11 @@ def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, 
         absmax = nan_max(tl.reduce(tl.reduce(tl.abs(ya), 1, nan_max), 0, nan_max),
                          tl.reduce(tl.reduce(tl.abs(yb), 1, nan_max), 0, nan_max))
         bad = (absmax != absmax) | (absmax == float("inf"))
-        scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
+        scale = _token_scale(absmax, clip, BITS)
         inv = 1.0 / tl.where(scale > 0, scale, 1.0)
         zero = bad | (scale == 0)
-        qa = tl.where(zero, 0, clamp_round_to_int(ya * inv, qmin * 1.0, qmax * 1.0))
-        qb = tl.where(zero, 0, clamp_round_to_int(yb * inv, qmin * 1.0, qmax * 1.0))
+        qa = _codes(ya * inv, zero, BITS)
+        qb = _codes(yb * inv, zero, BITS)
         tl.store(codes_ptr + t * stride_cm + flat_a, qa.to(tl.int8), mask=in_a)
         tl.store(codes_ptr + t * stride_cm + flat_b, qb.to(tl.int8), mask=in_b)
         tl.store(scales_ptr + t, tl.where(bad, float("nan"), scale))
@@ -308,8 +367,6 @@ def _quantize_act_chunked_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, c
     """Chunked path for large factors. Per token, pass 1: for each BJ-column slice of the output,
     z = (X ⊙ C) · right[:, slice] (contracted BK columns at a time), y = leftᵀ · z, running absmax, y to this
     program's fp32 scratch [B1, SCRATCH_W]; pass 2: quantize the scratch with the token's scale."""
-    qmax: tl.constexpr = (1 << (BITS - 1)) - 1
-    qmin: tl.constexpr = -(1 << (BITS - 1))
     i = tl.arange(0, B1)
     jj = tl.arange(0, BJ)
     kk = tl.arange(0, BK)
@@ -346,12 +403,10 @@ def _quantize_act_chunked_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, c
             tl.store(scratch + (j0 + jj)[None, :], y)
         # Pass 2 reads values other threads wrote, and the next token overwrites them: barriers on both sides.
         tl.debug_barrier()
-        scale = tl.math.div_rn(clip * absmax, tl.full(absmax.shape, qmax, tl.float32))
+        scale = _token_scale(absmax, clip, BITS)
         inv = 1.0 / tl.where(scale > 0, scale, 1.0)
         for j0 in range(0, N2, BJ):
-            y = tl.load(scratch + (j0 + jj)[None, :])
-            v = y * inv
-            q = tl.where((bad > 0) | (scale == 0), 0, clamp_round_to_int(v, qmin * 1.0, qmax * 1.0))
+            q = _codes(tl.load(scratch + (j0 + jj)[None, :]) * inv, (bad > 0) | (scale == 0), BITS)
             tl.store(codes_ptr + t * stride_cm + i[:, None] * N2 + (j0 + jj)[None, :], q.to(tl.int8),
                      mask=row_in[:, None] & ((j0 + jj) < N2)[None, :])
         tl.store(scales_ptr + t, tl.where(bad > 0, float("nan"), scale))
@@ -422,7 +477,8 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
                  HAS_CLIP=clip is not None, BITS=bits)
     clip_arg = dummy if clip is None else clip.reshape(())
     factor = left if left is not None else right
-    if factor is None or fused_transform_supported(n1, n2, factor.dtype):
+    path = act_path(n1, n2, None if factor is None else factor.dtype)
+    if path == "tile":
         b1 = _pow2(n1) if factor is not None else 1
         b2 = _pow2(n2) if factor is not None else triton.next_power_of_2(n2)
         # Tokens per step: stack them up to `transform_rows` rows (transforms) or `plain_tile` elements (none).
@@ -433,17 +489,21 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
             codes.stride(0), n1, n2, **flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens,
             STAGES=cfg.stages, RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
         return codes, scales
-    split = split_columns(n1, n2, factor.dtype)
-    if split is not None:
-        # The gate and channel scale in a pass of their own (see the split kernel's doc), rounded as the whole-tile
-        # kernel rounds the scaled input for its MMA.
-        if gate is not None or channel_scale is not None:
+    if path == "split":
+        if (gate is not None or channel_scale is not None) and input_pass(n1, n2, factor.dtype):
+            # Rounded as the whole-tile kernel rounds the scaled input for its MMA.
             x = scaled_input(x, gate, channel_scale, factor.dtype)
-        b1, ba, bb = split
+            gate = channel_scale = None
+        b1, ba, bb, transposed = split_layout(n1, n2, factor.dtype)
+        # A transposed view swaps the factors' roles: (leftᵀ X right)ᵀ = rightᵀ Xᵀ left.
+        view_left, view_right = (right, left) if transposed else (left, right)
         _quantize_act_split_kernel[(_programs(m, x.device, cfg.split_programs_per_sm),)](
-            x, dummy if left is None else left.contiguous(), dummy if right is None else right.contiguous(), clip_arg,
-            codes, scales, m, x.stride(0), codes.stride(0), n1, n2, HAS_LEFT=left is not None,
-            HAS_RIGHT=right is not None, HAS_CLIP=clip is not None, BITS=bits, B1=b1, BA=ba, BB=bb,
+            x, x if gate is None else gate, dummy if channel_scale is None else channel_scale.contiguous(),
+            dummy if view_left is None else view_left.contiguous(),
+            dummy if view_right is None else view_right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
+            codes.stride(0), n2 if transposed else n1, n1 if transposed else n2, GATED=gate is not None,
+            HAS_CS=channel_scale is not None, HAS_LEFT=view_left is not None, HAS_RIGHT=view_right is not None,
+            HAS_CLIP=clip is not None, BITS=bits, B1=b1, BA=ba, BB=bb, TRANSPOSED=transposed,
             STAGES=cfg.split_stages, num_warps=cfg.split_warps)
         return codes, scales
     if right is None:  # the chunked kernel contracts through `right`: the identity stands in for a missing one

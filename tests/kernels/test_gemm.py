@@ -146,20 +146,27 @@ def _act_args(n1, n2, parts, gen, clip=None):
 
 CHUNKED = gemm.ActLaunch(fused_max_tile=0, split_max_tile=0, chunk_j=32, chunk_k=16)  # small slices: the tests
 # cross their boundaries
-SPLIT = gemm.ActLaunch(fused_max_tile=0)  # transforms with n2 not a power of two take the split-column kernel
+SPLIT = gemm.ActLaunch(fused_max_tile=0)  # transforms that split into narrower blocks take the split kernel
+SPLIT_ROWS = gemm.ActLaunch(split_over_tile=True)  # ... also where a whole tile fits (n1 split: transposed view)
+SPLIT_FUSED = gemm.ActLaunch(fused_max_tile=0, split_fuses_input=True)  # channel scale and gate in the kernel
+SPLIT_ROWS_FUSED = gemm.ActLaunch(split_over_tile=True, split_fuses_input=True)
 
 
 @pytest.mark.parametrize("n1,n2,parts,launch", [
     (1, 200, "", None), (64, 64, "lr", None), (56, 64, "clr", None), (32, 128, "cr", None), (16, 48, "l", None),
     (16, 100, "lr", None), (96, 128, "clr", CHUNKED), (20, 148, "lr", CHUNKED), (7, 33, "clr", CHUNKED),
-    (16, 100, "r", CHUNKED), (17, 40, "cl", CHUNKED), (1, 64, "r", CHUNKED), (20, 148, "lr", SPLIT),
-    (7, 33, "clr", SPLIT), (16, 100, "r", SPLIT), (17, 40, "cl", SPLIT), (1, 148, "cr", SPLIT), (5, 24, "l", SPLIT)])
+    (16, 100, "r", CHUNKED), (17, 40, "cl", CHUNKED), (1, 64, "r", CHUNKED), (20, 80, "lr", SPLIT),
+    (7, 33, "clr", SPLIT), (16, 80, "r", SPLIT), (17, 40, "cl", SPLIT), (1, 80, "cr", SPLIT), (5, 40, "l", SPLIT),
+    (40, 16, "clr", SPLIT), (48, 32, "lr", SPLIT_ROWS), (40, 16, "cl", SPLIT_ROWS), (20, 80, "clr", SPLIT_FUSED),
+    (48, 32, "clr", SPLIT_ROWS_FUSED)])
 def test_act_quant_matches_reference(gen, monkeypatch, n1, n2, parts, launch):
     if launch is not None:
         monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
     x = torch.randn(9, n1 * n2, generator=gen).to(torch.bfloat16)
     x[3] = 0
     args = _act_args(n1, n2, parts, gen, torch.tensor(0.9))
+    want_path = "chunked" if launch is CHUNKED else "tile" if launch is None else "split"
+    assert gemm.act_path(n1, n2, torch.float32 if "l" in parts or "r" in parts else None) == want_path
     codes, scales = gemm.quantize_act_packed(x, *args)
     want_codes, want_scales = ref.quantize_act_packed(x, *args)
     torch.testing.assert_close(scales, want_scales, rtol=1e-6, atol=0)
@@ -182,6 +189,14 @@ def test_act_quant_path_choice_follows_factor_size():
     assert gemm.split_columns(128, 148, torch.float32) is None  # fp32 factors: too large, chunked
     assert gemm.split_columns(96, 128, torch.bfloat16) is None  # a power of two: nothing to split
     assert gemm.split_columns(4, 12, torch.bfloat16) is None  # blocks under 16 columns: chunked
+    assert gemm.split_columns(16, 100, torch.bfloat16) is None  # 64 + 64 columns: no narrower than 128 padded
+    assert gemm.split_layout(128, 148, torch.bfloat16) == (128, 128, 32, False)
+    assert gemm.split_layout(96, 128, torch.bfloat16) == (128, 64, 32, True)  # rows split: 128 x (64 + 32)
+    assert gemm.split_layout(96, 128, torch.float32) is None  # fp32 factors over split_max_factor_bytes
+    assert gemm.split_layout(56, 64, torch.bfloat16) is None  # 32 + 32 rows: no saving over 64
+    assert [gemm.act_path(n1, n2, dtype) for n1, n2, dtype in [(64, 64, torch.bfloat16), (96, 128, torch.bfloat16),
+            (128, 148, torch.bfloat16), (96, 128, torch.float32), (1, 4096, None)]] == \
+        ["tile", "tile", "split", "chunked", "tile"]
 
 
 @pytest.mark.parametrize("gated,scaled,dtype", [(False, True, torch.bfloat16), (True, True, torch.float16),
@@ -207,14 +222,15 @@ def test_scaled_input_pass_matches_torch(gen, gated, scaled, dtype):
 @pytest.mark.parametrize("launch", [CHUNKED, SPLIT], ids=["chunked", "split"])
 def test_act_quant_large_factor_paths_nonfinite_and_empty(gen, monkeypatch, launch):
     monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
-    x = torch.randn(3, 20 * 148, generator=gen)
-    x[0, 5], x[2, 2000] = float("inf"), float("nan")
-    left, right = _orthogonal(20, gen), _orthogonal(148, gen)
+    x = torch.randn(3, 20 * 80, generator=gen)
+    x[0, 5], x[2, 1500] = float("inf"), float("nan")
+    left, right = _orthogonal(20, gen), _orthogonal(80, gen)
+    assert gemm.act_path(20, 80, torch.float32) == ("split" if launch is SPLIT else "chunked")
     codes, scales = gemm.quantize_act_packed(x, None, left, right, None, 4)
     assert scales[0].isnan() and scales[2].isnan() and scales[1].isfinite()
     assert not codes[0].any() and not codes[2].any()
     codes, scales = gemm.quantize_act_packed(x[:0], None, left, right, None, 4)
-    assert codes.shape == (0, 20 * 148) and scales.shape == (0, 1)
+    assert codes.shape == (0, 20 * 80) and scales.shape == (0, 1)
 
 
 @settings(max_examples=25, deadline=None)

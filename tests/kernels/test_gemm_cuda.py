@@ -24,10 +24,14 @@ def _orthogonal(n, gen):
                                    (128, 148)])
 @pytest.mark.parametrize("parts,gated", [("lr", False), ("clr", False), ("r", False), ("clr", True)])
 def test_act_quant_on_gpu_matches_reference(n1, n2, parts, gated):
+    _check_act_quant_on_gpu(n1, n2, parts, gated)
+
+
+def _check_act_quant_on_gpu(n1, n2, parts, gated):
     gen = torch.Generator().manual_seed(n1 * 1000 + n2)
     channel_scale = torch.rand(n1 * n2, generator=gen) + 0.5 if "c" in parts else None
     left = _orthogonal(n1, gen).to(torch.bfloat16) if "l" in parts else None
-    right = _orthogonal(n2, gen).to(torch.bfloat16)
+    right = _orthogonal(n2, gen).to(torch.bfloat16) if "r" in parts else None
     args = (channel_scale, left, right, torch.tensor(0.9), 4)
     cuda_args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)
     for m in (1, 3, 257):
@@ -47,13 +51,30 @@ def test_act_quant_on_gpu_matches_reference(n1, n2, parts, gated):
         assert (codes != want_codes).float().mean() < 2e-2, (m, n1, n2)
 
 
+ROWS = gemm.ActLaunch(split_over_tile=True)
+FUSED = gemm.ActLaunch(split_fuses_input=True)
+ROWS_FUSED = gemm.ActLaunch(split_over_tile=True, split_fuses_input=True)
+
+
+@pytest.mark.parametrize("n1,n2,launch", [(96, 128, ROWS), (48, 32, ROWS), (96, 128, ROWS_FUSED), (128, 148, FUSED),
+                                          (64, 148, FUSED)], ids=["rows", "rows_small", "rows_fused", "fused",
+                                                                  "fused_64"])
+@pytest.mark.parametrize("parts,gated", [("lr", False), ("clr", False), ("r", False), ("l", False), ("clr", True)])
+def test_split_kernel_variants_on_gpu_match_reference(monkeypatch, n1, n2, launch, parts, gated):
+    """The split kernel on a transposed view (rows split: K = 12288's 96x128 as 128 x (64 + 32)) and with the gate
+    and channel scale applied inside it, compiled for the GPU, against the CPU reference."""
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
+    assert gemm.act_path(n1, n2, torch.bfloat16) == "split"
+    _check_act_quant_on_gpu(n1, n2, parts, gated)
+
+
 @pytest.mark.parametrize("n1,n2", [(96, 128), (128, 148)])
 def test_chunked_kernel_on_gpu_matches_reference(n1, n2):
     """fp32 factors at K = 12288 and 18944 do not fit the whole-tile or split kernels: the chunked one (tf32 MMAs)."""
     gen = torch.Generator().manual_seed(n1 + n2)
     args = (torch.rand(n1 * n2, generator=gen) + 0.5, _orthogonal(n1, gen), _orthogonal(n2, gen), None, 4)
     assert not gemm.fused_transform_supported(n1, n2, torch.float32)
-    assert gemm.split_columns(n1, n2, torch.float32) is None
+    assert gemm.act_path(n1, n2, torch.float32) == "chunked"
     x = torch.randn(130, n1 * n2, generator=gen).to(torch.bfloat16)
     codes, scales = gemm.quantize_act_packed(x.cuda(), *(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
     want_codes, want_scales = ref.quantize_act_packed(x, *args)
