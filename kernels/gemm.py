@@ -79,7 +79,8 @@ class ActLaunch:
     until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
     software-pipelining depth of the whole-tile token loop; `programs_per_sm`, or `large_tile_programs_per_sm` for
-    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway."""
+    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway;
+    `min_steps_per_program`: fewer programs where each would sweep fewer token steps (short inputs)."""
     fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
@@ -90,6 +91,7 @@ class ActLaunch:
     plain_max_k: int = 8192
     split_max_tile: int = 128 * 160
     split_max_factor_bytes: int = 96 * 1024
+    min_steps_per_program: int = 1
     split_over_tile: bool = False
     split_fuses_input: bool = False
     split_programs_per_sm: int = 1
@@ -423,8 +425,12 @@ def _rows_per_launch(row_stride: int, width: int) -> int:
     return max(1, (MAX_OFFSET - width) // max(row_stride, width, 1) + 1)
 
 
-def _programs(m: int, device: torch.device, per_sm: int) -> int:
-    return m if device.type != "cuda" else min(m, per_sm * _num_sms(device.index or 0))
+def _programs(steps: int, device: torch.device, per_sm: int) -> int:
+    """Programs for `steps` token steps: per_sm per SM, fewer where each would get under
+    `ActLaunch.min_steps_per_program` (every program loads the factors once before its first step)."""
+    if device.type != "cuda":
+        return steps
+    return min(triton.cdiv(steps, ACT_LAUNCH.min_steps_per_program), per_sm * _num_sms(device.index or 0))
 
 
 @registry.register("quantize_act_packed", "triton")
