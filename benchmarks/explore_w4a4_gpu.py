@@ -109,7 +109,7 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
         want_c, want_s = (t.cuda() for t in gemm_reference.quantize_act_packed(
             small.cpu(), None, left.float().cpu(), right.float().cpu(), None, 4))
         gemm.ACT_LAUNCH.__dict__.update(default)
-        splittable = gemm.split_layout(n1, n2, torch.bfloat16) is not None
+        splittable = gemm.split_layout(n1, n2, torch.bfloat16)
         only = os.environ.get("ACT_VARIANTS")
         for name, overrides in ACT_VARIANTS.items():
             if only and name not in only.split(","):
@@ -122,6 +122,8 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
                 continue  # whole tiles fit: the chunked kernel is never chosen there
             if name.startswith("split") and not splittable:
                 continue  # no block split narrower than the padded tile
+            if name.startswith("split_rows") and not splittable[3]:
+                continue  # columns split: the split kernel runs without split_over_tile already
             if name.startswith("tile_rows") and k > 4096:
                 continue  # one token already fills 128 rows
             gemm.ACT_LAUNCH.__dict__.update(default, **overrides)
