@@ -26,6 +26,7 @@ PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -258,8 +259,16 @@ def main() -> None:
                                     "weight_bytes_vs_bf16": w4_bytes / bf16["block_weight_bytes"],
                                     "profile": kernel_profile(adapter, ids[n])})
             print(results["runs"][-1], flush=True)
+        # Compiled code cached by Dynamo can hold the finished variant's tensors; drop it so each variant's peak is
+        # its own.
         del model, adapter
+        torch._dynamo.reset()
+        gc.collect()
         torch.cuda.empty_cache()
+        results["env"].setdefault("allocated_gib_between_variants", []).append(
+            torch.cuda.memory_allocated() / 2 ** 30)
+        print(f"allocated after {variant}, released: {results['env']['allocated_gib_between_variants'][-1]:.2f} GiB",
+              flush=True)
     results["env"]["seconds"] = time.time() - started
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench_e2e.json")
