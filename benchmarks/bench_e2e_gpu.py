@@ -18,7 +18,8 @@ projection input then take the chunked kernel), and q/k/v and gate/up quantizing
 weights, or one per linear with an `:unfused` suffix) or once per linear; a `:swiglu` suffix has the
 down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`), `:unpacked` keeps
 int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
-then the packed weights and the int8 copies).
+then the packed weights and the int8 copies), and `:act.FIELD=VALUE` sets a field of the activation kernels' launch
+settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation tokens/s on the CPU
 (`tiny_cpu.json`).
@@ -26,6 +27,7 @@ PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -42,6 +44,7 @@ from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.deploy.cuda_graph import GraphedLogits
 from faircalib.deploy.shared_input import share_model_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
+from faircalib.kernels import gemm
 from faircalib.models import build_random, get_adapter
 
 
@@ -218,11 +221,17 @@ def main() -> None:
     results["env"]["model"] = config
     tag = ", compiled blocks" if args.compile else ""
     results["env"]["compiled_blocks"] = args.compile
+    default_launch = gemm.ACT_LAUNCH
     for variant in args.variants.split(","):
         factor_name, sharing, *options = variant.split(":")
-        if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked", "unfused"}:
+        launch = dict(option[4:].split("=", 1) for option in options if option.startswith("act.") and "=" in option)
+        options = [option for option in options if not option.startswith("act.")]
+        if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked", "unfused"} or \
+                not set(launch) <= set(dataclasses.asdict(gemm.ACT_LAUNCH)):
             sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want "
-                     f"dtype:(shared|separate)[:swiglu][:unpacked][:unfused]")
+                     f"dtype:(shared|separate)[:swiglu][:unpacked][:unfused][:act.FIELD=VALUE]")
+        gemm.ACT_LAUNCH = dataclasses.replace(default_launch, **{
+            key: type(getattr(default_launch, key))(int(value)) for key, value in launch.items()})
         model = build_random(args.family, config, dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:
@@ -251,7 +260,8 @@ def main() -> None:
             bf16 = next(r for r in results["runs"] if r["model"] == f"bf16{tag}" and r["tokens"] == n)
             extra = (", SwiGLU fused into down's input" if "swiglu" in options else "") + \
                 (", weights kept unpacked (int8)" if "unpacked" in options else "") + \
-                (", one GEMM per linear" if "unfused" in options else "")
+                (", one GEMM per linear" if "unfused" in options else "") + \
+                "".join(f", act {key}={value}" for key, value in launch.items())
             results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{extra}{tag})",
                                     "tokens": n, **stats,
                                     "block_weight_bytes": w4_bytes, "speedup_vs_bf16": bf16["ms"] / stats["ms"],
