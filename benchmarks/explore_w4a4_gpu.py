@@ -66,8 +66,13 @@ def memcpy_tbps() -> float:
 # against the chunked kernel's 0.15x; 4 warps 0.07x; stages and programs per SM changed nothing. Later that day, with
 # the factor sizes as compile-time constants (no more register spills): 0.41x pipelined 2 deep, 0.52x 3 deep (shipped),
 # 4 deep out of shared memory, 16 warps 0.19x; K = 12288 1 deep 0.63x against 3 deep's 0.57x without a channel scale but
-# 0.41x against 0.44x with one (3 deep kept). Variants run in one process; `ACT_VARIANTS=a,b` picks some (one process
-# per variant survives a crash).
+# 0.41x against 0.44x with one (3 deep kept). 2026-12-06 13:26 UTC (H100, CUDA-graph timed, 16384 / 4096 / 1024 tokens):
+# K = 12288's rows split (the split kernel on the transposed view, 128 x (64 + 32)) 0.74 / 0.65 / 0.47x against the
+# whole tile's 0.58 / 0.46 / 0.26x (shipped where no channel scale is applied in the kernel: with one, 0.36x through
+# the pass in front against the whole tile's 0.44x); pipelined 2 deep 0.48x, 2 programs per SM no change; the channel
+# scale inside the split kernel 0.52x on the transposed view but again an illegal address at K = 18944 (dropped);
+# fewer programs for short inputs (each at least 2 or 4 token steps) no gain at K = 3584 / 4096 (dropped). Variants
+# run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
@@ -76,8 +81,7 @@ ACT_VARIANTS = {
     "tile_lp1": dict(large_tile_programs_per_sm=1),
     "tile_p2": dict(programs_per_sm=2, large_tile_programs_per_sm=2),
     "tile_p8": dict(programs_per_sm=8, large_tile_programs_per_sm=8),
-    "tile_min2": dict(min_steps_per_program=2),
-    "tile_min4": dict(min_steps_per_program=4),
+
     "chunk_j64k32_p4w4": dict(fused_max_tile=0, split_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=4,
                               chunked_warps=4),
     "split": dict(),
@@ -88,11 +92,6 @@ ACT_VARIANTS = {
     "split_w16": dict(split_warps=16),
     "split_p2": dict(split_programs_per_sm=2),
     "split_p2w4": dict(split_programs_per_sm=2, split_warps=4),
-    "split_fused": dict(split_fuses_input=True),
-    "split_rows": dict(split_over_tile=True),
-    "split_rows_s2": dict(split_over_tile=True, split_stages=2),
-    "split_rows_p2": dict(split_over_tile=True, split_programs_per_sm=2),
-    "split_rows_fused": dict(split_over_tile=True, split_fuses_input=True),
 }
 PLAIN_TILES = (4096,)
 
@@ -109,11 +108,13 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
         want_c, want_s = (t.cuda() for t in gemm_reference.quantize_act_packed(
             small.cpu(), None, left.float().cpu(), right.float().cpu(), None, 4))
         gemm.ACT_LAUNCH.__dict__.update(default)
-        splittable = gemm.split_layout(n1, n2, torch.bfloat16)
+        splittable = gemm.split_layout(n1, n2, torch.bfloat16) is not None
         only = os.environ.get("ACT_VARIANTS")
         for name, overrides in ACT_VARIANTS.items():
             if only and name not in only.split(","):
                 continue
+            if name.startswith("tile"):
+                overrides = dict(overrides, split_over_tile=False)
             if name.startswith("tile") and k > 4096:
                 overrides = dict(overrides, fused_max_tile=1 << 30, fused_max_smem=1 << 30)
             if name.startswith("tile") and triton.next_power_of_2(n2) > 128:
@@ -122,8 +123,6 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
                 continue  # whole tiles fit: the chunked kernel is never chosen there
             if name.startswith("split") and not splittable:
                 continue  # no block split narrower than the padded tile
-            if name.startswith("split_rows") and not splittable[3]:
-                continue  # columns split: the split kernel runs without split_over_tile already
             if name.startswith("tile_rows") and k > 4096:
                 continue  # one token already fills 128 rows
             gemm.ACT_LAUNCH.__dict__.update(default, **overrides)

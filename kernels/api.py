@@ -250,14 +250,16 @@ def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -
 
 @torch._dynamo.assume_constant_result
 def _channel_scale_pass(device_type: str, n1: int, n2: int, dtype: torch.dtype) -> bool:
-    """Whether the Triton kernels apply the channel scale of an (n1, n2) transform in a pass of its own
-    (`gemm.scaled_input`, in front of the split kernel). Called while torch.compile traces, whose result is
-    taken as a constant: the backend choice is fixed when a graph is compiled."""
+    """Whether a compiled graph computes the channel scale (and gate) of an (n1, n2) transform itself: where the
+    Triton kernels would take x without them to the split kernel, which needs them applied first (by a pass of
+    its own in eager code, `gemm.scaled_input`; with them, K = 12288 keeps the slower whole tile). Called while
+    torch.compile traces, whose result is taken as a constant: the backend choice is fixed when a graph is
+    compiled."""
     if device_type != "cuda" or registry.backend(torch.device(device_type)) != "triton":
         return False
     from . import gemm
 
-    return gemm.input_pass(n1, n2, dtype)
+    return gemm.act_path(n1, n2, dtype) == "split"
 
 
 def quantize_act_packed(x: torch.Tensor, bits: int = 4, clip_ratio: ClipRatio | None = None,

@@ -72,15 +72,14 @@ class ActLaunch:
     whole-tile kernel (tokens stacked up to `transform_rows` rows per step); larger ones whose n2 (or n1) splits
     into narrower blocks than its padding the split kernel (`split_layout`: tiles up to `split_max_tile` elements,
     factors up to `split_max_factor_bytes`; `split_programs_per_sm`, `split_stages`, `split_warps`), as Dream's
-    128x148 at K = 18944; `split_over_tile`: the split kernel also where a whole tile fits (K = 12288's 96x128 as
-    128 x (64 + 32)); `split_fuses_input`: the split kernel applies gate and channel scale itself instead of a
-    pass in front (`scaled_input`); the rest (fp32 factors at K = 12288, 18944) the chunked kernel: `chunk_j` output columns at a time,
+    128x148 at K = 18944; `split_over_tile`: the split kernel also where a whole tile fits but the split saves MMA
+    work, for inputs without a channel scale or gate to apply (`act_path`: K = 12288's 96x128 as 128 x (64 + 32));
+    the rest (fp32 factors at K = 12288, 18944) the chunked kernel: `chunk_j` output columns at a time,
     contracting over `chunk_k`-column slices, values parked in an fp32 per-program scratch row (L2-resident)
     until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
     software-pipelining depth of the whole-tile token loop; `programs_per_sm`, or `large_tile_programs_per_sm` for
-    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway;
-    `min_steps_per_program`: fewer programs where each would sweep fewer token steps (short inputs)."""
+    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway."""
     fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
@@ -91,9 +90,7 @@ class ActLaunch:
     plain_max_k: int = 8192
     split_max_tile: int = 128 * 160
     split_max_factor_bytes: int = 96 * 1024
-    min_steps_per_program: int = 1
-    split_over_tile: bool = False
-    split_fuses_input: bool = False
+    split_over_tile: bool = True
     split_programs_per_sm: int = 1
     split_stages: int = 3
     split_warps: int = 8
@@ -152,21 +149,19 @@ def split_layout(n1: int, n2: int, dtype: torch.dtype) -> tuple[int, int, int, b
     return None if rows is None else (*rows, True)
 
 
-def act_path(n1: int, n2: int, dtype: torch.dtype | None) -> str:
+def act_path(n1: int, n2: int, dtype: torch.dtype | None, input_ops: bool = False) -> str:
     """Which kernel `quantize_act_packed` runs for an (n1, n2) transform whose factors are `dtype` (None: no
-    transform): "tile", "split" or "chunked" (`ActLaunch` documents the choice)."""
+    transform): "tile", "split" or "chunked". The split kernel also where a whole tile fits but a split saves MMA
+    work (`ActLaunch.split_over_tile`: K = 12288), unless `input_ops` (a channel scale or gate for the kernel to
+    apply): the whole tile applies them as it loads, the split kernel needs a pass in front (`scaled_input`), and
+    at K = 12288 with a channel scale the whole tile ran 0.44x of memcpy against 0.36x (H100, 2026-12-06)."""
     if dtype is None:
         return "tile"
     split = split_layout(n1, n2, dtype) is not None
-    if fused_transform_supported(n1, n2, dtype) and not (split and ACT_LAUNCH.split_over_tile):
+    prefer_split = split and ACT_LAUNCH.split_over_tile and not input_ops
+    if fused_transform_supported(n1, n2, dtype) and not prefer_split:
         return "tile"
     return "split" if split else "chunked"
-
-
-def input_pass(n1: int, n2: int, dtype: torch.dtype) -> bool:
-    """Whether a channel scale or gate of an (n1, n2) transform is applied by a pass of its own (`scaled_input`)
-    in front of the kernel, rather than inside it."""
-    return act_path(n1, n2, dtype) == "split" and not ACT_LAUNCH.split_fuses_input
 
 
 @triton.jit
@@ -288,9 +283,8 @@ def scaled_input(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: torc
 
 
 @triton.jit
-def _quantize_act_split_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M,
-                               stride_xm, stride_cm, N1: tl.constexpr, N2: tl.constexpr, GATED: tl.constexpr,
-                               HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M, stride_xm, stride_cm,
+                               N1: tl.constexpr, N2: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                                HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, BA: tl.constexpr,
                                BB: tl.constexpr, TRANSPOSED: tl.constexpr, STAGES: tl.constexpr):
     """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [N1, N2] view held as two column
@@ -298,11 +292,12 @@ def _quantize_act_split_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, cli
     W = leftᵀ · X per block, then Y_a = W_a · R_aa + W_b · R_ba and Y_b = W_a · R_ab + W_b · R_bb, all in
     registers until the token's absmax is known. TRANSPOSED: the view is the transpose of the token's (the wrapper
     swaps the factors: (Lᵀ X R)ᵀ = Rᵀ Xᵀ L), so rows of the transform are split (K = 12288's 96x128 as 128 x
-    (64 + 32)); element (i, j) of the view lies at j·N1 + i. Factors (and the channel scale) are loaded once per
-    program; quantization as the whole-tile kernel. GATED / HAS_CS: silu(gate) · x and the channel scale as the
-    tokens load, or by the wrapper's pass in front (`ActLaunch.split_fuses_input`). N1 and N2 are compile-time
-    constants: with them as runtime values, each element's offset and mask in both tile layouts took registers and
-    the kernel spilled (255 registers, 74 spilled; 203 and none now; H100, 2026-12-06)."""
+    (64 + 32)); element (i, j) of the view lies at j·N1 + i. Factors are loaded once per program; quantization as
+    the whole-tile kernel. No channel scale or gate here: the wrapper applies them first (`scaled_input`). In
+    Triton 3.6 a channel-scale multiply in this kernel compiles to illegal memory accesses on H100 for the
+    column split (K = 18944), in every form tried, also after the spill fix below (2026-12-06). N1 and N2 are
+    compile-time constants: with them as runtime values, each element's offset and mask in both tile layouts took
+    registers and the kernel spilled (255 registers, 74 spilled; 203 and none now; H100, 2026-12-06)."""
     i = tl.arange(0, B1)
     ja = tl.arange(0, BA)
     jb = BA + tl.arange(0, BB)
@@ -315,9 +310,6 @@ def _quantize_act_split_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, cli
     else:
         flat_a = i[:, None] * N2 + ja[None, :]
         flat_b = i[:, None] * N2 + jb[None, :]
-    if HAS_CS:
-        cs_a = tl.load(cs_ptr + flat_a, mask=in_a, other=0.0).to(tl.float32)
-        cs_b = tl.load(cs_ptr + flat_b, mask=in_b, other=0.0).to(tl.float32)
     if HAS_LEFT:  # leftᵀ
         left_t = tl.load(left_ptr + i[None, :] * N1 + i[:, None], mask=row_in[:, None] & row_in[None, :], other=0.0)
     if HAS_RIGHT:
@@ -330,12 +322,6 @@ def _quantize_act_split_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, cli
     for t in tl.range(tl.program_id(0), M, tl.num_programs(0), num_stages=STAGES):
         xa = tl.load(x_ptr + t * stride_xm + flat_a, mask=in_a, other=0.0)
         xb = tl.load(x_ptr + t * stride_xm + flat_b, mask=in_b, other=0.0)
-        if GATED:
-            xa = _swiglu(tl.load(gate_ptr + t * stride_xm + flat_a, mask=in_a, other=0.0), xa)
-            xb = _swiglu(tl.load(gate_ptr + t * stride_xm + flat_b, mask=in_b, other=0.0), xb)
-        if HAS_CS:
-            xa = xa.to(tl.float32) * cs_a
-            xb = xb.to(tl.float32) * cs_b
         if HAS_LEFT:
             xa = tl.dot(left_t, xa.to(left_t.dtype))
             xb = tl.dot(left_t, xb.to(left_t.dtype))
@@ -425,12 +411,8 @@ def _rows_per_launch(row_stride: int, width: int) -> int:
     return max(1, (MAX_OFFSET - width) // max(row_stride, width, 1) + 1)
 
 
-def _programs(steps: int, device: torch.device, per_sm: int) -> int:
-    """Programs for `steps` token steps: per_sm per SM, fewer where each would get under
-    `ActLaunch.min_steps_per_program` (every program loads the factors once before its first step)."""
-    if device.type != "cuda":
-        return steps
-    return min(triton.cdiv(steps, ACT_LAUNCH.min_steps_per_program), per_sm * _num_sms(device.index or 0))
+def _programs(m: int, device: torch.device, per_sm: int) -> int:
+    return m if device.type != "cuda" else min(m, per_sm * _num_sms(device.index or 0))
 
 
 @registry.register("quantize_act_packed", "triton")
@@ -483,7 +465,7 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
                  HAS_CLIP=clip is not None, BITS=bits)
     clip_arg = dummy if clip is None else clip.reshape(())
     factor = left if left is not None else right
-    path = act_path(n1, n2, None if factor is None else factor.dtype)
+    path = act_path(n1, n2, None if factor is None else factor.dtype, gate is not None or channel_scale is not None)
     if path == "tile":
         b1 = _pow2(n1) if factor is not None else 1
         b2 = _pow2(n2) if factor is not None else triton.next_power_of_2(n2)
@@ -496,21 +478,18 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
             STAGES=cfg.stages, RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
         return codes, scales
     if path == "split":
-        if (gate is not None or channel_scale is not None) and input_pass(n1, n2, factor.dtype):
+        if gate is not None or channel_scale is not None:
             # Rounded as the whole-tile kernel rounds the scaled input for its MMA.
             x = scaled_input(x, gate, channel_scale, factor.dtype)
-            gate = channel_scale = None
         b1, ba, bb, transposed = split_layout(n1, n2, factor.dtype)
         # A transposed view swaps the factors' roles: (leftᵀ X right)ᵀ = rightᵀ Xᵀ left.
         view_left, view_right = (right, left) if transposed else (left, right)
         _quantize_act_split_kernel[(_programs(m, x.device, cfg.split_programs_per_sm),)](
-            x, x if gate is None else gate, dummy if channel_scale is None else channel_scale.contiguous(),
-            dummy if view_left is None else view_left.contiguous(),
+            x, dummy if view_left is None else view_left.contiguous(),
             dummy if view_right is None else view_right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
-            codes.stride(0), n2 if transposed else n1, n1 if transposed else n2, GATED=gate is not None,
-            HAS_CS=channel_scale is not None, HAS_LEFT=view_left is not None, HAS_RIGHT=view_right is not None,
-            HAS_CLIP=clip is not None, BITS=bits, B1=b1, BA=ba, BB=bb, TRANSPOSED=transposed,
-            STAGES=cfg.split_stages, num_warps=cfg.split_warps)
+            codes.stride(0), n2 if transposed else n1, n1 if transposed else n2, HAS_LEFT=view_left is not None,
+            HAS_RIGHT=view_right is not None, HAS_CLIP=clip is not None, BITS=bits, B1=b1, BA=ba, BB=bb,
+            TRANSPOSED=transposed, STAGES=cfg.split_stages, num_warps=cfg.split_warps)
         return codes, scales
     if right is None:  # the chunked kernel contracts through `right`: the identity stands in for a missing one
         right = torch.eye(n2, dtype=left.dtype, device=x.device)

@@ -147,26 +147,28 @@ def _act_args(n1, n2, parts, gen, clip=None):
 CHUNKED = gemm.ActLaunch(fused_max_tile=0, split_max_tile=0, chunk_j=32, chunk_k=16)  # small slices: the tests
 # cross their boundaries
 SPLIT = gemm.ActLaunch(fused_max_tile=0)  # transforms that split into narrower blocks take the split kernel
-SPLIT_ROWS = gemm.ActLaunch(split_over_tile=True)  # ... also where a whole tile fits (n1 split: transposed view)
-SPLIT_FUSED = gemm.ActLaunch(fused_max_tile=0, split_fuses_input=True)  # channel scale and gate in the kernel
-SPLIT_ROWS_FUSED = gemm.ActLaunch(split_over_tile=True, split_fuses_input=True)
+TILE = gemm.ActLaunch(split_over_tile=False)  # whole tiles wherever they fit
 
 
-@pytest.mark.parametrize("n1,n2,parts,launch", [
-    (1, 200, "", None), (64, 64, "lr", None), (56, 64, "clr", None), (32, 128, "cr", None), (16, 48, "l", None),
-    (16, 100, "lr", None), (96, 128, "clr", CHUNKED), (20, 148, "lr", CHUNKED), (7, 33, "clr", CHUNKED),
-    (16, 100, "r", CHUNKED), (17, 40, "cl", CHUNKED), (1, 64, "r", CHUNKED), (20, 80, "lr", SPLIT),
-    (7, 33, "clr", SPLIT), (16, 80, "r", SPLIT), (17, 40, "cl", SPLIT), (1, 80, "cr", SPLIT), (5, 40, "l", SPLIT),
-    (40, 16, "clr", SPLIT), (48, 32, "lr", SPLIT_ROWS), (40, 16, "cl", SPLIT_ROWS), (20, 80, "clr", SPLIT_FUSED),
-    (48, 32, "clr", SPLIT_ROWS_FUSED)])
-def test_act_quant_matches_reference(gen, monkeypatch, n1, n2, parts, launch):
+@pytest.mark.parametrize("n1,n2,parts,launch,path", [
+    (1, 200, "", None, "tile"), (64, 64, "lr", None, "tile"), (56, 64, "clr", None, "tile"),
+    (32, 128, "cr", None, "tile"), (16, 48, "l", TILE, "tile"), (16, 48, "l", None, "split"),
+    (16, 100, "lr", None, "tile"),
+    (96, 128, "clr", CHUNKED, "chunked"), (20, 148, "lr", CHUNKED, "chunked"), (7, 33, "clr", CHUNKED, "chunked"),
+    (16, 100, "r", CHUNKED, "chunked"), (17, 40, "cl", CHUNKED, "chunked"), (1, 64, "r", CHUNKED, "chunked"),
+    (20, 80, "lr", SPLIT, "split"), (7, 33, "clr", SPLIT, "split"), (16, 80, "r", SPLIT, "split"),
+    (17, 40, "cl", SPLIT, "split"), (1, 80, "cr", SPLIT, "split"), (5, 40, "l", SPLIT, "split"),
+    (40, 16, "clr", SPLIT, "split"),  # rows split: the transposed view
+    # A whole tile fits, the split saves work: split (rows), unless a channel scale is to be applied (whole tile).
+    (48, 32, "lr", None, "split"), (40, 16, "l", None, "split"), (48, 32, "clr", None, "tile"),
+    (48, 32, "lr", TILE, "tile")])
+def test_act_quant_matches_reference(gen, monkeypatch, n1, n2, parts, launch, path):
     if launch is not None:
         monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
     x = torch.randn(9, n1 * n2, generator=gen).to(torch.bfloat16)
     x[3] = 0
     args = _act_args(n1, n2, parts, gen, torch.tensor(0.9))
-    want_path = "chunked" if launch is CHUNKED else "tile" if launch is None else "split"
-    assert gemm.act_path(n1, n2, torch.float32 if "l" in parts or "r" in parts else None) == want_path
+    assert gemm.act_path(n1, n2, torch.float32 if "l" in parts or "r" in parts else None, "c" in parts) == path
     codes, scales = gemm.quantize_act_packed(x, *args)
     want_codes, want_scales = ref.quantize_act_packed(x, *args)
     torch.testing.assert_close(scales, want_scales, rtol=1e-6, atol=0)
@@ -196,7 +198,10 @@ def test_act_quant_path_choice_follows_factor_size():
     assert gemm.split_layout(56, 64, torch.bfloat16) is None  # 32 + 32 rows: no saving over 64
     assert [gemm.act_path(n1, n2, dtype) for n1, n2, dtype in [(64, 64, torch.bfloat16), (96, 128, torch.bfloat16),
             (128, 148, torch.bfloat16), (96, 128, torch.float32), (1, 4096, None)]] == \
-        ["tile", "tile", "split", "chunked", "tile"]
+        ["tile", "split", "split", "chunked", "tile"]
+    # With a channel scale or gate to apply, K = 12288 keeps the whole tile (the split kernel needs a pass first).
+    assert gemm.act_path(96, 128, torch.bfloat16, input_ops=True) == "tile"
+    assert gemm.act_path(128, 148, torch.bfloat16, input_ops=True) == "split"
 
 
 @pytest.mark.parametrize("gated,scaled,dtype", [(False, True, torch.bfloat16), (True, True, torch.float16),
@@ -243,7 +248,7 @@ def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, path, rows, gated, dt
     x = torch.randn(m, n1 * n2, generator=gen).to(dtype)
     gate = torch.randn(m, n1 * n2, generator=gen).to(dtype) if gated else None
     args = _act_args(n1, n2, parts, gen)
-    launch = {"tile": gemm.ActLaunch(transform_rows=rows), "split": SPLIT,
+    launch = {"tile": gemm.ActLaunch(transform_rows=rows, split_over_tile=False), "split": SPLIT,
               "chunked": gemm.ActLaunch(fused_max_tile=0, split_max_tile=0, chunk_j=16, chunk_k=16)}[path]
     original, gemm.ACT_LAUNCH = gemm.ACT_LAUNCH, launch
     try:

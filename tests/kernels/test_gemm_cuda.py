@@ -51,20 +51,17 @@ def _check_act_quant_on_gpu(n1, n2, parts, gated):
         assert (codes != want_codes).float().mean() < 2e-2, (m, n1, n2)
 
 
-ROWS = gemm.ActLaunch(split_over_tile=True)
-FUSED = gemm.ActLaunch(split_fuses_input=True)
-ROWS_FUSED = gemm.ActLaunch(split_over_tile=True, split_fuses_input=True)
+TILE = gemm.ActLaunch(split_over_tile=False)
 
 
-@pytest.mark.parametrize("n1,n2,launch", [(96, 128, ROWS), (48, 32, ROWS), (96, 128, ROWS_FUSED), (128, 148, FUSED),
-                                          (64, 148, FUSED)], ids=["rows", "rows_small", "rows_fused", "fused",
-                                                                  "fused_64"])
-@pytest.mark.parametrize("parts,gated", [("lr", False), ("clr", False), ("r", False), ("l", False), ("clr", True)])
-def test_split_kernel_variants_on_gpu_match_reference(monkeypatch, n1, n2, launch, parts, gated):
-    """The split kernel on a transposed view (rows split: K = 12288's 96x128 as 128 x (64 + 32)) and with the gate
-    and channel scale applied inside it, compiled for the GPU, against the CPU reference."""
-    monkeypatch.setattr(gemm, "ACT_LAUNCH", launch)
-    assert gemm.act_path(n1, n2, torch.bfloat16) == "split"
+@pytest.mark.parametrize("n1,n2", [(96, 128), (48, 32), (16, 48)])
+@pytest.mark.parametrize("parts,gated", [("lr", False), ("r", False), ("l", False), ("clr", False), ("clr", True)])
+def test_whole_tile_or_row_split_on_gpu_matches_reference(monkeypatch, n1, n2, parts, gated):
+    """Transforms that fit a whole tile but split into narrower blocks (K = 12288's 96x128 as 128 x (64 + 32),
+    the split kernel on the transposed view; 16x48 by columns), and the same inputs forced into the whole tile,
+    compiled for the GPU, against the CPU reference."""
+    _check_act_quant_on_gpu(n1, n2, parts, gated)
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", TILE)
     _check_act_quant_on_gpu(n1, n2, parts, gated)
 
 
