@@ -3,14 +3,17 @@
 `quantize_act_packed`, four paths (`ActLaunch` holds their settings; chosen per call by factor size):
 - no transform, K > 8192: the per-token quantizer of `quant.py` (rows swept twice in chunks), same numerics;
 - whole tile (no transform with K <= 8192, or padded factor tiles <= 16384 elements that fit shared memory:
-  K = 3584, 4096 and, with bf16 factors, 12288): a program loads the factors once, then sweeps its tokens
-  (small tiles stacked several per step), the loads pipelined `stages` deep: channel scale, right- and
-  left-multiply on tensor cores (tf32 for fp32 factors, bf16 for bf16 factors), absmax, scale, round half to
-  even, clamp, store int8 codes and fp32 scales;
-- split columns (16-bit factors whose n2 is not a power of two and too large for a whole tile: Dream's 128x148 at
-  K = 18944): one token per step, its columns held as a 128-wide and a 32-wide block (160 instead of 256 padded),
-  six MMAs, values in registers until the token's absmax is known. A channel scale or gate is applied by a pass of
-  its own first (`scaled_input`: in this kernel Triton 3.6 compiled it to illegal memory accesses on H100);
+  K = 3584, 4096, and 12288 with bf16 factors when a channel scale or gate is applied): a program loads the
+  factors once, then sweeps its tokens (small tiles stacked several per step), the loads pipelined `stages` deep:
+  channel scale, right- and left-multiply on tensor cores (tf32 for fp32 factors, bf16 for bf16 factors), absmax,
+  scale, round half to even, clamp, store int8 codes and fp32 scales;
+- split (16-bit factors one of whose sizes splits into a power-of-two block and a narrower remainder block):
+  Dream's 128x148 at K = 18944 with its columns held as a 128-wide and a 32-wide block (160 instead of 256
+  padded); LLaDA's 96x128 at K = 12288 on the transposed view, rows as 64 + 32 (a third fewer MMA flops than the
+  128x128 whole tile), where no channel scale or gate is applied (`act_path`; compiled blocks apply it in the
+  traced graph). One token per step, six MMAs, values in registers until the token's absmax is known. A channel
+  scale or gate is applied by a pass of its own first (`scaled_input`: in this kernel Triton 3.6 compiled it to
+  illegal memory accesses on H100 for the column split);
 - chunked (fp32 factors at K = 12288 and 18944): per token, the output in 64-column slices (contracting 32
   columns at a time), parked in an fp32 per-program scratch row until the token's absmax is known, then quantized.
 Numerics: the no-transform paths match the reference bit for bit. With a transform, the codes may differ by one
@@ -18,9 +21,10 @@ where a value sits on a rounding boundary: the MMAs sum in another order than to
 the scale's reciprocal instead of dividing each element (an IEEE division per element was the bottleneck: the
 reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). NaN/Inf rows are found by a NaN-propagating
 absmax, and codes come from the bits of the rounding add (no float-to-int conversion). Measured (BENCHMARKS.md,
-2026-12-06, bf16 factors, no channel scale, 16384 / 4096 tokens, `benchmarks/explore_w4a4_gpu.py --parts act`):
-0.77 / 0.59x (K = 3584), 0.80 / 0.65x (4096), 0.57 / 0.45x (12288) and 0.52 / 0.47x (18944, split columns; the chunked
-kernel ran 0.15 / 0.14x) of memcpy. The factor sizes are compile-time constants: as runtime values the split kernel
+H100, 2026-12-06 13:26 UTC, bf16 factors, no channel scale, 16384 / 4096 tokens, CUDA-graph timed,
+`benchmarks/explore_w4a4_gpu.py --parts act`): 0.77 / 0.61x (K = 3584), 0.81 / 0.64x (4096), 0.74 / 0.65x (12288,
+rows split; the whole tile 0.58 / 0.46x) and 0.52 / 0.48x (18944, columns split; the chunked kernel ran 0.15 /
+0.14x) of memcpy. The factor sizes are compile-time constants: as runtime values the split kernel
 held its tiles' offsets and masks in registers and spilled (0.34 / 0.32x then). Multiplying by the left factor first
 keeps that product in registers as the right MMA's A operand: up to 2.2x faster at 4096 tokens and with a channel
 scale, 4-6% slower without one at 16384 tokens. Tried and slower: stacking two 64-row tokens per step with a
