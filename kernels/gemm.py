@@ -1,6 +1,6 @@
 """Triton kernels for W4A4 deployment; `gemm_reference.py` is their specification (formulas and weight layout).
 
-`quantize_act_packed`, four paths (`ActLaunch` holds their settings; chosen per call by factor size):
+`quantize_act_packed`, four paths (`ActLaunch` holds their settings; `act_path` picks one per call by factor size):
 - no transform, K > 8192: the per-token quantizer of `quant.py` (rows swept twice in chunks), same numerics;
 - whole tile (no transform with K <= 8192, or padded factor tiles <= 16384 elements that fit shared memory:
   K = 3584, 4096, and 12288 with bf16 factors when a channel scale or gate is applied): a program loads the
