@@ -239,16 +239,18 @@ def test_act_quant_large_factor_paths_nonfinite_and_empty(gen, monkeypatch, laun
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 9), n1=st.integers(1, 24), n2=st.integers(1, 40),
+@given(m=st.integers(1, 9), n1=st.integers(1, 40), n2=st.integers(1, 40),
        parts=st.sampled_from(["lr", "clr", "l", "r"]),
-       path=st.sampled_from(["tile", "split", "chunked"]), rows=st.sampled_from([1, 64, 128]), gated=st.booleans(),
+       path=st.sampled_from(["default", "tile", "split", "chunked"]), rows=st.sampled_from([1, 64, 128]),
+       gated=st.booleans(),
        dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2 ** 16))
 def test_act_quant_fuzz_shapes_and_paths(m, n1, n2, parts, path, rows, gated, dtype, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, n1 * n2, generator=gen).to(dtype)
     gate = torch.randn(m, n1 * n2, generator=gen).to(dtype) if gated else None
     args = _act_args(n1, n2, parts, gen)
-    launch = {"tile": gemm.ActLaunch(transform_rows=rows, split_over_tile=False), "split": SPLIT,
+    launch = {"default": gemm.ActLaunch(transform_rows=rows),
+              "tile": gemm.ActLaunch(transform_rows=rows, split_over_tile=False), "split": SPLIT,
               "chunked": gemm.ActLaunch(fused_max_tile=0, split_max_tile=0, chunk_j=16, chunk_k=16)}[path]
     original, gemm.ACT_LAUNCH = gemm.ACT_LAUNCH, launch
     try:
