@@ -189,6 +189,32 @@ def tiny_cpu_throughput(out: str) -> None:
         print(f"| {r['model']} | {r['variant']} | {r['tokens_per_s']:.0f} |")
 
 
+VARIANT_OPTIONS = ("swiglu", "unpacked", "unfused")
+
+
+def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
+    """"dtype:(shared|separate)[:swiglu][:unpacked][:unfused][:act.FIELD=VALUE ...]" -> (factor dtype name,
+    sharing, options, `gemm.ActLaunch` fields to set); ValueError naming what is wrong."""
+    factor_name, _, rest = variant.partition(":")
+    sharing, *parts = rest.split(":")
+    launch, options = {}, []
+    fields = dataclasses.asdict(gemm.ACT_LAUNCH)
+    for part in parts:
+        if not part.startswith("act."):
+            options.append(part)
+            continue
+        key, _, value = part[4:].partition("=")
+        if key not in fields or not value.lstrip("-").isdigit():
+            raise ValueError(f"bad variant {variant!r}: {part!r} needs a field of gemm.ActLaunch "
+                             f"({', '.join(fields)}) and an integer value (0/1 for a flag)")
+        launch[key] = type(fields[key])(int(value))
+    if factor_name not in ("bf16", "fp32") or sharing not in ("shared", "separate") or \
+            not set(options) <= set(VARIANT_OPTIONS):
+        raise ValueError(f"bad variant {variant!r}: want (bf16|fp32):(shared|separate)[:swiglu][:unpacked][:unfused]"
+                         f"[:act.FIELD=VALUE]")
+    return factor_name, sharing, options, launch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -207,6 +233,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny_cpu:
         return tiny_cpu_throughput(args.out)
+    try:
+        variants = [parse_variant(variant) for variant in args.variants.split(",")]
+    except ValueError as error:
+        sys.exit(f"bench_e2e_gpu: {error}")
     if not torch.cuda.is_available():
         sys.exit("bench_e2e_gpu: needs a CUDA GPU")
     tokens = [int(t) for t in args.tokens.split(",")]
@@ -222,16 +252,8 @@ def main() -> None:
     tag = ", compiled blocks" if args.compile else ""
     results["env"]["compiled_blocks"] = args.compile
     default_launch = gemm.ACT_LAUNCH
-    for variant in args.variants.split(","):
-        factor_name, sharing, *options = variant.split(":")
-        launch = dict(option[4:].split("=", 1) for option in options if option.startswith("act.") and "=" in option)
-        options = [option for option in options if not option.startswith("act.")]
-        if sharing not in ("shared", "separate") or not set(options) <= {"swiglu", "unpacked", "unfused"} or \
-                not set(launch) <= set(dataclasses.asdict(gemm.ACT_LAUNCH)):
-            sys.exit(f"bench_e2e_gpu: bad variant {variant!r}: want "
-                     f"dtype:(shared|separate)[:swiglu][:unpacked][:unfused][:act.FIELD=VALUE]")
-        gemm.ACT_LAUNCH = dataclasses.replace(default_launch, **{
-            key: type(getattr(default_launch, key))(int(value)) for key, value in launch.items()})
+    for variant, (factor_name, sharing, options, launch) in zip(args.variants.split(","), variants):
+        gemm.ACT_LAUNCH = dataclasses.replace(default_launch, **launch)
         model = build_random(args.family, config, dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:

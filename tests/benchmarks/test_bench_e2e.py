@@ -1,0 +1,30 @@
+"""`benchmarks/bench_e2e_gpu.py`'s variant strings: parsed up front, so a typo fails before any model is built."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from faircalib.kernels import gemm
+
+_SPEC = importlib.util.spec_from_file_location(
+    "bench_e2e_gpu", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_e2e_gpu.py")
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
+
+
+def test_variants_parse_into_options_and_launch_fields():
+    assert bench.parse_variant("bf16:shared") == ("bf16", "shared", [], {})
+    assert bench.parse_variant("fp32:separate:unpacked:unfused") == ("fp32", "separate", ["unpacked", "unfused"], {})
+    factor, sharing, options, launch = bench.parse_variant("bf16:shared:act.split_over_tile=0:act.split_stages=2")
+    assert (options, launch) == ([], {"split_over_tile": False, "split_stages": 2})
+    # The fields set are those of gemm.ActLaunch, with its types.
+    assert isinstance(launch["split_over_tile"], type(gemm.ACT_LAUNCH.split_over_tile))
+
+
+@pytest.mark.parametrize("variant,named", [
+    ("bf16", "want"), ("int8:shared", "want"), ("bf16:both", "want"), ("bf16:shared:fast", "want"),
+    ("bf16:shared:act.no_such_field=1", "act.no_such_field"), ("bf16:shared:act.split_stages=two", "integer")])
+def test_bad_variants_are_named(variant, named):
+    with pytest.raises(ValueError, match=named) as error:
+        bench.parse_variant(variant)
+    assert repr(variant) in str(error.value)
