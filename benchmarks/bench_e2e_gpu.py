@@ -18,8 +18,9 @@ projection input then take the chunked kernel), and q/k/v and gate/up quantizing
 weights, or one per linear with an `:unfused` suffix) or once per linear; a `:swiglu` suffix has the
 down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`), `:unpacked` keeps
 int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
-then the packed weights and the int8 copies), and `:act.FIELD=VALUE` sets a field of the activation kernels' launch
-settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
+then the packed weights and the int8 copies), `:int8only` keeps the int8 codes alone (`drop_packed=True`), and
+`:act.FIELD=VALUE` sets a field of the activation kernels' launch settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for
+a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation tokens/s on the CPU
 (`tiny_cpu.json`).
@@ -189,11 +190,11 @@ def tiny_cpu_throughput(out: str) -> None:
         print(f"| {r['model']} | {r['variant']} | {r['tokens_per_s']:.0f} |")
 
 
-VARIANT_OPTIONS = ("swiglu", "unpacked", "unfused")
+VARIANT_OPTIONS = ("swiglu", "unpacked", "int8only", "unfused")
 
 
 def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
-    """"dtype:(shared|separate)[:swiglu][:unpacked][:unfused][:act.FIELD=VALUE ...]" -> (factor dtype name,
+    """"dtype:(shared|separate)[:swiglu][:unpacked|:int8only][:unfused][:act.FIELD=VALUE ...]" -> (factor dtype name,
     sharing, options, `gemm.ActLaunch` fields to set); ValueError naming what is wrong."""
     factor_name, _, rest = variant.partition(":")
     sharing, *parts = rest.split(":")
@@ -210,7 +211,8 @@ def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
         launch[key] = type(fields[key])(int(value))
     if factor_name not in ("bf16", "fp32") or sharing not in ("shared", "separate") or \
             not set(options) <= set(VARIANT_OPTIONS):
-        raise ValueError(f"bad variant {variant!r}: want (bf16|fp32):(shared|separate)[:swiglu][:unpacked][:unfused]"
+        raise ValueError(f"bad variant {variant!r}: want (bf16|fp32):(shared|separate)[:swiglu][:unpacked|:int8only]"
+                         f"[:unfused]"
                          f"[:act.FIELD=VALUE]")
     return factor_name, sharing, options, launch
 
@@ -223,6 +225,7 @@ def main() -> None:
                         help="W4A4 variants, factor dtype:(shared|separate) input quantization of q/k/v and gate/up"
                              "[:swiglu] (down projections take silu(gate)·up inside their activation kernel)"
                              "[:unpacked] (keep_weights_unpacked: int8 weight copies, no unpack pass per call)"
+                             "[:int8only] (the same with the packed weights dropped: int8 codes alone)"
                              "[:unfused] (shared input groups run one GEMM per linear, not one on stacked weights)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
@@ -269,8 +272,8 @@ def main() -> None:
         to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen, sharing == "shared")
         for block in adapter.blocks:
             adapter.linears(block)["down"].fuse_swiglu = "swiglu" in options
-        if "unpacked" in options:
-            keep_weights_unpacked(model)
+        if "unpacked" in options or "int8only" in options:
+            keep_weights_unpacked(model, drop_packed="int8only" in options)
         for group in {m.shared_input for m in model.modules() if isinstance(m, W4A4Linear) and m.shared_input}:
             group.fused_gemm = "unfused" not in options
         if args.compile:
@@ -282,6 +285,7 @@ def main() -> None:
             bf16 = next(r for r in results["runs"] if r["model"] == f"bf16{tag}" and r["tokens"] == n)
             extra = (", SwiGLU fused into down's input" if "swiglu" in options else "") + \
                 (", weights kept unpacked (int8)" if "unpacked" in options else "") + \
+                (", int8 weights only" if "int8only" in options else "") + \
                 (", one GEMM per linear" if "unfused" in options else "") + \
                 "".join(f", act {key}={value}" for key, value in launch.items())
             results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{extra}{tag})",

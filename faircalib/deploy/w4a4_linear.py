@@ -111,26 +111,59 @@ class W4A4Linear(nn.Module):
                     getattr(module, name).copy_(value)
         return module.to(ql.weight.device)
 
-    def keep_weight_unpacked(self, keep: bool = True) -> None:
+    def keep_weight_unpacked(self, keep: bool = True, drop_packed: bool = False) -> None:
         """Keep the weight also as int8 codes (`weight_int8`, a non-persistent buffer: checkpoints are unchanged), so
         that each forward runs the INT8 GEMM directly instead of first unpacking the 4-bit weight. Memory for time:
         the weight then takes 1.5 bytes per element (0.75x of bf16 instead of 0.25x); the unpack pass it saves was
         3.5 ms of a 22 ms LLaDA-8B step over 1024 tokens on H100 (BENCHMARKS.md). keep=False frees the copy. Eager
-        calls unpack again if `weight_packed` was replaced or modified in place; compiled code does not check."""
-        if keep:
-            with torch.no_grad():
+        calls unpack again if `weight_packed` was replaced or modified in place; compiled code does not check.
+        drop_packed: keep the int8 codes alone (1 byte per element, 0.5x of bf16): `weight_packed` becomes an empty
+        [N, 0] tensor (`packed_dropped`), the state dict (checkpoints) and `weight_codes` are computed from the int8
+        codes, loading a state dict unpacks the loaded weight and drops it again, and keep=False packs it back."""
+        with torch.no_grad():
+            if not keep:
+                if self.packed_dropped:
+                    self.weight_packed = self._packed_from_int8()
+                self.weight_int8, self._unpacked_from = None, None
+                return
+            if not self.packed_dropped:
                 self.weight_int8 = kernels.unpack_weight_int8(self.weight_packed)
-            self._unpacked_from = (self.weight_packed, self.weight_packed._version)
-        else:
-            self.weight_int8, self._unpacked_from = None, None
+                self._unpacked_from = (self.weight_packed, self.weight_packed._version)
+            if drop_packed:
+                self.weight_packed = self.weight_packed.new_empty((self.out_features, 0))
+                self._unpacked_from = None
+
+    @property
+    def packed_dropped(self) -> bool:
+        """Whether only the int8 codes hold the weight (`keep_weight_unpacked(drop_packed=True)`)."""
+        return self.weight_packed.shape[1] == 0
+
+    def _packed_from_int8(self) -> torch.Tensor:
+        return kernels.pack_weight_for_gemm(self.weight_int8[:, :self.in_features])
 
     def _unpacked_weight(self) -> torch.Tensor | None:
         """weight_int8, unpacked again first (eager only) if the packed weight changed since."""
-        if self.weight_int8 is not None and not torch.compiler.is_compiling():
+        if self.weight_int8 is not None and self._unpacked_from is not None and not torch.compiler.is_compiling():
             source, version = self._unpacked_from
             if source is not self.weight_packed or version != source._version:
                 self.keep_weight_unpacked()
         return self.weight_int8
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.packed_dropped:  # checkpoints keep the packed layout
+            destination[prefix + "weight_packed"] = self._packed_from_int8()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        dropped = self.packed_dropped and prefix + "weight_packed" in state_dict
+        if dropped:  # a buffer of the stored shape to load into, then the loaded weight unpacked and dropped again
+            self.weight_packed = torch.zeros(self.out_features, kernels.padded_k(self.in_features) // 2,
+                                             dtype=torch.int8, device=self.weight_packed.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if dropped:
+            self.keep_weight_unpacked(drop_packed=True)
 
     def _kernel_buffers(self) -> tuple:
         return (self.weight_packed, self.weight_scale, self.bias, self.act_clip, self.channel_scale, self.left,
@@ -196,22 +229,26 @@ class W4A4Linear(nn.Module):
 
     def weight_codes(self) -> torch.Tensor:
         """The int8 weight codes [N, K] (unpacked from the GEMM layout)."""
+        if self.packed_dropped:
+            return self.weight_int8[:, :self.in_features].clone()
         return kernels.unpack_weight_for_gemm(self.weight_packed, self.in_features)
 
     def extra_repr(self) -> str:
         parts = [name for name in ("channel_scale", "left", "right") if getattr(self, name) is not None]
         shared = "" if self.shared_input is None else f", shared_input={len(self.shared_input.members)}"
+        weight = "" if self.weight_int8 is None else (", weight=int8 only" if self.packed_dropped else
+                                                      ", weight=packed+int8")
         return (f"in={self.in_features}, out={self.out_features}, act_bits={self.act_bits}, "
-                f"bias={self.bias is not None}, transform={'+'.join(parts) or None}{shared}")
+                f"bias={self.bias is not None}, transform={'+'.join(parts) or None}{shared}{weight}")
 
 
-def keep_weights_unpacked(model: nn.Module, keep: bool = True) -> int:
-    """`W4A4Linear.keep_weight_unpacked(keep)` on every W4A4Linear of `model` (memory for time: see there), the
-    copies of linked linears stacked so that each group still runs one GEMM (`stack_kept_weights`); returns how
-    many linears there are."""
+def keep_weights_unpacked(model: nn.Module, keep: bool = True, drop_packed: bool = False) -> int:
+    """`W4A4Linear.keep_weight_unpacked(keep, drop_packed)` on every W4A4Linear of `model` (memory for time: see
+    there), the copies of linked linears stacked so that each group still runs one GEMM (`stack_kept_weights`);
+    returns how many linears there are."""
     linears = [m for m in model.modules() if isinstance(m, W4A4Linear)]
     for linear in linears:
-        linear.keep_weight_unpacked(keep)
+        linear.keep_weight_unpacked(keep, drop_packed)
     for group in {id(m.shared_input): m.shared_input for m in linears if m.shared_input is not None}.values():
         group.stack_kept_weights()
     return len(linears)

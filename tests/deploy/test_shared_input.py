@@ -111,6 +111,14 @@ def test_kept_int8_weights_are_stacked_per_input(monkeypatch):
         adapter.logits(ids)
         assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul"] * 2 * blocks)
 
+        int8_only = copy.deepcopy(twin)  # the int8 codes alone: still stacked, one GEMM per input
+        keep_weights_unpacked(int8_only, drop_packed=True)
+        adapter_int8 = get_adapter(int8_only)
+        mlp = adapter_int8.linears(adapter_int8.blocks[0])
+        assert mlp["gate"].packed_dropped and mlp["gate"].weight_int8._base is mlp["gate"].shared_input._kept[0]
+        calls.clear()
+        assert torch.equal(adapter_int8.logits(ids), want) and calls == ["int8_matmul"] * 4 * blocks
+
 
 def test_group_gemm_slices_equal_the_members_outputs(gen, monkeypatch):
     q, k, v = linears_of_one_input(gen, n_sizes=(40, 7, 17))
@@ -229,13 +237,14 @@ def test_copies_are_linked_among_themselves(gen):
         assert all(torch.equal(a(x), b(x)) for a, b in zip(model, twin))
 
 
-@pytest.mark.parametrize("unpacked", [False, True])
-def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked):
+@pytest.mark.parametrize("unpacked,int8_only", [(False, False), (True, False), (True, True)])
+def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked, int8_only):
     import torch._dynamo
 
     deployed = quantized_tiny("llada", "flatquant")
     convert_to_w4a4(deployed)
-    keep_weights_unpacked(deployed, unpacked)  # kept int8 weights: int8_matmul on the stacks, still no breaks
+    # kept int8 weights (with the packed ones, or alone): int8_matmul on the stacks, still no graph breaks
+    keep_weights_unpacked(deployed, unpacked, drop_packed=int8_only)
     adapter = get_adapter(deployed)
     ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

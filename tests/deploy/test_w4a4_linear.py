@@ -124,6 +124,48 @@ def test_a_kept_unpacked_weight_gives_the_same_outputs_and_follows_changes(famil
         assert linear.weight_int8 is None and not linear(x).any()
 
 
+def test_int8_only_weights_give_the_same_outputs_and_checkpoints(family, tmp_path):
+    """keep_weights_unpacked(drop_packed=True): the int8 codes alone hold the weights (1 byte per element); outputs,
+    state dict, weight codes and saved checkpoints are those of the packed model; a loaded state dict takes effect;
+    keep=False packs the weights back as they were."""
+    from faircalib.deploy.checkpoint import load_quantized, save_quantized
+
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    adapter = get_adapter(model)
+    ids = torch.randint(0, 48, (2, 12), generator=torch.Generator().manual_seed(0))
+    linears = [m for m in model.modules() if isinstance(m, W4A4Linear)]
+    packed = {name: t.clone() for name, t in model.state_dict().items()}
+    codes = [m.weight_codes() for m in linears]
+    with torch.no_grad():
+        want = adapter.logits(ids)
+        assert keep_weights_unpacked(model, drop_packed=True) == 14
+        assert all(m.packed_dropped and m.weight_packed.numel() == 0 for m in linears)
+        assert sum(m.weight_int8.numel() for m in linears) == 2 * sum(packed[n].numel() for n in packed
+                                                                       if n.endswith("weight_packed"))
+        assert torch.equal(adapter.logits(ids), want)
+    state = model.state_dict()
+    assert state.keys() == packed.keys() and all(torch.equal(state[n], packed[n]) for n in packed)
+    assert all(torch.equal(m.weight_codes(), c) for m, c in zip(linears, codes))
+    with torch.no_grad():
+        assert torch.equal(get_adapter(load_quantized(save_quantized(model, tmp_path))).logits(ids), want)
+
+        changed = dict(packed)
+        name = next(n for n in packed if n.endswith("weight_packed"))
+        changed[name] = torch.zeros_like(packed[name])
+        model.load_state_dict(changed)
+        linear = model.get_submodule(name.rsplit(".", 1)[0])
+        assert linear.packed_dropped and not linear(torch.randn(3, linear.in_features)).any()
+        model.load_state_dict(packed)
+        assert torch.equal(adapter.logits(ids), want)
+        model.load_state_dict({n: t for n, t in packed.items() if not n.endswith("weight_packed")}, strict=False)
+        assert torch.equal(adapter.logits(ids), want)  # a state dict without the weights leaves them as they are
+
+        keep_weights_unpacked(model, False)
+    assert all(not m.packed_dropped and m.weight_int8 is None for m in linears)
+    assert all(torch.equal(t, packed[n]) for n, t in model.state_dict().items())
+
+
 @pytest.mark.parametrize("method", ["flatquant", "quarot"])
 def test_shipped_models_generate_the_same_answers_deployed(family, method):
     """The trained tiny models: the deployed W4A4 model writes the fake-quant model's tokens, step for step."""

@@ -45,14 +45,15 @@ def test_stacked_gemms_on_cuda_equal_a_gemm_per_linear(family):
         _close(get_adapter(model).logits(ids), get_adapter(unfused).logits(ids))
 
 
-def test_kept_int8_stacks_on_cuda_equal_the_packed_path(family):
-    """Kept int8 weights, stacked per input group: the same int8 operands as the packed path's unpacked stacks, the
-    same GEMM, so the logits are bitwise equal."""
+@pytest.mark.parametrize("int8_only", [False, True])
+def test_kept_int8_stacks_on_cuda_equal_the_packed_path(family, int8_only):
+    """Kept int8 weights, stacked per input group (with the packed weights, or alone): the same int8 operands as
+    the packed path's unpacked stacks, the same GEMM, so the logits are bitwise equal."""
     model = quantized_tiny(family, "flatquant")
     convert_to_w4a4(model)
     model.cuda()
     ids = torch.randint(0, 48, (3, 40), generator=torch.Generator().manual_seed(0)).cuda()
     with torch.no_grad():
         want = get_adapter(model).logits(ids)
-        keep_weights_unpacked(model)
+        keep_weights_unpacked(model, drop_packed=int8_only)
         assert torch.equal(get_adapter(model).logits(ids), want)
