@@ -231,6 +231,7 @@ class SharedInputQuantization:
         del self.members[i], self._states[i]
         self.memo = InputMemo()  # a fresh memo: a stored result is released once the remaining members read it
         self.slots = [self.memo.join() for _ in self.members]
+        self._kept = None  # the stack holds the leaving member's rows: a GEMM per member (`stack_kept_weights` again)
 
     def __getstate__(self) -> dict:
         # A copy re-checks its members at first use (its buffers are new tensors) and holds no stored input.

@@ -70,6 +70,20 @@ def test_each_shared_input_takes_one_gemm(family, monkeypatch):
         assert calls == ["w4a4_matmul"] * 7 * blocks
 
 
+def test_unlinking_a_member_drops_the_kept_stack(gen):
+    """A member that leaves a group with kept int8 weights stacked: the remaining members no longer run the stack
+    (its rows include the one that left), each gives its own output."""
+    q, k, v = linears_of_one_input(gen)
+    share_input_quantization([q, k, v])
+    keep_weights_unpacked(nn.ModuleList([q, k, v]))
+    x = torch.randn(2, 96, generator=gen)
+    with torch.no_grad():
+        want = [m(x) for m in (q, k, v)]
+        share_input_quantization([v])  # v leaves: q and k stay linked
+        assert q.shared_input is k.shared_input and v.shared_input is None
+        assert all(torch.equal(m(x), w) for m, w in zip((q, k, v), want))
+
+
 def test_kept_int8_weights_are_stacked_per_input(monkeypatch):
     """`keep_weights_unpacked(model)` keeps each group's int8 copies as slices of one tensor, so a group still runs
     one GEMM (`int8_matmul` on the stack), bitwise equal to the packed path; a member whose packed weight changes
