@@ -346,7 +346,8 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
     """`w4a4_matmul` against several packed weights of one K stacked along N, as one GEMM: the linears that read
     the same input (q/k/v, gate/up) run together, and their outputs are column slices of the result.
     w_packed: a list of int8 [N_i, padded_k(K) / 2] (`pack_weight_for_gemm`); w_scales fp32 [sum N_i] and bias
-    [sum N_i] in the same order -> [..., sum N_i] out_dtype. The stacked weight is never built in memory."""
+    [sum N_i] in the same order -> [..., sum N_i] out_dtype. The packed weights are not concatenated: each is
+    unpacked into its rows of the call's transient int8 operand."""
     op = "w4a4_matmul_stacked"
     if isinstance(w_packed, torch.Tensor) or not w_packed:
         raise TypeError(f"faircalib.kernels.{op}: w_packed must be a non-empty list of packed weights; for one "
