@@ -1,6 +1,6 @@
 """Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,profile,epilogue,ws]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,profile,epilogue]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
@@ -21,8 +21,8 @@ profile: the shipped activation kernels once per `--act-k` width at 16384 tokens
         compiled kernel's registers, spills, shared memory and MMA instructions (wgmma or mma.sync) from its PTX.
 epilogue: the shipped INT8 GEMM (output written by TMA, whole tile or two halves) against the pointer stores it
         replaced, on single and stacked (q+k+v, gate+up) weight shapes.
-ws:     the INT8 GEMM alone with Triton's loop options: the tile and K loops not flattened, automatic warp
-        specialization of either loop, against the shipped kernel.
+(A `ws` part, at commit 397989f, ran the INT8 GEMM with the tile and K loops not flattened, now a tuned option of
+the shipped kernel, and with Triton's automatic warp specialization, which Triton 3.6 failed to compile; BENCHMARKS.md.)
 (An `l2chunk` part, at commit 1fc27d6 and before, ran `w4a4_matmul` in L2-sized weight slices; BENCHMARKS.md.)
 """
 from __future__ import annotations
@@ -551,100 +551,6 @@ def epilogue_part(log) -> list[dict]:
     return records
 
 
-def _ws_configs() -> list[triton.Config]:
-    """The shipped tile shapes that win most often, with 8 warps as shipped and with 4 (Hopper's automatic warp
-    specialization adds its producer warps to num_warps), TMA stores whole or in halves."""
-    shapes = ([(16, 32, 64, 4, 1)] if gemm.registry.triton_interpreted() else
-              [(128, 256, 128, 8, 3), (128, 256, 64, 8, 5), (128, 128, 128, 8, 4), (256, 128, 128, 8, 3),
-               (128, 256, 128, 4, 3), (128, 128, 128, 4, 4)])
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SUBTILE": sub}, num_warps=w,
-                          num_stages=st, pre_hook=gemm._set_block_shapes)
-            for bm, bn, bk, w, st in shapes for sub in ((True,) if len(shapes) == 1 else (False, True))]
-
-
-@triton.autotune(configs=_ws_configs(), key=["M_BUCKET", "N", "K", "FLATTEN", "WS_TILES", "WS_K"],
-                 do_bench=gemm._tune_bench)
-@triton.jit
-def _ws_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, c_ptr, M, N, K, M_BUCKET, PROGRAMS: tl.constexpr,
-                    FLATTEN: tl.constexpr, WS_TILES: tl.constexpr, WS_K: tl.constexpr, SUBTILE: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """The shipped persistent INT8 GEMM (TMA loads and stores) with Triton's loop options exposed: FLATTEN (the
-    shipped kernel flattens the tile and K loops into one pipelined loop), WS_TILES / WS_K (automatic warp
-    specialization of the tile loop or of the K loop: TMA-load warps apart from the MMA warps)."""
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=FLATTEN, warp_specialize=WS_TILES):
-        pid_m, pid_n = gemm.grouped_tile(tile, num_m, num_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for k0 in tl.range(0, K, BLOCK_K, warp_specialize=WS_K):
-            acc = tl.dot(a_desc.load([pid_m * BLOCK_M, k0]), w_desc.load([pid_n * BLOCK_N, k0]).T, acc,
-                         out_dtype=tl.int32)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        out = (acc.to(tl.float32) * tl.load(sa_ptr + rm, mask=rm < M, other=0.0)[:, None] *
-               tl.load(sw_ptr + rn, mask=rn < N, other=0.0)[None, :]).to(c_ptr.dtype.element_ty)
-        if SUBTILE:
-            left, right = tl.split(tl.permute(tl.reshape(out, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], left)
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N + BLOCK_N // 2], right)
-        else:
-            c_desc.store([pid_m * BLOCK_M, pid_n * BLOCK_N], out)
-
-
-WS_VARIANTS = {"no flatten": dict(FLATTEN=False, WS_TILES=False, WS_K=False),
-               "ws tiles": dict(FLATTEN=False, WS_TILES=True, WS_K=False),
-               "ws k": dict(FLATTEN=False, WS_TILES=False, WS_K=True)}
-
-
-def ws_gemm(a_codes, a_scales, w_int8, w_scales, variant: dict):
-    m, k = a_codes.shape
-    n = w_int8.shape[0]
-    out = torch.empty((m, n), dtype=torch.bfloat16, device=a_codes.device)
-    descs = [gemm.TensorDescriptor.from_tensor(t, [1, 1]) for t in (a_codes, w_int8, out)]
-    programs = gemm._num_sms(a_codes.device.index or 0)
-
-    def grid(meta):
-        return (min(programs, triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])),)
-
-    _ws_gemm_kernel[grid](*descs, a_scales.reshape(-1), w_scales, out, m, n, k, triton.next_power_of_2(m),
-                          PROGRAMS=programs, **variant)
-    return out
-
-
-def ws_part(log) -> list[dict]:
-    """The INT8 GEMM alone (pre-unpacked weights) under Triton's loop options (WS_VARIANTS) against the shipped
-    kernel, on four LLaDA/Dream (stacked) weight shapes at M = 1024, 4096, 16384: bitwise equal outputs first, then
-    CUDA-graph-timed speed against cuBLAS bf16."""
-    records = []
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    for label, k, n in (("llada q/k/v/o", 4096, 4096), ("llada gate/up, q+k+v", 4096, 12288),
-                        ("llada down", 12288, 4096), ("dream q+k+v", 3584, 4608)):
-        w = torch.randint(-8, 8, (n, k), device="cuda", generator=gen, dtype=torch.int8)
-        sw = torch.rand(n, device="cuda", generator=gen)
-        for m in (1024, 4096, 16384):
-            a = torch.randint(-8, 8, (m, k), device="cuda", generator=gen, dtype=torch.int8)
-            sa = torch.rand(m, 1, device="cuda", generator=gen)
-            x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-            wb = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
-            want = gemm.int8_gemm(a, sa, w, sw, None, torch.bfloat16)
-            t = {"bf16": graph_median_ms(lambda: F.linear(x, wb)),
-                 "shipped": graph_median_ms(lambda: gemm.int8_gemm(a, sa, w, sw, None, torch.bfloat16))}
-            rec = {"shape": label, "M": m, "N": n, "K": k, "shipped_config": str(gemm._int8_gemm_kernel.best_config)}
-            for name, variant in WS_VARIANTS.items():
-                try:
-                    rec[f"{name} exact"] = bool(torch.equal(ws_gemm(a, sa, w, sw, variant), want))
-                    t[name] = graph_median_ms(lambda: ws_gemm(a, sa, w, sw, variant))
-                    rec[f"{name} config"] = str(_ws_gemm_kernel.best_config)
-                except Exception as error:  # noqa: BLE001
-                    rec[f"{name} error"] = f"{type(error).__name__}: {str(error)[:300]}"
-                    t[name] = float("nan")
-            rec["ms"], rec["vs_bf16"] = t, {key: t["bf16"] / v for key, v in t.items()}
-            log(f"ws {label} M={m}: " + ", ".join(f"{key} {v:.2f}x" for key, v in rec["vs_bf16"].items()) + "; "
-                + ", ".join(f"{key}: {v}" for key, v in rec.items() if key.endswith(("exact", "error", "config"))))
-            records.append(rec)
-    return records
-
-
 def profile_part(log, widths: tuple[int, ...]) -> list[dict]:
     for k in widths:
         n1, n2 = kronecker_factors(k)
@@ -695,7 +601,7 @@ def main() -> None:
         result[part] = {"act": lambda: act_part(copy_tbps, log, widths), "fp8": lambda: fp8_part(log),
                         "inloop": lambda: inloop_part(log), "epilogue": lambda: epilogue_part(log),
                         "host": lambda: host_part(log), "profile": lambda: profile_part(log, widths),
-                        "unpack": lambda: unpack_part(log), "ws": lambda: ws_part(log)}[part]()
+                        "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "explore_w4a4.json")

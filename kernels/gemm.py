@@ -523,18 +523,20 @@ def _set_block_shapes(nargs: dict) -> None:
 
 
 def _gemm_configs() -> list[triton.Config]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) x SUBTILE. Under the interpreter one config (the autotuner would
-    time several on a GPU); tests swap in each epilogue variant."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) x SUBTILE x FLATTEN. Under the interpreter one config (the
+    autotuner would time several on a GPU); tests swap in each epilogue and loop variant. FLATTEN (the tile and K
+    loops pipelined as one) won at 1024 tokens, its absence at 16384 (up to 1.2x on H100, BENCHMARKS.md): both are
+    tuned for the shapes with 128-wide K steps."""
     if registry.triton_interpreted():
-        shapes, subtiles = [(16, 32, 64, 4, 1)], (True,)
-    else:
-        shapes = [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (256, 128, 128, 8, 4),
-                  (128, 128, 128, 8, 4), (128, 128, 128, 4, 5), (128, 256, 64, 8, 5), (256, 128, 64, 8, 5),
-                  (128, 256, 64, 8, 6)]
-        subtiles = (False, True)
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SUBTILE": sub}, num_warps=w,
-                          num_stages=st, pre_hook=_set_block_shapes)
-            for bm, bn, bk, w, st in shapes for sub in subtiles]
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 8, "SUBTILE": True,
+                               "FLATTEN": True}, num_warps=4, num_stages=1, pre_hook=_set_block_shapes)]
+    shapes = [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (256, 128, 128, 8, 4),
+              (128, 128, 128, 8, 4), (128, 128, 128, 4, 5), (128, 256, 64, 8, 5), (256, 128, 64, 8, 5),
+              (128, 256, 64, 8, 6)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SUBTILE": sub,
+                           "FLATTEN": flat}, num_warps=w, num_stages=st, pre_hook=_set_block_shapes)
+            for bm, bn, bk, w, st in shapes for sub in (False, True) for flat in ((True, False) if bk == 128 else
+                                                                                   (True,))]
 
 
 def _tune_bench(fn, quantiles):
@@ -589,15 +591,17 @@ def grouped_tile(tile, num_m, num_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _int8_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, M_BUCKET, stride_cm,
                       PROGRAMS: tl.constexpr, HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, SUBTILE: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                      FLATTEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_M: tl.constexpr):
     """Persistent: PROGRAMS programs sweep the output tiles in grouped order (GROUP_M row-tiles share each weight
     column-tile while it is in L2); operands arrive by TMA (out-of-range rows and the K tail read as zeros).
     TMA_STORE: the output tile leaves by TMA too (asynchronous, clipped at the edges; SUBTILE: in two halves, half
     the staging buffer), which ran the GEMM up to 1.2x faster than pointer stores on H100 (BENCHMARKS.md); pointer
-    stores where the output's row stride is not 16-byte aligned."""
+    stores where the output's row stride is not 16-byte aligned. FLATTEN: the tile and K loops software-pipelined
+    as one loop (the next tile's loads overlap this one's epilogue)."""
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
-    for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
+    for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=FLATTEN):
         pid_m, pid_n = grouped_tile(tile, num_m, num_n, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):

@@ -17,8 +17,9 @@ def add_arguments(parser):
                         help="replay each step's forward from a CUDA graph (faircalib.deploy.GraphedLogits; "
                              "needs --device cuda): removes Python and launch overhead, large for W4A4 models")
     parser.add_argument("--keep-unpacked", action="store_true",
-                        help="W4A4 checkpoints: keep int8 copies of the weights (faircalib.deploy."
-                             "keep_weights_unpacked): no unpack pass per step, weights 0.75x of bf16 instead of 0.25x")
+                        help="W4A4 checkpoints: hold the weights as int8 codes instead of packed 4-bit ones "
+                             "(faircalib.deploy.keep_weights_unpacked(drop_packed=True)): no unpack pass per step, "
+                             "weights 0.5x of bf16 instead of 0.25x")
     add_model_arguments(parser)
     add_sampler_arguments(parser)
 
@@ -39,7 +40,7 @@ def run(args) -> int:
     if args.keep_unpacked:
         from faircalib.deploy import keep_weights_unpacked
 
-        if not keep_weights_unpacked(model):
+        if not keep_weights_unpacked(model, drop_packed=True):
             args.parser.error(f"--keep-unpacked needs a W4A4 checkpoint; {args.model} has no W4A4Linear")
     if args.cuda_graph:
         from faircalib.deploy import GraphedLogits

@@ -106,13 +106,16 @@ def test_gemm_worst_case_longest_k_is_exact(product):
     assert (_integer_gemm(a, torch.full((n, k), -8, dtype=torch.int8)) == product * k).all()
 
 
-@pytest.fixture(params=[True, False], ids=["tma-store-halves", "tma-store-whole"])
+@pytest.fixture(params=[(True, True), (False, True), (True, False), (False, False)],
+                ids=["tma-store-halves", "tma-store-whole", "halves-unflattened", "whole-unflattened"])
 def epilogue(request, monkeypatch):
-    """Each epilogue variant the GPU autotuner chooses among (TMA store in two halves or whole); outputs whose row
-    stride is not 16-byte aligned take pointer stores in either."""
+    """Each epilogue and loop variant the GPU autotuner chooses among (TMA store in two halves or whole; the tile
+    and K loops pipelined as one or not); outputs whose row stride is not 16-byte aligned take pointer stores in
+    either."""
     kernel = gemm._int8_gemm_kernel
     config = kernel.configs[0]
-    kwargs = {**config.kwargs, "SUBTILE": request.param}
+    subtile, flatten = request.param
+    kwargs = {**config.kwargs, "SUBTILE": subtile, "FLATTEN": flatten}
     monkeypatch.setattr(kernel, "configs", [triton.Config(kwargs, num_warps=config.num_warps,
                                                           num_stages=config.num_stages, pre_hook=config.pre_hook)])
     monkeypatch.setattr(kernel, "cache", {})

@@ -7,6 +7,7 @@ device and TRITON_INTERPRET=0:
 """
 import pytest
 import torch
+import triton
 
 from faircalib.kernels import gemm, gemm_reference as ref, registry
 
@@ -109,6 +110,29 @@ def test_compiled_split_transform_matches_eager(gated):
     torch.testing.assert_close(scales, want_scales, rtol=1e-2, atol=0)
     assert (codes.int() - want_codes.int()).abs().max() <= 1
     assert (codes != want_codes).float().mean() < 1e-2
+
+
+@pytest.mark.parametrize("flatten", [True, False], ids=["flattened", "unflattened"])
+@pytest.mark.parametrize("subtile", [True, False], ids=["halves", "whole"])
+def test_each_gemm_loop_and_epilogue_variant_on_gpu_is_exact(monkeypatch, subtile, flatten):
+    """Each (SUBTILE, FLATTEN) variant the autotuner picks among, forced on a 128 x 256 x 128 tile: bitwise the
+    reference on random codes and on worst-case ones (every product +64 over K = 18944)."""
+    kernel = gemm._int8_gemm_kernel
+    config = next(c for c in kernel.configs if c.kwargs["BLOCK_K"] == 128 and c.kwargs["BLOCK_N"] == 256)
+    monkeypatch.setattr(kernel, "configs", [triton.Config(
+        {**config.kwargs, "SUBTILE": subtile, "FLATTEN": flatten}, num_warps=config.num_warps,
+        num_stages=config.num_stages, pre_hook=config.pre_hook)])
+    monkeypatch.setattr(kernel, "cache", {})
+    gen = torch.Generator().manual_seed(5)
+    for m, n, k, extreme in ((257, 4608, 3584, False), (300, 520, 18944, True)):
+        a = torch.full((m, k), -8, dtype=torch.int8) if extreme else \
+            torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+        codes = torch.full((n, k), -8, dtype=torch.int8) if extreme else \
+            torch.randint(-8, 8, (n, k), generator=gen, dtype=torch.int8)
+        w = ref.pack_weight_for_gemm(codes)
+        sa, sw = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen)
+        got = gemm.w4a4_matmul(a.cuda(), sa.cuda(), w.cuda(), sw.cuda(), None, torch.float32).cpu()
+        assert torch.equal(got, ref.w4a4_matmul(a, sa, w, sw, None, torch.float32))
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 40, 256), (300, 17, 200), (257, 4608, 3584), (1000, 512, 18944)])
