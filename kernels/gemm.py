@@ -523,20 +523,21 @@ def _set_block_shapes(nargs: dict) -> None:
 
 
 def _gemm_configs() -> list[triton.Config]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) x SUBTILE x FLATTEN. Under the interpreter one config (the
-    autotuner would time several on a GPU); tests swap in each epilogue and loop variant. FLATTEN (the tile and K
-    loops pipelined as one) won at 1024 tokens, its absence at 16384 (up to 1.2x on H100, BENCHMARKS.md): both are
-    tuned for the shapes with 128-wide K steps."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) x SUBTILE, flattened; the tile shapes that won unflattened also
+    unflattened. Under the interpreter one config (the autotuner would time several on a GPU); tests swap in each
+    epilogue and loop variant. FLATTEN (the tile and K loops pipelined as one) won at 1024 tokens, its absence at
+    16384 (up to 1.2x on H100, BENCHMARKS.md); every config costs a compile on the first call."""
     if registry.triton_interpreted():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 8, "SUBTILE": True,
                                "FLATTEN": True}, num_warps=4, num_stages=1, pre_hook=_set_block_shapes)]
-    shapes = [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (256, 128, 128, 8, 4),
-              (128, 128, 128, 8, 4), (128, 128, 128, 4, 5), (128, 256, 64, 8, 5), (256, 128, 64, 8, 5),
-              (128, 256, 64, 8, 6)]
+    flattened = [(128, 256, 128, 8, 3), (128, 256, 128, 8, 4), (256, 128, 128, 8, 3), (256, 128, 128, 8, 4),
+                 (128, 128, 128, 8, 4), (128, 128, 128, 4, 5), (128, 256, 64, 8, 5), (256, 128, 64, 8, 5),
+                 (128, 256, 64, 8, 6)]
+    unflattened = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3)]
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "SUBTILE": sub,
                            "FLATTEN": flat}, num_warps=w, num_stages=st, pre_hook=_set_block_shapes)
-            for bm, bn, bk, w, st in shapes for sub in (False, True) for flat in ((True, False) if bk == 128 else
-                                                                                   (True,))]
+            for flat, shapes in ((True, flattened), (False, unflattened))
+            for bm, bn, bk, w, st in shapes for sub in (False, True)]
 
 
 def _tune_bench(fn, quantiles):
