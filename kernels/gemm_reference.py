@@ -99,10 +99,19 @@ def quantize_swiglu_packed(gate: torch.Tensor, up: torch.Tensor, channel_scale: 
     return quantize_act_packed(torch.nn.functional.silu(gate) * up, channel_scale, left, right, clip, bits)
 
 
+# float32 holds every integer up to 2^24: with |a|, |b| <= 128 a partial sum stays within 128 · 128 · K, so rows up
+# to this K multiply exactly in float32 (twice float64's speed on a CPU: the tiny models' W4A4 linears).
+FLOAT32_EXACT_K = 2 ** 24 // (128 * 128)
+
+
 def int_matmul_exact(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a: int8 [M, K], b: int8 [N, K] -> int32 [M, N] = a · bᵀ, exact: float64 holds every partial sum
-    (|sum| <= 128 · 128 · K < 2^53), so any summation order gives the same integer."""
-    return (a.double() @ b.double().t()).to(torch.int32)
+    """a: int8 [M, K], b: int8 [N, K] -> int32 [M, N] = a · bᵀ, exact: the float type holds every partial sum
+    (float64: |sum| <= 128 · 128 · K < 2^53; float32 up to FLOAT32_EXACT_K, on the CPU at full fp32 matmul
+    precision), so any summation order gives the same integer."""
+    fp32 = (a.device.type == "cpu" and a.shape[1] <= FLOAT32_EXACT_K
+            and torch.get_float32_matmul_precision() == "highest")
+    dtype = torch.float32 if fp32 else torch.float64
+    return (a.to(dtype) @ b.to(dtype).t()).to(torch.int32)
 
 
 @registry.register("w4a4_matmul", "reference")

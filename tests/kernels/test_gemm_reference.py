@@ -67,6 +67,18 @@ def test_int_matmul_exact_worst_case_longest_k():
     assert (ref.int_matmul_exact(-a, w) == -64 * k).all()
 
 
+@pytest.mark.parametrize("k", [1, ref.FLOAT32_EXACT_K - 1, ref.FLOAT32_EXACT_K, ref.FLOAT32_EXACT_K + 1])
+def test_int_matmul_exact_at_the_float32_bound(k, gen):
+    """Around the longest K multiplied in float32: all-extreme int8 rows (every product ±2^14, sums up to ±2^24 and
+    just past it in float64) and random ones against an int64 matmul."""
+    a = torch.full((2, k), -128, dtype=torch.int8)
+    assert (ref.int_matmul_exact(a, a) == 128 * 128 * k).all()
+    assert (ref.int_matmul_exact(a, a.add(1).neg()) == -128 * 127 * k).all()
+    x = torch.randint(-128, 128, (5, k), generator=gen, dtype=torch.int8)
+    y = torch.randint(-128, 128, (7, k), generator=gen, dtype=torch.int8)
+    assert torch.equal(ref.int_matmul_exact(x, y), (x.long() @ y.long().t()).int())
+
+
 def test_w4a4_reference_matches_dequantized_matmul(gen):
     m, n, k = 6, 5, 300
     a, w = _codes((m, k), gen), _codes((n, k), gen)
