@@ -470,12 +470,16 @@ def inloop_part(log) -> list[dict]:
 
 
 def _pointer_store_configs() -> list[triton.Config]:
-    """The shipped tile configs, once each (SUBTILE only shapes TMA stores)."""
+    """The shipped flattened tile configs, once each (SUBTILE only shapes TMA stores; the pointer-store kernel
+    always flattens its loops, as it did when it shipped)."""
     configs = {}
     for c in gemm._gemm_configs():
-        key = (tuple(sorted((k, v) for k, v in c.kwargs.items() if k != "SUBTILE")), c.num_warps, c.num_stages)
-        configs.setdefault(key, triton.Config({**c.kwargs, "SUBTILE": False}, num_warps=c.num_warps,
-                                              num_stages=c.num_stages, pre_hook=c.pre_hook))
+        if not c.kwargs["FLATTEN"]:
+            continue
+        kwargs = {k: v for k, v in c.kwargs.items() if k not in ("SUBTILE", "FLATTEN")}
+        configs.setdefault((tuple(sorted(kwargs.items())), c.num_warps, c.num_stages),
+                           triton.Config({**kwargs, "SUBTILE": False}, num_warps=c.num_warps,
+                                         num_stages=c.num_stages, pre_hook=c.pre_hook))
     return list(configs.values())
 
 
