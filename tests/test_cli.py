@@ -6,7 +6,7 @@ import torch
 
 from faircalib.cli import COMMANDS, main
 from faircalib.diffusion import SamplerConfig, generate
-from faircalib.models import build_random, load_model, save_model
+from faircalib.models import build_random, get_adapter, load_model, save_model
 from faircalib.zoo import CharTokenizer, checkpoint_dir
 
 TOKENIZER = CharTokenizer()
@@ -65,6 +65,20 @@ def test_generate_trace_shows_every_step(checkpoints, capsys):
     # Dream on the grid 1, .667, .334, .001: floor(6 * .333) = 1, floor(5 * .499) = 2, then the remaining 3
     assert [line.split()[-1] for line in lines[:3]] == ["+1", "+2", "+3"]
     assert lines[3].startswith("final    7+8=") and "_" not in lines[3]
+
+
+def test_generate_compile_compiles_every_block_first(checkpoints, capsys, monkeypatch):
+    """--compile runs `Module.compile` on each block before the first step (recorded here instead of compiling:
+    Inductor on the CPU takes minutes); the answer is the uncompiled one."""
+    argv = ["generate", "--model", checkpoints["llada"], "--prompt", "12+34=", "--gen-length", "4", "--steps", "2"]
+    assert main(argv) == 0
+    answer = capsys.readouterr().out
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: compiled.append(self))
+    assert main([*argv, "--compile"]) == 0
+    assert capsys.readouterr().out == answer
+    blocks = get_adapter(load_model(checkpoints["llada"])).blocks
+    assert len(compiled) == len(blocks) and all(type(m) is type(blocks[0]) for m in compiled)
 
 
 @pytest.mark.parametrize(
