@@ -113,7 +113,8 @@ def run(args) -> int:
                        out_dir=args.out, resume=args.resume)
     exported = None
     if args.export is not None:
-        from faircalib.deploy.export import export_quantized
+        from faircalib.deploy.export import copy_tokenizer_files, export_quantized
+        from faircalib.models.loading import resolve_checkpoint
 
         try:
             exported = str(export_quantized(model, args.out / f"export-{args.export}", args.export,
@@ -121,6 +122,7 @@ def run(args) -> int:
         except ValueError as error:  # e.g. compressed-tensors cannot express online transforms
             print(f"faircalib calibrate: --export {args.export} failed: {error}", file=sys.stderr)
             return 2
+        copy_tokenizer_files(resolve_checkpoint(args.model), exported)  # the export generates on its own
     print(json.dumps({"out": str(args.out), "method": args.method, "fingerprint": result.fingerprint,
                       "export": exported,
                       "stage1_seconds": round(result.stage1_seconds, 2),

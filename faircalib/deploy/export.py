@@ -4,11 +4,14 @@
 deployed one (W4A4Linears), converts a copy when needed (the caller keeps its fake-quant model), and writes the
 chosen format: "faircalib" (`checkpoint.save_quantized`, everything including online transforms) or
 "compressed-tensors" (`compressed_tensors.export_compressed_tensors`, which refuses what that format cannot express).
+`copy_tokenizer_files(source, directory)` puts the source checkpoint's tokenizer next to the export, so that the
+exported directory loads and generates on its own.
 """
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 from torch import nn
@@ -19,6 +22,9 @@ from faircalib.deploy.compressed_tensors import export_compressed_tensors
 from faircalib.deploy.w4a4_linear import convert_to_w4a4
 
 EXPORT_FORMATS = ("faircalib", "compressed-tensors")
+# The task-suite CharTokenizer's file and the files of Hugging Face tokenizers (fast, sentencepiece, BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "tokenizer.model", "vocab.json", "merges.txt")
 
 
 def export_quantized(model: nn.Module, directory: str | os.PathLike, fmt: str = "faircalib",
@@ -36,3 +42,16 @@ def export_quantized(model: nn.Module, directory: str | os.PathLike, fmt: str = 
     if fmt == "faircalib":
         return save_quantized(model, directory, fingerprint=fingerprint)
     return export_compressed_tensors(model, directory)
+
+
+def copy_tokenizer_files(source: str | os.PathLike, directory: str | os.PathLike) -> list[str]:
+    """Copy the TOKENIZER_FILES that checkpoint directory `source` holds into `directory` (each written to a
+    temporary name, then renamed); returns the names copied."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            tmp = Path(directory) / f".{name}.tmp"
+            shutil.copyfile(Path(source) / name, tmp)
+            os.replace(tmp, Path(directory) / name)
+            copied.append(name)
+    return copied

@@ -2,6 +2,7 @@
 model: a run writes the calibrated model and its log; bad settings are usage errors before any model loads."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +32,20 @@ def test_calibrate_rtn(saved_model, tmp_path, capsys):
     assert log["recipe"]["method"] == "rtn" and log["recipe"]["qconfig"]["weight"]["bits"] == 3
     assert log["recipe"]["qconfig"]["act"] is None and len(log["blocks"]) == 2
     assert (out / "calibrated.pt").exists() and not (out / "prior.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["faircalib", "compressed-tensors"])
+def test_export_carries_the_tokenizer_and_generates_on_its_own(saved_model, tmp_path, capsys, fmt):
+    out = tmp_path / "out"
+    assert main(["calibrate", "--model", str(saved_model), "--method", "rtn", "--out", str(out),
+                 "--n-calib", str(len(TASKS)), "--export", fmt]) == 0
+    exported = Path(json.loads(capsys.readouterr().out)["export"])
+    assert (exported / "tokenizer.json").read_bytes() == (saved_model / "tokenizer.json").read_bytes()
+    assert not list(exported.glob(".*.tmp"))
+    if fmt == "faircalib":  # faircalib loads its own format; compressed-tensors is for other runtimes
+        assert main(["generate", "--model", str(exported), "--prompt", "1+2=", "--sampler", "dream",
+                     "--steps", "2", "--gen-length", "4"]) == 0
+        assert capsys.readouterr().out.strip()
 
 
 def test_calibrate_fair_with_a_saved_prior(saved_model, tmp_path, capsys):
