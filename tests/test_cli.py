@@ -67,6 +67,47 @@ def test_generate_trace_shows_every_step(checkpoints, capsys):
     assert lines[3].startswith("final    7+8=") and "_" not in lines[3]
 
 
+def _hf_tokenizer(directory):
+    """A word-level Hugging Face fast tokenizer (digits and operators as words, <bos> prepended) saved to directory:
+    what a real checkpoint ships instead of the task-suite tokenizer.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<mask>", "<eos>", "<bos>", "<unk>", *"0123456789", "+", "="]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
+                                        bos_token="<bos>", unk_token="<unk>", mask_token="<mask>")
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def test_generate_with_a_hugging_face_tokenizer(tmp_path, capsys):
+    """A checkpoint whose tokenizer is a Hugging Face one (real LLaDA/Dream and their exports) generates through it:
+    its own encoding (the <bos> included), the answer decoded up to the first eos without special tokens."""
+    config = dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1, eos_token_id=2)
+    model = build_random("llada", config, generator=torch.Generator().manual_seed(0))
+    save_model(model, tmp_path)
+    tokenizer = _hf_tokenizer(tmp_path)
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "1 2 +", "--gen-length", "4", "--steps", "2"]) == 0
+    prompt = tokenizer("1 2 +")["input_ids"]
+    assert prompt[0] == 3
+    out = generate(load_model(tmp_path), [torch.tensor(prompt)], SamplerConfig(gen_length=4, steps=2), pad_token_id=0)
+    answer = out.answer[0].tolist()
+    answer = answer[:answer.index(2)] if 2 in answer else answer
+    assert capsys.readouterr().out == tokenizer.decode(answer, skip_special_tokens=True) + "\n"
+
+
+def test_a_checkpoint_without_any_tokenizer_is_a_usage_error(tmp_path, capsys):
+    save_model(build_random("llada", dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1),
+                            generator=torch.Generator().manual_seed(0)), tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--model", str(tmp_path), "--prompt", "1"])
+    assert exit_.value.code == 2
+    assert "no tokenizer.json" in capsys.readouterr().err
+
+
 def test_generate_compile_compiles_every_block_first(checkpoints, capsys, monkeypatch):
     """--compile runs `Module.compile` on each block before the first step (recorded here instead of compiling:
     Inductor on the CPU takes minutes); the answer is the uncompiled one."""

@@ -35,7 +35,7 @@ def run(args) -> int:
 
     if args.cuda_graph and not args.device.startswith("cuda"):
         args.parser.error(f"--cuda-graph needs a CUDA device (got --device {args.device})")
-    config, tokenizer = sampler_config(args), load_tokenizer(args)
+    config, tokenizer = sampler_config(args), load_tokenizer(args, hf_fallback=True)
     try:
         prompts = [torch.tensor(tokenizer.encode(p), dtype=torch.long) for p in args.prompt]
     except ValueError as error:

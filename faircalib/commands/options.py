@@ -38,13 +38,26 @@ def add_sampler_arguments(parser: argparse.ArgumentParser):
     group.add_argument("--seed", type=int, default=0, help="seed of all sampling randomness (default 0)")
 
 
-def load_tokenizer(args):
-    """The checkpoint's tokenizer (cheap: read first, so bad prompts fail before the model loads)."""
+def load_tokenizer(args, hf_fallback: bool = False):
+    """The checkpoint's task-suite tokenizer (cheap: read first, so bad prompts fail before the model loads);
+    `hf_fallback`: else the Hugging Face tokenizer that real LLaDA/Dream checkpoints ship (`HFTokenizer`)."""
+    from pathlib import Path
+
     from faircalib.models import load_tokenizer as load
 
     try:
         return load(args.model)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
+        directory = Path(args.model)
+        # A tokenizer.json that is not the task suite's, or a tokenizer_config.json: a Hugging Face tokenizer
+        if hf_fallback and directory.is_dir() and (isinstance(error, ValueError)
+                                                   or (directory / "tokenizer_config.json").is_file()):
+            from faircalib.models.hf_tokenizer import HFTokenizer
+
+            try:
+                return HFTokenizer.load(directory, trust_remote_code=args.trust_remote_code)
+            except (OSError, ValueError) as hf_error:
+                args.parser.error(f"{directory}: its Hugging Face tokenizer did not load: {hf_error}")
         args.parser.error(str(error))
 
 
