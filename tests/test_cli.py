@@ -99,6 +99,20 @@ def test_generate_with_a_hugging_face_tokenizer(tmp_path, capsys):
     assert capsys.readouterr().out == tokenizer.decode(answer, skip_special_tokens=True) + "\n"
 
 
+@pytest.mark.parametrize("argv, hint", [(["eval"], "not a character tokenizer"),
+                                         (["compare", "--methods", "fp"], "not a character tokenizer"),
+                                         (["calibrate", "--method", "rtn"], "pass --calib-text FILE")])
+def test_task_suite_commands_on_a_hugging_face_tokenizer_are_usage_errors(tmp_path, capsys, argv, hint):
+    save_model(build_random("llada", dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1),
+                            generator=torch.Generator().manual_seed(0)), tmp_path)
+    _hf_tokenizer(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([argv[0], "--model", str(tmp_path), *argv[1:], *(["--out", str(tmp_path / "out")] if argv[0] != "eval"
+                                                              else [])])
+    assert exit_.value.code == 2
+    assert hint in capsys.readouterr().err
+
+
 def test_a_checkpoint_without_any_tokenizer_is_a_usage_error(tmp_path, capsys):
     save_model(build_random("llada", dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1),
                             generator=torch.Generator().manual_seed(0)), tmp_path)

@@ -92,7 +92,7 @@ def task_inputs(args):
 
     try:
         tokenizer = load_tokenizer(args.model)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # no tokenizer.json, or a Hugging Face one
         args.parser.error(f"{error}; for a checkpoint without the task-suite tokenizer pass --calib-text FILE")
     return (*calibration_inputs(tokenizer, CompareSettings(n_calib=args.n_calib, seed=args.seed)), SamplerConfig())
 

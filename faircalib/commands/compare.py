@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faircalib.commands.calibrate import add_recipe_arguments, recipe_from
-from faircalib.commands.options import add_model_arguments
+from faircalib.commands.options import add_model_arguments, load_tokenizer
 
 HELP = "compare fp,rtn,quarot,flatquant,fair[,fair-frontier,fair-masked] on one model (table + plots)"
 
@@ -30,6 +30,7 @@ def run(args) -> int:
     if unknown or not methods:
         args.parser.error(f"--methods: unknown {unknown}; choose from {[FP, *METHODS]}")
     settings = CompareSettings(n_calib=args.n_calib, n_eval=args.n_eval, n_metric=args.n_metric, seed=args.seed)
+    load_tokenizer(args)  # the task suite's: a usage error now rather than a traceback inside the comparison
     results = compare(args.model, methods, recipe_from(args, "fair"), settings, out_dir=args.out)
     print(markdown_table(results))
     print(f"\nwrote {args.out / 'results.json'}, {args.out / 'results.md'}, {args.out / 'plots.png'}")
