@@ -1,5 +1,6 @@
 """The `faircalib` command, run in-process on tiny random checkpoints saved to a temporary directory."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,6 +112,22 @@ def test_task_suite_commands_on_a_hugging_face_tokenizer_are_usage_errors(tmp_pa
                                                               else [])])
     assert exit_.value.code == 2
     assert hint in capsys.readouterr().err
+
+
+def test_a_real_checkpoint_calibrates_exports_and_generates_with_its_own_tokenizer(tmp_path, capsys):
+    """The path of a real LLaDA checkpoint, on a random tiny one with a Hugging Face tokenizer: calibrate on local
+    text (--calib-text), export the packed W4A4 model (its tokenizer files copied), generate from the export."""
+    config = dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1, eos_token_id=2)
+    save_model(build_random("llada", config, generator=torch.Generator().manual_seed(0)), tmp_path)
+    _hf_tokenizer(tmp_path)
+    (tmp_path / "text.txt").write_text("1 2 + 3 4 = 4 6 " * 50)
+    assert main(["calibrate", "--model", str(tmp_path), "--method", "rtn", "--out", str(tmp_path / "out"),
+                 "--calib-text", str(tmp_path / "text.txt"), "--seq-len", "16", "--n-calib", "4",
+                 "--export", "faircalib"]) == 0
+    exported = json.loads(capsys.readouterr().out)["export"]
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in Path(exported).iterdir()}
+    assert main(["generate", "--model", exported, "--prompt", "1 2 +", "--gen-length", "4", "--steps", "2"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_a_checkpoint_without_any_tokenizer_is_a_usage_error(tmp_path, capsys):
