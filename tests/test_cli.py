@@ -170,6 +170,25 @@ def test_generate_usage_errors(checkpoints, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("device, cuda_devices, message", [
+    ("banana", 0, "is not a torch device"), ("cuda", 0, "no CUDA device here"),
+    ("cuda:2", 2, "has 2 CUDA device(s), cuda:0 to cuda:1"), ("xpu", 0, "is not usable here")])
+@pytest.mark.parametrize("command", [["generate", "--prompt", "1="], ["eval"], ["calibrate", "--method", "rtn"]])
+def test_a_device_this_machine_lacks_is_a_usage_error(monkeypatch, capsys, tmp_path, command, device, cuda_devices,
+                                                      message):
+    """Checked while parsing, before any model loads (the CPU torch wheel raised an AssertionError deep inside)."""
+    if device == "xpu" and hasattr(torch, "xpu") and torch.xpu.is_available():
+        pytest.skip("this machine has an XPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_devices > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_devices)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--device", device, "--out", str(tmp_path)] if command[0] == "calibrate"
+             else [*command, "--device", device])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --device" in err and message in err
+
+
 def test_eval_writes_the_report_atomically(checkpoints, capsys, tmp_path):
     out = tmp_path / "reports" / "report.json"
     assert main(["eval", "--model", checkpoints["dream"], "--out", str(out), "--n", "2", "--tasks", "add", "rev",

@@ -9,11 +9,36 @@ from faircalib.diffusion.config import SAMPLERS, SamplerConfig
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+def device(text: str) -> str:
+    """--device: a torch device this machine has, checked before any model loads."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device ({error})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device here (torch {torch.__version__}, "
+                                             f"torch.cuda.is_available() is False); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s), cuda:0 to "
+                                             f"cuda:{count - 1}")
+    if dev.type not in ("cpu", "cuda"):
+        try:  # other backends (mps, xpu, ...): an empty tensor there, or the backend's own reason why not
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:200]
+            raise argparse.ArgumentTypeError(f"{text!r} is not usable here ({reason}); use --device cpu") from None
+    return text
+
+
 def add_model_arguments(parser: argparse.ArgumentParser):
     group = parser.add_argument_group("model")
     group.add_argument("--model", default="tiny-llada",
                        help="tiny-llada, tiny-dream or a checkpoint directory (default: tiny-llada)")
-    group.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    group.add_argument("--device", default="cpu", type=device, help="torch device (default: cpu)")
     group.add_argument("--dtype", default="float32", choices=DTYPES, help="weight dtype (default: float32)")
     group.add_argument("--trust-remote-code", action="store_true",
                        help="load other dLLMs through their published modeling code")
