@@ -189,6 +189,18 @@ def test_a_device_this_machine_lacks_is_a_usage_error(monkeypatch, capsys, tmp_p
     assert "argument --device" in err and message in err
 
 
+@pytest.mark.parametrize("command, out, message", [
+    (["calibrate", "--method", "rtn"], "a_file", "is a file; give a directory"),
+    (["compare", "--methods", "fp"], "a_file", "is a file; give a directory"),
+    (["eval"], "", "is a directory; give a file path")])
+def test_out_of_the_wrong_kind_is_a_usage_error(tmp_path, capsys, command, out, message):
+    (tmp_path / "a_file").write_text("kept")
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--out", str(tmp_path / out)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "kept"
+
+
 def test_eval_writes_the_report_atomically(checkpoints, capsys, tmp_path):
     out = tmp_path / "reports" / "report.json"
     assert main(["eval", "--model", checkpoints["dream"], "--out", str(out), "--n", "2", "--tasks", "add", "rev",

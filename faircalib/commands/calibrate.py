@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faircalib.commands.options import add_model_arguments
+from faircalib.commands.options import add_model_arguments, output_directory
 
 HELP = "calibrate a model to WxAy with fair|flatquant|quarot|rtn (Stage I prior + Stage II block-wise)"
 
@@ -50,7 +50,7 @@ def recipe_from(args, method: str):
 def add_arguments(parser):
     parser.add_argument("--method", default="fair",
                         help="fair | flatquant | quarot | rtn | fair-frontier | fair-masked (default fair)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=output_directory, required=True, help="output directory")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--export", choices=("faircalib", "compressed-tensors"),

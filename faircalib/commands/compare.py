@@ -1,10 +1,8 @@
 """`faircalib compare`: several methods on one model in one run → results.json, results.md, plots.png."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from faircalib.commands.calibrate import add_recipe_arguments, recipe_from
-from faircalib.commands.options import add_model_arguments, load_tokenizer
+from faircalib.commands.options import add_model_arguments, load_tokenizer, output_directory
 
 HELP = "compare fp,rtn,quarot,flatquant,fair[,fair-frontier,fair-masked] on one model (table + plots)"
 
@@ -12,7 +10,7 @@ HELP = "compare fp,rtn,quarot,flatquant,fair[,fair-frontier,fair-masked] on one 
 def add_arguments(parser):
     parser.add_argument("--methods", default="fp,rtn,quarot,flatquant,fair",
                         help="comma-separated methods (default fp,rtn,quarot,flatquant,fair)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=output_directory, required=True, help="output directory")
     parser.add_argument("--n-eval", type=int, default=64, help="held-out problems per task (default 64)")
     parser.add_argument("--n-metric", type=int, default=16,
                         help="held-out problems per task read along the teacher trajectories (default 16)")

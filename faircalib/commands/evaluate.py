@@ -9,13 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator, load_model,
-                                        load_tokenizer, sampler_config)
+                                        load_tokenizer, output_file, sampler_config)
 
 HELP = "exact-match accuracy per task of a model on the task suite (JSON report)"
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", type=Path, help="write the JSON report here (atomically); always printed too")
+    parser.add_argument("--out", type=output_file, help="write the JSON report here (atomically); always printed too")
     parser.add_argument("--n", type=int, help="problems per task (default: the whole split, 64 held-out)")
     parser.add_argument("--tasks", nargs="+", help="tasks to evaluate (default: all)")
     parser.add_argument("--split", default="heldout", help="task split (default: heldout)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from pathlib import Path
 
 from faircalib.diffusion.config import SAMPLERS, SamplerConfig
 
@@ -32,6 +33,22 @@ def device(text: str) -> str:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:200]
             raise argparse.ArgumentTypeError(f"{text!r} is not usable here ({reason}); use --device cpu") from None
     return text
+
+
+def output_directory(text: str) -> Path:
+    """--out of commands that write a directory: anything but an existing file (created later, as needed)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file; give a directory (new or existing)")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """--out of commands that write one file: anything but an existing directory."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file path, e.g. {path / 'report.json'}")
+    return path
 
 
 def add_model_arguments(parser: argparse.ArgumentParser):
