@@ -1,9 +1,7 @@
 """`faircalib calibrate`: quantize a model with one method (FAIR-Calib by default) and write the result."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from faircalib.commands.options import add_model_arguments, output_directory
+from faircalib.commands.options import add_model_arguments, existing_file, output_directory
 
 HELP = "calibrate a model to WxAy with fair|flatquant|quarot|rtn (Stage I prior + Stage II block-wise)"
 
@@ -55,8 +53,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--export", choices=("faircalib", "compressed-tensors"),
                         help="also write a packed W4A4 checkpoint to OUT/export-FORMAT (deployment format)")
-    parser.add_argument("--prior", type=Path, help="reuse a saved Stage I prior (prior.json) instead of probing")
-    parser.add_argument("--calib-text", type=Path,
+    parser.add_argument("--prior", type=existing_file, help="reuse a saved Stage I prior (prior.json) instead of probing")
+    parser.add_argument("--calib-text", type=existing_file,
                         help="models without the task-suite tokenizer (real LLaDA/Dream checkpoints): a UTF-8 text "
                              "file, tokenized with the checkpoint's own tokenizer; random windows of --seq-len")
     parser.add_argument("--seq-len", type=int, default=1024, help="calibration window with --calib-text (1024)")
@@ -77,7 +75,16 @@ def text_inputs(args):
     from faircalib.calib.data import text_sequences
     from faircalib.diffusion import SamplerConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(str(args.model), local_files_only=True)
+    from faircalib.models.loading import resolve_checkpoint
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_checkpoint(args.model)), local_files_only=True,
+                                                  trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as error:  # transformers' ways of failing
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        args.parser.error(f"--calib-text is tokenized with the checkpoint's Hugging Face tokenizer, and {args.model} "
+                          f"has none that loads ({reason}); the shipped tiny models calibrate on the task suite "
+                          f"(leave out --calib-text)")
     tokens = torch.tensor(tokenizer(args.calib_text.read_text(encoding="utf-8"))["input_ids"], dtype=torch.long)
     ids = text_sequences(tokens, args.seq_len, args.n_calib, torch.Generator().manual_seed(args.seed))
     prompts = [row[:TEXT_PROMPT_TOKENS] for row in ids]
@@ -89,7 +96,12 @@ def task_inputs(args):
     from faircalib.compare import CompareSettings, calibration_inputs
     from faircalib.diffusion import SamplerConfig
     from faircalib.models import load_tokenizer
+    from faircalib.models.loading import resolve_checkpoint
 
+    try:
+        resolve_checkpoint(args.model)
+    except FileNotFoundError as error:
+        args.parser.error(str(error))
     try:
         tokenizer = load_tokenizer(args.model)
     except (FileNotFoundError, ValueError) as error:  # no tokenizer.json, or a Hugging Face one
@@ -106,8 +118,12 @@ def run(args) -> int:
     from faircalib.models import load_model
 
     recipe = recipe_from(args, args.method)
+    try:
+        prior = PositionPrior.load(args.prior) if args.prior is not None else None
+    except (ValueError, KeyError, TypeError) as error:  # a JSON decoding error is a ValueError
+        args.parser.error(f"--prior {args.prior}: not a prior written by PositionPrior.save ({type(error).__name__}: "
+                          f"{error})")
     ids, mask, prompts, probe = text_inputs(args) if args.calib_text is not None else task_inputs(args)
-    prior = PositionPrior.load(args.prior) if args.prior is not None else None
     model = load_model(args.model, device="cpu", trust_remote_code=args.trust_remote_code)
     result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=probe, prior=prior,
                        out_dir=args.out, resume=args.resume)

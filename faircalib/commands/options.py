@@ -43,6 +43,14 @@ def output_directory(text: str) -> Path:
     return path
 
 
+def existing_file(text: str) -> Path:
+    """An input file option: it must exist (checked while parsing, before any model loads)."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r}: no such file")
+    return path
+
+
 def output_file(text: str) -> Path:
     """--out of commands that write one file: anything but an existing directory."""
     path = Path(text)

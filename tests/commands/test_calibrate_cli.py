@@ -70,6 +70,34 @@ def test_model_without_the_task_tokenizer_is_a_usage_error(tmp_path, capsys):
     assert exit_.value.code == 2 and "--calib-text" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--prior", "missing.json"], r"argument --prior: '.*missing.json': no such file"),
+    (["--prior", "bad.json"], r"--prior .*bad.json: not a prior written by PositionPrior.save \(KeyError"),
+    (["--prior", "broken.json"], r"--prior .*broken.json: not a prior written by PositionPrior.save \(JSONDecodeError"),
+    (["--calib-text", "missing.txt"], r"argument --calib-text: '.*missing.txt': no such file"),
+    (["--calib-text", "text.txt"], r"--calib-text is tokenized with the checkpoint's Hugging Face tokenizer, and .* "
+                                   r"has none that loads"),
+])
+def test_bad_input_files_are_usage_errors_before_calibrating(saved_model, tmp_path, capsys, extra, message):
+    (tmp_path / "bad.json").write_text("{}")
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "text.txt").write_text("1+2=3 " * 100)
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", "--model", str(saved_model), "--method", "fair", "--out", str(tmp_path / "out"),
+              *[str(tmp_path / a) if a.endswith((".json", ".txt")) else a for a in extra]])
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_model_is_a_usage_error_without_the_calib_text_hint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", "--model", str(tmp_path / "nope"), "--method", "rtn", "--out", str(tmp_path / "out")])
+    error_line = capsys.readouterr().err.strip().splitlines()[-1]  # after the usage text, which lists the options
+    assert exit_.value.code == 2 and "is not a checkpoint directory" in error_line
+    assert "--calib-text" not in error_line
+
+
 @pytest.mark.parametrize("argv, message", [
     (["calibrate", "--method", "bogus"], r"unknown calibration method 'bogus'"),
     (["calibrate", "--method", "rtn", "--wbits", "9"], r"bits must be an int in 2..8"),
