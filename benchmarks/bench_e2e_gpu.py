@@ -42,7 +42,7 @@ import triton
 
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
-from faircalib.deploy.cuda_graph import GraphedLogits
+from faircalib.deploy.cuda_graph import GraphedLogits, compile_model_blocks
 from faircalib.deploy.shared_input import share_model_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
 from faircalib.kernels import gemm
@@ -99,12 +99,6 @@ def kernel_profile(adapter, ids: torch.Tensor, top: int = 12) -> list[dict]:
         torch.cuda.synchronize()
     rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:top]
     return [{"kernel": e.key[:90], "calls": e.count, "ms": e.device_time_total / 1e3} for e in rows]
-
-
-def compile_blocks(adapter) -> None:
-    """torch.compile each block in place (one compiled graph, reused by every block: nn modules are inlined)."""
-    for block in adapter.blocks:
-        block.compile()
 
 
 def block_weight_bytes(adapter) -> int:
@@ -212,8 +206,7 @@ def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
     if factor_name not in ("bf16", "fp32") or sharing not in ("shared", "separate") or \
             not set(options) <= set(VARIANT_OPTIONS):
         raise ValueError(f"bad variant {variant!r}: want (bf16|fp32):(shared|separate)[:swiglu][:unpacked|:int8only]"
-                         f"[:unfused]"
-                         f"[:act.FIELD=VALUE]")
+                         f"[:unfused][:act.FIELD=VALUE]")
     return factor_name, sharing, options, launch
 
 
@@ -260,7 +253,7 @@ def main() -> None:
         model = build_random(args.family, config, dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:
-            compile_blocks(adapter)
+            compile_model_blocks(adapter)
         if not results["runs"]:
             bf16_bytes = block_weight_bytes(adapter)
             for n in tokens:
@@ -277,7 +270,7 @@ def main() -> None:
         for group in {m.shared_input for m in model.modules() if isinstance(m, W4A4Linear) and m.shared_input}:
             group.fused_gemm = "unfused" not in options
         if args.compile:
-            compile_blocks(adapter)
+            compile_model_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
         for n in tokens:
             stats = step_stats(adapter, ids[n])

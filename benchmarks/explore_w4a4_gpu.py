@@ -83,7 +83,6 @@ ACT_VARIANTS = {
     "tile_lp1": dict(large_tile_programs_per_sm=1),
     "tile_p2": dict(programs_per_sm=2, large_tile_programs_per_sm=2),
     "tile_p8": dict(programs_per_sm=8, large_tile_programs_per_sm=8),
-
     "chunk_j64k32_p4w4": dict(fused_max_tile=0, split_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=4,
                               chunked_warps=4),
     "split": dict(),

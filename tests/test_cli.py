@@ -19,14 +19,19 @@ SIZES = {
 }
 
 
+def _save_random(family, directory):
+    """A tiny random checkpoint of `family` (ids as the character tokenizer's), without a tokenizer."""
+    config = dict(SIZES[family], vocab_size=TOKENIZER.vocab_size, mask_token_id=TOKENIZER.mask_token_id)
+    save_model(build_random(family, config, generator=torch.Generator().manual_seed(0)), directory)
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """{family: directory} of tiny random checkpoints with the character tokenizer."""
     paths = {}
-    for family, size in SIZES.items():
-        config = dict(size, vocab_size=TOKENIZER.vocab_size, mask_token_id=TOKENIZER.mask_token_id)
+    for family in SIZES:
         path = tmp_path_factory.mktemp(family)
-        save_model(build_random(family, config, generator=torch.Generator().manual_seed(0)), path)
+        _save_random(family, path)
         TOKENIZER.save(path)
         paths[family] = str(path)
     return paths
@@ -87,9 +92,7 @@ def _hf_tokenizer(directory):
 def test_generate_with_a_hugging_face_tokenizer(tmp_path, capsys):
     """A checkpoint whose tokenizer is a Hugging Face one (real LLaDA/Dream and their exports) generates through it:
     its own encoding (the <bos> included), the answer decoded up to the first eos without special tokens."""
-    config = dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1, eos_token_id=2)
-    model = build_random("llada", config, generator=torch.Generator().manual_seed(0))
-    save_model(model, tmp_path)
+    _save_random("llada", tmp_path)
     tokenizer = _hf_tokenizer(tmp_path)
     assert main(["generate", "--model", str(tmp_path), "--prompt", "1 2 +", "--gen-length", "4", "--steps", "2"]) == 0
     prompt = tokenizer("1 2 +")["input_ids"]
@@ -104,8 +107,7 @@ def test_generate_with_a_hugging_face_tokenizer(tmp_path, capsys):
                                          (["compare", "--methods", "fp"], "not a character tokenizer"),
                                          (["calibrate", "--method", "rtn"], "pass --calib-text FILE")])
 def test_task_suite_commands_on_a_hugging_face_tokenizer_are_usage_errors(tmp_path, capsys, argv, hint):
-    save_model(build_random("llada", dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1),
-                            generator=torch.Generator().manual_seed(0)), tmp_path)
+    _save_random("llada", tmp_path)
     _hf_tokenizer(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         main([argv[0], "--model", str(tmp_path), *argv[1:], *(["--out", str(tmp_path / "out")] if argv[0] != "eval"
@@ -117,8 +119,7 @@ def test_task_suite_commands_on_a_hugging_face_tokenizer_are_usage_errors(tmp_pa
 def test_a_real_checkpoint_calibrates_exports_and_generates_with_its_own_tokenizer(tmp_path, capsys):
     """The path of a real LLaDA checkpoint, on a random tiny one with a Hugging Face tokenizer: calibrate on local
     text (--calib-text), export the packed W4A4 model (its tokenizer files copied), generate from the export."""
-    config = dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1, eos_token_id=2)
-    save_model(build_random("llada", config, generator=torch.Generator().manual_seed(0)), tmp_path)
+    _save_random("llada", tmp_path)
     _hf_tokenizer(tmp_path)
     (tmp_path / "text.txt").write_text("1 2 + 3 4 = 4 6 " * 50)
     assert main(["calibrate", "--model", str(tmp_path), "--method", "rtn", "--out", str(tmp_path / "out"),
@@ -131,8 +132,7 @@ def test_a_real_checkpoint_calibrates_exports_and_generates_with_its_own_tokeniz
 
 
 def test_a_checkpoint_without_any_tokenizer_is_a_usage_error(tmp_path, capsys):
-    save_model(build_random("llada", dict(SIZES["llada"], vocab_size=TOKENIZER.vocab_size, mask_token_id=1),
-                            generator=torch.Generator().manual_seed(0)), tmp_path)
+    _save_random("llada", tmp_path)
     with pytest.raises(SystemExit) as exit_:
         main(["generate", "--model", str(tmp_path), "--prompt", "1"])
     assert exit_.value.code == 2

@@ -1,7 +1,7 @@
 """`faircalib calibrate`: quantize a model with one method (FAIR-Calib by default) and write the result."""
 from __future__ import annotations
 
-from faircalib.commands.options import add_model_arguments, existing_file, output_directory
+from faircalib.commands.options import add_model_arguments, error_reason, existing_file, output_directory
 
 HELP = "calibrate a model to WxAy with fair|flatquant|quarot|rtn (Stage I prior + Stage II block-wise)"
 
@@ -70,22 +70,19 @@ TEXT_PROBE = dict(sampler="probe", gen_length=256, steps=64, block_length=32)
 def text_inputs(args):
     """(input_ids, None, probe prompts, probe sampler) for a real checkpoint from --calib-text."""
     import torch
-    from transformers import AutoTokenizer
 
     from faircalib.calib.data import text_sequences
     from faircalib.diffusion import SamplerConfig
-
+    from faircalib.models.hf_tokenizer import HFTokenizer
     from faircalib.models.loading import resolve_checkpoint
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(resolve_checkpoint(args.model)), local_files_only=True,
-                                                  trust_remote_code=args.trust_remote_code)
+        tokenizer = HFTokenizer.load(resolve_checkpoint(args.model), trust_remote_code=args.trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError, ImportError) as error:  # transformers' ways of failing
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         args.parser.error(f"--calib-text is tokenized with the checkpoint's Hugging Face tokenizer, and {args.model} "
-                          f"has none that loads ({reason}); the shipped tiny models calibrate on the task suite "
-                          f"(leave out --calib-text)")
-    tokens = torch.tensor(tokenizer(args.calib_text.read_text(encoding="utf-8"))["input_ids"], dtype=torch.long)
+                          f"has none that loads ({error_reason(error)}); the shipped tiny models calibrate on the "
+                          f"task suite (leave out --calib-text)")
+    tokens = torch.tensor(tokenizer.encode(args.calib_text.read_text(encoding="utf-8")), dtype=torch.long)
     ids = text_sequences(tokens, args.seq_len, args.n_calib, torch.Generator().manual_seed(args.seed))
     prompts = [row[:TEXT_PROMPT_TOKENS] for row in ids]
     return ids, None, prompts, SamplerConfig(**TEXT_PROBE)

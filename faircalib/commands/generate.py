@@ -51,10 +51,10 @@ def run(args) -> int:
 
         model = GraphedLogits(model, compile_blocks=args.compile)
     elif args.compile:
+        from faircalib.deploy import compile_model_blocks
         from faircalib.models import get_adapter
 
-        for block in get_adapter(model).blocks:
-            block.compile()
+        compile_model_blocks(get_adapter(model))
     out = generate(model, prompts, config, generator=generator(args), record=args.trace,
                    pad_token_id=tokenizer.pad_token_id)
     for row, answer in enumerate(out.answer.tolist()):

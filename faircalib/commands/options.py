@@ -10,6 +10,11 @@ from faircalib.diffusion.config import SAMPLERS, SamplerConfig
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+def error_reason(error: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages run long), or its type's name."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def device(text: str) -> str:
     """--device: a torch device this machine has, checked before any model loads."""
     import torch
@@ -30,7 +35,7 @@ def device(text: str) -> str:
         try:  # other backends (mps, xpu, ...): an empty tensor there, or the backend's own reason why not
             torch.empty(0, device=dev)
         except (RuntimeError, AssertionError) as error:
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0][:200]
+            reason = error_reason(error).split(". ")[0][:200]
             raise argparse.ArgumentTypeError(f"{text!r} is not usable here ({reason}); use --device cpu") from None
     return text
 
@@ -91,8 +96,6 @@ def add_sampler_arguments(parser: argparse.ArgumentParser):
 def load_tokenizer(args, hf_fallback: bool = False):
     """The checkpoint's task-suite tokenizer (cheap: read first, so bad prompts fail before the model loads);
     `hf_fallback`: else the Hugging Face tokenizer that real LLaDA/Dream checkpoints ship (`HFTokenizer`)."""
-    from pathlib import Path
-
     from faircalib.models import load_tokenizer as load
 
     try:

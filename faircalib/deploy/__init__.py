@@ -2,12 +2,13 @@
 
 - `W4A4Linear`, `convert_to_w4a4(model)`       packed INT4 weights + online transform + act quant (w4a4_linear.py)
 - `share_input_quantization(modules)`          link the W4A4Linears of one input: quantized once, one GEMM (shared_input.py)
-- `keep_weights_unpacked(model)`               keep int8 copies of the weights: no unpack pass per call (memory/time)
+- `keep_weights_unpacked(model)`               int8 weights (copies, or alone: drop_packed): no unpack pass per call
 - `save_quantized`, `load_quantized`           packed safetensors checkpoints (checkpoint.py)
 - `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
 - `export_compressed_tensors`                  the compressed-tensors int W4A4 pack-quantized layout
 - `export_quantized(model, dir, fmt)`          the `--export faircalib|compressed-tensors` entry point (export.py)
 - `GraphedLogits(model)`                       the forward replayed from one CUDA graph per input shape (cuda_graph.py)
+- `compile_model_blocks(adapter)`              `torch.compile` every block in place (cuda_graph.py)
 Imported lazily, so `import faircalib` only pays for the transformers registration.
 """
 import importlib
@@ -19,6 +20,7 @@ _LAZY = {
     "save_quantized": "checkpoint", "load_quantized": "checkpoint",
     "export_compressed_tensors": "compressed_tensors", "is_w4a4": "hf_quantizer",
     "export_quantized": "export", "EXPORT_FORMATS": "export", "GraphedLogits": "cuda_graph",
+    "compile_model_blocks": "cuda_graph",
 }
 __all__ = sorted(_LAZY)
 
