@@ -18,7 +18,9 @@ projection input then take the chunked kernel), and q/k/v and gate/up quantizing
 weights, or one per linear with an `:unfused` suffix) or once per linear; a `:swiglu` suffix has the
 down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`), `:unpacked` keeps
 int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
-then the packed weights and the int8 copies), `:int8only` keeps the int8 codes alone (`drop_packed=True`), and
+then the packed weights and the int8 copies), `:int8only` keeps the int8 codes alone (`drop_packed=True`),
+`:flattened` lets the INT8 GEMM's autotuner pick only among its flattened-loop configs (as shipped until the
+unflattened ones joined; an A/B of that choice within one process), and
 `:act.FIELD=VALUE` sets a field of the activation kernels' launch settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for
 a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
@@ -184,12 +186,12 @@ def tiny_cpu_throughput(out: str) -> None:
         print(f"| {r['model']} | {r['variant']} | {r['tokens_per_s']:.0f} |")
 
 
-VARIANT_OPTIONS = ("swiglu", "unpacked", "int8only", "unfused")
+VARIANT_OPTIONS = ("swiglu", "unpacked", "int8only", "unfused", "flattened")
 
 
 def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
-    """"dtype:(shared|separate)[:swiglu][:unpacked|:int8only][:unfused][:act.FIELD=VALUE ...]" -> (factor dtype name,
-    sharing, options, `gemm.ActLaunch` fields to set); ValueError naming what is wrong."""
+    """"dtype:(shared|separate)[:swiglu][:unpacked|:int8only][:unfused][:flattened][:act.FIELD=VALUE ...]" -> (factor
+    dtype name, sharing, options, `gemm.ActLaunch` fields to set); ValueError naming what is wrong."""
     factor_name, _, rest = variant.partition(":")
     sharing, *parts = rest.split(":")
     launch, options = {}, []
@@ -206,7 +208,7 @@ def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
     if factor_name not in ("bf16", "fp32") or sharing not in ("shared", "separate") or \
             not set(options) <= set(VARIANT_OPTIONS):
         raise ValueError(f"bad variant {variant!r}: want (bf16|fp32):(shared|separate)[:swiglu][:unpacked|:int8only]"
-                         f"[:unfused][:act.FIELD=VALUE]")
+                         f"[:unfused][:flattened][:act.FIELD=VALUE]")
     return factor_name, sharing, options, launch
 
 
@@ -219,7 +221,8 @@ def main() -> None:
                              "[:swiglu] (down projections take silu(gate)·up inside their activation kernel)"
                              "[:unpacked] (keep_weights_unpacked: int8 weight copies, no unpack pass per call)"
                              "[:int8only] (the same with the packed weights dropped: int8 codes alone)"
-                             "[:unfused] (shared input groups run one GEMM per linear, not one on stacked weights)")
+                             "[:unfused] (shared input groups run one GEMM per linear, not one on stacked weights)"
+                             "[:flattened] (the INT8 GEMM autotuned over its flattened-loop configs only)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
                              "and residual adds around the linears")
@@ -248,8 +251,11 @@ def main() -> None:
     tag = ", compiled blocks" if args.compile else ""
     results["env"]["compiled_blocks"] = args.compile
     default_launch = gemm.ACT_LAUNCH
+    gemm_configs = gemm._int8_gemm_kernel.configs
     for variant, (factor_name, sharing, options, launch) in zip(args.variants.split(","), variants):
         gemm.ACT_LAUNCH = dataclasses.replace(default_launch, **launch)
+        gemm._int8_gemm_kernel.configs = [c for c in gemm_configs if c.kwargs["FLATTEN"] or "flattened" not in options]
+        gemm._int8_gemm_kernel.cache.clear()  # autotuned afresh over this variant's configs
         model = build_random(args.family, config, dtype=torch.bfloat16, device="cuda")
         adapter = get_adapter(model)
         if args.compile:
@@ -280,6 +286,7 @@ def main() -> None:
                 (", weights kept unpacked (int8)" if "unpacked" in options else "") + \
                 (", int8 weights only" if "int8only" in options else "") + \
                 (", one GEMM per linear" if "unfused" in options else "") + \
+                (", GEMM configs flattened only" if "flattened" in options else "") + \
                 "".join(f", act {key}={value}" for key, value in launch.items())
             results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{extra}{tag})",
                                     "tokens": n, **stats,
