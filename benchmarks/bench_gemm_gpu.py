@@ -7,7 +7,9 @@ Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the s
 `bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench` over CUDA-graph replays
 of each call (GPU time, no host overhead); do_bench flushes L2 before every repetition, so weights come from HBM
 as they do in a real forward pass.
-Columns: `w4a4_gemm` is the op (unpack pass + INT8 GEMM); `int8_gemm` the INT8 GEMM alone on pre-unpacked weights;
+Columns: `w4a4_gemm` is the op, in the design `gemm.w4a4_design` picks for the shape (`design`: "unpack" = unpack
+pass + INT8 GEMM, "regs:W:S" = `gemm_regs`, the weight unpacked in registers); `w4a4_unpack` the op forced to the
+unpack design; `int8_gemm` the INT8 GEMM alone on pre-unpacked weights;
 `w4a4_linear_*` adds `quantize_act_packed` (transform + quantization) in front of the op.
 Activation path: `quantize_act_packed` with the Kronecker transform of the layer's input size (FlatQuant factors,
 fp32 factors = tf32 MMA, and bf16 factors), its bandwidth counting compulsory bytes (bf16 in, int8 + fp32 out)
@@ -84,10 +86,14 @@ class _Log(list):
         super().append(line)
 
 
-def check_correctness(gen: torch.Generator) -> list[str]:
-    """Exact integers on random and worst-case data at the longest K; epilogue and activation path vs the reference
-    run on the CPU (the specification: torch's CUDA division by a scalar multiplies by its reciprocal)."""
-    lines = _Log()
+def designs() -> list[str]:
+    """The W4A4 GEMM designs this GPU runs (`gemm.w4a4_design` picks among them per shape)."""
+    regs = gemm.gemm_regs is not None and gemm.gemm_regs.supported(torch.device("cuda"))
+    return ["unpack", *(gemm._regs_designs() if regs else [])]
+
+
+def _check_gemm(gen: torch.Generator, lines: list[str], design: str) -> None:
+    """One W4A4 GEMM design: exact integers on random and worst-case data at the longest K, the epilogue."""
     m, n, k = 512, 384, 18944
     dev = "cuda"
     a = torch.randint(-128, 128, (m, k), device=dev, generator=gen, dtype=torch.int8)
@@ -104,18 +110,30 @@ def check_correctness(gen: torch.Generator) -> list[str]:
         out = gemm.w4a4_matmul(aw, torch.ones(256, 1, device=dev), ww, torch.ones(256, device=dev), None,
                                torch.float32)
         worst.append(bool((out == av * wv * k).all()))
-    lines.append(f"unpack pass exact: {ok_unpack}; GEMM exact: random int8 x int4, K={k}: {ok_random}; "
+    lines.append(f"{design}: unpack pass exact: {ok_unpack}; GEMM exact: random int8 x int4, K={k}: {ok_random}; "
                  f"worst case +64/-64 x {k}: {worst}")
     if not (ok_unpack and ok_random and all(worst)):
-        raise SystemExit("FAIL: integer GEMM not exact")
+        raise SystemExit(f"FAIL: integer GEMM ({design}) not exact")
     sa, sw = torch.rand(m, 1, device=dev, generator=gen), torch.rand(n, device=dev, generator=gen)
     bias = torch.randn(n, device=dev, generator=gen)
     got = gemm.w4a4_matmul(a, sa, packed, sw, bias, torch.bfloat16).float()
     want = gemm_reference.w4a4_matmul(a.cpu(), sa.cpu(), packed.cpu(), sw.cpu(), bias.cpu(), torch.bfloat16)
     want = want.float().to(dev)
     rel = ((got - want).abs() / want.abs().clamp_min(1e-3)).max().item()
-    lines.append(f"epilogue bf16 vs reference: max rel diff {rel:.2e} (1 bf16 ulp = 7.8e-3); "
+    lines.append(f"{design}: epilogue bf16 vs reference: max rel diff {rel:.2e} (1 bf16 ulp = 7.8e-3); "
                  f"exact elements {(got == want).float().mean().item():.4f}")
+
+
+def check_correctness(gen: torch.Generator) -> list[str]:
+    """Exact integers on random and worst-case data at the longest K; epilogue and activation path vs the reference
+    run on the CPU (the specification: torch's CUDA division by a scalar multiplies by its reciprocal)."""
+    lines = _Log()
+    for design in designs():
+        gemm.W4A4_DESIGN = design
+        try:
+            _check_gemm(gen, lines, design)
+        finally:
+            gemm.W4A4_DESIGN = None
     for kx in (4096, 3584, 12288, 18944):
         try:
             _check_act(kx, gen, lines)
@@ -189,6 +207,10 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
     t["int_mm"] = median_ms(lambda: torch._int_mm(a_i8_full, w_i8_colmajor))
     t["fp8"] = median_ms(fp8_fn)
     t["w4a4_gemm"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16))
+    design = gemm.w4a4_design(a_codes, a_scales, [packed], w_scales, None, torch.bfloat16)
+    gemm.W4A4_DESIGN = "unpack"
+    t["w4a4_unpack"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16))
+    gemm.W4A4_DESIGN = None
     unpacked = gemm.unpack_weight_int8(packed)
     t["int8_gemm"] = median_ms(lambda: gemm.int8_gemm(a_codes, a_scales, unpacked, w_scales, None, torch.bfloat16))
     t["unpack_us"] = median_ms(lambda: gemm.unpack_weight_int8(packed)) * 1e3
@@ -205,7 +227,7 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
     timing_only = {key for key in t if key.startswith("act") or key == "unpack_us"}
     flops = 2 * m * n * k
     act_bytes = m * k * 2 + m * k + m * 4
-    rec = {"model": model, "role": role, "M": m, "N": n, "K": k, "kron": f"{n1}x{n2}",
+    rec = {"model": model, "role": role, "M": m, "N": n, "K": k, "kron": f"{n1}x{n2}", "design": design,
            "fused_transform_bf16": gemm.fused_transform_supported(n1, n2, torch.bfloat16),
            "fused_transform_fp32": gemm.fused_transform_supported(n1, n2, torch.float32), "fp8_scaling": fp8_mode,
            "ms": t, "tops": {key: flops / v / 1e9 for key, v in t.items() if key not in timing_only},
@@ -215,15 +237,16 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
 
 
 def table(records: list[dict], copy_tbps: float) -> str:
-    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "int8_gemm", "w4a4_linear_tf32", "w4a4_linear_bf16"]
-    head = "| model | role | M | N | K | " + " | ".join(f"{c} TOPS (×bf16)" for c in cols) + \
+    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "w4a4_unpack", "int8_gemm", "w4a4_linear_tf32", "w4a4_linear_bf16"]
+    head = "| model | role | M | N | K | design | " + " | ".join(f"{c} TOPS (×bf16)" for c in cols) + \
            " | act quant TB/s tf32 / bf16 / none (×memcpy) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         cells = [f"{r['tops'][c]:.0f} ({r['vs_bf16'][c]:.2f})" for c in cols]
         act = " / ".join(f"{r['act_tbps'][f'act_{tag}']:.2f}" for tag in ("tf32", "bf16", "none"))
         act += f" ({r['act_tbps']['act_bf16'] / copy_tbps:.2f})"
-        lines.append(f"| {r['model']} | {r['role']} | {r['M']} | {r['N']} | {r['K']} | " + " | ".join(cells) +
+        lines.append(f"| {r['model']} | {r['role']} | {r['M']} | {r['N']} | {r['K']} | {r['design']} | " +
+                     " | ".join(cells) +
                      f" | {act} |")
     return "\n".join(lines)
 

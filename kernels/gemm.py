@@ -64,6 +64,11 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import quant as quant_kernels
 from . import registry
+
+try:  # Gluon (Triton >= 3.5): the W4A4 GEMM that unpacks in registers, for Hopper
+    from . import gemm_regs
+except ImportError:
+    gemm_regs = None
 from .gemm_reference import GEMM_K_GROUP
 from .triton_math import cast_rne, clamp_round_to_int, nan_max
 
@@ -631,6 +636,16 @@ def _int8_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M
 TMA_ALIGN = 16
 
 
+def _tma_codes(a_codes: torch.Tensor) -> torch.Tensor:
+    """a_codes int8 [M, K] as TMA reads them: contiguous rows of a multiple of 16 bytes (a zero-padded copy if not)."""
+    m, k = a_codes.shape
+    if k % TMA_ALIGN == 0 and a_codes.stride(1) == 1 and a_codes.stride(0) == k:
+        return a_codes
+    padded = torch.zeros((m, -(-k // TMA_ALIGN) * TMA_ALIGN), dtype=torch.int8, device=a_codes.device)
+    padded[:, :k] = a_codes
+    return padded
+
+
 @registry.register("int8_matmul", "triton")
 def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
               bias: torch.Tensor | None, out_dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -649,10 +664,8 @@ def int8_gemm(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tenso
             part = slice(start, start + rows)
             int8_gemm(a_codes[part], a_scales[part], w_int8, w_scales, bias, out_dtype, out[part])
         return out
-    if k % TMA_ALIGN or a_codes.stride(1) != 1 or a_codes.stride(0) != k:
-        padded = torch.zeros((m, -(-k // TMA_ALIGN) * TMA_ALIGN), dtype=torch.int8, device=a_codes.device)
-        padded[:, :k] = a_codes
-        a_codes, k = padded, padded.shape[1]
+    a_codes = _tma_codes(a_codes)
+    k = a_codes.shape[1]
     # Block shapes are placeholders: the autotune pre-hook sets each config's.
     a_desc = TensorDescriptor.from_tensor(a_codes, [1, 1])
     w_desc = TensorDescriptor.from_tensor(w_int8, [1, 1])
@@ -677,15 +690,77 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
     return w4a4_matmul_stacked(a_codes, a_scales, [w_packed], w_scales, bias, out_dtype)
 
 
+# The W4A4 GEMM's design: None = the faster per shape, timed on the shape's first call (`w4a4_design`); "unpack" or
+# "regs:WARPS:STAGES" forces one (tests, benchmarks).
+W4A4_DESIGN: str | None = None
+_designs: dict[tuple, str] = {}
+
+
+def _regs_designs() -> list[str]:
+    return [f"regs:{warps}:{stages}" for warps, stages in gemm_regs.CONFIGS]
+
+
 @registry.register("w4a4_matmul_stacked", "triton")
 def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
                         w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """`w4a4_matmul` against the weights w_packed[i] [N_i, Kp / 2] stacked along N (w_scales, bias [sum N_i]) ->
-    [M, sum N_i]: each weight unpacked into its rows of one int8 operand, then one INT8 GEMM."""
+    [M, sum N_i], by the design `w4a4_design` picks: "unpack" unpacks each weight into its rows of one int8 operand
+    for one INT8 GEMM; "regs" (`gemm_regs`, Hopper) runs one register-unpack GEMM per weight into its columns."""
+    args = (a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
+    return _w4a4_run(w4a4_design(*args), *args)
+
+
+def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor], w_scales: torch.Tensor,
+                bias: torch.Tensor | None, out_dtype: torch.dtype) -> str:
+    """The design this call runs: `W4A4_DESIGN` if set; "unpack" where the register kernel cannot run (not an sm_90
+    GPU, Triton without Gluon, the interpreter); else the faster of "unpack" and each "regs" config on this shape
+    (token count bucketed by powers of two), timed on its first call like an autotuner (or the first "regs" config
+    untimed, when that call is being captured into a CUDA graph)."""
+    if W4A4_DESIGN is not None:
+        return W4A4_DESIGN
+    device = a_codes.device
+    if gemm_regs is None or registry.triton_interpreted() or not gemm_regs.supported(device):
+        return "unpack"
+    key = (device.index, _next_pow2(max(a_codes.shape[0], 1)), tuple(w.shape[0] for w in w_packed),
+           w_packed[0].shape[1], out_dtype, bias is not None)
+    design = _designs.get(key)
+    if design is None:
+        if torch.cuda.is_current_stream_capturing():
+            return _regs_designs()[0]
+        times = {}
+        for candidate in ["unpack", *_regs_designs()]:
+            run = functools.partial(_w4a4_run, candidate, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
+            run()  # compiles (and autotunes the INT8 GEMM) outside the timing
+            times[candidate] = triton.testing.do_bench(run, warmup=5, rep=20)
+        design = _designs[key] = min(times, key=times.get)
+    return design
+
+
+def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
+              w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     n, kp = sum(w.shape[0] for w in w_packed), 2 * w_packed[0].shape[1]
-    unpacked = torch.empty((n, kp), dtype=torch.int8, device=a_codes.device)
-    start = 0
-    for w in w_packed:
-        unpack_into(w, unpacked[start:start + w.shape[0]])
-        start += w.shape[0]
-    return int8_gemm(a_codes, a_scales, unpacked, w_scales, bias, out_dtype)
+    if design == "unpack":
+        unpacked = torch.empty((n, kp), dtype=torch.int8, device=a_codes.device)
+        start = 0
+        for w in w_packed:
+            unpack_into(w, unpacked[start:start + w.shape[0]])
+            start += w.shape[0]
+        return int8_gemm(a_codes, a_scales, unpacked, w_scales, bias, out_dtype)
+    kind, warps, stages = design.split(":")
+    if kind != "regs" or (int(warps), int(stages)) not in gemm_regs.CONFIGS:
+        raise ValueError(f"faircalib.kernels.gemm: unknown W4A4 design {design!r}; choose 'unpack' or one of "
+                         f"{_regs_designs()}")
+    m = a_codes.shape[0]
+    out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
+    codes, scales = _tma_codes(a_codes), a_scales.reshape(-1).contiguous()
+    w_scales = w_scales.reshape(-1).contiguous()
+    rows = _rows_per_launch(n, n)  # the epilogue's output offsets stay within int32 (MAX_OFFSET)
+    for first in range(0, m, rows):
+        part, start = slice(first, first + rows), 0
+        for w in w_packed:
+            cols = slice(start, start + w.shape[0])
+            gemm_regs.w4a4_matmul_regs(codes[part], scales[part], w.contiguous(), w_scales[cols],
+                                       None if bias is None else bias[cols].contiguous(), out[part, cols],
+                                       (int(warps), int(stages)))
+            start += w.shape[0]
+    return out

@@ -157,3 +157,59 @@ def test_w4a4_gemm_on_gpu_matches_reference(m, n, k, out_dtype, with_bias):
     else:
         ulp = torch.finfo(out_dtype).eps
         torch.testing.assert_close(got.float(), want.float(), rtol=ulp, atol=ulp * want.float().abs().max().item())
+
+
+def _regs_or_skip():
+    if gemm.gemm_regs is None or not gemm.gemm_regs.supported(torch.device("cuda")):
+        pytest.skip("the register-unpack GEMM needs Gluon and an sm_90 GPU")
+
+
+# (m, n, k): one token, odd sizes (K not a multiple of 16: a padded copy of the codes; N not a multiple of the tile),
+# Dream's widths, and the worst case (every product +64 over K = 18944).
+@pytest.mark.parametrize("m,n,k,extreme", [(1, 40, 256, False), (7, 17, 200, False), (257, 4608, 3584, False),
+                                           (130, 520, 18944, True)])
+@pytest.mark.parametrize("design", ["regs:8:3", "regs:4:4"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_register_unpack_gemm_on_gpu_matches_reference(monkeypatch, m, n, k, extreme, design, with_bias):
+    """Each config of the register-unpack design (`gemm_regs`) against the reference, fp32 output: bitwise without a
+    bias (the int32 sums and the fp32 epilogue are the reference's), within an ulp with one (a fused multiply-add)."""
+    _regs_or_skip()
+    monkeypatch.setattr(gemm, "W4A4_DESIGN", design)
+    gen = torch.Generator().manual_seed(m + n + k)
+    a = torch.full((m, k), -8, dtype=torch.int8) if extreme else torch.randint(-8, 8, (m, k), generator=gen,
+                                                                              dtype=torch.int8)
+    codes = torch.full((n, k), -8, dtype=torch.int8) if extreme else torch.randint(-8, 8, (n, k), generator=gen,
+                                                                                  dtype=torch.int8)
+    w = ref.pack_weight_for_gemm(codes)
+    sa, sw = torch.rand(m, 1, generator=gen), torch.rand(n, generator=gen)
+    bias = torch.randn(n, generator=gen) if with_bias else None
+    want = ref.w4a4_matmul(a, sa, w, sw, bias, torch.float32)
+    got = gemm.w4a4_matmul(a.cuda(), sa.cuda(), w.cuda(), sw.cuda(), None if bias is None else bias.cuda(),
+                           torch.float32).cpu()
+    if bias is None:
+        assert torch.equal(got, want)
+    else:
+        ulp = torch.finfo(torch.float32).eps
+        torch.testing.assert_close(got, want, rtol=ulp, atol=ulp * want.abs().max().item())
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_register_unpack_stack_equals_the_unpack_design(monkeypatch, out_dtype):
+    """A stack of three weights (q/k/v-like, one GEMM per weight into its columns) in 16-bit outputs: bitwise the
+    unpack pass + INT8 GEMM's stacked result; and the design picked per shape is one of the candidates."""
+    _regs_or_skip()
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randint(-8, 8, (300, 3584), generator=gen, dtype=torch.int8).cuda()
+    sa = torch.rand(300, 1, generator=gen).cuda()
+    ws = [ref.pack_weight_for_gemm(torch.randint(-8, 8, (n, 3584), generator=gen, dtype=torch.int8)).cuda()
+          for n in (3584, 512, 512)]
+    sw = torch.rand(4608, generator=gen).cuda()
+    outs = {}
+    for design in ("unpack", "regs:8:3", "regs:4:4"):
+        monkeypatch.setattr(gemm, "W4A4_DESIGN", design)
+        outs[design] = gemm.w4a4_matmul_stacked(a, sa, ws, sw, None, out_dtype)
+    assert torch.equal(outs["regs:8:3"], outs["unpack"]) and torch.equal(outs["regs:4:4"], outs["unpack"])
+    monkeypatch.setattr(gemm, "W4A4_DESIGN", None)
+    monkeypatch.setattr(gemm, "_designs", {})
+    assert gemm.w4a4_design(a, sa, ws, sw, None, out_dtype) in outs
+    assert torch.equal(gemm.w4a4_matmul_stacked(a, sa, ws, sw, None, out_dtype), outs["unpack"])

@@ -1,0 +1,147 @@
+"""W4A4 GEMM that unpacks the 4-bit weight in registers, as the tensor cores' register operand (Gluon, Hopper).
+
+C[m, n] = (sum_k a[m, k] · w[n, k]) · a_scale[m] · w_scale[n] (+ bias[n]) is computed as Cᵀ = W · Aᵀ: a weight tile
+is wgmma's A operand, which Hopper reads from registers; the activation codes are its B operand in shared memory.
+Both arrive by TMA, pipelined `stages` deep. The packed layout (`gemm_reference.pack_weight_for_gemm`: per 128-code K
+group 64 bytes, byte j holding code k = j in its low nibble and k = j + 64 in its high one) is what makes the unpack
+cheap: a thread's fragment of packed bytes for codes k = j is, nibble for nibble, also its fragment for k = j + 64,
+so `(p << 4) & 0xF0F0F0F0` (16 · the low codes) and `p & 0xF0F0F0F0` (16 · the high codes) give both A operands in
+place, two 32-bit instructions per four codes, no shuffle and no trip through shared memory. The int32 sum is 16x
+the true one, exact (|16 · w · a| <= 2^14 per product, 2^14 · K < 2^31 for K < 131072) and shifted back before the
+fp32 epilogue, so outputs are those of `gemm.w4a4_matmul`'s unpack pass + INT8 GEMM bit for bit.
+
+Each group's MMAs complete before the next group's fragments are written: an asynchronous MMA reads its register
+operand until it is done, and Triton 3.6 cannot keep 8-bit operands alive across a wait (`warpgroup_mma_wait` deps).
+Overlap comes from the two CTAs per SM instead. A variant that let the next group overwrite the registers early gave
+wrong sums on the H100, as expected. The output tile goes through shared memory into rows of C (16 bytes per thread
+and store): storing the MMA layout directly ran 10-20% slower.
+
+Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians against cuBLAS bf16 in the same run): 1.46x
+/ 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up stacked), 1.58x / 1.55x (down), 1.06x / 1.37x
+(Dream q+k+v), against the unpack pass + INT8 GEMM's 1.09 / 1.37, 1.15 / 1.38, 1.13 / 1.35, 0.84 / 1.25x, and the
+INT8 GEMM alone on pre-unpacked weights 1.35 / 1.46, 1.50 / 1.50, 1.49 / 1.56, 0.98 / 1.33x. `gemm.w4a4_design`
+times both designs per shape and keeps the faster.
+
+Gluon kernels compile for NVIDIA GPUs only (no interpreter): CI compiles this one for sm_90 without a GPU
+(`tests/kernels/test_gemm_regs.py`); the GPU tests check it against the reference.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from .gemm_reference import GEMM_K_GROUP
+
+# Triton 3.9 renamed these (3.6, on the GPU machines, has only the old names).
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+
+BLOCK_N = 128  # weight rows per program: wgmma's M, 64 per warpgroup
+BLOCK_M = 128  # tokens per program: wgmma's N (int8 allows up to 224; tile sides are powers of two)
+HALF = GEMM_K_GROUP // 2  # packed bytes of one K group, and the codes of one of its halves
+# (warps, stages) the design choice times: two warpgroups and 3 stages won on LLaDA's down projection, one warpgroup
+# and 4 stages on gate+up (H100, 2026-12-06); both 2 programs per SM.
+CONFIGS = ((8, 3), (4, 4))
+
+
+@gluon.jit
+def _low_codes_x16(p):
+    return gl.inline_asm_elementwise("{ shl.b32 $0, $1, 4; and.b32 $0, $0, 0xF0F0F0F0; }", "=r,r", [p],
+                                     dtype=gl.int8, is_pure=True, pack=4)
+
+
+@gluon.jit
+def _high_codes_x16(p):
+    return gl.inline_asm_elementwise("and.b32 $0, $1, 0xF0F0F0F0;", "=r,r", [p], dtype=gl.int8, is_pure=True, pack=4)
+
+
+@gluon.jit
+def _load_group(w_desc, a_desc, bar, w_buf, a_low, a_high, off_n, off_m, g, pred):
+    half: gl.constexpr = w_desc.block_type.shape[1]
+    mbarrier.expect(bar, w_desc.block_type.nbytes + 2 * a_desc.block_type.nbytes, pred=pred)
+    _tma_load(w_desc, [off_n, g * half], bar, w_buf, pred)
+    _tma_load(a_desc, [off_m, g * 2 * half], bar, a_low, pred)
+    _tma_load(a_desc, [off_m, g * 2 * half + half], bar, a_high, pred)
+
+
+@gluon.jit
+def _w4a4_regs_kernel(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, stride_cm, HAS_BIAS: gl.constexpr,
+                      STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """One [BLOCK_M tokens, BLOCK_N outputs] tile of C per program (module doc); K's tail reads as zeros (TMA)."""
+    BN: gl.constexpr = w_desc.block_type.shape[0]
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    HALF_K: gl.constexpr = w_desc.block_type.shape[1]  # packed bytes of a K group, codes of half of one
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BM, 32])
+    fragment: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
+    off_n = gl.program_id(0) * BN
+    off_m = gl.program_id(1) * BM
+    w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BN, HALF_K], w_desc.layout)
+    a_bufs = gl.allocate_shared_memory(gl.int8, [2 * STAGES, BM, HALF_K], a_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    groups = gl.cdiv(K, 2 * HALF_K)
+    for i in gl.static_range(STAGES - 1):
+        _load_group(w_desc, a_desc, bars.index(i), w_bufs.index(i), a_bufs.index(2 * i), a_bufs.index(2 * i + 1),
+                    off_n, off_m, i, i < groups)
+    acc = gl.zeros([BN, BM], gl.int32, layout=mma)
+    for g in range(groups):
+        s = g % STAGES
+        mbarrier.wait(bars.index(s), (g // STAGES) & 1)
+        packed = w_bufs.index(s).load(fragment)
+        acc = warpgroup_mma(_low_codes_x16(packed), a_bufs.index(2 * s).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma(_high_codes_x16(packed), a_bufs.index(2 * s + 1).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc,))  # the fragments' registers are free again (module doc)
+        _cta_barrier()  # every warp has read stage s before TMA refills the stage of group g + STAGES - 1
+        nxt = g + STAGES - 1
+        ns = nxt % STAGES
+        _load_group(w_desc, a_desc, bars.index(ns), w_bufs.index(ns), a_bufs.index(2 * ns), a_bufs.index(2 * ns + 1),
+                    off_n, off_m, nxt, nxt < groups)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
+    rn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
+    rm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
+    out = (acc >> 4).to(gl.float32) * gl.load(sa_ptr + rm, mask=rm < M, other=0.0)[None, :] * \
+        gl.load(sw_ptr + rn, mask=rn < N, other=0.0)[:, None]
+    if HAS_BIAS:
+        out = out + gl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(gl.float32)[:, None]
+    rows: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BN, BN // 8], [num_warps, 1], [1, 0])
+    out = gl.convert_layout(gl.permute(out.to(c_ptr.dtype.element_ty), (1, 0)), rows)
+    sm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, rows))
+    sn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, rows))
+    gl.store(c_ptr + sm[:, None] * stride_cm + sn[None, :], out, mask=(sm < M)[:, None] & (sn < N)[None, :])
+
+
+def supported(device: torch.device) -> bool:
+    """Whether this kernel runs on `device`: an sm_90 GPU (wgmma), compiled, not interpreted."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def descriptors(w_packed: torch.Tensor, a_codes: torch.Tensor) -> tuple:
+    """TMA descriptors of the packed weight [N, Kp / 2] and the activation codes [M, K] (K % 16 == 0)."""
+    w_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HALF], gl.int8)
+    a_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HALF], gl.int8)
+    return (TensorDescriptor.from_tensor(w_packed, [BLOCK_N, HALF], w_layout),
+            TensorDescriptor.from_tensor(a_codes, [BLOCK_M, HALF], a_layout))
+
+
+def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor,
+                     bias: torch.Tensor | None, out: torch.Tensor, config: tuple[int, int]) -> torch.Tensor:
+    """out [M, N] (unit column stride, e.g. a column block of a wider output) = the W4A4 GEMM of a_codes int8 [M, K]
+    (contiguous, K % 16 == 0), a_scales fp32 [M], w_packed int8 [N, padded_k(K) / 2], w_scales fp32 [N], bias [N] |
+    None; config = (warps, stages) from CONFIGS. Inputs are the caller's to check (`gemm.w4a4_matmul_stacked`)."""
+    m, k = a_codes.shape
+    n = w_packed.shape[0]
+    if m == 0 or n == 0:
+        return out
+    warps, stages = config
+    w_desc, a_desc = descriptors(w_packed, a_codes)
+    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(m, BLOCK_M))
+    _w4a4_regs_kernel[grid](w_desc, a_desc, a_scales, w_scales, w_scales if bias is None else bias, out, m, n, k,
+                            out.stride(0), HAS_BIAS=bias is not None, STAGES=stages, num_warps=warps)
+    return out
