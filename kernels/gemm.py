@@ -35,7 +35,7 @@ the split-column kernel with 4 warps (0.07x), 2 programs per SM (no change), pip
 0.52x; 4 deep does not fit shared memory).
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
-`w4a4_matmul`: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
+`w4a4_matmul`, "unpack" design: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
 int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A persistent INT8
 tensor-core GEMM fed by TMA (tensor descriptors), int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned
 per shape; epilogue (acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype and written by TMA (whole
@@ -47,10 +47,10 @@ specialization added nothing.
 Tried and rejected, the FP8 e4m3 carrier (int4 values are exact in e4m3): with Hopper's default imprecise
 accumulation it is 1.48-1.87x but wrong on worst-case data (error 163840 at K = 18944); promoting the partial sum
 every 128 or 256 products (`max_num_imprecise_acc`) is exact but 1.03-1.54x, below the INT8 path.
-Why not unpack inside the GEMM's main loop: measured on H100 (BENCHMARKS.md, 2026-11-22), the same split-nibble
-layout unpacked in-loop (two shifts, no shuffle) ran at 0.70-0.84x bf16 cuBLAS, 0.83-0.99x with the weight as the
-register operand, while the separate pass + INT8 GEMM ran at 1.11-1.39x for M >= 4096: the unpacked tile's
-register -> shared-memory round trip in every K-step costs more than re-reading 1.5 bytes per weight once.
+Unpacking inside the GEMM's main loop in plain Triton (2026-11-22) ran at 0.70-0.84x bf16 cuBLAS, 0.83-0.99x with
+the weight as the register operand: Triton's layout conversions sent the unpacked tile through shared memory in every
+K-step. `gemm_regs.py` (Gluon) controls the layouts and loads the packed bytes straight into the register operand's
+fragments: on Hopper `w4a4_design` times it against this path per shape and runs the faster (`w4a4_matmul_stacked`).
 """
 from __future__ import annotations
 
