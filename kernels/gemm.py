@@ -719,12 +719,13 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
     if W4A4_DESIGN is not None:
         return W4A4_DESIGN
     device = a_codes.device
-    if gemm_regs is None or registry.triton_interpreted() or not gemm_regs.supported(device):
-        return "unpack"
-    key = (device.index, _next_pow2(max(a_codes.shape[0], 1)), tuple(w.shape[0] for w in w_packed),
+    key = (device.type, device.index, _next_pow2(max(a_codes.shape[0], 1)), tuple(w.shape[0] for w in w_packed),
            w_packed[0].shape[1], out_dtype, bias is not None)
     design = _designs.get(key)
     if design is None:
+        if gemm_regs is None or registry.triton_interpreted() or not gemm_regs.supported(device):
+            design = _designs[key] = "unpack"
+            return design
         if torch.cuda.is_current_stream_capturing():
             return _regs_designs()[0]
         times = {}
