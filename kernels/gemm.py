@@ -35,8 +35,8 @@ the split-column kernel with 4 warps (0.07x), 2 programs per SM (no change), pip
 0.52x; 4 deep does not fit shared memory).
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
-`w4a4_matmul`, "unpack" design: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a transient
-int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A persistent INT8
+`w4a4_matmul`, "unpack" design: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a
+transient int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A persistent INT8
 tensor-core GEMM fed by TMA (tensor descriptors), int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned
 per shape; epilogue (acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype and written by TMA (whole
 tile or two halves, autotuned; up to 1.2x faster than pointer stores on H100, 2026-12-06). `w4a4_matmul_stacked`
@@ -64,13 +64,13 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import quant as quant_kernels
 from . import registry
+from .gemm_reference import GEMM_K_GROUP
+from .triton_math import cast_rne, clamp_round_to_int, nan_max
 
 try:  # Gluon (Triton >= 3.5): the W4A4 GEMM that unpacks in registers, for Hopper
     from . import gemm_regs
 except ImportError:
     gemm_regs = None
-from .gemm_reference import GEMM_K_GROUP
-from .triton_math import cast_rne, clamp_round_to_int, nan_max
 
 
 @dataclasses.dataclass
@@ -697,7 +697,7 @@ _designs: dict[tuple, str] = {}
 
 
 def _regs_designs() -> list[str]:
-    return [f"regs:{warps}:{stages}" for warps, stages in gemm_regs.CONFIGS]
+    return [] if gemm_regs is None else [f"regs:{warps}:{stages}" for warps, stages in gemm_regs.CONFIGS]
 
 
 @registry.register("w4a4_matmul_stacked", "triton")
@@ -747,10 +747,10 @@ def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_pack
             unpack_into(w, unpacked[start:start + w.shape[0]])
             start += w.shape[0]
         return int8_gemm(a_codes, a_scales, unpacked, w_scales, bias, out_dtype)
-    kind, warps, stages = design.split(":")
-    if kind != "regs" or (int(warps), int(stages)) not in gemm_regs.CONFIGS:
+    if design not in _regs_designs():
         raise ValueError(f"faircalib.kernels.gemm: unknown W4A4 design {design!r}; choose 'unpack' or one of "
-                         f"{_regs_designs()}")
+                         f"{_regs_designs()} (the register designs need Triton with Gluon)")
+    _, warps, stages = design.split(":")
     m = a_codes.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
     codes, scales = _tma_codes(a_codes), a_scales.reshape(-1).contiguous()
