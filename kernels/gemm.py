@@ -36,8 +36,8 @@ the split-column kernel with 4 warps (0.07x), 2 programs per SM (no change), pip
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`, "unpack" design: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a
-transient int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A persistent INT8
-tensor-core GEMM fed by TMA (tensor descriptors), int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned
+transient int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A
+persistent INT8 tensor-core GEMM fed by TMA (tensor descriptors), int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned
 per shape; epilogue (acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype and written by TMA (whole
 tile or two halves, autotuned; up to 1.2x faster than pointer stores on H100, 2026-12-06). `w4a4_matmul_stacked`
 unpacks several weights into the rows of one int8 operand for one GEMM (q/k/v, gate/up). On H100 the persistent
