@@ -36,14 +36,14 @@ the split-column kernel with 4 warps (0.07x), 2 programs per SM (no change), pip
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`, "unpack" design: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a
-transient int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A
-persistent INT8 tensor-core GEMM fed by TMA (tensor descriptors), int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned
-per shape; epilogue (acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype and written by TMA (whole
-tile or two halves, autotuned; up to 1.2x faster than pointer stores on H100, 2026-12-06). `w4a4_matmul_stacked`
-unpacks several weights into the rows of one int8 operand for one GEMM (q/k/v, gate/up). On H100 the persistent
-TMA kernel ran 1.42-1.91x bf16 cuBLAS at M >= 4096 against 1.23-1.59x for the one-program-per-tile kernel with
-pointer loads it replaced (same run, 2026-11-22, `explore_w4a4_gpu.py --parts tma` at commit e9a979d); Triton's warp
-specialization added nothing.
+transient int8 [N, Kp] buffer (1.5 bytes per weight: two shifts per byte, contiguous 64-byte stores). (2) A persistent
+INT8 tensor-core GEMM fed by TMA (tensor descriptors), int32 accumulation (exact: |sum| <= 128·8·K < 2^31), autotuned
+per shape; epilogue (acc · a_scale) · w_scale (+ bias) in fp32, cast to the output dtype and written by TMA (whole tile
+or two halves, autotuned; up to 1.2x faster than pointer stores on H100, 2026-12-06). `w4a4_matmul_stacked` unpacks
+several weights into the rows of one int8 operand for one GEMM (q/k/v, gate/up). On H100 the persistent TMA kernel ran
+1.42-1.91x bf16 cuBLAS at M >= 4096 against 1.23-1.59x for the one-program-per-tile kernel with pointer loads it
+replaced (same run, 2026-11-22, `explore_w4a4_gpu.py --parts tma` at commit e9a979d); Triton's warp specialization added
+nothing.
 Tried and rejected, the FP8 e4m3 carrier (int4 values are exact in e4m3): with Hopper's default imprecise
 accumulation it is 1.48-1.87x but wrong on worst-case data (error 163840 at K = 18944); promoting the partial sum
 every 128 or 256 products (`max_num_imprecise_acc`) is exact but 1.03-1.54x, below the INT8 path.
