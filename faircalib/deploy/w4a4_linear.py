@@ -115,8 +115,10 @@ class W4A4Linear(nn.Module):
         """Keep the weight also as int8 codes (`weight_int8`, a non-persistent buffer: checkpoints are unchanged), so
         that each forward runs the INT8 GEMM directly instead of first unpacking the 4-bit weight. Memory for time:
         the weight then takes 1.5 bytes per element (0.75x of bf16 instead of 0.25x); the unpack pass it saves was
-        3.5 ms of a 22 ms LLaDA-8B step over 1024 tokens on H100 (BENCHMARKS.md). keep=False frees the copy. Eager
-        calls unpack again if `weight_packed` was replaced or modified in place; compiled code does not check.
+        3.5 ms of a 22 ms LLaDA-8B step over 1024 tokens on H100 (BENCHMARKS.md); on Hopper the packed weight is now
+        unpacked in registers inside the GEMM where that is faster (`kernels/gemm_regs.py`), which made this gain
+        small there. keep=False frees the copy. Eager calls unpack again if `weight_packed` was replaced or modified
+        in place; compiled code does not check.
         drop_packed: keep the int8 codes alone (1 byte per element, 0.5x of bf16): `weight_packed` becomes an empty
         [N, 0] tensor (`packed_dropped`), the state dict (checkpoints) and `weight_codes` are computed from the int8
         codes, loading a state dict unpacks the loaded weight and drops it again, and keep=False packs it back."""
