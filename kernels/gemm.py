@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import torch
 import triton
@@ -715,7 +716,8 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
     """The design this call runs: `W4A4_DESIGN` if set; "unpack" where the register kernel cannot run (not an sm_90
     GPU, Triton without Gluon, the interpreter); else the faster of "unpack" and each "regs" config on this shape
     (token count bucketed by powers of two), timed on its first call like an autotuner (or the first "regs" config
-    untimed, when that call is being captured into a CUDA graph)."""
+    untimed, when that call is being captured into a CUDA graph). A register design that fails to build or run is
+    left out with a warning."""
     if W4A4_DESIGN is not None:
         return W4A4_DESIGN
     device = a_codes.device
@@ -731,7 +733,15 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
         times = {}
         for candidate in ["unpack", *_regs_designs()]:
             run = functools.partial(_w4a4_run, candidate, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
-            run()  # compiles (and autotunes the INT8 GEMM) outside the timing
+            try:
+                run()  # compiles (and autotunes the INT8 GEMM) outside the timing
+            except Exception as error:  # noqa: BLE001  (a Gluon build that fails here must not fail the model)
+                if candidate == "unpack":
+                    raise
+                warnings.warn(f"faircalib.kernels.gemm: W4A4 design {candidate} failed on {tuple(a_codes.shape)} x "
+                              f"{[tuple(w.shape) for w in w_packed]} ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); not used for this shape")
+                continue
             # Medians of ~50 ms each: with 20 ms means the choice followed noise where the designs were within ~10%
             # (H100, 2026-12-06 18:27 UTC: Dream's k/v at 4096 tokens picked the register design at 1.15x bf16,
             # the unpack design ran 1.27x in the same process).

@@ -56,3 +56,51 @@ def test_design_off_hopper_is_the_unpack_pass():
     assert gemm.w4a4_design(a, torch.ones(4, 1), w, torch.ones(8), None, torch.float32) == "unpack"
     with pytest.raises(ValueError, match="unknown W4A4 design"):
         gemm._w4a4_run("regs:2:2", a, torch.ones(4, 1), w, torch.ones(8), None, torch.float32)
+
+
+@pytest.fixture
+def timed_designs(monkeypatch):
+    """w4a4_design as on a Hopper GPU, with each design's run and timing replaced: {design: ms or an exception}."""
+    plan, runs = {}, []
+
+    def run(design, *args):
+        runs.append(design)
+        if isinstance(plan[design], Exception):
+            raise plan[design]
+
+    monkeypatch.setattr(gemm, "_designs", {})
+    monkeypatch.setattr(gemm.gemm_regs, "supported", lambda device: True)
+    monkeypatch.setattr(gemm.registry, "triton_interpreted", lambda: False)
+    monkeypatch.setattr(gemm, "_w4a4_run", run)
+    monkeypatch.setattr(gemm.triton.testing, "do_bench", lambda fn, **kw: plan[fn.args[0]])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    return plan, runs
+
+
+def _design(m=300, widths=(64, 32)):
+    a = torch.zeros(m, 256, dtype=torch.int8)
+    return gemm.w4a4_design(a, torch.ones(m, 1), [torch.zeros(n, 128, dtype=torch.int8) for n in widths],
+                            torch.ones(sum(widths)), None, torch.bfloat16)
+
+
+def test_design_is_the_fastest_and_timed_once_per_shape(timed_designs):
+    plan, runs = timed_designs
+    plan.update({"unpack": 2.0, "regs:8:3": 1.5, "regs:4:4": 1.0})
+    assert _design() == "regs:4:4"
+    timed = len(runs)
+    assert _design(m=400) == "regs:4:4" and len(runs) == timed  # same power-of-two bucket: cached
+    plan.update({"unpack": 0.5})
+    assert _design(m=600) == "unpack"  # another bucket: timed again
+
+
+def test_failing_register_design_is_left_out_with_a_warning(timed_designs):
+    plan, _ = timed_designs
+    plan.update({"unpack": 2.0, "regs:8:3": RuntimeError("no sm_90 build"), "regs:4:4": 3.0})
+    with pytest.warns(UserWarning, match="regs:8:3 failed"):
+        assert _design() == "unpack"
+
+
+def test_design_under_graph_capture_is_not_timed(timed_designs, monkeypatch):
+    plan, runs = timed_designs
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert _design() == gemm._regs_designs()[0] and runs == [] and gemm._designs == {}
