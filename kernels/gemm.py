@@ -714,7 +714,7 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
 def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor], w_scales: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> str:
     """The design this call runs: `W4A4_DESIGN` if set; "unpack" where the register kernel cannot run (not an sm_90
-    GPU, Triton without Gluon, the interpreter); else the faster of "unpack" and each "regs" config on this shape
+    GPU, Triton without Gluon, the interpreter, K >= gemm_regs.MAX_K); else the faster of "unpack" and each "regs" config on this shape
     (token count bucketed by powers of two), timed on its first call like an autotuner (or the first "regs" config
     untimed, when that call is being captured into a CUDA graph). A register design that fails to build or run is
     left out with a warning."""
@@ -725,7 +725,8 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
            w_packed[0].shape[1], out_dtype, bias is not None)
     design = _designs.get(key)
     if design is None:
-        if gemm_regs is None or registry.triton_interpreted() or not gemm_regs.supported(device):
+        if gemm_regs is None or registry.triton_interpreted() or not gemm_regs.supported(device) or \
+                2 * w_packed[0].shape[1] >= gemm_regs.MAX_K:
             design = _designs[key] = "unpack"
             return design
         if torch.cuda.is_current_stream_capturing():
@@ -763,6 +764,9 @@ def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_pack
     if design not in _regs_designs():
         raise ValueError(f"faircalib.kernels.gemm: unknown W4A4 design {design!r}; choose 'unpack' or one of "
                          f"{_regs_designs()} (the register designs need Triton with Gluon)")
+    if kp >= gemm_regs.MAX_K:
+        raise ValueError(f"faircalib.kernels.gemm: W4A4 design {design!r} needs K < {gemm_regs.MAX_K} (its 16x int32 "
+                         f"sums), got padded K = {kp}; use 'unpack'")
     _, warps, stages = design.split(":")
     m = a_codes.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)

@@ -17,8 +17,8 @@ wrong sums on the H100, as expected. The output tile goes through shared memory 
 and store): storing the MMA layout directly ran 10-20% slower.
 
 Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians against cuBLAS bf16 in the same run): 1.46x
-/ 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up stacked), 1.58x / 1.55x (down), 1.06x / 1.37x
-(Dream q+k+v), against the unpack pass + INT8 GEMM's 1.09 / 1.37, 1.15 / 1.38, 1.13 / 1.35, 0.84 / 1.25x, and the
+/ 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up as one weight), 1.58x / 1.55x (down), 1.06x /
+1.37x (Dream q+k+v as one weight), against the unpack pass + INT8 GEMM's 1.09 / 1.37, 1.15 / 1.38, 1.13 / 1.35, 0.84 / 1.25x, and the
 INT8 GEMM alone on pre-unpacked weights 1.35 / 1.46, 1.50 / 1.50, 1.49 / 1.56, 0.98 / 1.33x. `gemm.w4a4_design`
 times both designs per shape and keeps the faster; with it a compiled, graphed LLaDA-8B step went from 1.17x to 1.39x
 bf16 at 1024 tokens (18:25 UTC), as fast as keeping int8 codes at half their memory.
@@ -44,6 +44,7 @@ _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 BLOCK_N = 128  # weight rows per program: wgmma's M, 64 per warpgroup
 BLOCK_M = 128  # tokens per program: wgmma's N (int8 allows up to 224; tile sides are powers of two)
 HALF = GEMM_K_GROUP // 2  # packed bytes of one K group, and the codes of one of its halves
+MAX_K = 1 << 17  # the 16x sums stay within int32 below this K (module doc); longer rows take the unpack design
 # (warps, stages) the design choice times: two warpgroups and 3 stages won on LLaDA's down projection, one warpgroup
 # and 4 stages on gate+up (H100, 2026-12-06); both 2 programs per SM.
 CONFIGS = ((8, 3), (4, 4))

@@ -79,12 +79,16 @@ def test_register_unpack_gemm_compiles_for_hopper(compiled, case):
 
 
 def test_design_off_hopper_is_the_unpack_pass():
-    """CPU tensors (and the interpreter) run the unpack pass + INT8 GEMM; a bad forced design is refused."""
+    """CPU tensors (and the interpreter) run the unpack pass + INT8 GEMM; a bad forced design, or a register one on
+    rows of K >= MAX_K, is refused."""
     a = torch.zeros(4, 256, dtype=torch.int8)
     w = [torch.zeros(8, 128, dtype=torch.int8)]
     assert gemm.w4a4_design(a, torch.ones(4, 1), w, torch.ones(8), None, torch.float32) == "unpack"
     with pytest.raises(ValueError, match="unknown W4A4 design"):
         gemm._w4a4_run("regs:2:2", a, torch.ones(4, 1), w, torch.ones(8), None, torch.float32)
+    long_rows = [torch.zeros(8, gemm.gemm_regs.MAX_K // 2, dtype=torch.int8)]
+    with pytest.raises(ValueError, match="needs K <"):
+        gemm._w4a4_run("regs:8:3", a, torch.ones(4, 1), long_rows, torch.ones(8), None, torch.float32)
 
 
 @pytest.fixture
@@ -120,6 +124,15 @@ def test_design_is_the_fastest_and_timed_once_per_shape(timed_designs):
     assert _design(m=400) == "regs:4:4" and len(runs) == timed  # same power-of-two bucket: cached
     plan.update({"unpack": 0.5})
     assert _design(m=600) == "unpack"  # another bucket: timed again
+
+
+def test_design_for_very_long_rows_is_the_unpack_pass(timed_designs):
+    """K >= MAX_K: the register design's 16x int32 sums could overflow, so it is not timed (nor accepted forced,
+    `test_design_off_hopper_is_the_unpack_pass`)."""
+    plan, runs = timed_designs
+    plan.update({"unpack": 2.0, "regs:8:3": 1.0, "regs:4:4": 1.0})
+    a, w = torch.zeros(2, 256, dtype=torch.int8), [torch.zeros(8, gemm.gemm_regs.MAX_K // 2, dtype=torch.int8)]
+    assert gemm.w4a4_design(a, torch.ones(2, 1), w, torch.ones(8), None, torch.float32) == "unpack" and runs == []
 
 
 def test_failing_register_design_is_left_out_with_a_warning(timed_designs):
