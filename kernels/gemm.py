@@ -68,9 +68,9 @@ from . import registry
 from .gemm_reference import GEMM_K_GROUP
 from .triton_math import cast_rne, clamp_round_to_int, nan_max
 
-try:  # Gluon (Triton >= 3.5): the W4A4 GEMM that unpacks in registers, for Hopper
+try:  # Gluon (Triton >= 3.5; its API still moves): the W4A4 GEMM that unpacks in registers, for Hopper
     from . import gemm_regs
-except ImportError:
+except (ImportError, AttributeError):
     gemm_regs = None
 
 
