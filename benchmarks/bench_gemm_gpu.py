@@ -18,6 +18,7 @@ against a device-to-device copy measured in the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -89,7 +90,17 @@ class _Log(list):
 def designs() -> list[str]:
     """The W4A4 GEMM designs this GPU runs (`gemm.w4a4_design` picks among them per shape)."""
     regs = gemm.gemm_regs is not None and gemm.gemm_regs.supported(torch.device("cuda"))
-    return ["unpack", *(gemm._regs_designs() if regs else [])]
+    return ["unpack", *(gemm.REGS_DESIGNS if regs else [])]
+
+
+@contextlib.contextmanager
+def forced_design(design: str):
+    """Every W4A4 GEMM inside runs `design` (`gemm.W4A4_DESIGN`), back to the per-shape choice afterwards."""
+    gemm.W4A4_DESIGN = design
+    try:
+        yield
+    finally:
+        gemm.W4A4_DESIGN = None
 
 
 def _check_gemm(gen: torch.Generator, lines: list[str], design: str) -> None:
@@ -129,11 +140,8 @@ def check_correctness(gen: torch.Generator) -> list[str]:
     run on the CPU (the specification: torch's CUDA division by a scalar multiplies by its reciprocal)."""
     lines = _Log()
     for design in designs():
-        gemm.W4A4_DESIGN = design
-        try:
+        with forced_design(design):
             _check_gemm(gen, lines, design)
-        finally:
-            gemm.W4A4_DESIGN = None
     for kx in (4096, 3584, 12288, 18944):
         try:
             _check_act(kx, gen, lines)
@@ -208,9 +216,9 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
     t["fp8"] = median_ms(fp8_fn)
     t["w4a4_gemm"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16))
     design = gemm.w4a4_design(a_codes, a_scales, [packed], w_scales, None, torch.bfloat16)
-    gemm.W4A4_DESIGN = "unpack"
-    t["w4a4_unpack"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16))
-    gemm.W4A4_DESIGN = None
+    with forced_design("unpack"):
+        t["w4a4_unpack"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None,
+                                                              torch.bfloat16))
     unpacked = gemm.unpack_weight_int8(packed)
     t["int8_gemm"] = median_ms(lambda: gemm.int8_gemm(a_codes, a_scales, unpacked, w_scales, None, torch.bfloat16))
     t["unpack_us"] = median_ms(lambda: gemm.unpack_weight_int8(packed)) * 1e3

@@ -695,10 +695,9 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
 # "regs:WARPS:STAGES" forces one (tests, benchmarks).
 W4A4_DESIGN: str | None = None
 _designs: dict[tuple, str] = {}
-
-
-def _regs_designs() -> list[str]:
-    return [] if gemm_regs is None else [f"regs:{warps}:{stages}" for warps, stages in gemm_regs.CONFIGS]
+# The register designs by name -> their (warps, stages) config: parsed once, not on every call.
+REGS_DESIGNS: dict[str, tuple[int, int]] = {} if gemm_regs is None else {
+    f"regs:{warps}:{stages}": (warps, stages) for warps, stages in gemm_regs.CONFIGS}
 
 
 @registry.register("w4a4_matmul_stacked", "triton")
@@ -714,10 +713,10 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
 def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor], w_scales: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> str:
     """The design this call runs: `W4A4_DESIGN` if set; "unpack" where the register kernel cannot run (not an sm_90
-    GPU, Triton without Gluon, the interpreter, K >= gemm_regs.MAX_K); else the faster of "unpack" and each "regs" config on this shape
-    (token count bucketed by powers of two), timed on its first call like an autotuner (or the first "regs" config
-    untimed, when that call is being captured into a CUDA graph). A register design that fails to build or run is
-    left out with a warning."""
+    GPU, Triton without Gluon, the interpreter, K >= gemm_regs.MAX_K); else the faster of "unpack" and each "regs"
+    config on this shape (token count bucketed by powers of two), timed on its first call like an autotuner (or the
+    first "regs" config untimed, when that call is being captured into a CUDA graph). A register design that fails to
+    build or run is left out with a warning."""
     if W4A4_DESIGN is not None:
         return W4A4_DESIGN
     device = a_codes.device
@@ -730,9 +729,9 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
             design = _designs[key] = "unpack"
             return design
         if torch.cuda.is_current_stream_capturing():
-            return _regs_designs()[0]
+            return next(iter(REGS_DESIGNS))
         times = {}
-        for candidate in ["unpack", *_regs_designs()]:
+        for candidate in ["unpack", *REGS_DESIGNS]:
             run = functools.partial(_w4a4_run, candidate, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
             try:
                 run()  # compiles (and autotunes the INT8 GEMM) outside the timing
@@ -761,13 +760,13 @@ def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_pack
             unpack_into(w, unpacked[start:start + w.shape[0]])
             start += w.shape[0]
         return int8_gemm(a_codes, a_scales, unpacked, w_scales, bias, out_dtype)
-    if design not in _regs_designs():
+    config = REGS_DESIGNS.get(design)
+    if config is None:
         raise ValueError(f"faircalib.kernels.gemm: unknown W4A4 design {design!r}; choose 'unpack' or one of "
-                         f"{_regs_designs()} (the register designs need Triton with Gluon)")
+                         f"{list(REGS_DESIGNS)} (the register designs need Triton with Gluon)")
     if kp >= gemm_regs.MAX_K:
         raise ValueError(f"faircalib.kernels.gemm: W4A4 design {design!r} needs K < {gemm_regs.MAX_K} (its 16x int32 "
                          f"sums), got padded K = {kp}; use 'unpack'")
-    _, warps, stages = design.split(":")
     m = a_codes.shape[0]
     out = torch.empty((m, n), dtype=out_dtype, device=a_codes.device)
     codes, scales = _tma_codes(a_codes), a_scales.reshape(-1).contiguous()
@@ -778,7 +777,6 @@ def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_pack
         for w in w_packed:
             cols = slice(start, start + w.shape[0])
             gemm_regs.w4a4_matmul_regs(codes[part], scales[part], w.contiguous(), w_scales[cols],
-                                       None if bias is None else bias[cols].contiguous(), out[part, cols],
-                                       (int(warps), int(stages)))
+                                       None if bias is None else bias[cols].contiguous(), out[part, cols], config)
             start += w.shape[0]
     return out
