@@ -705,7 +705,8 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
                         w_scales: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
     """`w4a4_matmul` against the weights w_packed[i] [N_i, Kp / 2] stacked along N (w_scales, bias [sum N_i]) ->
     [M, sum N_i], by the design `w4a4_design` picks: "unpack" unpacks each weight into its rows of one int8 operand
-    for one INT8 GEMM; "regs" (`gemm_regs`, Hopper) runs one register-unpack GEMM per weight into its columns."""
+    for one INT8 GEMM; "regs" (`gemm_regs`, Hopper) runs one register-unpack GEMM over all of them (up to
+    `gemm_regs.MAX_MEMBERS` weights per launch)."""
     args = (a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
     return _w4a4_run(w4a4_design(*args), *args)
 
@@ -772,11 +773,14 @@ def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_pack
     codes, scales = _tma_codes(a_codes), a_scales.reshape(-1).contiguous()
     w_scales = w_scales.reshape(-1).contiguous()
     rows = _rows_per_launch(n, n)  # the epilogue's output offsets stay within int32 (MAX_OFFSET)
+    members = [w.contiguous() for w in w_packed]
+    bias = None if bias is None else bias.contiguous()
     for first in range(0, m, rows):
-        part, start = slice(first, first + rows), 0
-        for w in w_packed:
-            cols = slice(start, start + w.shape[0])
-            gemm_regs.w4a4_matmul_regs(codes[part], scales[part], w.contiguous(), w_scales[cols],
-                                       None if bias is None else bias[cols].contiguous(), out[part, cols], config)
-            start += w.shape[0]
+        part = slice(first, first + rows)
+        for start in range(0, len(members), gemm_regs.MAX_MEMBERS):  # stacks of more weights: a launch per 3
+            group = members[start:start + gemm_regs.MAX_MEMBERS]
+            c0 = sum(w.shape[0] for w in members[:start])
+            cols = slice(c0, c0 + sum(w.shape[0] for w in group))
+            gemm_regs.w4a4_matmul_regs(codes[part], scales[part], group, w_scales[cols],
+                                       None if bias is None else bias[cols], out[part, cols], config)
     return out

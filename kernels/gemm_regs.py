@@ -71,22 +71,16 @@ def _load_group(w_desc, a_desc, bar, w_buf, a_low, a_high, off_n, off_m, g, pred
 
 
 @gluon.jit
-def _w4a4_regs_kernel(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, stride_cm, HAS_BIAS: gl.constexpr,
-                      STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """One [BLOCK_M tokens, BLOCK_N outputs] tile of C per program (module doc); K's tail reads as zeros (TMA)."""
+def _tile(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N, K, stride_cm, off_n, off_m,
+          col0, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """C[off_m:, col0 + off_n:] += one [BLOCK_M tokens, BLOCK_N outputs] tile against the weight of w_desc (N rows,
+    its scales and bias from column col0 on); K's tail reads as zeros (TMA)."""
     BN: gl.constexpr = w_desc.block_type.shape[0]
     BM: gl.constexpr = a_desc.block_type.shape[0]
     HALF_K: gl.constexpr = w_desc.block_type.shape[1]  # packed bytes of a K group, codes of half of one
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                   instr_shape=[16, BM, 32])
     fragment: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
-    off_n = gl.program_id(0) * BN
-    off_m = gl.program_id(1) * BM
-    w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BN, HALF_K], w_desc.layout)
-    a_bufs = gl.allocate_shared_memory(gl.int8, [2 * STAGES, BM, HALF_K], a_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(bars.index(i), count=1)
     groups = gl.cdiv(K, 2 * HALF_K)
     for i in gl.static_range(STAGES - 1):
         _load_group(w_desc, a_desc, bars.index(i), w_bufs.index(i), a_bufs.index(2 * i), a_bufs.index(2 * i + 1),
@@ -104,19 +98,54 @@ def _w4a4_regs_kernel(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N, K, 
         ns = nxt % STAGES
         _load_group(w_desc, a_desc, bars.index(ns), w_bufs.index(ns), a_bufs.index(2 * ns), a_bufs.index(2 * ns + 1),
                     off_n, off_m, nxt, nxt < groups)
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(bars.index(i))
     rn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
     rm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
     out = (acc >> 4).to(gl.float32) * gl.load(sa_ptr + rm, mask=rm < M, other=0.0)[None, :] * \
-        gl.load(sw_ptr + rn, mask=rn < N, other=0.0)[:, None]
+        gl.load(sw_ptr + col0 + rn, mask=rn < N, other=0.0)[:, None]
     if HAS_BIAS:
-        out = out + gl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(gl.float32)[:, None]
+        out = out + gl.load(bias_ptr + col0 + rn, mask=rn < N, other=0.0).to(gl.float32)[:, None]
     rows: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BN, BN // 8], [num_warps, 1], [1, 0])
     out = gl.convert_layout(gl.permute(out.to(c_ptr.dtype.element_ty), (1, 0)), rows)
     sm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, rows))
     sn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(0, rows))
-    gl.store(c_ptr + sm[:, None] * stride_cm + sn[None, :], out, mask=(sm < M)[:, None] & (sn < N)[None, :])
+    gl.store(c_ptr + sm[:, None] * stride_cm + col0 + sn[None, :], out, mask=(sm < M)[:, None] & (sn < N)[None, :])
+
+
+@gluon.jit
+def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N0, N1, N2, K,
+                      stride_cm, HAS_BIAS: gl.constexpr, MEMBERS: gl.constexpr, STAGES: gl.constexpr,
+                      num_warps: gl.constexpr):
+    """The GEMM against MEMBERS (1-3) weights stacked along N (N0, N1, N2 rows; C's columns in that order), one
+    launch: program (i, j) computes the i-th [BLOCK_N]-row tile of the stack, counting each member's tiles in turn,
+    for the j-th block of BLOCK_M tokens (`_tile`). One launch instead of one per member: the tiles of all members
+    share the waves (Dream's k and v alone fill 4 x 32 of 264 program slots at 4096 tokens)."""
+    BN: gl.constexpr = w0_desc.block_type.shape[0]
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    HALF_K: gl.constexpr = w0_desc.block_type.shape[1]
+    w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BN, HALF_K], w0_desc.layout)
+    a_bufs = gl.allocate_shared_memory(gl.int8, [2 * STAGES, BM, HALF_K], a_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    tile = gl.program_id(0)
+    off_m = gl.program_id(1) * BM
+    tiles0 = gl.cdiv(N0, BN)
+    tiles1 = gl.cdiv(N1, BN)
+    if MEMBERS == 1:
+        _tile(w0_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N0, K, stride_cm,
+              tile * BN, off_m, 0, HAS_BIAS, STAGES, num_warps)
+    else:
+        if tile < tiles0:
+            _tile(w0_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N0, K, stride_cm,
+                  tile * BN, off_m, 0, HAS_BIAS, STAGES, num_warps)
+        elif tile < tiles0 + tiles1:
+            _tile(w1_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N1, K, stride_cm,
+                  (tile - tiles0) * BN, off_m, N0, HAS_BIAS, STAGES, num_warps)
+        else:  # MEMBERS == 3 (a grid over two members has no tile past theirs)
+            _tile(w2_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N2, K, stride_cm,
+                  (tile - tiles0 - tiles1) * BN, off_m, N0 + N1, HAS_BIAS, STAGES, num_warps)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
 
 
 def supported(device: torch.device) -> bool:
@@ -124,26 +153,40 @@ def supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
 
 
-def descriptors(w_packed: torch.Tensor, a_codes: torch.Tensor) -> tuple:
-    """TMA descriptors of the packed weight [N, Kp / 2] and the activation codes [M, K] (K % 16 == 0)."""
-    w_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HALF], gl.int8)
-    a_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HALF], gl.int8)
-    return (TensorDescriptor.from_tensor(w_packed, [BLOCK_N, HALF], w_layout),
-            TensorDescriptor.from_tensor(a_codes, [BLOCK_M, HALF], a_layout))
+MAX_MEMBERS = 3  # q/k/v; gate/up are two
 
 
-def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.Tensor, w_scales: torch.Tensor,
-                     bias: torch.Tensor | None, out: torch.Tensor, config: tuple[int, int]) -> torch.Tensor:
-    """out [M, N] (unit column stride, e.g. a column block of a wider output) = the W4A4 GEMM of a_codes int8 [M, K]
-    (contiguous, K % 16 == 0), a_scales fp32 [M], w_packed int8 [N, padded_k(K) / 2], w_scales fp32 [N], bias [N] |
-    None; config = (warps, stages) from CONFIGS. Inputs are the caller's to check (`gemm.w4a4_matmul_stacked`)."""
+def weight_descriptor(w_packed: torch.Tensor) -> TensorDescriptor:
+    """The TMA descriptor of a packed weight [N, Kp / 2]: [BLOCK_N, HALF] boxes."""
+    layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HALF], gl.int8)
+    return TensorDescriptor.from_tensor(w_packed, [BLOCK_N, HALF], layout)
+
+
+def codes_descriptor(a_codes: torch.Tensor) -> TensorDescriptor:
+    """The TMA descriptor of activation codes [M, K] (K % 16 == 0): [BLOCK_M, HALF] boxes."""
+    layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HALF], gl.int8)
+    return TensorDescriptor.from_tensor(a_codes, [BLOCK_M, HALF], layout)
+
+
+def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
+                     w_scales: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
+                     config: tuple[int, int]) -> torch.Tensor:
+    """out [M, sum N_i] (unit column stride) = the W4A4 GEMM of a_codes int8 [M, K] (contiguous, K % 16 == 0),
+    a_scales fp32 [M] against the 1 to MAX_MEMBERS weights w_packed[i] int8 [N_i, padded_k(K) / 2] (contiguous)
+    stacked along N, w_scales fp32 [sum N_i], bias [sum N_i] | None, in one launch; config = (warps, stages) from
+    CONFIGS. Inputs are the caller's to check (`gemm.w4a4_matmul_stacked`)."""
     m, k = a_codes.shape
-    n = w_packed.shape[0]
-    if m == 0 or n == 0:
+    widths = [w.shape[0] for w in w_packed]
+    if not 1 <= len(w_packed) <= MAX_MEMBERS:
+        raise ValueError(f"faircalib.kernels.gemm_regs: 1 to {MAX_MEMBERS} stacked weights, got {len(w_packed)}")
+    if m == 0 or sum(widths) == 0:
         return out
     warps, stages = config
-    w_desc, a_desc = descriptors(w_packed, a_codes)
-    grid = (triton.cdiv(n, BLOCK_N), triton.cdiv(m, BLOCK_M))
-    _w4a4_regs_kernel[grid](w_desc, a_desc, a_scales, w_scales, w_scales if bias is None else bias, out, m, n, k,
-                            out.stride(0), HAS_BIAS=bias is not None, STAGES=stages, num_warps=warps)
+    w_descs = [weight_descriptor(w) for w in w_packed]
+    w_descs += [w_descs[0]] * (MAX_MEMBERS - len(w_descs))
+    widths += [0] * (MAX_MEMBERS - len(widths))
+    grid = (sum(triton.cdiv(n, BLOCK_N) for n in widths), triton.cdiv(m, BLOCK_M))
+    _w4a4_regs_kernel[grid](*w_descs, codes_descriptor(a_codes), a_scales, w_scales, w_scales if bias is None else bias, out, m,
+                            *widths, k, out.stride(0), HAS_BIAS=bias is not None, MEMBERS=len(w_packed),
+                            STAGES=stages, num_warps=warps)
     return out

@@ -193,23 +193,40 @@ def test_register_unpack_gemm_on_gpu_matches_reference(monkeypatch, m, n, k, ext
         torch.testing.assert_close(got, want, rtol=ulp, atol=ulp * want.abs().max().item())
 
 
+# Stacks: Dream's q/k/v; member widths off the 128-row tile (a member's last tile is partial, the next member's
+# first tile starts on its own); gate/up-like two; four weights (two launches, the second from column 330).
+@pytest.mark.parametrize("widths,with_bias", [((3584, 512, 512), False), ((200, 17, 113), True), ((130, 300), False),
+                                              ((64, 1, 129, 136), True)])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
-def test_register_unpack_stack_equals_the_unpack_design(monkeypatch, out_dtype):
-    """A stack of three weights (q/k/v-like, one GEMM per weight into its columns) in 16-bit outputs: bitwise the
-    unpack pass + INT8 GEMM's stacked result; and the design picked per shape is one of the candidates."""
+def test_register_unpack_stack_equals_the_unpack_design(monkeypatch, widths, with_bias, out_dtype):
+    """A stack of weights run by the register design (one launch per up to three weights, each into its columns) in
+    16-bit outputs: the unpack pass + INT8 GEMM's stacked result (`_assert_same_epilogue`); and the design picked per
+    shape is one of the candidates."""
     _regs_or_skip()
-    gen = torch.Generator().manual_seed(3)
+    gen = torch.Generator().manual_seed(sum(widths))
     a = torch.randint(-8, 8, (300, 3584), generator=gen, dtype=torch.int8).cuda()
     sa = torch.rand(300, 1, generator=gen).cuda()
     ws = [ref.pack_weight_for_gemm(torch.randint(-8, 8, (n, 3584), generator=gen, dtype=torch.int8)).cuda()
-          for n in (3584, 512, 512)]
-    sw = torch.rand(4608, generator=gen).cuda()
+          for n in widths]
+    sw = torch.rand(sum(widths), generator=gen).cuda()
+    bias = torch.randn(sum(widths), generator=gen).cuda() if with_bias else None
     outs = {}
     for design in ("unpack", "regs:8:3", "regs:4:4"):
         monkeypatch.setattr(gemm, "W4A4_DESIGN", design)
-        outs[design] = gemm.w4a4_matmul_stacked(a, sa, ws, sw, None, out_dtype)
-    assert torch.equal(outs["regs:8:3"], outs["unpack"]) and torch.equal(outs["regs:4:4"], outs["unpack"])
+        outs[design] = gemm.w4a4_matmul_stacked(a, sa, ws, sw, bias, out_dtype)
+    for design in ("regs:8:3", "regs:4:4"):
+        _assert_same_epilogue(outs[design], outs["unpack"], bias)
     monkeypatch.setattr(gemm, "W4A4_DESIGN", None)
     monkeypatch.setattr(gemm, "_designs", {})
-    assert gemm.w4a4_design(a, sa, ws, sw, None, out_dtype) in outs
-    assert torch.equal(gemm.w4a4_matmul_stacked(a, sa, ws, sw, None, out_dtype), outs["unpack"])
+    assert gemm.w4a4_design(a, sa, ws, sw, bias, out_dtype) in outs
+    _assert_same_epilogue(gemm.w4a4_matmul_stacked(a, sa, ws, sw, bias, out_dtype), outs["unpack"], bias)
+
+
+def _assert_same_epilogue(got, want, bias):
+    """Bitwise without a bias (same int32 sums, same fp32 products); within an ulp of the output dtype with one
+    (whether the compiler fuses the bias add into a multiply-add may differ between kernels)."""
+    if bias is None:
+        assert torch.equal(got, want)
+    else:
+        ulp = torch.finfo(want.dtype).eps
+        torch.testing.assert_close(got.float(), want.float(), rtol=ulp, atol=ulp * want.float().abs().max().item())

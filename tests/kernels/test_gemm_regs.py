@@ -16,25 +16,26 @@ from faircalib.kernels import gemm
 
 pytestmark = pytest.mark.skipif(gemm.gemm_regs is None, reason="Triton without Gluon")
 
-CASES = [(warps, stages, has_bias, dtype) for warps, stages in ((8, 3), (4, 4))
-         for has_bias, dtype in ((False, "bfloat16"), (True, "float32"))]
+CASES = [(warps, stages, has_bias, dtype, members) for warps, stages in ((8, 3), (4, 4))
+         for has_bias, dtype, members in ((False, "bfloat16", 1), (True, "float32", 3), (False, "bfloat16", 2))]
 
 
-def _compile(warps, stages, has_bias, out_dtype):
+def _compile(warps, stages, has_bias, out_dtype, members):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     regs = gemm.gemm_regs
-    w_desc, a_desc = regs.descriptors(torch.zeros(256, 2048, dtype=torch.int8),
-                                      torch.zeros(512, 4096, dtype=torch.int8))
-    signature = {"w_desc": mangle_type(w_desc), "a_desc": mangle_type(a_desc), "sa_ptr": "*fp32", "sw_ptr": "*fp32",
-                 "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=out_dtype)), "M": "i32", "N": "i32",
-                 "K": "i32", "stride_cm": "i32", "HAS_BIAS": "constexpr", "STAGES": "constexpr",
-                 "num_warps": "constexpr"}
+    w_desc = mangle_type(regs.weight_descriptor(torch.zeros(256, 2048, dtype=torch.int8)))
+    a_desc = mangle_type(regs.codes_descriptor(torch.zeros(512, 4096, dtype=torch.int8)))
+    signature = {"w0_desc": w_desc, "w1_desc": w_desc, "w2_desc": w_desc, "a_desc": a_desc, "sa_ptr": "*fp32",
+                 "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=out_dtype)),
+                 "M": "i32", "N0": "i32", "N1": "i32", "N2": "i32", "K": "i32", "stride_cm": "i32",
+                 "HAS_BIAS": "constexpr", "MEMBERS": "constexpr", "STAGES": "constexpr", "num_warps": "constexpr"}
     source = GluonASTSource(fn=regs._w4a4_regs_kernel, signature=signature,
-                            constexprs={"HAS_BIAS": has_bias, "STAGES": stages, "num_warps": warps})
+                            constexprs={"HAS_BIAS": has_bias, "MEMBERS": members, "STAGES": stages,
+                                        "num_warps": warps})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
@@ -53,9 +54,9 @@ def _resource_usage(cubin: bytes) -> str:
 
 def _compile_all() -> dict:
     results = {}
-    for warps, stages, has_bias, dtype in CASES:
-        compiled = _compile(warps, stages, has_bias, getattr(torch, dtype))
-        results[repr((warps, stages, has_bias, dtype))] = {"ptx": compiled.asm["ptx"],
+    for warps, stages, has_bias, dtype, members in CASES:
+        compiled = _compile(warps, stages, has_bias, getattr(torch, dtype), members)
+        results[repr((warps, stages, has_bias, dtype, members))] = {"ptx": compiled.asm["ptx"],
                                                            "usage": _resource_usage(compiled.asm["cubin"])}
     return results
 
@@ -68,7 +69,7 @@ def compiled():
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"w{w}-s{s}-bias{b}-{d}" for w, s, b, d in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"w{w}-s{s}-bias{b}-{d}-x{n}" for w, s, b, d, n in CASES])
 def test_register_unpack_gemm_compiles_for_hopper(compiled, case):
     assert case[:2] in gemm.gemm_regs.CONFIGS
     result = compiled[repr(case)]
