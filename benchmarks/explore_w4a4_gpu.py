@@ -3,7 +3,8 @@
     python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,profile,epilogue]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
-        (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
+        (the Hopper Gluon kernel vs the Triton whole-tile, split-column and chunked kernels, stacking, pipelining,
+        slice sizes, programs per SM, warps;
         `--act-k` picks the widths, env `ACT_VARIANTS` the variants); codes checked
         against the CPU reference first; bandwidth counts compulsory bytes (bf16 in, int8 + fp32 out) against an
         in-run memcpy.
@@ -76,6 +77,10 @@ def memcpy_tbps() -> float:
 # fewer programs for short inputs (each at least 2 or 4 token steps) no gain at K = 3584 / 4096 (dropped). Variants
 # run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
 ACT_VARIANTS = {
+    "hopper": dict(),  # `act_hopper` (Gluon, TMA + wgmma) at the shipped (n2, stages, programs per SM)
+    "hopper_s3p4_s2p2": dict(hopper_launch=((64, 3, 4), (128, 2, 2))),
+    "hopper_s6p3_s4p1": dict(hopper_launch=((64, 6, 3), (128, 4, 1))),
+    "hopper_s4p2_s3p2": dict(hopper_launch=((64, 4, 2), (128, 3, 2))),
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
     "tile_s1": dict(stages=1),
@@ -114,6 +119,11 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
         for name, overrides in ACT_VARIANTS.items():
             if only and name not in only.split(","):
                 continue
+            if name.startswith("hopper") and not (gemm.act_hopper and gemm.act_hopper.supported(
+                    small, None, None, left, right)):
+                continue
+            if not name.startswith("hopper"):  # the Triton kernels
+                overrides = dict(overrides, hopper=False)
             if name.startswith("tile"):
                 overrides = dict(overrides, split_over_tile=False)
             if name.startswith("tile") and k > 4096:

@@ -72,6 +72,10 @@ try:  # Gluon (Triton >= 3.5; its API still moves): the W4A4 GEMM that unpacks i
     from . import gemm_regs
 except (ImportError, AttributeError):
     gemm_regs = None
+try:  # Gluon again: the activation path's transform by TMA + wgmma, for Hopper
+    from . import act_hopper
+except (ImportError, AttributeError):
+    act_hopper = None
 
 
 @dataclasses.dataclass
@@ -89,7 +93,9 @@ class ActLaunch:
     until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
     software-pipelining depth of the whole-tile token loop; `programs_per_sm`, or `large_tile_programs_per_sm` for
-    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway."""
+    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway.
+    `hopper`: on sm_90 GPUs, inputs `act_hopper.supported` takes (both factors, no channel scale or gate: K = 3584,
+    4096, 12288) go to that Gluon kernel instead, launched as `hopper_launch`'s (n2, stages, programs per SM)."""
     fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
@@ -108,6 +114,8 @@ class ActLaunch:
     chunk_j: int = 64
     chunk_k: int = 32
     chunked_warps: int = 4
+    hopper: bool = True
+    hopper_launch: tuple[tuple[int, int, int], ...] = ((64, 4, 4), (128, 3, 1))
 
 
 ACT_LAUNCH = ActLaunch()
@@ -466,6 +474,12 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
     codes = torch.empty((m, k), dtype=torch.int8, device=x.device)
     scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
+        return codes, scales
+    if ACT_LAUNCH.hopper and act_hopper is not None and not registry.triton_interpreted() and \
+            act_hopper.supported(x, channel_scale, gate, left, right):
+        stages, per_sm = next((s, p) for n, s, p in ACT_LAUNCH.hopper_launch if n == n2)
+        act_hopper.quantize(x, left, right, None if clip is None else clip.reshape(()), bits, codes,
+                            scales.view(-1), stages, _programs(m, x.device, per_sm))
         return codes, scales
     rows = _rows_per_launch(x.stride(0), k)
     if m > rows:  # past int32 offsets (MAX_OFFSET): row blocks, each copied into place
