@@ -131,6 +131,21 @@ def _kron_quant_kernel(xa_desc, xb_desc, rt_ptr, lt_ptr, clip_ptr, codes_ptr, sc
     op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_a, k_width=2)
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_b, k_width=2)
 
+    xa_bufs = gl.allocate_shared_memory(dtype, [STAGES * CHUNKS, BA, CK], xa_desc.layout)
+    xb_bufs = gl.allocate_shared_memory(dtype, [STAGES * CHUNKS if BB > 0 else 1, BB if BB > 0 else 16, CK],
+                                        xb_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    fence_async_shared()  # the barriers' inits, before TMA arrives on them
+    _cta_barrier()
+    pid = gl.program_id(0)
+    programs = gl.num_programs(0)
+    mine = gl.cdiv(M - pid, programs)
+    for i in gl.static_range(STAGES - 1):  # the first tokens' tiles travel while the factors load
+        _load_token(xa_desc, xb_desc, bars.index(i), xa_bufs, xb_bufs, i, pid + i * programs, N1, CHUNKS, BB,
+                    i < mine)
+
     # The factors, once per program: rightᵀ in CHUNKS column blocks (the first MMA's K steps); leftᵀ in its
     # [output rows, K rows] blocks (aa, ab, ba, bb), each read transposed as a K-major B operand.
     rt_smem = gl.allocate_shared_memory(dtype, [CHUNKS, N2, CK], gl.NVMMASharedLayout.get_default_for([N2, CK], dtype))
@@ -141,21 +156,8 @@ def _kron_quant_kernel(xa_desc, xb_desc, rt_ptr, lt_ptr, clip_ptr, codes_ptr, sc
         lt_ab = _load_factor(lt_ptr, 0, BA, B1, BA, BB, num_warps)
         lt_ba = _load_factor(lt_ptr, BA, 0, B1, BB, BA, num_warps)
         lt_bb = _load_factor(lt_ptr, BA, BA, B1, BB, BB, num_warps)
-    xa_bufs = gl.allocate_shared_memory(dtype, [STAGES * CHUNKS, BA, CK], xa_desc.layout)
-    xb_bufs = gl.allocate_shared_memory(dtype, [STAGES * CHUNKS if BB > 0 else 1, BB if BB > 0 else 16, CK],
-                                        xb_desc.layout)
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(bars.index(i), count=1)
-    fence_async_shared()  # the factors' stores and the barriers' inits, before TMA and the MMAs use them
+    fence_async_shared()  # the factors' stores, before the MMAs read them
     _cta_barrier()
-
-    pid = gl.program_id(0)
-    programs = gl.num_programs(0)
-    mine = gl.cdiv(M - pid, programs)
-    for i in gl.static_range(STAGES - 1):
-        _load_token(xa_desc, xb_desc, bars.index(i), xa_bufs, xb_bufs, i, pid + i * programs, N1, CHUNKS, BB,
-                    i < mine)
     clip = gl.load(clip_ptr).to(gl.float32) if HAS_CLIP else 1.0
     cols_a = gl.arange(0, BA, layout=gl.SliceLayout(0, mma_a))
     cols_b = BA + gl.arange(0, BB if BB > 0 else BA, layout=gl.SliceLayout(0, mma_b))

@@ -114,7 +114,7 @@ class ActLaunch:
     chunk_j: int = 64
     chunk_k: int = 32
     chunked_warps: int = 4
-    hopper: bool = True
+    hopper: bool = False
     hopper_launch: tuple[tuple[int, int, int], ...] = ((64, 4, 4), (128, 3, 1))
 
 

@@ -2,6 +2,7 @@
 installed Triton in a fresh process with TRITON_INTERPRET=0 (the interpreter, which the rest of the suite runs,
 patches Triton's tensor operators in place), checking its MMAs and that nothing spills; the kernel selection and its
 limits. On an sm_90 GPU: codes and scales against the CPU reference, NaN/Inf/zero tokens included."""
+import dataclasses
 import json
 import os
 import re
@@ -121,6 +122,7 @@ def test_hopper_act_path_on_gpu_matches_reference(monkeypatch, n1, n2, dtype):
     zero codes, an all-zero token scale 0, and the token before each of them (whose padded rows read it) is
     unaffected. Several tokens per program (3000 tokens) run the pipeline round its stages."""
     _on_hopper()
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", dataclasses.replace(gemm.ACT_LAUNCH, hopper=True))
     calls = []
     monkeypatch.setattr(act_hopper, "quantize", lambda *a, _run=act_hopper.quantize: calls.append(1) or _run(*a))
     gen = torch.Generator().manual_seed(n1 * 1000 + n2)
