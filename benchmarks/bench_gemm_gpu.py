@@ -8,7 +8,7 @@ Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the s
 of each call (GPU time, no host overhead); do_bench flushes L2 before every repetition, so weights come from HBM
 as they do in a real forward pass.
 Columns: `w4a4_gemm` is the op, in the design `gemm.w4a4_design` picks for the shape (`design`: "unpack" = unpack
-pass + INT8 GEMM, "regs:W:S" = `gemm_regs`, the weight unpacked in registers); `w4a4_unpack` the op forced to the
+pass + INT8 GEMM, "regs:W:S:T" = `gemm_regs`, the weight unpacked in registers); `w4a4_unpack` the op forced to the
 unpack design; `int8_gemm` the INT8 GEMM alone on pre-unpacked weights;
 `w4a4_linear_*` adds `quantize_act_packed` (transform + quantization) in front of the op.
 Activation path: `quantize_act_packed` with the Kronecker transform of the layer's input size (FlatQuant factors,

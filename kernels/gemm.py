@@ -706,12 +706,12 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
 
 
 # The W4A4 GEMM's design: None = the faster per shape, timed on the shape's first call (`w4a4_design`); "unpack" or
-# "regs:WARPS:STAGES" forces one (tests, benchmarks).
+# "regs:WARPS:STAGES:TOKENS" forces one (tests, benchmarks).
 W4A4_DESIGN: str | None = None
 _designs: dict[tuple, str] = {}
 # The register designs by name -> their (warps, stages) config: parsed once, not on every call.
-REGS_DESIGNS: dict[str, tuple[int, int]] = {} if gemm_regs is None else {
-    f"regs:{warps}:{stages}": (warps, stages) for warps, stages in gemm_regs.CONFIGS}
+REGS_DESIGNS: dict[str, tuple[int, int, int]] = {} if gemm_regs is None else {
+    "regs:" + ":".join(map(str, config)): config for config in gemm_regs.CONFIGS}
 
 
 @registry.register("w4a4_matmul_stacked", "triton")

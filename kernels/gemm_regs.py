@@ -42,12 +42,13 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 BLOCK_N = 128  # weight rows per program: wgmma's M, 64 per warpgroup
-BLOCK_M = 128  # tokens per program: wgmma's N (int8 allows up to 224; tile sides are powers of two)
 HALF = GEMM_K_GROUP // 2  # packed bytes of one K group, and the codes of one of its halves
 MAX_K = 1 << 17  # the 16x sums stay within int32 below this K (module doc); longer rows take the unpack design
-# (warps, stages) the design choice times: two warpgroups and 3 stages won on LLaDA's down projection, one warpgroup
-# and 4 stages on gate+up (H100, 2026-12-06); both 2 programs per SM.
-CONFIGS = ((8, 3), (4, 4))
+# (warps, stages, tokens per program) the design choice times. Tokens per program are wgmma's N (int8 allows up to
+# 224; tile sides are powers of two). Two warpgroups and 3 stages won on LLaDA's down projection, one warpgroup and 4
+# stages on gate+up (H100, 2026-12-06); both 2 programs per SM. 64 tokens per program: narrow weights (Dream's 512-row
+# k and v) fill 4 x 32 of the H100's 264 program slots at 4096 tokens with 128.
+CONFIGS = ((8, 3, 128), (4, 4, 128), (4, 4, 64))
 
 
 @gluon.jit
@@ -162,31 +163,31 @@ def weight_descriptor(w_packed: torch.Tensor) -> TensorDescriptor:
     return TensorDescriptor.from_tensor(w_packed, [BLOCK_N, HALF], layout)
 
 
-def codes_descriptor(a_codes: torch.Tensor) -> TensorDescriptor:
-    """The TMA descriptor of activation codes [M, K] (K % 16 == 0): [BLOCK_M, HALF] boxes."""
-    layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HALF], gl.int8)
-    return TensorDescriptor.from_tensor(a_codes, [BLOCK_M, HALF], layout)
+def codes_descriptor(a_codes: torch.Tensor, block_m: int) -> TensorDescriptor:
+    """The TMA descriptor of activation codes [M, K] (K % 16 == 0): [block_m, HALF] boxes."""
+    layout = gl.NVMMASharedLayout.get_default_for([block_m, HALF], gl.int8)
+    return TensorDescriptor.from_tensor(a_codes, [block_m, HALF], layout)
 
 
 def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],
                      w_scales: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor,
-                     config: tuple[int, int]) -> torch.Tensor:
+                     config: tuple[int, int, int]) -> torch.Tensor:
     """out [M, sum N_i] (unit column stride) = the W4A4 GEMM of a_codes int8 [M, K] (contiguous, K % 16 == 0),
     a_scales fp32 [M] against the 1 to MAX_MEMBERS weights w_packed[i] int8 [N_i, padded_k(K) / 2] (contiguous)
-    stacked along N, w_scales fp32 [sum N_i], bias [sum N_i] | None, in one launch; config = (warps, stages) from
-    CONFIGS. Inputs are the caller's to check (`gemm.w4a4_matmul_stacked`)."""
+    stacked along N, w_scales fp32 [sum N_i], bias [sum N_i] | None, in one launch; config = (warps, stages, tokens per
+    program) from CONFIGS. Inputs are the caller's to check (`gemm.w4a4_matmul_stacked`)."""
     m, k = a_codes.shape
     widths = [w.shape[0] for w in w_packed]
     if not 1 <= len(w_packed) <= MAX_MEMBERS:
         raise ValueError(f"faircalib.kernels.gemm_regs: 1 to {MAX_MEMBERS} stacked weights, got {len(w_packed)}")
     if m == 0 or sum(widths) == 0:
         return out
-    warps, stages = config
+    warps, stages, block_m = config
     w_descs = [weight_descriptor(w) for w in w_packed]
     w_descs += [w_descs[0]] * (MAX_MEMBERS - len(w_descs))
     widths += [0] * (MAX_MEMBERS - len(widths))
-    grid = (sum(triton.cdiv(n, BLOCK_N) for n in widths), triton.cdiv(m, BLOCK_M))
-    _w4a4_regs_kernel[grid](*w_descs, codes_descriptor(a_codes), a_scales, w_scales, w_scales if bias is None else bias, out, m,
-                            *widths, k, out.stride(0), HAS_BIAS=bias is not None, MEMBERS=len(w_packed),
+    grid = (sum(triton.cdiv(n, BLOCK_N) for n in widths), triton.cdiv(m, block_m))
+    _w4a4_regs_kernel[grid](*w_descs, codes_descriptor(a_codes, block_m), a_scales, w_scales,
+                            w_scales if bias is None else bias, out, m, *widths, k, out.stride(0), HAS_BIAS=bias is not None, MEMBERS=len(w_packed),
                             STAGES=stages, num_warps=warps)
     return out

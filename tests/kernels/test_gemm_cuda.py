@@ -168,7 +168,7 @@ def _regs_or_skip():
 # Dream's widths, and the worst case (every product +64 over K = 18944).
 @pytest.mark.parametrize("m,n,k,extreme", [(1, 40, 256, False), (7, 17, 200, False), (257, 4608, 3584, False),
                                            (130, 520, 18944, True)])
-@pytest.mark.parametrize("design", ["regs:8:3", "regs:4:4"])
+@pytest.mark.parametrize("design", list(gemm.REGS_DESIGNS))
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_register_unpack_gemm_on_gpu_matches_reference(monkeypatch, m, n, k, extreme, design, with_bias):
     """Each config of the register-unpack design (`gemm_regs`) against the reference, fp32 output: bitwise without a
@@ -211,10 +211,10 @@ def test_register_unpack_stack_equals_the_unpack_design(monkeypatch, widths, wit
     sw = torch.rand(sum(widths), generator=gen).cuda()
     bias = torch.randn(sum(widths), generator=gen).cuda() if with_bias else None
     outs = {}
-    for design in ("unpack", "regs:8:3", "regs:4:4"):
+    for design in ("unpack", *gemm.REGS_DESIGNS):
         monkeypatch.setattr(gemm, "W4A4_DESIGN", design)
         outs[design] = gemm.w4a4_matmul_stacked(a, sa, ws, sw, bias, out_dtype)
-    for design in ("regs:8:3", "regs:4:4"):
+    for design in gemm.REGS_DESIGNS:
         _assert_same_epilogue(outs[design], outs["unpack"], bias)
     monkeypatch.setattr(gemm, "W4A4_DESIGN", None)
     monkeypatch.setattr(gemm, "_designs", {})

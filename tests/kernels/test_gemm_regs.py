@@ -16,11 +16,11 @@ from faircalib.kernels import gemm
 
 pytestmark = pytest.mark.skipif(gemm.gemm_regs is None, reason="Triton without Gluon")
 
-CASES = [(warps, stages, has_bias, dtype, members) for warps, stages in ((8, 3), (4, 4))
+CASES = [(config, has_bias, dtype, members) for config in (gemm.gemm_regs.CONFIGS if gemm.gemm_regs else ())
          for has_bias, dtype, members in ((False, "bfloat16", 1), (True, "float32", 3), (False, "bfloat16", 2))]
 
 
-def _compile(warps, stages, has_bias, out_dtype, members):
+def _compile(config, has_bias, out_dtype, members):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -28,7 +28,8 @@ def _compile(warps, stages, has_bias, out_dtype, members):
 
     regs = gemm.gemm_regs
     w_desc = mangle_type(regs.weight_descriptor(torch.zeros(256, 2048, dtype=torch.int8)))
-    a_desc = mangle_type(regs.codes_descriptor(torch.zeros(512, 4096, dtype=torch.int8)))
+    warps, stages, block_m = config
+    a_desc = mangle_type(regs.codes_descriptor(torch.zeros(512, 4096, dtype=torch.int8), block_m))
     signature = {"w0_desc": w_desc, "w1_desc": w_desc, "w2_desc": w_desc, "a_desc": a_desc, "sa_ptr": "*fp32",
                  "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=out_dtype)),
                  "M": "i32", "N0": "i32", "N1": "i32", "N2": "i32", "K": "i32", "stride_cm": "i32",
@@ -54,9 +55,9 @@ def _resource_usage(cubin: bytes) -> str:
 
 def _compile_all() -> dict:
     results = {}
-    for warps, stages, has_bias, dtype, members in CASES:
-        compiled = _compile(warps, stages, has_bias, getattr(torch, dtype), members)
-        results[repr((warps, stages, has_bias, dtype, members))] = {"ptx": compiled.asm["ptx"],
+    for config, has_bias, dtype, members in CASES:
+        compiled = _compile(config, has_bias, getattr(torch, dtype), members)
+        results[repr((config, has_bias, dtype, members))] = {"ptx": compiled.asm["ptx"],
                                                            "usage": _resource_usage(compiled.asm["cubin"])}
     return results
 
@@ -69,11 +70,11 @@ def compiled():
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"w{w}-s{s}-bias{b}-{d}-x{n}" for w, s, b, d, n in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"w{c[0]}-s{c[1]}-t{c[2]}-bias{b}-{d}-x{n}" for c, b, d, n in CASES])
 def test_register_unpack_gemm_compiles_for_hopper(compiled, case):
-    assert case[:2] in gemm.gemm_regs.CONFIGS
     result = compiled[repr(case)]
-    assert "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8" in result["ptx"]  # int8, A from registers
+    tokens = case[0][2]
+    assert f"wgmma.mma_async.sync.aligned.m64n{tokens}k32.s32.s8.s8" in result["ptx"]  # int8, A from registers
     assert "0xf0f0f0f0" in result["ptx"].lower()  # the in-register unpack's mask
     if result["usage"]:
         assert "LOCAL:0" in result["usage"], result["usage"]  # no register spills
@@ -86,16 +87,16 @@ def test_design_off_hopper_is_the_unpack_pass():
     w = [torch.zeros(8, 128, dtype=torch.int8)]
     assert gemm.w4a4_design(a, torch.ones(4, 1), w, torch.ones(8), None, torch.float32) == "unpack"
     with pytest.raises(ValueError, match="unknown W4A4 design"):
-        gemm._w4a4_run("regs:2:2", a, torch.ones(4, 1), w, torch.ones(8), None, torch.float32)
+        gemm._w4a4_run("regs:2:2:128", a, torch.ones(4, 1), w, torch.ones(8), None, torch.float32)
     long_rows = [torch.zeros(8, gemm.gemm_regs.MAX_K // 2, dtype=torch.int8)]
     with pytest.raises(ValueError, match="needs K <"):
-        gemm._w4a4_run("regs:8:3", a, torch.ones(4, 1), long_rows, torch.ones(8), None, torch.float32)
+        gemm._w4a4_run("regs:8:3:128", a, torch.ones(4, 1), long_rows, torch.ones(8), None, torch.float32)
 
 
 @pytest.fixture
 def timed_designs(monkeypatch):
     """w4a4_design as on a Hopper GPU, with each design's run and timing replaced: {design: ms or an exception}."""
-    plan, runs = {}, []
+    plan, runs = dict.fromkeys(gemm.REGS_DESIGNS, 9.0), []  # the tests set the times of the designs they compare
 
     def run(design, *args):
         runs.append(design)
@@ -119,10 +120,10 @@ def _design(m=300, widths=(64, 32)):
 
 def test_design_is_the_fastest_and_timed_once_per_shape(timed_designs):
     plan, runs = timed_designs
-    plan.update({"unpack": 2.0, "regs:8:3": 1.5, "regs:4:4": 1.0})
-    assert _design() == "regs:4:4"
+    plan.update({"unpack": 2.0, "regs:8:3:128": 1.5, "regs:4:4:128": 1.0})
+    assert _design() == "regs:4:4:128"
     timed = len(runs)
-    assert _design(m=400) == "regs:4:4" and len(runs) == timed  # same power-of-two bucket: cached
+    assert _design(m=400) == "regs:4:4:128" and len(runs) == timed  # same power-of-two bucket: cached
     plan.update({"unpack": 0.5})
     assert _design(m=600) == "unpack"  # another bucket: timed again
 
@@ -131,15 +132,15 @@ def test_design_for_very_long_rows_is_the_unpack_pass(timed_designs):
     """K >= MAX_K: the register design's 16x int32 sums could overflow, so it is not timed (nor accepted forced,
     `test_design_off_hopper_is_the_unpack_pass`)."""
     plan, runs = timed_designs
-    plan.update({"unpack": 2.0, "regs:8:3": 1.0, "regs:4:4": 1.0})
+    plan.update({"unpack": 2.0, "regs:8:3:128": 1.0, "regs:4:4:128": 1.0})
     a, w = torch.zeros(2, 256, dtype=torch.int8), [torch.zeros(8, gemm.gemm_regs.MAX_K // 2, dtype=torch.int8)]
     assert gemm.w4a4_design(a, torch.ones(2, 1), w, torch.ones(8), None, torch.float32) == "unpack" and runs == []
 
 
 def test_failing_register_design_is_left_out_with_a_warning(timed_designs):
     plan, _ = timed_designs
-    plan.update({"unpack": 2.0, "regs:8:3": RuntimeError("no sm_90 build"), "regs:4:4": 3.0})
-    with pytest.warns(UserWarning, match="regs:8:3 failed"):
+    plan.update({"unpack": 2.0, "regs:8:3:128": RuntimeError("no sm_90 build"), "regs:4:4:128": 3.0})
+    with pytest.warns(UserWarning, match="regs:8:3:128 failed"):
         assert _design() == "unpack"
 
 
