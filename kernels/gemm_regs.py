@@ -188,6 +188,6 @@ def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: li
     widths += [0] * (MAX_MEMBERS - len(widths))
     grid = (sum(triton.cdiv(n, BLOCK_N) for n in widths), triton.cdiv(m, block_m))
     _w4a4_regs_kernel[grid](*w_descs, codes_descriptor(a_codes, block_m), a_scales, w_scales,
-                            w_scales if bias is None else bias, out, m, *widths, k, out.stride(0), HAS_BIAS=bias is not None, MEMBERS=len(w_packed),
-                            STAGES=stages, num_warps=warps)
+                            w_scales if bias is None else bias, out, m, *widths, k, out.stride(0),
+                            HAS_BIAS=bias is not None, MEMBERS=len(w_packed), STAGES=stages, num_warps=warps)
     return out
