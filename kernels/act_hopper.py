@@ -80,20 +80,23 @@ def _load_token(xa_desc, xb_desc, bar, bufs_a, bufs_b, stage, tok, N1: gl.conste
 
 
 @gluon.jit
-def _load_block(ptr, row0, col0, stride, ROWS: gl.constexpr, COLS: gl.constexpr, num_warps: gl.constexpr):
-    """ptr[row0:row0 + ROWS, col0:col0 + COLS] (row stride `stride`) into registers."""
-    load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+def _load_transposed(ptr, row0, col0, N: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
+                     num_warps: gl.constexpr):
+    """Rows row0 ... and columns col0 ... of the transpose of the [N, N] matrix at ptr, zero past N, into
+    registers (each thread reads 8 consecutive elements of the matrix's rows, i.e. down the transpose's columns)."""
+    load: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, num_warps], [0, 1])
     r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, load))
     c = col0 + gl.arange(0, COLS, layout=gl.SliceLayout(0, load))
-    return gl.load(ptr + r[:, None] * stride + c[None, :])
+    return gl.load(ptr + c[None, :] * N + r[:, None], mask=(r < N)[:, None] & (c < N)[None, :], other=0.0)
 
 
 @gluon.jit
-def _load_factor(ptr, row0, col0, stride, ROWS: gl.constexpr, COLS: gl.constexpr, num_warps: gl.constexpr):
-    """ptr[row0:row0 + ROWS, col0:col0 + COLS] into shared memory, laid out as an MMA operand."""
+def _load_factor_t(ptr, row0, col0, N: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
+                   num_warps: gl.constexpr):
+    """`_load_transposed` into shared memory, laid out as an MMA operand."""
     layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, COLS], ptr.dtype.element_ty)
     return gl.allocate_shared_memory(ptr.dtype.element_ty, [ROWS, COLS], layout,
-                                     _load_block(ptr, row0, col0, stride, ROWS, COLS, num_warps))
+                                     _load_transposed(ptr, row0, col0, N, ROWS, COLS, num_warps))
 
 
 @gluon.jit
@@ -112,10 +115,10 @@ def _store_codes(codes_ptr, base, y, inv, zero, row0, N1: gl.constexpr, BITS: gl
 
 
 @gluon.jit
-def _kron_quant_kernel(xa_desc, xb_desc, rt_ptr, lt_ptr, clip_ptr, codes_ptr, scales_ptr, M, N1: gl.constexpr,
+def _kron_quant_kernel(xa_desc, xb_desc, right_ptr, left_ptr, clip_ptr, codes_ptr, scales_ptr, M, N1: gl.constexpr,
                        N2: gl.constexpr, BB: gl.constexpr, HAS_CLIP: gl.constexpr, BITS: gl.constexpr,
                        STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """Tokens pid, pid + P, ... of M (module doc). rt = rightᵀ [N2, N2]; lt = leftᵀ zero-padded to [BA + BB]^2.
+    """Tokens pid, pid + P, ... of M (module doc); right [N2, N2], left [N1, N1].
     The token's rows come as block a (BA rows, xa_desc) and, if BB > 0, block b (BB rows, xb_desc): the first
     product P = rightᵀ · Xᵀ in column blocks Pa, Pb, and Yᵀ = P · left in column blocks Ya, Yb, each summing over
     both of P's blocks (two MMAs)."""
@@ -150,12 +153,12 @@ def _kron_quant_kernel(xa_desc, xb_desc, rt_ptr, lt_ptr, clip_ptr, codes_ptr, sc
     # [output rows, K rows] blocks (aa, ab, ba, bb), each read transposed as a K-major B operand.
     rt_smem = gl.allocate_shared_memory(dtype, [CHUNKS, N2, CK], gl.NVMMASharedLayout.get_default_for([N2, CK], dtype))
     for c in gl.static_range(CHUNKS):
-        rt_smem.index(c).store(_load_block(rt_ptr, 0, c * CK, N2, N2, CK, num_warps))
-    lt_aa = _load_factor(lt_ptr, 0, 0, B1, BA, BA, num_warps)
+        rt_smem.index(c).store(_load_transposed(right_ptr, 0, c * CK, N2, N2, CK, num_warps))
+    lt_aa = _load_factor_t(left_ptr, 0, 0, N1, BA, BA, num_warps)
     if BB > 0:
-        lt_ab = _load_factor(lt_ptr, 0, BA, B1, BA, BB, num_warps)
-        lt_ba = _load_factor(lt_ptr, BA, 0, B1, BB, BA, num_warps)
-        lt_bb = _load_factor(lt_ptr, BA, BA, B1, BB, BB, num_warps)
+        lt_ab = _load_factor_t(left_ptr, 0, BA, N1, BA, BB, num_warps)
+        lt_ba = _load_factor_t(left_ptr, BA, 0, N1, BB, BA, num_warps)
+        lt_bb = _load_factor_t(left_ptr, BA, BA, N1, BB, BB, num_warps)
     fence_async_shared()  # the factors' stores, before the MMAs read them
     _cta_barrier()
     clip = gl.load(clip_ptr).to(gl.float32) if HAS_CLIP else 1.0
@@ -235,9 +238,6 @@ def quantize(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, clip: tor
     if m == 0:
         return
     n1, n2 = left.shape[0], right.shape[0]
-    ba, bb = row_blocks(n1)
-    lt = torch.zeros((ba + bb, ba + bb), dtype=left.dtype, device=left.device)
-    lt[:n1, :n1] = left.t()
     _kron_quant_kernel[(programs,)](
-        *x_descriptors(x, n1, n2), right.t().contiguous(), lt, scales if clip is None else clip, codes, scales, m,
-        N1=n1, N2=n2, BB=bb, HAS_CLIP=clip is not None, BITS=bits, STAGES=stages, num_warps=n2 // 16)
+        *x_descriptors(x, n1, n2), right.contiguous(), left.contiguous(), scales if clip is None else clip, codes,
+        scales, m, N1=n1, N2=n2, BB=row_blocks(n1)[1], HAS_CLIP=clip is not None, BITS=bits, STAGES=stages, num_warps=n2 // 16)

@@ -31,7 +31,7 @@ def _compile(n1, n2, dtype, has_clip):
 
     xa, xb = act_hopper.x_descriptors(torch.zeros(64, n1 * n2, dtype=dtype), n1, n2)
     factor = mangle_type(torch.empty(0, dtype=dtype))
-    signature = {"xa_desc": mangle_type(xa), "xb_desc": mangle_type(xb), "rt_ptr": factor, "lt_ptr": factor,
+    signature = {"xa_desc": mangle_type(xa), "xb_desc": mangle_type(xb), "right_ptr": factor, "left_ptr": factor,
                  "clip_ptr": "*fp32", "codes_ptr": "*i8", "scales_ptr": "*fp32", "M": "i32", "N1": "constexpr",
                  "N2": "constexpr", "BB": "constexpr", "HAS_CLIP": "constexpr", "BITS": "constexpr",
                  "STAGES": "constexpr", "num_warps": "constexpr"}
