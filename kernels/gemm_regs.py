@@ -16,6 +16,11 @@ Overlap comes from the two CTAs per SM instead. A variant that let the next grou
 wrong sums on the H100, as expected. The output tile goes through shared memory into rows of C (16 bytes per thread
 and store): storing the MMA layout directly ran 10-20% slower.
 
+A stack of weights that read the same input (q/k/v, gate/up: up to MAX_MEMBERS) runs as one launch whose programs
+walk the members' row tiles in turn, each with its member's descriptor, scales, bias and output columns; one launch
+per member left waves half empty on narrow members (Dream's 512-row k and v). Programs cover 128 or 64 tokens
+(`CONFIGS`), the narrower for shapes too small to fill the GPU with 128-token tiles.
+
 Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians against cuBLAS bf16 in the same run): 1.46x
 / 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up as one weight), 1.58x / 1.55x (down), 1.06x /
 1.37x (Dream q+k+v as one weight), against the unpack pass + INT8 GEMM's 1.09 / 1.37, 1.15 / 1.38, 1.13 / 1.35, 0.84 / 1.25x, and the
