@@ -3,8 +3,7 @@
     python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,profile,epilogue]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
-        (the Hopper Gluon kernel vs the Triton whole-tile, split-column and chunked kernels, stacking, pipelining,
-        slice sizes, programs per SM, warps;
+        (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
         `--act-k` picks the widths, env `ACT_VARIANTS` the variants); codes checked
         against the CPU reference first; bandwidth counts compulsory bytes (bf16 in, int8 + fp32 out) against an
         in-run memcpy.
@@ -77,10 +76,6 @@ def memcpy_tbps() -> float:
 # fewer programs for short inputs (each at least 2 or 4 token steps) no gain at K = 3584 / 4096 (dropped). Variants
 # run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
 ACT_VARIANTS = {
-    "hopper": dict(hopper=True),  # `act_hopper` (Gluon, TMA + wgmma) at the default (n2, stages, programs per SM)
-    "hopper_s3p4_s2p2": dict(hopper=True, hopper_launch=((64, 3, 4), (128, 2, 2))),
-    "hopper_s6p3_s4p1": dict(hopper=True, hopper_launch=((64, 6, 3), (128, 4, 1))),
-    "hopper_s4p2_s3p2": dict(hopper=True, hopper_launch=((64, 4, 2), (128, 3, 2))),
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
     "tile_s1": dict(stages=1),
@@ -119,11 +114,6 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
         for name, overrides in ACT_VARIANTS.items():
             if only and name not in only.split(","):
                 continue
-            if name.startswith("hopper") and not (gemm.act_hopper and gemm.act_hopper.supported(
-                    small, None, None, left, right)):
-                continue
-            if not name.startswith("hopper"):  # the Triton kernels
-                overrides = dict(overrides, hopper=False)
             if name.startswith("tile"):
                 overrides = dict(overrides, split_over_tile=False)
             if name.startswith("tile") and k > 4096:
@@ -167,15 +157,6 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
                 if key not in ("K", "kron", "variant")))
             records.append(rec)
         x = torch.randn(16384, k, device="cuda").to(torch.bfloat16)
-        # The ceiling of this traffic: torch's elementwise bf16 -> int8 cast reads and writes the same bytes as the
-        # activation path (no reduction, no transform).
-        cast = torch.empty(x.shape, dtype=torch.int8, device="cuda")
-        ms = graph_median_ms(lambda: cast.copy_(x))
-        tbps = 3 * x.numel() / ms / 1e9
-        log(f"act K={k} bf16 -> int8 cast (torch) M=16384: {ms * 1e3:.1f} us, {tbps:.2f} TB/s, "
-            f"{tbps / copy_tbps:.2f}x memcpy")
-        records.append({"K": k, "variant": "torch_cast", "M16384_us": ms * 1e3, "M16384_tbps": tbps,
-                        "M16384_x_memcpy": tbps / copy_tbps})
         for plain_tile in PLAIN_TILES:
             gemm.ACT_LAUNCH.__dict__.update(default, plain_tile=plain_tile)
             ms = median_ms(lambda: gemm.quantize_act_packed(x, None, None, None, None, 4))

@@ -33,6 +33,11 @@ K = 12288; an earlier variant that regrouped a [BT·n1, n2] MMA result into [BT�
 slower; an earlier form of the split-column kernel (0.21x; miscompiled by Triton 3.6 with the right factor first);
 the split-column kernel with 4 warps (0.07x), 2 programs per SM (no change), pipelining 1 or 2 deep (0.41x; 3 deep:
 0.52x; 4 deep does not fit shared memory).
+Also tried (commit b0c5e47, H100, 2026-12-06 19:22 UTC): a Gluon kernel that brought each token's tile by TMA,
+pipelined 4 deep, and formed Yᵀ = (rightᵀ · Xᵀ) · left on wgmma from shared memory (K = 12288's 96 rows as 64 + 32
+unpadded). At 16384 tokens it ran 0.74 / 0.77 / 0.69x of memcpy (K = 3584 / 4096 / 12288) against these kernels'
+0.76 / 0.81 / 0.74x, and 0.50 / 0.51 / 0.59x against 0.61 / 0.64 / 0.66x at 4096 tokens; on an H200 (20:18 UTC) also
+slower except K = 4096 at 16384 tokens (0.73 against 0.71x). Dropped.
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`, "unpack" design: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a
@@ -72,10 +77,6 @@ try:  # Gluon (Triton >= 3.5; its API still moves): the W4A4 GEMM that unpacks i
     from . import gemm_regs
 except (ImportError, AttributeError):
     gemm_regs = None
-try:  # Gluon again: the activation path's transform by TMA + wgmma, for Hopper
-    from . import act_hopper
-except (ImportError, AttributeError):
-    act_hopper = None
 
 
 @dataclasses.dataclass
@@ -93,9 +94,7 @@ class ActLaunch:
     until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
     software-pipelining depth of the whole-tile token loop; `programs_per_sm`, or `large_tile_programs_per_sm` for
-    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway.
-    `hopper`: on sm_90 GPUs, inputs `act_hopper.supported` takes (both factors, no channel scale or gate: K = 3584,
-    4096, 12288) go to that Gluon kernel instead, launched as `hopper_launch`'s (n2, stages, programs per SM)."""
+    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway."""
     fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
@@ -114,8 +113,6 @@ class ActLaunch:
     chunk_j: int = 64
     chunk_k: int = 32
     chunked_warps: int = 4
-    hopper: bool = False
-    hopper_launch: tuple[tuple[int, int, int], ...] = ((64, 4, 4), (128, 3, 1))
 
 
 ACT_LAUNCH = ActLaunch()
@@ -475,12 +472,6 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
     scales = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return codes, scales
-    if ACT_LAUNCH.hopper and act_hopper is not None and not registry.triton_interpreted() and \
-            act_hopper.supported(x, channel_scale, gate, left, right):
-        stages, per_sm = next((s, p) for n, s, p in ACT_LAUNCH.hopper_launch if n == n2)
-        act_hopper.quantize(x, left, right, None if clip is None else clip.reshape(()), bits, codes,
-                            scales.view(-1), stages, _programs(m, x.device, per_sm))
-        return codes, scales
     rows = _rows_per_launch(x.stride(0), k)
     if m > rows:  # past int32 offsets (MAX_OFFSET): row blocks, each copied into place
         for start in range(0, m, rows):
@@ -729,8 +720,8 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> str:
     """The design this call runs: `W4A4_DESIGN` if set; "unpack" where the register kernel cannot run (not an sm_90
     GPU, Triton without Gluon, the interpreter, K >= gemm_regs.MAX_K); else the faster of "unpack" and each "regs"
-    config on this shape (token count bucketed by powers of two), timed on its first call like an autotuner (or the
-    first "regs" config untimed, when that call is being captured into a CUDA graph). A register design that fails to
+    config on this shape (token count bucketed by powers of two), timed from CUDA graphs on its first call like an
+    autotuner (or the first "regs" config untimed, when that call is being captured into a CUDA graph). A register design that fails to
     build or run is left out with a warning."""
     if W4A4_DESIGN is not None:
         return W4A4_DESIGN
@@ -757,10 +748,11 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
                               f"{[tuple(w.shape) for w in w_packed]} ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''}); not used for this shape")
                 continue
-            # Medians of ~50 ms each: with 20 ms means the choice followed noise where the designs were within ~10%
-            # (H100, 2026-12-06 18:27 UTC: Dream's k/v at 4096 tokens picked the register design at 1.15x bf16,
-            # the unpack design ran 1.27x in the same process).
-            times[candidate] = triton.testing.do_bench(run, warmup=10, rep=50, return_mode="median")
+            # GPU time from CUDA graphs, as the models run: launched one by one, the unpack design's two launches and
+            # autotuner dispatch cost more host time than the GPU work of a 4096-token GEMM, so the choice followed
+            # host time (H200, 2026-12-06 20:20 UTC: LLaDA's q/k/v/o at 4096 tokens picked a register design at
+            # 1.36x bf16, the unpack design ran 1.48x in the same process). Medians: the designs can be within 10%.
+            times[candidate] = triton.testing.do_bench_cudagraph(run, rep=50, return_mode="median")
         design = _designs[key] = min(times, key=times.get)
     return design
 

@@ -107,7 +107,7 @@ def timed_designs(monkeypatch):
     monkeypatch.setattr(gemm.gemm_regs, "supported", lambda device: True)
     monkeypatch.setattr(gemm.registry, "triton_interpreted", lambda: False)
     monkeypatch.setattr(gemm, "_w4a4_run", run)
-    monkeypatch.setattr(gemm.triton.testing, "do_bench", lambda fn, **kw: plan[fn.args[0]])
+    monkeypatch.setattr(gemm.triton.testing, "do_bench_cudagraph", lambda fn, **kw: plan[fn.args[0]])
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     return plan, runs
 
