@@ -33,11 +33,12 @@ K = 12288; an earlier variant that regrouped a [BT·n1, n2] MMA result into [BT�
 slower; an earlier form of the split-column kernel (0.21x; miscompiled by Triton 3.6 with the right factor first);
 the split-column kernel with 4 warps (0.07x), 2 programs per SM (no change), pipelining 1 or 2 deep (0.41x; 3 deep:
 0.52x; 4 deep does not fit shared memory).
-Also tried (commit b0c5e47, H100, 2026-12-06 19:22 UTC): a Gluon kernel that brought each token's tile by TMA,
+Also tried (commit fedf6bf, H100, 2026-12-06 19:22 UTC): a Gluon kernel that brought each token's tile by TMA,
 pipelined 4 deep, and formed Yᵀ = (rightᵀ · Xᵀ) · left on wgmma from shared memory (K = 12288's 96 rows as 64 + 32
 unpadded). At 16384 tokens it ran 0.74 / 0.77 / 0.69x of memcpy (K = 3584 / 4096 / 12288) against these kernels'
-0.76 / 0.81 / 0.74x, and 0.50 / 0.51 / 0.59x against 0.61 / 0.64 / 0.66x at 4096 tokens; on an H200 (20:18 UTC) also
-slower except K = 4096 at 16384 tokens (0.73 against 0.71x). Dropped.
+0.76 / 0.81 / 0.74x, and 0.50 / 0.51 / 0.59x against 0.61 / 0.64 / 0.66x at 4096 tokens. Its last form (commit
+b0c5e47: no host-side factor copies, the first tiles' loads ahead of the factors') on an H200 (20:18 UTC): slower
+too, except K = 4096 at 16384 tokens (0.73 against 0.71x). Dropped.
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`, "unpack" design: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a
