@@ -722,8 +722,8 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
     """The design this call runs: `W4A4_DESIGN` if set; "unpack" where the register kernel cannot run (not an sm_90
     GPU, Triton without Gluon, the interpreter, K >= gemm_regs.MAX_K); else the faster of "unpack" and each "regs"
     config on this shape (token count bucketed by powers of two), timed from CUDA graphs on its first call like an
-    autotuner (or the first "regs" config untimed, when that call is being captured into a CUDA graph). A register design that fails to
-    build or run is left out with a warning."""
+    autotuner (or the first "regs" config untimed, when that call is being captured into a CUDA graph). A register
+    design that fails to build, run or be captured is left out with a warning."""
     if W4A4_DESIGN is not None:
         return W4A4_DESIGN
     device = a_codes.device
@@ -742,20 +742,27 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
             run = functools.partial(_w4a4_run, candidate, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
             try:
                 run()  # compiles (and autotunes the INT8 GEMM) outside the timing
+                times[candidate] = _graph_median_ms(run)
             except Exception as error:  # noqa: BLE001  (a Gluon build that fails here must not fail the model)
                 if candidate == "unpack":
                     raise
                 warnings.warn(f"faircalib.kernels.gemm: W4A4 design {candidate} failed on {tuple(a_codes.shape)} x "
                               f"{[tuple(w.shape) for w in w_packed]} ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''}); not used for this shape")
-                continue
-            # GPU time from CUDA graphs, as the models run: launched one by one, the unpack design's two launches and
-            # autotuner dispatch cost more host time than the GPU work of a 4096-token GEMM, so the choice followed
-            # host time (H200, 2026-12-06 20:20 UTC: LLaDA's q/k/v/o at 4096 tokens picked a register design at
-            # 1.36x bf16, the unpack design ran 1.48x in the same process). Medians: the designs can be within 10%.
-            times[candidate] = triton.testing.do_bench_cudagraph(run, rep=50, return_mode="median")
         design = _designs[key] = min(times, key=times.get)
     return design
+
+
+def _graph_median_ms(run) -> float:
+    """Median GPU time of run() replayed from a CUDA graph, L2 flushed before each replay (`do_bench`). The models
+    run this way; launched one by one, the unpack design's two launches and the INT8 GEMM's autotuner dispatch cost
+    more host time than the GPU work of a 4096-token GEMM, and the choice followed host time (H200, 2026-12-06
+    20:20 UTC: LLaDA's q/k/v/o at 4096 tokens picked a register design at 1.36x bf16, the unpack design ran 1.48x in
+    the same process). Medians over ~50 ms: the designs can be within 10% of each other."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=50, return_mode="median")
 
 
 def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[torch.Tensor],

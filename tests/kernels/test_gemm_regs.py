@@ -107,7 +107,7 @@ def timed_designs(monkeypatch):
     monkeypatch.setattr(gemm.gemm_regs, "supported", lambda device: True)
     monkeypatch.setattr(gemm.registry, "triton_interpreted", lambda: False)
     monkeypatch.setattr(gemm, "_w4a4_run", run)
-    monkeypatch.setattr(gemm.triton.testing, "do_bench_cudagraph", lambda fn, **kw: plan[fn.args[0]])
+    monkeypatch.setattr(gemm, "_graph_median_ms", lambda fn: plan[fn.args[0]])
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     return plan, runs
 
@@ -141,6 +141,22 @@ def test_failing_register_design_is_left_out_with_a_warning(timed_designs):
     plan, _ = timed_designs
     plan.update({"unpack": 2.0, "regs:8:3:128": RuntimeError("no sm_90 build"), "regs:4:4:128": 3.0})
     with pytest.warns(UserWarning, match="regs:8:3:128 failed"):
+        assert _design() == "unpack"
+
+
+def test_register_design_that_fails_capture_is_left_out(timed_designs, monkeypatch):
+    """A design that runs eagerly but cannot be captured into the timing's CUDA graph is left out like one that fails
+    to run; the unpack design's failure is the caller's (it is the fallback)."""
+    plan, _ = timed_designs
+    plan.update({"unpack": 2.0, "regs:4:4:128": 1.0})
+
+    def graph_ms(fn):
+        if fn.args[0] == "regs:4:4:128":
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return plan[fn.args[0]]
+
+    monkeypatch.setattr(gemm, "_graph_median_ms", graph_ms)
+    with pytest.warns(UserWarning, match="regs:4:4:128 failed"):
         assert _design() == "unpack"
 
 
