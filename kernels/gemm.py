@@ -701,7 +701,7 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
 # "regs:WARPS:STAGES:TOKENS" forces one (tests, benchmarks).
 W4A4_DESIGN: str | None = None
 _designs: dict[tuple, str] = {}
-# The register designs by name -> their (warps, stages) config: parsed once, not on every call.
+# The register designs by name -> their (warps, stages, tokens per program) config: built once, not on every call.
 REGS_DESIGNS: dict[str, tuple[int, int, int]] = {} if gemm_regs is None else {
     "regs:" + ":".join(map(str, config)): config for config in gemm_regs.CONFIGS}
 
@@ -787,14 +787,16 @@ def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_pack
     codes, scales = _tma_codes(a_codes), a_scales.reshape(-1).contiguous()
     w_scales = w_scales.reshape(-1).contiguous()
     rows = _rows_per_launch(n, n)  # the epilogue's output offsets stay within int32 (MAX_OFFSET)
-    members = [w.contiguous() for w in w_packed]
     bias = None if bias is None else bias.contiguous()
+    launches, c0 = [], 0  # (weights, their output columns): up to MAX_MEMBERS weights per launch
+    for start in range(0, len(w_packed), gemm_regs.MAX_MEMBERS):
+        group = [w.contiguous() for w in w_packed[start:start + gemm_regs.MAX_MEMBERS]]
+        cols = slice(c0, c0 + sum(w.shape[0] for w in group))
+        launches.append((group, cols))
+        c0 = cols.stop
     for first in range(0, m, rows):
         part = slice(first, first + rows)
-        for start in range(0, len(members), gemm_regs.MAX_MEMBERS):  # stacks of more weights: a launch per 3
-            group = members[start:start + gemm_regs.MAX_MEMBERS]
-            c0 = sum(w.shape[0] for w in members[:start])
-            cols = slice(c0, c0 + sum(w.shape[0] for w in group))
+        for group, cols in launches:
             gemm_regs.w4a4_matmul_regs(codes[part], scales[part], group, w_scales[cols],
                                        None if bias is None else bias[cols], out[part, cols], config)
     return out

@@ -23,9 +23,9 @@ per member left waves half empty on narrow members (Dream's 512-row k and v). Pr
 
 Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians against cuBLAS bf16 in the same run): 1.46x
 / 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up as one weight), 1.58x / 1.55x (down), 1.06x /
-1.37x (Dream q+k+v as one weight), against the unpack pass + INT8 GEMM's 1.09 / 1.37, 1.15 / 1.38, 1.13 / 1.35, 0.84 / 1.25x, and the
-INT8 GEMM alone on pre-unpacked weights 1.35 / 1.46, 1.50 / 1.50, 1.49 / 1.56, 0.98 / 1.33x. `gemm.w4a4_design`
-times both designs per shape and keeps the faster; with it a compiled, graphed LLaDA-8B step went from 1.17x to 1.39x
+1.37x (Dream q+k+v as one weight), against the unpack pass + INT8 GEMM's 1.09 / 1.37, 1.15 / 1.38, 1.13 / 1.35,
+0.84 / 1.25x, and the INT8 GEMM alone on pre-unpacked weights 1.35 / 1.46, 1.50 / 1.50, 1.49 / 1.56, 0.98 / 1.33x.
+`gemm.w4a4_design` times both designs per shape and keeps the faster; with it a compiled, graphed LLaDA-8B step went from 1.17x to 1.39x
 bf16 at 1024 tokens (18:25 UTC), as fast as keeping int8 codes at half their memory.
 
 Gluon kernels compile for NVIDIA GPUs only (no interpreter): CI compiles this one for sm_90 without a GPU
@@ -79,8 +79,8 @@ def _load_group(w_desc, a_desc, bar, w_buf, a_low, a_high, off_n, off_m, g, pred
 @gluon.jit
 def _tile(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N, K, stride_cm, off_n, off_m,
           col0, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """C[off_m:, col0 + off_n:] += one [BLOCK_M tokens, BLOCK_N outputs] tile against the weight of w_desc (N rows,
-    its scales and bias from column col0 on); K's tail reads as zeros (TMA)."""
+    """Writes one [BM tokens, BLOCK_N outputs] tile of C at rows off_m, columns col0 + off_n: the product with the
+    weight of w_desc (N rows, its scales and bias from column col0 on); K's tail reads as zeros (TMA)."""
     BN: gl.constexpr = w_desc.block_type.shape[0]
     BM: gl.constexpr = a_desc.block_type.shape[0]
     HALF_K: gl.constexpr = w_desc.block_type.shape[1]  # packed bytes of a K group, codes of half of one
@@ -123,8 +123,9 @@ def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_pt
                       num_warps: gl.constexpr):
     """The GEMM against MEMBERS (1-3) weights stacked along N (N0, N1, N2 rows; C's columns in that order), one
     launch: program (i, j) computes the i-th [BLOCK_N]-row tile of the stack, counting each member's tiles in turn,
-    for the j-th block of BLOCK_M tokens (`_tile`). One launch instead of one per member: the tiles of all members
-    share the waves (Dream's k and v alone fill 4 x 32 of 264 program slots at 4096 tokens)."""
+    for the j-th block of tokens (`_tile`; tokens per program are a_desc's box rows). One launch instead of one per
+    member: the tiles of all members share the waves (Dream's k and v alone fill 4 x 32 of 264 program slots at
+    4096 tokens)."""
     BN: gl.constexpr = w0_desc.block_type.shape[0]
     BM: gl.constexpr = a_desc.block_type.shape[0]
     HALF_K: gl.constexpr = w0_desc.block_type.shape[1]

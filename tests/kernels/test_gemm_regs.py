@@ -93,6 +93,22 @@ def test_design_off_hopper_is_the_unpack_pass():
         gemm._w4a4_run("regs:8:3:128", a, torch.ones(4, 1), long_rows, torch.ones(8), None, torch.float32)
 
 
+def test_register_design_launches_up_to_three_weights_each_into_their_columns(monkeypatch):
+    """The register design's launches for a stack of five weights (no GPU: the launch recorded): the first three
+    weights in one, the last two in another, each with the scales, bias and output columns of its weights."""
+    calls = []
+    monkeypatch.setattr(gemm.gemm_regs, "w4a4_matmul_regs",
+                        lambda codes, scales, group, sw, bias, out, config: calls.append(
+                            ([w.shape[0] for w in group], sw.tolist(), bias.tolist(), out.shape, config)))
+    widths = [2, 1, 3, 1, 2]
+    a = torch.zeros(4, 256, dtype=torch.int8)
+    w = [torch.zeros(n, 128, dtype=torch.int8) for n in widths]
+    columns = torch.arange(9.0)
+    gemm._w4a4_run("regs:4:4:64", a, torch.ones(4, 1), w, columns, -columns, torch.bfloat16)
+    assert calls == [([2, 1, 3], [0, 1, 2, 3, 4, 5], [0, -1, -2, -3, -4, -5], (4, 6), (4, 4, 64)),
+                     ([1, 2], [6, 7, 8], [-6, -7, -8], (4, 3), (4, 4, 64))]
+
+
 @pytest.fixture
 def timed_designs(monkeypatch):
     """w4a4_design as on a Hopper GPU, with each design's run and timing replaced: {design: ms or an exception}."""
