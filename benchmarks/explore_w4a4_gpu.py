@@ -83,6 +83,7 @@ ACT_VARIANTS = {
     "tile_lp1": dict(large_tile_programs_per_sm=1),
     "tile_p2": dict(programs_per_sm=2, large_tile_programs_per_sm=2),
     "tile_p8": dict(programs_per_sm=8, large_tile_programs_per_sm=8),
+    "tile_over": dict(fit_resident=False),  # programs per SM past what fits at once (as before 2026-12-06 21:40 UTC)
     "chunk_j64k32_p4w4": dict(fused_max_tile=0, split_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=4,
                               chunked_warps=4),
     "split": dict(),
@@ -93,6 +94,7 @@ ACT_VARIANTS = {
     "split_w16": dict(split_warps=16),
     "split_p2": dict(split_programs_per_sm=2),
     "split_p2w4": dict(split_programs_per_sm=2, split_warps=4),
+    "split_s2p2": dict(split_stages=2, split_programs_per_sm=2),  # K = 12288: two programs fit an SM 2 deep
 }
 PLAIN_TILES = (4096,)
 

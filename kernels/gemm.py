@@ -95,7 +95,8 @@ class ActLaunch:
     until the token's absmax is known. Without a transform, rows of next_pow2(K) <= `plain_max_k` take the
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
     software-pipelining depth of the whole-tile token loop; `programs_per_sm`, or `large_tile_programs_per_sm` for
-    tiles of `fused_max_tile` elements (K = 12288), whose shared memory admits one program per SM anyway."""
+    tiles of `fused_max_tile` elements (K = 12288). `fit_resident`: each kernel's programs per SM capped at what
+    its registers and shared memory let an SM hold at once (`_programs`)."""
     fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
@@ -114,6 +115,7 @@ class ActLaunch:
     chunk_j: int = 64
     chunk_k: int = 32
     chunked_warps: int = 4
+    fit_resident: bool = True
 
 
 ACT_LAUNCH = ActLaunch()
@@ -433,8 +435,45 @@ def _rows_per_launch(row_stride: int, width: int) -> int:
     return max(1, (MAX_OFFSET - width) // max(row_stride, width, 1) + 1)
 
 
-def _programs(m: int, device: torch.device, per_sm: int) -> int:
-    return m if device.type != "cuda" else min(m, per_sm * _num_sms(device.index or 0))
+def resident_per_sm(n_regs: int, shared: int, warps: int, max_shared: int, max_regs: int) -> int:
+    """How many programs of a compiled kernel an SM holds at once: registers are allocated per warp in 8-register
+    steps per thread out of `max_regs`, and each program takes its shared memory plus 1 KiB the hardware reserves
+    (sm_80 and later) out of `max_shared` + 1 KiB (`max_shared`: the most one program may opt into, as Triton's
+    driver reports it); at most 64 warps and 32 programs per SM."""
+    warps_by_regs = max_regs // (32 * -(-max(n_regs, 1) // 8) * 8)
+    by_smem = (max_shared + 1024) // (shared + 1024)
+    return max(1, min(warps_by_regs // warps, by_smem, 64 // warps, 32))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_limits(device_index: int) -> tuple[int, int]:
+    """(shared memory one program may opt into, registers per SM), as Triton's driver reports them."""
+    props = triton.runtime.driver.active.utils.get_device_properties(device_index)
+    return props["max_shared_mem"], props["max_num_regs"]
+
+
+_resident: dict[tuple, int] = {}
+
+
+def _programs(kernel, work: int, device: torch.device, per_sm: int, args: tuple, kwargs: dict) -> int:
+    """Programs of a persistent launch of `kernel` over `work` items (tokens or token steps): `per_sm` per SM but
+    no more than an SM holds at once (`ActLaunch.fit_resident`). The programs past that would start as a second
+    wave once the first ones end, each with its full share of the items: on H100 the 64x64-tile kernel ran 8
+    programs per SM as 5 + 3 (its 45 KiB of shared memory admit 5), as long as 5 programs doing 1.6x the items
+    each. The kernel is compiled first (`warmup`, cached) to read its registers and shared memory."""
+    if device.type != "cuda":
+        return work
+    if ACT_LAUNCH.fit_resident:
+        key = (kernel, device.index,
+               tuple(str(a.dtype) if isinstance(a, torch.Tensor) else None for a in args),
+               tuple(sorted(kwargs.items())))
+        if key not in _resident:
+            compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+            compiled._init_handles()
+            _resident[key] = resident_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps,
+                                             *_sm_limits(device.index or 0))
+        per_sm = min(per_sm, _resident[key])
+    return min(work, per_sm * _num_sms(device.index or 0))
 
 
 @registry.register("quantize_act_packed", "triton")
@@ -494,10 +533,12 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         # Tokens per step: stack them up to `transform_rows` rows (transforms) or `plain_tile` elements (none).
         tokens = max(1, cfg.transform_rows // b1) if factor is not None else max(1, cfg.plain_tile // b2)
         per_sm = cfg.large_tile_programs_per_sm if b1 * b2 >= cfg.fused_max_tile else cfg.programs_per_sm
-        _quantize_act_kernel[(_programs(triton.cdiv(m, tokens), x.device, per_sm),)](
-            *common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
-            codes.stride(0), n1, n2, **flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens,
-            STAGES=cfg.stages, RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
+        args = (*common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
+                codes.stride(0), n1, n2)
+        kwargs = dict(**flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens, STAGES=cfg.stages,
+                      RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
+        programs = _programs(_quantize_act_kernel, triton.cdiv(m, tokens), x.device, per_sm, args, kwargs)
+        _quantize_act_kernel[(programs,)](*args, **kwargs)
         return codes, scales
     if path == "split":
         if gate is not None or channel_scale is not None:
@@ -506,22 +547,26 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         b1, ba, bb, transposed = split_layout(n1, n2, factor.dtype)
         # A transposed view swaps the factors' roles: (leftᵀ X right)ᵀ = rightᵀ Xᵀ left.
         view_left, view_right = (right, left) if transposed else (left, right)
-        _quantize_act_split_kernel[(_programs(m, x.device, cfg.split_programs_per_sm),)](
-            x, dummy if view_left is None else view_left.contiguous(),
-            dummy if view_right is None else view_right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
-            codes.stride(0), n2 if transposed else n1, n1 if transposed else n2, HAS_LEFT=view_left is not None,
-            HAS_RIGHT=view_right is not None, HAS_CLIP=clip is not None, BITS=bits, B1=b1, BA=ba, BB=bb,
-            TRANSPOSED=transposed, STAGES=cfg.split_stages, num_warps=cfg.split_warps)
+        args = (x, dummy if view_left is None else view_left.contiguous(),
+                dummy if view_right is None else view_right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
+                codes.stride(0), n2 if transposed else n1, n1 if transposed else n2)
+        kwargs = dict(HAS_LEFT=view_left is not None, HAS_RIGHT=view_right is not None, HAS_CLIP=clip is not None,
+                      BITS=bits, B1=b1, BA=ba, BB=bb, TRANSPOSED=transposed, STAGES=cfg.split_stages,
+                      num_warps=cfg.split_warps)
+        programs = _programs(_quantize_act_split_kernel, m, x.device, cfg.split_programs_per_sm, args, kwargs)
+        _quantize_act_split_kernel[(programs,)](*args, **kwargs)
         return codes, scales
     if right is None:  # the chunked kernel contracts through `right`: the identity stands in for a missing one
         right = torch.eye(n2, dtype=left.dtype, device=x.device)
     b1, bj, bk = _pow2(n1), cfg.chunk_j, cfg.chunk_k
     scratch_w = triton.cdiv(n2, bj) * bj
-    programs = _programs(m, x.device, cfg.chunked_programs_per_sm)
+    head, tail = (*common, right.contiguous(), clip_arg, codes, scales), (m, n1, n2, x.stride(0), codes.stride(0))
+    kwargs = dict(**flags, B1=b1, BJ=bj, BK=bk, SCRATCH_W=scratch_w, num_warps=cfg.chunked_warps)
+    # The scratch is sized by the program count: an fp32 stand-in (`scales`) while that is worked out.
+    programs = _programs(_quantize_act_chunked_kernel, m, x.device, cfg.chunked_programs_per_sm,
+                         (*head, scales, *tail), kwargs)
     scratch = torch.empty((programs, b1 * scratch_w), dtype=torch.float32, device=x.device)
-    _quantize_act_chunked_kernel[(programs,)](
-        *common, right.contiguous(), clip_arg, codes, scales, scratch, m, n1, n2, x.stride(0), codes.stride(0),
-        **flags, B1=b1, BJ=bj, BK=bk, SCRATCH_W=scratch_w, num_warps=cfg.chunked_warps)
+    _quantize_act_chunked_kernel[(programs,)](*head, scratch, *tail, **kwargs)
     return codes, scales
 
 

@@ -207,6 +207,52 @@ def test_act_quant_path_choice_follows_factor_size():
     assert gemm.act_path(128, 148, torch.bfloat16, input_ops=True) == "split"
 
 
+# (registers per thread, shared memory bytes, warps) of the activation kernels as Triton 3.6 compiles them for sm_90
+# (H100 limits: 227 KiB of shared memory per program at most, 64 Ki registers per SM).
+@pytest.mark.parametrize("n_regs,shared,warps,resident", [
+    (75, 45056, 4, 5),  # whole tile, K = 3584 / 4096, pipelined 3 deep: shared memory admits 5 (registers 6)
+    (74, 36864, 4, 6),  # the same 2 deep: 6 by registers and shared memory
+    (126, 108544, 8, 2),  # rows split (K = 12288), 2 deep
+    (123, 133120, 8, 1),  # the same 3 deep
+    (203, 223232, 8, 1),  # split columns (K = 18944)
+    (16, 0, 1, 32),  # tiny programs: the 32-per-SM limit
+    (32, 0, 32, 2),  # 64 warps per SM
+])
+def test_programs_an_sm_holds_at_once(n_regs, shared, warps, resident):
+    assert gemm.resident_per_sm(n_regs, shared, warps, 232448, 65536) == resident
+
+
+def test_persistent_launch_is_capped_at_what_an_sm_holds(monkeypatch):
+    """`_programs` on a (mocked) GPU: per_sm programs per SM unless fewer fit at once, worked out from the compiled
+    kernel once per kernel and launch settings; the cap can be turned off (`fit_resident`)."""
+    class Compiled:
+        n_regs, metadata = 75, type("Metadata", (), {"shared": 45056, "num_warps": 4})
+
+        def _init_handles(self):
+            pass
+
+    compiles = []
+
+    class Kernel:
+        def warmup(self, *args, grid, **kwargs):
+            compiles.append((args, kwargs))
+            return Compiled()
+
+    monkeypatch.setattr(gemm, "_sm_limits", lambda index: (232448, 65536))
+    monkeypatch.setattr(gemm, "_num_sms", lambda index: 132)
+    monkeypatch.setattr(gemm, "_resident", {})
+    cuda, kernel, args = torch.device("cuda", 0), Kernel(), (torch.zeros(1), 3)
+    assert gemm._programs(kernel, 10 ** 6, cuda, 8, args, {"B1": 64}) == 5 * 132
+    assert gemm._programs(kernel, 100, cuda, 8, args, {"B1": 64}) == 100  # fewer items than programs
+    assert gemm._programs(kernel, 10 ** 6, cuda, 2, args, {"B1": 64}) == 2 * 132
+    assert len(compiles) == 1  # compiled once for these settings
+    gemm._programs(kernel, 10 ** 6, cuda, 8, args, {"B1": 32})
+    assert len(compiles) == 2
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", gemm.ActLaunch(fit_resident=False))
+    assert gemm._programs(kernel, 10 ** 6, cuda, 8, args, {"B1": 64}) == 8 * 132
+    assert gemm._programs(kernel, 10 ** 6, torch.device("cpu"), 8, args, {}) == 10 ** 6  # interpreter: one per item
+
+
 @pytest.mark.parametrize("gated,scaled,dtype", [(False, True, torch.bfloat16), (True, True, torch.float16),
                                                 (True, False, torch.float32), (False, False, torch.bfloat16)])
 def test_scaled_input_pass_matches_torch(gen, gated, scaled, dtype):
