@@ -5,12 +5,12 @@ LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks 
 
 Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
 `bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench` over CUDA-graph replays
-of each call (GPU time, no host overhead); do_bench flushes L2 before every repetition, so weights come from HBM
-as they do in a real forward pass.
+of each call (GPU time, no host overhead), the contenders of a shape timed in turn over several rounds
+(`interleaved_ms`); do_bench flushes L2 before every repetition, so weights come from HBM as they do in a real
+forward pass.
 Columns: `w4a4_gemm` is the op, in the design `gemm.w4a4_design` picks for the shape (`design`: "unpack" = unpack
 pass + INT8 GEMM, "regs:W:S:T" = `gemm_regs`, the weight unpacked in registers); `w4a4_unpack` the op forced to the
-unpack design; `int8_gemm` the INT8 GEMM alone on pre-unpacked weights; `w4a4_gemm_repeat` the op timed again
-after those (the same design has read up to 10% lower in the `w4a4_gemm` column than in `w4a4_unpack`);
+unpack design; `int8_gemm` the INT8 GEMM alone on pre-unpacked weights;
 `w4a4_linear_*` adds `quantize_act_packed` (transform + quantization) in front of the op.
 Activation path: `quantize_act_packed` with the Kronecker transform of the layer's input size (FlatQuant factors,
 fp32 factors = tf32 MMA, and bf16 factors), its bandwidth counting compulsory bytes (bf16 in, int8 + fp32 out)
@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -46,11 +47,11 @@ SHAPES = [  # (model, role, K, N)
 ]
 
 
-def median_ms(fn) -> float:
-    """Median GPU time of fn(), replayed from a CUDA graph (captured after a warm-up that also autotunes), so the
-    host time of Python wrappers and launches stays out of every contender's number (the W4A4 ops spend ~100 us
-    of host time per call, more than their GPU time below ~1024 tokens; `explore_w4a4_gpu.py --parts host`).
-    NaN (with the error printed once per kind) when it fails, so one broken path does not hide the others."""
+def captured(fn):
+    """fn() captured in a CUDA graph after three warm-up calls (which compile, autotune and pick the W4A4 design),
+    so the host time of Python wrappers and launches stays out of every contender's number (the W4A4 ops spend
+    ~100 us of host time per call, more than their GPU time below ~1024 tokens; `explore_w4a4_gpu.py --parts
+    host`). None (with the error printed once per kind) when it fails, so one broken path does not hide the others."""
     try:
         for _ in range(3):
             fn()
@@ -58,13 +59,37 @@ def median_ms(fn) -> float:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             fn()
-        return triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
+        return graph
     except Exception as error:  # noqa: BLE001  (report and go on: this is a benchmark, not a library)
         message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         if message not in _FAILURES:
             _FAILURES.add(message)
             print(f"FAILED timing: {message}", flush=True)
-        return float("nan")
+        return None
+
+
+def median_ms(fn) -> float:
+    """Median GPU time of fn()'s CUDA graph (`captured`) replayed by `do_bench` (~40 ms); NaN if it failed."""
+    graph = captured(fn)
+    return float("nan") if graph is None else \
+        triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
+
+
+ROUNDS = 5
+
+
+def interleaved_ms(fns: dict) -> dict:
+    """Median GPU time of each thunk, its CUDA graph replayed by `do_bench` (median over ~10 ms, L2 flushed) in
+    ROUNDS rounds that take the contenders in turn, then the median over rounds: clock and temperature drift during
+    the run falls on every contender alike (timed one after another, the same W4A4 design read up to 10% apart in
+    two columns, 2026-12-06). NaN for a thunk that failed."""
+    graphs = {key: captured(fn) for key, fn in fns.items()}
+    times = {key: [] for key in fns}
+    for _ in range(ROUNDS):
+        for key, graph in graphs.items():
+            if graph is not None:
+                times[key].append(triton.testing.do_bench(graph.replay, warmup=5, rep=10, return_mode="median"))
+    return {key: statistics.median(v) if v else float("nan") for key, v in times.items()}
 
 
 _FAILURES: set[str] = set()
@@ -211,30 +236,32 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
     w_i8_colmajor = torch.randint(-128, 128, (n, k), device=dev, generator=gen, dtype=torch.int8).t()
     fp8_fn, fp8_mode = fp8_scaled_mm(x, w)
 
-    t = {}
-    t["bf16"] = median_ms(lambda: F.linear(x, w))
-    t["int_mm"] = median_ms(lambda: torch._int_mm(a_i8_full, w_i8_colmajor))
-    t["fp8"] = median_ms(fp8_fn)
-    t["w4a4_gemm"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16))
-    design = gemm.w4a4_design(a_codes, a_scales, [packed], w_scales, None, torch.bfloat16)
-    with forced_design("unpack"):
-        t["w4a4_unpack"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None,
-                                                              torch.bfloat16))
     unpacked = gemm.unpack_weight_int8(packed)
-    t["int8_gemm"] = median_ms(lambda: gemm.int8_gemm(a_codes, a_scales, unpacked, w_scales, None, torch.bfloat16))
-    t["w4a4_gemm_repeat"] = median_ms(lambda: gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None,
-                                                               torch.bfloat16))
-    t["unpack_us"] = median_ms(lambda: gemm.unpack_weight_int8(packed)) * 1e3
+
+    def w4a4_gemm():
+        return gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16)
+
+    def w4a4_unpack():  # forced at capture: the graph replays the unpack design's kernels
+        with forced_design("unpack"):
+            return w4a4_gemm()
+
+    fns = {"bf16": lambda: F.linear(x, w), "int_mm": lambda: torch._int_mm(a_i8_full, w_i8_colmajor), "fp8": fp8_fn,
+           "w4a4_gemm": w4a4_gemm, "w4a4_unpack": w4a4_unpack,
+           "int8_gemm": lambda: gemm.int8_gemm(a_codes, a_scales, unpacked, w_scales, None, torch.bfloat16),
+           "unpack_us": lambda: gemm.unpack_weight_int8(packed),
+           "act_none": lambda: gemm.quantize_act_packed(x, None, None, None, None, 4)}
     for tag, dtype in (("tf32", torch.float32), ("bf16", torch.bfloat16)):
         lf, rf = left.to(dtype), right.to(dtype)
-        t[f"act_{tag}"] = median_ms(lambda: gemm.quantize_act_packed(x, None, lf, rf, None, 4))
+        fns[f"act_{tag}"] = lambda lf=lf, rf=rf: gemm.quantize_act_packed(x, None, lf, rf, None, 4)
 
         def linear(lf=lf, rf=rf):
             c, s = gemm.quantize_act_packed(x, None, lf, rf, None, 4)
             return gemm.w4a4_matmul(c, s, packed, w_scales, None, torch.bfloat16)
 
-        t[f"w4a4_linear_{tag}"] = median_ms(linear)
-    t["act_none"] = median_ms(lambda: gemm.quantize_act_packed(x, None, None, None, None, 4))
+        fns[f"w4a4_linear_{tag}"] = linear
+    t = interleaved_ms(fns)
+    t["unpack_us"] *= 1e3
+    design = gemm.w4a4_design(a_codes, a_scales, [packed], w_scales, None, torch.bfloat16)
     timing_only = {key for key in t if key.startswith("act") or key == "unpack_us"}
     flops = 2 * m * n * k
     act_bytes = m * k * 2 + m * k + m * 4
@@ -248,8 +275,7 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
 
 
 def table(records: list[dict], copy_tbps: float) -> str:
-    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "w4a4_unpack", "int8_gemm", "w4a4_gemm_repeat", "w4a4_linear_tf32",
-            "w4a4_linear_bf16"]
+    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "w4a4_unpack", "int8_gemm", "w4a4_linear_tf32", "w4a4_linear_bf16"]
     head = "| model | role | M | N | K | design | " + " | ".join(f"{c} TOPS (×bf16)" for c in cols) + \
            " | act quant TB/s tf32 / bf16 / none (×memcpy) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
