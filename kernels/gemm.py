@@ -468,10 +468,16 @@ def _programs(kernel, work: int, device: torch.device, per_sm: int, args: tuple,
                tuple(str(a.dtype) if isinstance(a, torch.Tensor) else None for a in args),
                tuple(sorted(kwargs.items())))
         if key not in _resident:
-            compiled = kernel.warmup(*args, grid=(1,), **kwargs)
-            compiled._init_handles()
-            _resident[key] = resident_per_sm(compiled.n_regs, compiled.metadata.shared, compiled.metadata.num_warps,
-                                             *_sm_limits(device.index or 0))
+            try:
+                compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+                compiled._init_handles()
+                _resident[key] = resident_per_sm(compiled.n_regs, compiled.metadata.shared,
+                                                 compiled.metadata.num_warps, *_sm_limits(device.index or 0))
+            except (AttributeError, KeyError, TypeError) as error:  # a Triton whose compiled-kernel API moved
+                warnings.warn(f"faircalib.kernels.gemm: cannot read {getattr(kernel, '__name__', kernel)}'s "
+                              f"registers and shared memory ({type(error).__name__}: {error}); launching {per_sm} "
+                              f"programs per SM uncapped")
+                _resident[key] = per_sm
         per_sm = min(per_sm, _resident[key])
     return min(work, per_sm * _num_sms(device.index or 0))
 

@@ -251,6 +251,10 @@ def test_persistent_launch_is_capped_at_what_an_sm_holds(monkeypatch):
     monkeypatch.setattr(gemm, "ACT_LAUNCH", gemm.ActLaunch(fit_resident=False))
     assert gemm._programs(kernel, 10 ** 6, cuda, 8, args, {"B1": 64}) == 8 * 132
     assert gemm._programs(kernel, 10 ** 6, torch.device("cpu"), 8, args, {}) == 10 ** 6  # interpreter: one per item
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", gemm.ActLaunch())
+    Compiled.n_regs = None  # a Triton whose compiled kernels report no registers: uncapped, with a warning
+    with pytest.warns(UserWarning, match="uncapped"):
+        assert gemm._programs(kernel, 10 ** 6, cuda, 8, args, {"B1": 16}) == 8 * 132
 
 
 @pytest.mark.parametrize("gated,scaled,dtype", [(False, True, torch.bfloat16), (True, True, torch.float16),
