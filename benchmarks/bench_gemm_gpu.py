@@ -5,12 +5,12 @@ LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks 
 
 Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
 `bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench` over CUDA-graph replays
-of each call (GPU time, no host overhead), the contenders of a shape timed in turn over several rounds
-(`interleaved_ms`); do_bench flushes L2 before every repetition, so weights come from HBM as they do in a real
-forward pass.
+of each call (GPU time, no host overhead), the contenders of a shape timed in turn over several rounds, two
+captures each (`interleaved_ms`); do_bench flushes L2 before every repetition, so weights come from HBM as they do
+in a real forward pass.
 Columns: `w4a4_gemm` is the op, in the design `gemm.w4a4_design` picks for the shape (`design`: "unpack" = unpack
 pass + INT8 GEMM, "regs:W:S:T" = `gemm_regs`, the weight unpacked in registers); `w4a4_unpack` the op forced to the
-unpack design; `int8_gemm` the INT8 GEMM alone on pre-unpacked weights;
+unpack design, `w4a4_regs:...` to each register design; `int8_gemm` the INT8 GEMM alone on pre-unpacked weights;
 `w4a4_linear_*` adds `quantize_act_packed` (transform + quantization) in front of the op.
 Activation path: `quantize_act_packed` with the Kronecker transform of the layer's input size (FlatQuant factors,
 fp32 factors = tf32 MMA, and bf16 factors), its bandwidth counting compulsory bytes (bf16 in, int8 + fp32 out)
@@ -75,20 +75,22 @@ def median_ms(fn) -> float:
         triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
 
 
-ROUNDS = 5
+GRAPHS, ROUNDS = 2, 6
 
 
 def interleaved_ms(fns: dict) -> dict:
-    """Median GPU time of each thunk, its CUDA graph replayed by `do_bench` (median over ~10 ms, L2 flushed) in
-    ROUNDS rounds that take the contenders in turn, then the median over rounds: clock and temperature drift during
-    the run falls on every contender alike (timed one after another, the same W4A4 design read up to 10% apart in
-    two columns, 2026-12-06). NaN for a thunk that failed."""
-    graphs = {key: captured(fn) for key, fn in fns.items()}
+    """Median GPU time of each thunk over ROUNDS rounds that take the contenders in turn, each round replaying one
+    of the thunk's GRAPHS CUDA graphs (captured separately) by `do_bench` (median over ~10 ms, L2 flushed): clock
+    and temperature drift fall on every contender alike, and so does the spread between captures of the same call
+    (the unpack design read 1.44-1.65x cuBLAS bf16 in four graphs of one process; H100, 2026-12-06). NaN for a
+    thunk that failed."""
+    graphs = {key: [captured(fn) for _ in range(GRAPHS)] for key, fn in fns.items()}
     times = {key: [] for key in fns}
-    for _ in range(ROUNDS):
-        for key, graph in graphs.items():
-            if graph is not None:
-                times[key].append(triton.testing.do_bench(graph.replay, warmup=5, rep=10, return_mode="median"))
+    for r in range(ROUNDS):
+        for key, captures in graphs.items():
+            if captures[r % GRAPHS] is not None:
+                times[key].append(triton.testing.do_bench(captures[r % GRAPHS].replay, warmup=5, rep=10,
+                                                          return_mode="median"))
     return {key: statistics.median(v) if v else float("nan") for key, v in times.items()}
 
 
@@ -241,12 +243,15 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
     def w4a4_gemm():
         return gemm.w4a4_matmul(a_codes, a_scales, packed, w_scales, None, torch.bfloat16)
 
-    def w4a4_unpack():  # forced at capture: the graph replays the unpack design's kernels
-        with forced_design("unpack"):
-            return w4a4_gemm()
+    def forced(design):  # at capture: the graph replays that design's kernels
+        def run():
+            with forced_design(design):
+                return w4a4_gemm()
+        return run
 
     fns = {"bf16": lambda: F.linear(x, w), "int_mm": lambda: torch._int_mm(a_i8_full, w_i8_colmajor), "fp8": fp8_fn,
-           "w4a4_gemm": w4a4_gemm, "w4a4_unpack": w4a4_unpack,
+           "w4a4_gemm": w4a4_gemm, "w4a4_unpack": forced("unpack"),
+           **{f"w4a4_{design}": forced(design) for design in designs()[1:]},
            "int8_gemm": lambda: gemm.int8_gemm(a_codes, a_scales, unpacked, w_scales, None, torch.bfloat16),
            "unpack_us": lambda: gemm.unpack_weight_int8(packed),
            "act_none": lambda: gemm.quantize_act_packed(x, None, None, None, None, 4)}
@@ -275,7 +280,8 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
 
 
 def table(records: list[dict], copy_tbps: float) -> str:
-    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "w4a4_unpack", "int8_gemm", "w4a4_linear_tf32", "w4a4_linear_bf16"]
+    cols = ["bf16", "int_mm", "fp8", "w4a4_gemm", "w4a4_unpack", *(f"w4a4_{d}" for d in designs()[1:]), "int8_gemm",
+            "w4a4_linear_tf32", "w4a4_linear_bf16"]
     head = "| model | role | M | N | K | design | " + " | ".join(f"{c} TOPS (×bf16)" for c in cols) + \
            " | act quant TB/s tf32 / bf16 / none (×memcpy) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]

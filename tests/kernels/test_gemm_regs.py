@@ -144,6 +144,23 @@ def test_design_is_the_fastest_and_timed_once_per_shape(timed_designs):
     assert _design(m=600) == "unpack"  # another bucket: timed again
 
 
+def test_design_times_average_several_graphs_and_the_unpack_design_needs_a_margin(timed_designs, monkeypatch):
+    """Each candidate's time is the mean over DESIGN_GRAPHS captures (one lucky graph does not pick it), and the unpack
+    design, which allocates an int8 copy of the weights per call, must beat the best register design by the margin."""
+    plan, _ = timed_designs
+    graphs = {"unpack": iter([0.5] + [1.6] * (gemm.DESIGN_GRAPHS - 1))}  # fastest once, slower on average
+    plan.update({"unpack": None, "regs:8:3:128": 1.2, "regs:4:4:128": 1.1})
+    monkeypatch.setattr(gemm, "_graph_median_ms",
+                        lambda fn: next(graphs[fn.args[0]]) if fn.args[0] in graphs else plan[fn.args[0]])
+    assert _design() == "regs:4:4:128"
+    monkeypatch.setattr(gemm, "_designs", {})
+    graphs["unpack"] = iter([gemm.UNPACK_MARGIN * 1.1 * 1.01] * gemm.DESIGN_GRAPHS)  # faster, within the margin
+    assert _design() == "regs:4:4:128"
+    monkeypatch.setattr(gemm, "_designs", {})
+    graphs["unpack"] = iter([gemm.UNPACK_MARGIN * 1.1 * 0.99] * gemm.DESIGN_GRAPHS)  # past the margin
+    assert _design() == "unpack"
+
+
 def test_design_for_very_long_rows_is_the_unpack_pass(timed_designs):
     """K >= MAX_K: the register design's 16x int32 sums could overflow, so it is not timed (nor accepted forced,
     `test_design_off_hopper_is_the_unpack_pass`)."""
