@@ -74,7 +74,10 @@ def memcpy_tbps() -> float:
 # the pass in front against the whole tile's 0.44x); pipelined 2 deep 0.48x, 2 programs per SM no change; the channel
 # scale inside the split kernel 0.52x on the transposed view but again an illegal address at K = 18944 (dropped);
 # fewer programs for short inputs (each at least 2 or 4 token steps) no gain at K = 3584 / 4096 (dropped). Variants
-# run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash).
+# run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash). 2026-12-06 21:44 UTC:
+# programs capped at what fits an SM (5 of the 64x64 tiles, 1 of K = 12288's) 0.84 / 0.85 / 0.60x at K = 3584 / 4096 /
+# 12288 (whole tile) against 0.76 / 0.81 / 0.56x uncapped (`tile_over`); the rows split 2 deep with 2 programs per SM
+# (both fit) 0.70x against 0.73x.
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),

@@ -20,11 +20,12 @@ Numerics: the no-transform paths match the reference bit for bit. With a transfo
 where a value sits on a rounding boundary: the MMAs sum in another order than torch, and the kernels multiply by
 the scale's reciprocal instead of dividing each element (an IEEE division per element was the bottleneck: the
 reciprocal made the whole-tile kernel 1.4-3.5x faster on H100). NaN/Inf rows are found by a NaN-propagating
-absmax, and codes come from the bits of the rounding add (no float-to-int conversion). Measured (BENCHMARKS.md,
-H100, 2026-12-06 13:26 UTC, bf16 factors, no channel scale, 16384 / 4096 tokens, CUDA-graph timed,
-`benchmarks/explore_w4a4_gpu.py --parts act`): 0.77 / 0.61x (K = 3584), 0.81 / 0.64x (4096), 0.74 / 0.65x (12288,
-rows split; the whole tile 0.58 / 0.46x) and 0.52 / 0.48x (18944, columns split; the chunked kernel ran 0.15 /
-0.14x) of memcpy. The factor sizes are compile-time constants: as runtime values the split kernel
+absmax, and codes come from the bits of the rounding add (no float-to-int conversion). The persistent launches
+take no more programs per SM than fit at once (`_programs`). Measured (BENCHMARKS.md, H100, 2026-12-06 21:44 UTC,
+bf16 factors, no channel scale, 16384 / 4096 tokens, CUDA-graph timed, `benchmarks/explore_w4a4_gpu.py --parts
+act`): 0.84 / 0.63x (K = 3584; 0.76 / 0.60x with 8 programs per SM, of which 5 fit), 0.85 / 0.65x (4096), 0.73 /
+0.65x (12288, rows split; the whole tile 0.60 / 0.54x) of memcpy; 0.52 / 0.48x (18944, columns split, 13:26 UTC;
+the chunked kernel ran 0.15 / 0.14x). The factor sizes are compile-time constants: as runtime values the split kernel
 held its tiles' offsets and masks in registers and spilled (0.34 / 0.32x then). Multiplying by the left factor first
 keeps that product in registers as the right MMA's A operand: up to 2.2x faster at 4096 tokens and with a channel
 scale, 4-6% slower without one at 16384 tokens. Tried and slower: stacking two 64-row tokens per step with a
