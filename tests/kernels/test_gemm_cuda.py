@@ -54,6 +54,21 @@ def _check_act_quant_on_gpu(n1, n2, parts, gated):
         assert (codes != want_codes).float().mean() < 2e-2, (m, n1, n2)
 
 
+@pytest.mark.parametrize("n1,n2", [(56, 64), (96, 128), (128, 148)])
+def test_activation_launches_read_the_compiled_kernel(monkeypatch, n1, n2):
+    """On the GPU `_programs` reads the compiled kernel's registers and shared memory through Triton's API (its
+    fallback warning would fail here) and caps the programs per SM at what fits: 1 to 32."""
+    monkeypatch.setattr(gemm, "_resident", {})
+    gen = torch.Generator().manual_seed(n1 + n2)
+    factors = (_orthogonal(n1, gen).to(torch.bfloat16).cuda(), _orthogonal(n2, gen).to(torch.bfloat16).cuda())
+    x = torch.randn(4096, n1 * n2, generator=gen).to(torch.bfloat16).cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gemm.quantize_act_packed(x, None, *factors, None, 4)
+    (fits,) = gemm._resident.values()
+    assert 1 <= fits <= 32
+
+
 TILE = gemm.ActLaunch(split_over_tile=False)
 
 
