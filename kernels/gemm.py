@@ -467,7 +467,7 @@ def _programs(kernel, work: int, device: torch.device, per_sm: int, args: tuple,
         return work
     if ACT_LAUNCH.fit_resident:
         key = (kernel, device.index,
-               tuple(str(a.dtype) if isinstance(a, torch.Tensor) else None for a in args),
+               tuple(a.dtype if isinstance(a, torch.Tensor) else None for a in args),
                tuple(sorted(kwargs.items())))
         if key not in _resident:
             try:
