@@ -25,8 +25,8 @@ Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians agains
 / 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up as one weight), 1.58x / 1.55x (down), 1.06x /
 1.37x (Dream q+k+v as one weight), against the unpack pass + INT8 GEMM's 1.09 / 1.37, 1.15 / 1.38, 1.13 / 1.35,
 0.84 / 1.25x, and the INT8 GEMM alone on pre-unpacked weights 1.35 / 1.46, 1.50 / 1.50, 1.49 / 1.56, 0.98 / 1.33x.
-`gemm.w4a4_design` times both designs per shape and keeps the faster; with it a compiled, graphed LLaDA-8B step went from 1.17x to 1.39x
-bf16 at 1024 tokens (18:25 UTC), as fast as keeping int8 codes at half their memory.
+`gemm.w4a4_design` times both designs per shape and keeps the faster; with it a compiled, graphed LLaDA-8B step
+went from 1.17x to 1.39x bf16 at 1024 tokens (18:25 UTC), as fast as keeping int8 codes at half their memory.
 
 Gluon kernels compile for NVIDIA GPUs only (no interpreter): CI compiles this one for sm_90 without a GPU
 (`tests/kernels/test_gemm_regs.py`); the GPU tests check it against the reference.

@@ -203,11 +203,7 @@ def test_register_unpack_gemm_on_gpu_matches_reference(monkeypatch, m, n, k, ext
     want = ref.w4a4_matmul(a, sa, w, sw, bias, torch.float32)
     got = gemm.w4a4_matmul(a.cuda(), sa.cuda(), w.cuda(), sw.cuda(), None if bias is None else bias.cuda(),
                            torch.float32).cpu()
-    if bias is None:
-        assert torch.equal(got, want)
-    else:
-        ulp = torch.finfo(torch.float32).eps
-        torch.testing.assert_close(got, want, rtol=ulp, atol=ulp * want.abs().max().item())
+    _assert_same_epilogue(got, want, bias)
 
 
 # Stacks: Dream's q/k/v; member widths off the 128-row tile (a member's last tile is partial, the next member's
