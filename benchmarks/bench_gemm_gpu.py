@@ -9,7 +9,8 @@ of each call (GPU time, no host overhead), the contenders of a shape timed in tu
 captures each (`interleaved_ms`); do_bench flushes L2 before every repetition, so weights come from HBM as they do
 in a real forward pass.
 Columns: `w4a4_gemm` is the op, in the design `gemm.w4a4_design` picks for the shape (`design`: "unpack" = unpack
-pass + INT8 GEMM, "regs:W:S:T" = `gemm_regs`, the weight unpacked in registers); `w4a4_unpack` the op forced to the
+pass + INT8 GEMM, "regs:W:S:T" = `gemm_regs`, the weight unpacked in registers; the times the choice rested on are
+printed per shape and kept in the JSON as `design_ms`); `w4a4_unpack` the op forced to the
 unpack design, `w4a4_regs:...` to each register design; `int8_gemm` the INT8 GEMM alone on pre-unpacked weights;
 `w4a4_linear_*` adds `quantize_act_packed` (transform + quantization) in front of the op.
 Activation path: `quantize_act_packed` with the Kronecker transform of the layer's input size (FlatQuant factors,
@@ -270,7 +271,9 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
     timing_only = {key for key in t if key.startswith("act") or key == "unpack_us"}
     flops = 2 * m * n * k
     act_bytes = m * k * 2 + m * k + m * 4
+    design_ms = gemm.DESIGN_TIMES.get(gemm.design_key(a_codes, [packed], None, torch.bfloat16), {})
     rec = {"model": model, "role": role, "M": m, "N": n, "K": k, "kron": f"{n1}x{n2}", "design": design,
+           "design_ms": design_ms,
            "fused_transform_bf16": gemm.fused_transform_supported(n1, n2, torch.bfloat16),
            "fused_transform_fp32": gemm.fused_transform_supported(n1, n2, torch.float32), "fp8_scaling": fp8_mode,
            "ms": t, "tops": {key: flops / v / 1e9 for key, v in t.items() if key not in timing_only},
@@ -311,7 +314,8 @@ def main() -> None:
         for m in map(int, args.ms.split(",")):
             records.append(bench_shape(model, role, k, n, m, gen))
             r = records[-1]
-            print(f"{model} {role} M={m}: " + ", ".join(f"{key} {v:.2f}" for key, v in r["vs_bf16"].items()),
+            print(f"{model} {role} M={m}: " + ", ".join(f"{key} {v:.2f}" for key, v in r["vs_bf16"].items()) +
+                  f"; design {r['design']} from ms " + ", ".join(f"{d} {v:.4f}" for d, v in r["design_ms"].items()),
                   flush=True)
     env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "cuda": torch.version.cuda, "python": platform.python_version(), "memcpy_tbps": copy_tbps,

@@ -754,6 +754,8 @@ def w4a4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: torch.T
 # "regs:WARPS:STAGES:TOKENS" forces one (tests, benchmarks).
 W4A4_DESIGN: str | None = None
 _designs: dict[tuple, str] = {}
+# The times (ms) each timed choice rested on, by `design_key`: what `bench_gemm` reports next to the choice.
+DESIGN_TIMES: dict[tuple, dict[str, float]] = {}
 # The register designs by name -> their (warps, stages, tokens per program) config: built once, not on every call.
 REGS_DESIGNS: dict[str, tuple[int, int, int]] = {} if gemm_regs is None else {
     "regs:" + ":".join(map(str, config)): config for config in gemm_regs.CONFIGS}
@@ -790,8 +792,7 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
     if W4A4_DESIGN is not None:
         return W4A4_DESIGN
     device = a_codes.device
-    key = (device.type, device.index, _next_pow2(max(a_codes.shape[0], 1)), tuple(w.shape[0] for w in w_packed),
-           w_packed[0].shape[1], out_dtype, bias is not None)
+    key = design_key(a_codes, w_packed, bias, out_dtype)
     design = _designs.get(key)
     if design is None:
         if gemm_regs is None or registry.triton_interpreted() or not gemm_regs.supported(device) or \
@@ -812,11 +813,21 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
                 warnings.warn(f"faircalib.kernels.gemm: W4A4 design {candidate} failed on {tuple(a_codes.shape)} x "
                               f"{[tuple(w.shape) for w in w_packed]} ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''}); not used for this shape")
+        DESIGN_TIMES[key] = times
         regs_times = {d: t for d, t in times.items() if d != "unpack"}
         design = "unpack" if not regs_times or times["unpack"] < UNPACK_MARGIN * min(regs_times.values()) else \
             min(regs_times, key=regs_times.get)
         _designs[key] = design
     return design
+
+
+def design_key(a_codes: torch.Tensor, w_packed: list[torch.Tensor], bias: torch.Tensor | None,
+               out_dtype: torch.dtype) -> tuple:
+    """What a design choice is cached by: device, token count bucketed by powers of two, the stacked weights' rows
+    and packed row length, output dtype, whether a bias is added."""
+    device = a_codes.device
+    return (device.type, device.index, _next_pow2(max(a_codes.shape[0], 1)), tuple(w.shape[0] for w in w_packed),
+            w_packed[0].shape[1], out_dtype, bias is not None)
 
 
 def _graph_median_ms(run) -> float:

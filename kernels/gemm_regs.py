@@ -49,6 +49,12 @@ _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 BLOCK_N = 128  # weight rows per program: wgmma's M, 64 per warpgroup
 HALF = GEMM_K_GROUP // 2  # packed bytes of one K group, and the codes of one of its halves
 MAX_K = 1 << 17  # the 16x sums stay within int32 below this K (module doc); longer rows take the unpack design
+# Token blocks per group of the launch order: the programs of a group share each weight tile while it is in L2. In
+# the earlier order (all weight tiles of one token block, then the next block), a weight larger than L2 came from
+# HBM once per token block: 32 times at 4096 tokens, and the widest stacks (Dream's gate+up, 68 MB packed) ran
+# slower than the unpack design, whose INT8 GEMM sweeps in groups (H200, 2026-12-06 23:16 UTC: 1.23x against
+# its 1.31x bf16, while narrower weights ran 1.52-1.78x).
+GROUP_M = 8
 # (warps, stages, tokens per program) the design choice times. Tokens per program are wgmma's N (int8 allows up to
 # 224; tile sides are powers of two). Two warpgroups and 3 stages won on LLaDA's down projection, one warpgroup and 4
 # stages on gate+up (H100, 2026-12-06); both 2 programs per SM. 64 tokens per program: narrow weights (Dream's 512-row
@@ -120,11 +126,11 @@ def _tile(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars,
 @gluon.jit
 def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N0, N1, N2, K,
                       stride_cm, HAS_BIAS: gl.constexpr, MEMBERS: gl.constexpr, STAGES: gl.constexpr,
-                      num_warps: gl.constexpr):
+                      GROUP_M: gl.constexpr, num_warps: gl.constexpr):
     """The GEMM against MEMBERS (1-3) weights stacked along N (N0, N1, N2 rows; C's columns in that order), one
-    launch: program (i, j) computes the i-th [BLOCK_N]-row tile of the stack, counting each member's tiles in turn,
-    for the j-th block of tokens (`_tile`; tokens per program are a_desc's box rows). One launch instead of one per
-    member: the tiles of all members share the waves (Dream's k and v alone fill 4 x 32 of 264 program slots at
+    launch: each program computes one [BLOCK_N]-row tile of the stack (each member's tiles counted in turn) for one
+    block of tokens (`_tile`; tokens per program are a_desc's box rows), in grouped order. One launch instead of one
+    per member: the tiles of all members share the waves (Dream's k and v alone fill 4 x 32 of 264 program slots at
     4096 tokens)."""
     BN: gl.constexpr = w0_desc.block_type.shape[0]
     BM: gl.constexpr = a_desc.block_type.shape[0]
@@ -134,10 +140,16 @@ def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_pt
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(bars.index(i), count=1)
-    tile = gl.program_id(0)
-    off_m = gl.program_id(1) * BM
     tiles0 = gl.cdiv(N0, BN)
     tiles1 = gl.cdiv(N1, BN)
+    # Grouped order: GROUP_M token blocks take each weight tile in turn, so it comes from HBM once per group
+    # and their activation codes stay in L2 (`GROUP_M`).
+    per_group = GROUP_M * (tiles0 + tiles1 + gl.cdiv(N2, BN))
+    pid = gl.program_id(0)
+    first_m = pid // per_group * GROUP_M
+    size_m = gl.minimum(gl.cdiv(M, BM) - first_m, GROUP_M)
+    tile = pid % per_group // size_m
+    off_m = (first_m + pid % per_group % size_m) * BM
     if MEMBERS == 1:
         _tile(w0_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N0, K, stride_cm,
               tile * BN, off_m, 0, HAS_BIAS, STAGES, num_warps)
@@ -192,8 +204,9 @@ def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: li
     w_descs = [weight_descriptor(w) for w in w_packed]
     w_descs += [w_descs[0]] * (MAX_MEMBERS - len(w_descs))
     widths += [0] * (MAX_MEMBERS - len(widths))
-    grid = (sum(triton.cdiv(n, BLOCK_N) for n in widths), triton.cdiv(m, block_m))
+    grid = (sum(triton.cdiv(n, BLOCK_N) for n in widths) * triton.cdiv(m, block_m),)
     _w4a4_regs_kernel[grid](*w_descs, codes_descriptor(a_codes, block_m), a_scales, w_scales,
                             w_scales if bias is None else bias, out, m, *widths, k, out.stride(0),
-                            HAS_BIAS=bias is not None, MEMBERS=len(w_packed), STAGES=stages, num_warps=warps)
+                            HAS_BIAS=bias is not None, MEMBERS=len(w_packed), STAGES=stages, GROUP_M=GROUP_M,
+                            num_warps=warps)
     return out

@@ -182,9 +182,10 @@ def _regs_or_skip():
 
 
 # (m, n, k): one token, odd sizes (K not a multiple of 16: a padded copy of the codes; N not a multiple of the tile),
-# Dream's widths, and the worst case (every product +64 over K = 18944).
+# Dream's widths, the worst case (every product +64 over K = 18944), and more token blocks than a launch group
+# (`gemm_regs.GROUP_M`) with a partial last group and block.
 @pytest.mark.parametrize("m,n,k,extreme", [(1, 40, 256, False), (7, 17, 200, False), (257, 4608, 3584, False),
-                                           (130, 520, 18944, True)])
+                                           (130, 520, 18944, True), (1157, 300, 512, False)])
 @pytest.mark.parametrize("design", list(gemm.REGS_DESIGNS))
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_register_unpack_gemm_on_gpu_matches_reference(monkeypatch, m, n, k, extreme, design, with_bias):
@@ -207,7 +208,8 @@ def test_register_unpack_gemm_on_gpu_matches_reference(monkeypatch, m, n, k, ext
 
 
 # Stacks: Dream's q/k/v; member widths off the 128-row tile (a member's last tile is partial, the next member's
-# first tile starts on its own); gate/up-like two; four weights (two launches, the second from column 330).
+# first tile starts on its own); gate/up-like two; four weights (two launches, the second from column 330). 1157
+# tokens: a partial last launch group of token blocks (`gemm_regs.GROUP_M`) and a partial last block.
 @pytest.mark.parametrize("widths,with_bias", [((3584, 512, 512), False), ((200, 17, 113), True), ((130, 300), False),
                                               ((64, 1, 129, 136), True)])
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
@@ -217,8 +219,8 @@ def test_register_unpack_stack_equals_the_unpack_design(monkeypatch, widths, wit
     shape (every candidate timed from a CUDA graph, none failing: a warning is an error here) is one of them."""
     _regs_or_skip()
     gen = torch.Generator().manual_seed(sum(widths))
-    a = torch.randint(-8, 8, (300, 3584), generator=gen, dtype=torch.int8).cuda()
-    sa = torch.rand(300, 1, generator=gen).cuda()
+    a = torch.randint(-8, 8, (1157, 3584), generator=gen, dtype=torch.int8).cuda()
+    sa = torch.rand(1157, 1, generator=gen).cuda()
     ws = [ref.pack_weight_for_gemm(torch.randint(-8, 8, (n, 3584), generator=gen, dtype=torch.int8)).cuda()
           for n in widths]
     sw = torch.rand(sum(widths), generator=gen).cuda()

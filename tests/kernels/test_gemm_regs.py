@@ -33,10 +33,11 @@ def _compile(config, has_bias, out_dtype, members):
     signature = {"w0_desc": w_desc, "w1_desc": w_desc, "w2_desc": w_desc, "a_desc": a_desc, "sa_ptr": "*fp32",
                  "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=out_dtype)),
                  "M": "i32", "N0": "i32", "N1": "i32", "N2": "i32", "K": "i32", "stride_cm": "i32",
-                 "HAS_BIAS": "constexpr", "MEMBERS": "constexpr", "STAGES": "constexpr", "num_warps": "constexpr"}
+                 "HAS_BIAS": "constexpr", "MEMBERS": "constexpr", "STAGES": "constexpr", "GROUP_M": "constexpr",
+                 "num_warps": "constexpr"}
     source = GluonASTSource(fn=regs._w4a4_regs_kernel, signature=signature,
                             constexprs={"HAS_BIAS": has_bias, "MEMBERS": members, "STAGES": stages,
-                                        "num_warps": warps})
+                                        "GROUP_M": regs.GROUP_M, "num_warps": warps})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
@@ -120,6 +121,7 @@ def timed_designs(monkeypatch):
             raise plan[design]
 
     monkeypatch.setattr(gemm, "_designs", {})
+    monkeypatch.setattr(gemm, "DESIGN_TIMES", {})
     monkeypatch.setattr(gemm.gemm_regs, "supported", lambda device: True)
     monkeypatch.setattr(gemm.registry, "triton_interpreted", lambda: False)
     monkeypatch.setattr(gemm, "_w4a4_run", run)
@@ -138,6 +140,9 @@ def test_design_is_the_fastest_and_timed_once_per_shape(timed_designs):
     plan, runs = timed_designs
     plan.update({"unpack": 2.0, "regs:8:3:128": 1.5, "regs:4:4:128": 1.0})
     assert _design() == "regs:4:4:128"
+    key = gemm.design_key(torch.zeros(300, 256, dtype=torch.int8), [torch.zeros(n, 128) for n in (64, 32)], None,
+                          torch.bfloat16)
+    assert gemm.DESIGN_TIMES == {key: plan}  # the times the choice rested on, for reports
     timed = len(runs)
     assert _design(m=400) == "regs:4:4:128" and len(runs) == timed  # same power-of-two bucket: cached
     plan.update({"unpack": 0.5})
