@@ -772,11 +772,12 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
     return _w4a4_run(w4a4_design(*args), *args)
 
 
-# A candidate's time is the mean over DESIGN_GRAPHS CUDA graphs of one call, each captured anew: the same design
-# read 1.44-1.65x cuBLAS bf16 in four graphs of one process (H100, 2026-12-06 21:52 UTC, Dream's gate+up stack at
-# 4096 tokens, the unpack design), as the placement of its buffers changed. The unpack design is kept only where it
-# is faster than the best register design by more than the margin: it also allocates an int8 copy of the weights on
-# every call (136 MB for Dream's gate+up stack), the register design nothing.
+# A candidate's time is the mean over DESIGN_GRAPHS CUDA graphs of one call, each captured anew, timed in turns with
+# the other candidates' graphs: the same design read 1.44-1.65x cuBLAS bf16 in four graphs of one process (H100,
+# 2026-12-06 21:52 UTC, Dream's gate+up stack at 4096 tokens, the unpack design), and candidates timed one after the
+# other may meet the GPU at different clocks (the first one right after the GPU idled). The unpack
+# design is kept only where it is faster than the best register design by more than the margin: it also allocates
+# an int8 copy of the weights on every call (136 MB for Dream's gate+up stack), the register design nothing.
 DESIGN_GRAPHS = 3
 UNPACK_MARGIN = 0.97
 
@@ -801,18 +802,23 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
             return design
         if torch.cuda.is_current_stream_capturing():
             return next(iter(REGS_DESIGNS))
-        times = {}
+        graphs, pool = {}, torch.cuda.graph_pool_handle()
         for candidate in ["unpack", *REGS_DESIGNS]:
             run = functools.partial(_w4a4_run, candidate, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
             try:
                 run()  # compiles (and autotunes the INT8 GEMM) outside the timing
-                times[candidate] = sum(_graph_median_ms(run) for _ in range(DESIGN_GRAPHS)) / DESIGN_GRAPHS
+                graphs[candidate] = [_timing_graph(run, pool) for _ in range(DESIGN_GRAPHS)]
             except Exception as error:  # noqa: BLE001  (a Gluon build that fails here must not fail the model)
                 if candidate == "unpack":
                     raise
                 warnings.warn(f"faircalib.kernels.gemm: W4A4 design {candidate} failed on {tuple(a_codes.shape)} x "
                               f"{[tuple(w.shape) for w in w_packed]} ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''}); not used for this shape")
+        times = dict.fromkeys(graphs, 0.0)
+        for turn in range(DESIGN_GRAPHS):  # in turns: a drift of the GPU's clock falls on every candidate alike
+            for candidate, captured in graphs.items():
+                times[candidate] += _replay_median_ms(captured[turn]) / DESIGN_GRAPHS
+        del graphs
         DESIGN_TIMES[key] = times
         regs_times = {d: t for d, t in times.items() if d != "unpack"}
         design = "unpack" if not regs_times or times["unpack"] < UNPACK_MARGIN * min(regs_times.values()) else \
@@ -830,16 +836,22 @@ def design_key(a_codes: torch.Tensor, w_packed: list[torch.Tensor], bias: torch.
             w_packed[0].shape[1], out_dtype, bias is not None)
 
 
-def _graph_median_ms(run) -> float:
-    """Median GPU time of run() replayed from a CUDA graph, L2 flushed before each replay (`do_bench`). The models
-    run this way; launched one by one, the unpack design's two launches and the INT8 GEMM's autotuner dispatch cost
-    more host time than the GPU work of a 4096-token GEMM, and the choice followed host time (H200, 2026-12-06
-    20:20 UTC: LLaDA's q/k/v/o at 4096 tokens picked a register design at 1.36x bf16, the unpack design ran 1.48x in
-    the same process). Medians over ~20 ms: the designs can be within 10% of each other, so `w4a4_design` averages
-    several captures."""
+def _timing_graph(run, pool) -> torch.cuda.CUDAGraph:
+    """run() captured in a CUDA graph whose memory comes from `pool`: the graphs of one choice share it (their
+    outputs are never read), so holding them all costs about one call's memory, not one per graph (12 graphs of
+    1.2 GB outputs for Dream's gate+up stack at 16384 tokens)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, pool=pool):
         run()
+    return graph
+
+
+def _replay_median_ms(graph: torch.cuda.CUDAGraph) -> float:
+    """Median GPU time of a graph's replay, L2 flushed before each replay (`do_bench`). The models run this way;
+    launched one by one, the unpack design's two launches and the INT8 GEMM's autotuner dispatch cost more host time
+    than the GPU work of a 4096-token GEMM, and the choice followed host time (H200, 2026-12-06 20:20 UTC: LLaDA's
+    q/k/v/o at 4096 tokens picked a register design at 1.36x bf16, the unpack design ran 1.48x in the same process).
+    Medians over ~20 ms: the designs can be within 10% of each other, so `w4a4_design` averages several captures."""
     return triton.testing.do_bench(graph.replay, warmup=5, rep=20, return_mode="median")
 
 

@@ -125,7 +125,9 @@ def timed_designs(monkeypatch):
     monkeypatch.setattr(gemm.gemm_regs, "supported", lambda device: True)
     monkeypatch.setattr(gemm.registry, "triton_interpreted", lambda: False)
     monkeypatch.setattr(gemm, "_w4a4_run", run)
-    monkeypatch.setattr(gemm, "_graph_median_ms", lambda fn: plan[fn.args[0]])
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(gemm, "_timing_graph", lambda fn, pool: fn)  # the "graph" is the run itself
+    monkeypatch.setattr(gemm, "_replay_median_ms", lambda fn: plan[fn.args[0]])
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     return plan, runs
 
@@ -155,7 +157,7 @@ def test_design_times_average_several_graphs_and_the_unpack_design_needs_a_margi
     plan, _ = timed_designs
     graphs = {"unpack": iter([0.5] + [1.6] * (gemm.DESIGN_GRAPHS - 1))}  # fastest once, slower on average
     plan.update({"unpack": None, "regs:8:3:128": 1.2, "regs:4:4:128": 1.1})
-    monkeypatch.setattr(gemm, "_graph_median_ms",
+    monkeypatch.setattr(gemm, "_replay_median_ms",
                         lambda fn: next(graphs[fn.args[0]]) if fn.args[0] in graphs else plan[fn.args[0]])
     assert _design() == "regs:4:4:128"
     monkeypatch.setattr(gemm, "_designs", {})
@@ -164,6 +166,20 @@ def test_design_times_average_several_graphs_and_the_unpack_design_needs_a_margi
     monkeypatch.setattr(gemm, "_designs", {})
     graphs["unpack"] = iter([gemm.UNPACK_MARGIN * 1.1 * 0.99] * gemm.DESIGN_GRAPHS)  # past the margin
     assert _design() == "unpack"
+
+
+def test_design_candidates_are_timed_in_turns(timed_designs, monkeypatch):
+    """Every candidate's graphs are captured first, then replayed in turns, one graph of each per turn: a drift of the
+    GPU's clock during the choice falls on all of them alike."""
+    plan, _ = timed_designs
+    plan.update({"unpack": 2.0})
+    captured, replayed = [], []
+    monkeypatch.setattr(gemm, "_timing_graph", lambda fn, pool: captured.append(fn.args[0]) or fn)
+    monkeypatch.setattr(gemm, "_replay_median_ms", lambda fn: replayed.append(fn.args[0]) or plan[fn.args[0]])
+    _design()
+    candidates = ["unpack", *gemm.REGS_DESIGNS]
+    assert captured == [c for c in candidates for _ in range(gemm.DESIGN_GRAPHS)]
+    assert replayed == candidates * gemm.DESIGN_GRAPHS
 
 
 def test_design_for_very_long_rows_is_the_unpack_pass(timed_designs):
@@ -188,12 +204,12 @@ def test_register_design_that_fails_capture_is_left_out(timed_designs, monkeypat
     plan, _ = timed_designs
     plan.update({"unpack": 2.0, "regs:4:4:128": 1.0})
 
-    def graph_ms(fn):
+    def capture(fn, pool):
         if fn.args[0] == "regs:4:4:128":
             raise RuntimeError("operation not permitted when stream is capturing")
-        return plan[fn.args[0]]
+        return fn
 
-    monkeypatch.setattr(gemm, "_graph_median_ms", graph_ms)
+    monkeypatch.setattr(gemm, "_timing_graph", capture)
     with pytest.warns(UserWarning, match="regs:4:4:128 failed"):
         assert _design() == "unpack"
 
