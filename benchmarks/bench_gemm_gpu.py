@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -57,6 +58,7 @@ def captured(fn):
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
+        gc.collect()  # as in `gemm.w4a4_design`: no dead graph may be destroyed during the capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             fn()

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import warnings
 
 import torch
@@ -802,6 +803,9 @@ def w4a4_design(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: list[to
             return design
         if torch.cuda.is_current_stream_capturing():
             return next(iter(REGS_DESIGNS))
+        # A dead reference cycle that holds a CUDA graph, collected in the middle of a capture, destroys that graph
+        # there and fails the capture (torch no longer collects when a capture begins): collected first, once.
+        gc.collect()
         graphs, pool = {}, torch.cuda.graph_pool_handle()
         for candidate in ["unpack", *REGS_DESIGNS]:
             run = functools.partial(_w4a4_run, candidate, a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
