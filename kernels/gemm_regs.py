@@ -50,10 +50,10 @@ BLOCK_N = 128  # weight rows per program: wgmma's M, 64 per warpgroup
 HALF = GEMM_K_GROUP // 2  # packed bytes of one K group, and the codes of one of its halves
 MAX_K = 1 << 17  # the 16x sums stay within int32 below this K (module doc); longer rows take the unpack design
 # Token blocks per group of the launch order: the programs of a group share each weight tile while it is in L2. In
-# the earlier order (all weight tiles of one token block, then the next block), a weight larger than L2 came from
-# HBM once per token block: 32 times at 4096 tokens, and the widest stacks (Dream's gate+up, 68 MB packed) ran
-# slower than the unpack design, whose INT8 GEMM sweeps in groups (H200, 2026-12-06 23:16 UTC: 1.23x against
-# its 1.31x bf16, while narrower weights ran 1.52-1.78x).
+# the earlier order (all weight tiles of one token block, then the next block), a weight larger than L2 (the gate+up
+# stacks: 50 and 68 MB packed) came from HBM once per token block, 32 times at 4096 tokens; the INT8 GEMM sweeps in
+# groups too. On weights that fit in L2 the two orders ran alike (H100, 2026-12-07 00:20 UTC, BENCHMARKS.md); the
+# wide stacks are not measured in this order yet.
 GROUP_M = 8
 # (warps, stages, tokens per program) the design choice times. Tokens per program are wgmma's N (int8 allows up to
 # 224; tile sides are powers of two). Two warpgroups and 3 stages won on LLaDA's down projection, one warpgroup and 4
