@@ -1,7 +1,7 @@
 """W4A4 GEMM and W4A4 linear (with activation quantization) vs cuBLAS bf16, torch._int_mm and FP8 _scaled_mm, at
 LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks correctness first.
 
-    python benchmarks/bench_gemm_gpu.py [--out DIR] [--ms 256,1024,4096,16384]
+    python benchmarks/bench_gemm_gpu.py [--out DIR] [--ms 256,1024,4096,16384] [--only stacked]
 
 Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
 `bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench` over CUDA-graph replays
@@ -47,6 +47,16 @@ SHAPES = [  # (model, role, K, N)
     ("llada-8b", "gate+up stacked", 4096, 24576), ("dream-7b", "q+k+v stacked", 3584, 4608),
     ("dream-7b", "gate+up stacked", 3584, 37888),
 ]
+
+
+def select_shapes(only: str) -> list[tuple]:
+    """The SHAPES whose 'model role' contains one of the comma-separated substrings of `only` (all if empty); a
+    ValueError naming the shapes if none does, before any GPU work."""
+    wanted = [w for w in only.split(",") if w]
+    shapes = [shape for shape in SHAPES if not wanted or any(w in f"{shape[0]} {shape[1]}" for w in wanted)]
+    if not shapes:
+        raise ValueError(f"--only {only!r} matches none of {[f'{model} {role}' for model, role, _, _ in SHAPES]}")
+    return shapes
 
 
 def captured(fn):
@@ -304,7 +314,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--ms", default="256,1024,4096,16384")
+    parser.add_argument("--only", default="",
+                        help="comma-separated substrings of 'model role' (e.g. 'stacked,dream-7b down'): only the "
+                             "shapes that contain one of them")
     args = parser.parse_args()
+    try:
+        shapes = select_shapes(args.only)
+    except ValueError as error:
+        sys.exit(f"bench_gemm_gpu: {error}")
     if not torch.cuda.is_available():
         sys.exit("bench_gemm_gpu: needs a CUDA GPU")
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -312,7 +329,7 @@ def main() -> None:
     checks = check_correctness(gen)
     copy_tbps = memcpy_tbps(gen)
     records = []
-    for model, role, k, n in SHAPES:
+    for model, role, k, n in shapes:
         for m in map(int, args.ms.split(",")):
             records.append(bench_shape(model, role, k, n, m, gen))
             r = records[-1]
