@@ -1,15 +1,10 @@
 """`benchmarks/bench_e2e_gpu.py`'s variant strings: parsed up front, so a typo fails before any model is built."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from faircalib.kernels import gemm
+from tests.benchmarks.scripts import load
 
-_SPEC = importlib.util.spec_from_file_location(
-    "bench_e2e_gpu", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_e2e_gpu.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+bench = load("bench_e2e_gpu")
 
 
 def test_variants_parse_into_options_and_launch_fields():

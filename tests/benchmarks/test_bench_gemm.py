@@ -1,13 +1,9 @@
 """`benchmarks/bench_gemm_gpu.py --only`: the shape filter, checked before any GPU work."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "bench_gemm_gpu", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gemm_gpu.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+from tests.benchmarks.scripts import load
+
+bench = load("bench_gemm_gpu")
 
 
 def test_only_selects_shapes_by_model_and_role():
