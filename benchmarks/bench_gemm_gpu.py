@@ -5,8 +5,8 @@ LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks 
 
 Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
 `bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench` over CUDA-graph replays
-of each call (GPU time, no host overhead), the contenders of a shape timed in turn over several rounds, two
-captures each (`interleaved_ms`); do_bench flushes L2 before every repetition, so weights come from HBM as they do
+of each call (GPU time, no host overhead), the contenders of a shape timed in turn (a shuffled order each round) over several
+rounds, two captures each (`interleaved_ms`); do_bench flushes L2 before every repetition, so weights come from HBM as they do
 in a real forward pass.
 Columns: `w4a4_gemm` is the op, in the design `gemm.w4a4_design` picks for the shape (`design`: "unpack" = unpack
 pass + INT8 GEMM, "regs:W:S:T" = `gemm_regs`, the weight unpacked in registers; the times the choice rested on are
@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -95,12 +96,16 @@ def interleaved_ms(fns: dict) -> dict:
     """Median GPU time of each thunk over ROUNDS rounds that take the contenders in turn, each round replaying one
     of the thunk's GRAPHS CUDA graphs (captured separately) by `do_bench` (median over ~10 ms, L2 flushed): clock
     and temperature drift fall on every contender alike, and so does the spread between captures of the same call
-    (the unpack design read 1.44-1.65x cuBLAS bf16 in four graphs of one process; H100, 2026-12-06). NaN for a
-    thunk that failed."""
+    (the unpack design read 1.44-1.65x cuBLAS bf16 in four graphs of one process; H100, 2026-12-06). Each round
+    takes them in its own order (shuffled from a fixed seed): in one fixed order the contender timed right after FP8
+    `_scaled_mm` read 2-11% slower than the same kernels forced in a later column (H100, 2026-12-07 01:27 UTC, most
+    at 16384 tokens), so no contender may always follow the same one. NaN for a thunk that failed."""
     graphs = {key: [captured(fn) for _ in range(GRAPHS)] for key, fn in fns.items()}
     times = {key: [] for key in fns}
+    order, shuffle = list(graphs.items()), random.Random(0).shuffle
     for r in range(ROUNDS):
-        for key, captures in graphs.items():
+        shuffle(order)
+        for key, captures in order:
             if captures[r % GRAPHS] is not None:
                 times[key].append(triton.testing.do_bench(captures[r % GRAPHS].replay, warmup=5, rep=10,
                                                           return_mode="median"))

@@ -17,3 +17,46 @@ def test_only_selects_shapes_by_model_and_role():
 def test_only_matching_nothing_names_the_shapes():
     with pytest.raises(ValueError, match=r"'nothing' matches none of .*'llada-8b q/k/v/o'"):
         bench.select_shapes("nothing")
+
+
+def test_contenders_are_timed_in_a_new_order_each_round(monkeypatch):
+    """Every contender once per round, ROUNDS rounds, alternating its captures, not in one fixed order (a contender
+    that always follows the same one inherits its clock and power state); a contender whose capture failed is NaN."""
+    class Graph:
+        def __init__(self, key, capture):
+            self.key, self.capture = key, capture
+
+        def replay(self):
+            pass
+
+    made = {}
+
+    def captured(fn):
+        key = fn()
+        made[key] = made.get(key, 0) + 1
+        return None if key == "broken" else Graph(key, made[key] - 1)
+
+    timed = []
+
+    def do_bench(replay, **_):
+        graph = replay.__self__
+        timed.append((graph.key, graph.capture))
+        return 1.0 + len(graph.key)
+
+    monkeypatch.setattr(bench, "captured", captured)
+    monkeypatch.setattr(bench.triton.testing, "do_bench", do_bench)
+    keys = ["bf16", "fp8", "w4a4_gemm", "w4a4_unpack", "broken"]
+    times = bench.interleaved_ms({key: (lambda key=key: key) for key in keys})
+    assert made == dict.fromkeys(keys, bench.GRAPHS)
+    live = len(keys) - 1
+    rounds = [timed[i:i + live] for i in range(0, len(timed), live)]
+    assert len(rounds) == bench.ROUNDS
+    for r, done in enumerate(rounds):
+        assert sorted(key for key, _ in done) == sorted(keys[:-1])
+        assert {capture for _, capture in done} == {r % bench.GRAPHS}
+    assert len({tuple(key for key, _ in done) for done in rounds}) > 1
+    followers = {rounds[r][rounds[r].index(("fp8", r % bench.GRAPHS)) + 1][0] for r in range(bench.ROUNDS)
+                 if rounds[r][-1][0] != "fp8"}
+    assert len(followers) > 1
+    assert times["w4a4_gemm"] == 1.0 + len("w4a4_gemm")
+    assert times["broken"] != times["broken"]

@@ -94,6 +94,16 @@ def test_design_off_hopper_is_the_unpack_pass():
         gemm._w4a4_run("regs:8:3:128", a, torch.ones(4, 1), long_rows, torch.ones(8), None, torch.float32)
 
 
+def test_register_kernel_refuses_a_single_stage():
+    """Its loop refills the stage the previous K group used while the current group's MMAs run: one stage would
+    overwrite the operands in use, so such a config is refused before any launch."""
+    a = torch.zeros(4, 256, dtype=torch.int8)
+    with pytest.raises(ValueError, match="at least 2 stages"):
+        gemm.gemm_regs.w4a4_matmul_regs(a, torch.ones(4), [torch.zeros(8, 128, dtype=torch.int8)], torch.ones(8), None,
+                                        torch.empty(4, 8), (4, 1, 128))
+    assert all(stages >= 2 for _, stages, _ in gemm.gemm_regs.CONFIGS)
+
+
 def test_register_design_launches_up_to_three_weights_each_into_their_columns(monkeypatch):
     """The register design's launches for a stack of five weights (no GPU: the launch recorded): the first three
     weights in one, the last two in another, each with the scales, bias and output columns of its weights."""
