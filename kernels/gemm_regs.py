@@ -55,14 +55,16 @@ MAX_K = 1 << 17  # the 16x sums stay within int32 below this K (module doc); lon
 # Token blocks per group of the launch order: the programs of a group share each weight tile while it is in L2. In
 # the earlier order (all weight tiles of one token block, then the next block), a weight larger than L2 (the gate+up
 # stacks: 50 and 68 MB packed) came from HBM once per token block, 32 times at 4096 tokens; the INT8 GEMM sweeps in
-# groups too. On weights that fit in L2 the two orders ran alike (H100, 2026-12-07 00:20 UTC, BENCHMARKS.md); the
-# wide stacks are not measured in this order yet.
+# groups too. On weights that fit in L2 the two orders ran alike (H100, 2026-12-07 00:20 UTC, BENCHMARKS.md); in it
+# the gate+up stacks ran 1.63x cuBLAS bf16 at 4096 tokens (01:21 UTC), where the design choice had preferred the
+# unpack design's 1.23-1.28x before (H200).
 GROUP_M = 8
-# (warps, stages, tokens per program) the design choice times. Tokens per program are wgmma's N (int8 allows up to
-# 224; tile sides are powers of two). Two warpgroups and 3 stages won on LLaDA's down projection, one warpgroup and 4
-# stages on gate+up (H100, 2026-12-06); both 2 programs per SM. 64 tokens per program: narrow weights (Dream's 512-row
-# k and v) fill 4 x 32 of the H100's 264 program slots at 4096 tokens with 128.
-CONFIGS = ((8, 3, 128), (4, 4, 128), (4, 4, 64))
+# (warps, stages, tokens per program) the design choice times, the first one preferred (`gemm.REGS_MARGIN`). Tokens
+# per program are wgmma's N (int8 allows up to 224; tile sides are powers of two). One warpgroup and 4 stages was the
+# fastest or within 1% of it on every shape but Dream's k/v (H100, 2026-12-07 01:27 UTC, and H200, 2026-12-06);
+# two warpgroups and 3 stages comes within 2-7%; both 2 programs per SM. 64 tokens per program: narrow weights
+# (Dream's 512-row k and v) fill 4 x 32 of the H100's 264 program slots at 4096 tokens with 128.
+CONFIGS = ((4, 4, 128), (8, 3, 128), (4, 4, 64))
 
 
 @gluon.jit

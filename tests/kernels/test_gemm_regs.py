@@ -178,6 +178,24 @@ def test_design_times_average_several_graphs_and_the_unpack_design_needs_a_margi
     assert _design() == "unpack"
 
 
+def test_first_register_design_is_kept_unless_another_beats_it_by_the_margin(timed_designs):
+    """The register designs' times can be within a few percent of each other, and the choice then follows noise: the
+    first design (measured the fastest on most shapes) is kept unless another is faster by more than REGS_MARGIN, and
+    the first that runs takes its place when it fails."""
+    plan, _ = timed_designs
+    first, second, third = gemm.REGS_DESIGNS
+    plan.update({"unpack": 5.0, first: 1.0, second: gemm.REGS_MARGIN * 1.01, third: 2.0})
+    assert _design() == first
+    plan.update({second: gemm.REGS_MARGIN * 0.99})
+    assert _design(m=600) == second
+    plan.update({first: RuntimeError("no sm_90 build"), second: 1.0, third: gemm.REGS_MARGIN * 1.01})
+    with pytest.warns(UserWarning, match=f"{first} failed"):
+        assert _design(m=1200) == second
+    plan.update({"unpack": gemm.UNPACK_MARGIN * 0.99})  # the unpack design against the register design chosen
+    with pytest.warns(UserWarning, match=f"{first} failed"):
+        assert _design(m=2400) == "unpack"
+
+
 def test_design_candidates_are_timed_in_turns(timed_designs, monkeypatch):
     """Every candidate's graphs are captured first (after a garbage collection), then replayed in turns, one graph of
     each per turn: a drift of the GPU's clock during the choice falls on all of them alike."""
