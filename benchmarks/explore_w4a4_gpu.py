@@ -42,7 +42,7 @@ import triton.testing
 from bench_gemm_gpu import median_ms as graph_median_ms  # CUDA-graph replay timing (run from the repo root)
 
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
-from faircalib.kernels import gemm, gemm_reference
+from faircalib.kernels import gemm, gemm_reference, triton_math
 from faircalib.kernels.gemm_reference import GEMM_K_GROUP
 
 
@@ -386,7 +386,7 @@ def _inloop_gemm_kernel(a_desc, w_desc, sa_ptr, sw_ptr, c_ptr, M, N, K, M_BUCKET
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
-        pid_m, pid_n = gemm.grouped_tile(tile, num_m, num_n, GROUP_M)
+        pid_m, pid_n = triton_math.grouped_tile(tile, num_m, num_n, GROUP_M)
         if SWAP_AB:
             acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.int32)
         else:
@@ -496,7 +496,7 @@ def _pointer_store_gemm_kernel(a_desc, w_desc, c_desc, sa_ptr, sw_ptr, bias_ptr,
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     for tile in tl.range(tl.program_id(0), num_m * num_n, PROGRAMS, flatten=True):
-        pid_m, pid_n = gemm.grouped_tile(tile, num_m, num_n, GROUP_M)
+        pid_m, pid_n = triton_math.grouped_tile(tile, num_m, num_n, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
         for k0 in range(0, K, BLOCK_K):
             acc = tl.dot(a_desc.load([pid_m * BLOCK_M, k0]), w_desc.load([pid_n * BLOCK_N, k0]).T, acc,

@@ -74,7 +74,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from . import quant as quant_kernels
 from . import registry
 from .gemm_reference import GEMM_K_GROUP
-from .triton_math import cast_rne, clamp_round_to_int, nan_max
+from .triton_math import cast_rne, clamp_round_to_int, grouped_tile, nan_max
 
 try:  # Gluon (Triton >= 3.5; its API still moves): the W4A4 GEMM that unpacks in registers, for Hopper
     from . import gemm_regs
@@ -643,15 +643,6 @@ def unpack_into(w_packed: torch.Tensor, out: torch.Tensor) -> None:
     if groups:
         _unpack_weight_kernel[(triton.cdiv(groups, block_g),)](w_packed.contiguous(), out, groups, BLOCK_G=block_g,
                                                                HALF=GEMM_K_GROUP // 2, num_warps=warps)
-
-
-@triton.jit
-def grouped_tile(tile, num_m, num_n, GROUP_M: tl.constexpr):
-    """Output tile number `tile` of a grouped sweep -> (pid_m, pid_n): GROUP_M row-tiles take each weight
-    column-tile in turn, so it is read from L2 while they share it."""
-    first_m = tile // (GROUP_M * num_n) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    return first_m + (tile % (GROUP_M * num_n)) % size_m, (tile % (GROUP_M * num_n)) // size_m
 
 
 @triton.autotune(configs=_gemm_configs(), key=["M_BUCKET", "N", "K", "TMA_STORE"], do_bench=_tune_bench)

@@ -44,6 +44,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .gemm_reference import GEMM_K_GROUP
+from .triton_math import grouped_tile
 
 # Triton 3.9 renamed these (3.6, on the GPU machines, has only the old names).
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -149,14 +150,10 @@ def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_pt
         mbarrier.init(bars.index(i), count=1)
     tiles0 = gl.cdiv(N0, BN)
     tiles1 = gl.cdiv(N1, BN)
-    # Grouped order: GROUP_M token blocks take each weight tile in turn, so it comes from HBM once per group
-    # and their activation codes stay in L2 (`GROUP_M`).
-    per_group = GROUP_M * (tiles0 + tiles1 + gl.cdiv(N2, BN))
-    pid = gl.program_id(0)
-    first_m = pid // per_group * GROUP_M
-    size_m = gl.minimum(gl.cdiv(M, BM) - first_m, GROUP_M)
-    tile = pid % per_group // size_m
-    off_m = (first_m + pid % per_group % size_m) * BM
+    # Grouped order, the INT8 GEMM's: GROUP_M token blocks take each weight tile in turn, so it comes from HBM once
+    # per group and their activation codes stay in L2 (`GROUP_M`).
+    block_m, tile = grouped_tile(gl.program_id(0), gl.cdiv(M, BM), tiles0 + tiles1 + gl.cdiv(N2, BN), GROUP_M)
+    off_m = block_m * BM
     if MEMBERS == 1:
         _tile(w0_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N0, K, stride_cm,
               tile * BN, off_m, 0, HAS_BIAS, STAGES, num_warps)

@@ -59,3 +59,12 @@ def nan_max(a, b):
     """Combine function for `tl.reduce`: the maximum, NaN if either is NaN (`tl.max` drops NaN on the GPU, where
     PTX max returns the other operand, but keeps it under the interpreter's numpy)."""
     return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def grouped_tile(tile, num_m, num_n, GROUP_M: tl.constexpr):
+    """Output tile number `tile` of a grouped sweep -> (pid_m, pid_n): GROUP_M row-tiles take each weight
+    column-tile in turn, so it is read from L2 while they share it."""
+    first_m = tile // (GROUP_M * num_n) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    return first_m + (tile % (GROUP_M * num_n)) % size_m, (tile % (GROUP_M * num_n)) // size_m
