@@ -5,9 +5,9 @@ LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks 
 
 Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
 `bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench` over CUDA-graph replays
-of each call (GPU time, no host overhead), the contenders of a shape timed in turn (a shuffled order each round) over several
-rounds, two captures each (`interleaved_ms`); do_bench flushes L2 before every repetition, so weights come from HBM as they do
-in a real forward pass.
+of each call (GPU time, no host overhead), the contenders of a shape timed in turn (a shuffled order each round)
+over several rounds, two captures each (`interleaved_ms`); do_bench flushes L2 before every repetition, so weights
+come from HBM as they do in a real forward pass.
 Columns: `w4a4_gemm` is the op, in the design `gemm.w4a4_design` picks for the shape (`design`: "unpack" = unpack
 pass + INT8 GEMM, "regs:W:S:T" = `gemm_regs`, the weight unpacked in registers; the times the choice rested on are
 printed per shape and kept in the JSON as `design_ms`); `w4a4_unpack` the op forced to the

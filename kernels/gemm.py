@@ -767,15 +767,15 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
 # A candidate's time is the mean over DESIGN_GRAPHS CUDA graphs of one call, each captured anew, timed in turns with
 # the other candidates' graphs: the same design read 1.44-1.65x cuBLAS bf16 in four graphs of one process (H100,
 # 2026-12-06 21:52 UTC, Dream's gate+up stack at 4096 tokens, the unpack design), and candidates timed one after the
-# other may meet the GPU at different clocks (the first one right after the GPU idled). The unpack
-# design is kept only where it is faster than the best register design by more than the margin: it also allocates
-# an int8 copy of the weights on every call (136 MB for Dream's gate+up stack), the register design nothing.
+# other may meet the GPU at different clocks (the first one right after the GPU idled). The unpack design is kept
+# only where it is faster than the register design chosen by more than the margin: it also allocates an int8 copy of
+# the weights on every call (136 MB for Dream's gate+up stack), the register design nothing.
 DESIGN_GRAPHS = 3
 UNPACK_MARGIN = 0.97
 # Another register design replaces the first (`gemm_regs.CONFIGS`) only when faster than it by more than this: the
 # choice's times put regs:8:3:128 and regs:4:4:128 within 2% on most shapes, and it took either by chance, while in
-# the benchmark, contenders in turns, regs:4:4:128 ran 1-7% faster on all but three shapes (equal on those; H100,
-# 2026-12-07 01:27 UTC, BENCHMARKS.md).
+# the benchmark, contenders in turns, regs:4:4:128 ran 2-6% faster in 12 of 20 shape and token-count cases, 17% in
+# one, and within 1% in the other 7 (H100, 2026-12-07 01:27 UTC, BENCHMARKS.md).
 REGS_MARGIN = 0.97
 
 

@@ -16,8 +16,9 @@ Overlap comes from the two CTAs per SM instead, and from issuing the next TMA lo
 (Triton 3.6 follows each TMA issue and byte-count expect with a CTA-wide barrier, five per group, which stalled the
 tensor cores when they came after the wait): forced to `regs:4:4:128` at 4096 tokens, 1.52 -> 1.55x cuBLAS bf16 on
 Dream's gate/up and 1.58 -> 1.63x on both gate+up stacks (H100, 2026-12-07 01:19 UTC, same machine). A variant
-that let the next group overwrite the registers early gave wrong sums on the H100, as expected. The output tile goes through shared memory into rows of C (16 bytes per thread
-and store): storing the MMA layout directly ran 10-20% slower.
+that let the next group overwrite the registers early gave wrong sums on the H100, as expected. The output tile goes
+through shared memory into rows of C (16 bytes per thread and store): storing the MMA layout directly ran 10-20%
+slower.
 
 A stack of weights that read the same input (q/k/v, gate/up: up to MAX_MEMBERS) runs as one launch whose programs
 walk the members' row tiles in turn, each with its member's descriptor, scales, bias and output columns; one launch
@@ -56,15 +57,16 @@ MAX_K = 1 << 17  # the 16x sums stay within int32 below this K (module doc); lon
 # Token blocks per group of the launch order: the programs of a group share each weight tile while it is in L2. In
 # the earlier order (all weight tiles of one token block, then the next block), a weight larger than L2 (the gate+up
 # stacks: 50 and 68 MB packed) came from HBM once per token block, 32 times at 4096 tokens; the INT8 GEMM sweeps in
-# groups too. On weights that fit in L2 the two orders ran alike (H100, 2026-12-07 00:20 UTC, BENCHMARKS.md); in it
-# the gate+up stacks ran 1.63x cuBLAS bf16 at 4096 tokens (01:21 UTC), where the design choice had preferred the
-# unpack design's 1.23-1.28x before (H200).
+# groups too. On weights that fit in L2 the two orders ran alike (H100, 2026-12-07 00:20 UTC, BENCHMARKS.md). On the
+# gate+up stacks the two orders were not timed against each other: in this one they ran 1.58x cuBLAS bf16 at 4096
+# tokens (regs:4:4:128, H100, 01:19 UTC).
 GROUP_M = 8
 # (warps, stages, tokens per program) the design choice times, the first one preferred (`gemm.REGS_MARGIN`). Tokens
 # per program are wgmma's N (int8 allows up to 224; tile sides are powers of two). One warpgroup and 4 stages was the
-# fastest or within 1% of it on every shape but Dream's k/v (H100, 2026-12-07 01:27 UTC, and H200, 2026-12-06);
-# two warpgroups and 3 stages comes within 2-7%; both 2 programs per SM. 64 tokens per program: narrow weights
-# (Dream's 512-row k and v) fill 4 x 32 of the H100's 264 program slots at 4096 tokens with 128.
+# fastest of the three, or within 1% of the fastest, on every shape at 4096 and 16384 tokens (H100, 2026-12-07 01:27
+# UTC; the H200 on 2026-12-06: every shape but Dream's k/v); two warpgroups and 3 stages ran up to 6% slower (17% on
+# Dream's k/v at 4096 tokens); both 2 programs per SM. 64 tokens per program: narrow weights (Dream's 512-row k and
+# v) fill 4 x 32 of the H100's 264 program slots at 4096 tokens with 128.
 CONFIGS = ((4, 4, 128), (8, 3, 128), (4, 4, 64))
 
 
