@@ -247,3 +247,44 @@ def _assert_same_epilogue(got, want, bias):
     else:
         ulp = torch.finfo(want.dtype).eps
         torch.testing.assert_close(got.float(), want.float(), rtol=ulp, atol=ulp * want.float().abs().max().item())
+
+
+@pytest.mark.parametrize("n1,n2", [(64, 64), (96, 128), (128, 148)])
+def test_pdl_launches_give_the_plain_launches_results(monkeypatch, n1, n2):
+    """Programmatic dependent launch (`pdl.py`) on the activation pass and the register GEMM, each right behind the
+    kernel that writes its input: bitwise the plain launches' codes, scales and outputs, eagerly and replayed from a
+    CUDA graph (the whole tile at K = 4096, the rows split at 12288, the columns split at 18944)."""
+    _regs_or_skip()
+    from faircalib.kernels import pdl
+    gen = torch.Generator().manual_seed(n1 + n2)
+    k = n1 * n2
+    left = _orthogonal(n1, gen).to(torch.bfloat16).cuda()
+    right = _orthogonal(n2, gen).to(torch.bfloat16).cuda()
+    src = torch.randn(1031, k, generator=gen).to(torch.bfloat16).cuda()
+    w = ref.pack_weight_for_gemm(torch.randint(-8, 8, (520, k), generator=gen, dtype=torch.int8)).cuda()
+    sw = torch.rand(520, generator=gen).cuda()
+    monkeypatch.setattr(gemm, "W4A4_DESIGN", next(iter(gemm.REGS_DESIGNS)))
+
+    def chain():
+        x = src * 2  # the kernel right before the activation pass writes its input
+        codes, scales = gemm.quantize_act_packed(x, None, left, right, None, 4)
+        return codes, scales, gemm.w4a4_matmul(codes, scales, w, sw, None, torch.bfloat16)
+
+    monkeypatch.setattr(pdl, "ENABLED", False)
+    want = chain()
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    for got in (chain(), _replayed(chain)):
+        for g, e in zip(got, want):
+            assert torch.equal(g, e)
+
+
+def _replayed(fn):
+    """fn()'s outputs from a CUDA graph of it (captured after a warm-up call), replayed once."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return outs
