@@ -68,4 +68,3 @@ def grouped_tile(tile, num_m, num_n, GROUP_M: tl.constexpr):
     first_m = tile // (GROUP_M * num_n) * GROUP_M
     size_m = min(num_m - first_m, GROUP_M)
     return first_m + (tile % (GROUP_M * num_n)) % size_m, (tile % (GROUP_M * num_n)) // size_m
-
