@@ -74,7 +74,6 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from . import quant as quant_kernels
 from . import registry
 from .gemm_reference import GEMM_K_GROUP
-from .pdl import pdl_launch, wait_for_previous_kernel
 from .triton_math import cast_rne, clamp_round_to_int, grouped_tile, nan_max
 
 try:  # Gluon (Triton >= 3.5; its API still moves): the W4A4 GEMM that unpacks in registers, for Hopper
@@ -219,14 +218,13 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
                          M, stride_xm, stride_cm, N1: tl.constexpr, N2: tl.constexpr,
                          GATED: tl.constexpr, HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                          HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr,
-                         TOKENS: tl.constexpr, STAGES: tl.constexpr, RECIP: tl.constexpr, PDL: tl.constexpr):
+                         TOKENS: tl.constexpr, STAGES: tl.constexpr, RECIP: tl.constexpr):
     """Whole-tile path. A step takes TOKENS tokens stacked as a [TOKENS·B1, B2] tile (token t's [n1, n2] view in
     rows t·B1 ...): the left factor multiplies it as blockdiag(leftᵀ, ...) (one MMA; the zero blocks cost flops,
     not bytes), then the right one the whole stack (one MMA), then per-token absmax and quantization. The factors
     and the channel scale are loaded once per program. Steps are software-pipelined STAGES deep. RECIP (transform
     paths): multiply by the scale's reciprocal instead of dividing element by element. N1 and N2 are compile-time
     constants, so every element's offset folds into an immediate instead of taking a register."""
-    wait_for_previous_kernel(PDL)
     ROWS: tl.constexpr = TOKENS * B1
     r = tl.arange(0, ROWS)
     a = r % B1
@@ -314,8 +312,7 @@ def scaled_input(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: torc
 def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M, stride_xm, stride_cm,
                                N1: tl.constexpr, N2: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                                HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, BA: tl.constexpr,
-                               BB: tl.constexpr, TRANSPOSED: tl.constexpr, STAGES: tl.constexpr,
-                               PDL: tl.constexpr):
+                               BB: tl.constexpr, TRANSPOSED: tl.constexpr, STAGES: tl.constexpr):
     """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [N1, N2] view held as two column
     blocks, a = [0, BA) and b = [BA, BA + BB) (masked to N2), instead of one block padded to next_pow2(N2).
     W = leftᵀ · X per block, then Y_a = W_a · R_aa + W_b · R_ba and Y_b = W_a · R_ab + W_b · R_bb, all in
@@ -327,7 +324,6 @@ def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, 
     column split (K = 18944), in every form tried, also after the spill fix below (2026-12-06). N1 and N2 are
     compile-time constants: with them as runtime values, each element's offset and mask in both tile layouts took
     registers and the kernel spilled (255 registers, 74 spilled; 203 and none now; H100, 2026-12-06)."""
-    wait_for_previous_kernel(PDL)
     i = tl.arange(0, B1)
     ja = tl.arange(0, BA)
     jb = BA + tl.arange(0, BB)
@@ -549,7 +545,7 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         args = (*common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
                 codes.stride(0), n1, n2)
         kwargs = dict(**flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens, STAGES=cfg.stages,
-                      RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4, **pdl_launch(x.device))
+                      RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
         programs = _programs(_quantize_act_kernel, triton.cdiv(m, tokens), x.device, per_sm, args, kwargs)
         _quantize_act_kernel[(programs,)](*args, **kwargs)
         return codes, scales
@@ -565,7 +561,7 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
                 codes.stride(0), n2 if transposed else n1, n1 if transposed else n2)
         kwargs = dict(HAS_LEFT=view_left is not None, HAS_RIGHT=view_right is not None, HAS_CLIP=clip is not None,
                       BITS=bits, B1=b1, BA=ba, BB=bb, TRANSPOSED=transposed, STAGES=cfg.split_stages,
-                      num_warps=cfg.split_warps, **pdl_launch(x.device))
+                      num_warps=cfg.split_warps)
         programs = _programs(_quantize_act_split_kernel, m, x.device, cfg.split_programs_per_sm, args, kwargs)
         _quantize_act_split_kernel[(programs,)](*args, **kwargs)
         return codes, scales

@@ -45,7 +45,6 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .gemm_reference import GEMM_K_GROUP
-from .pdl import pdl_launch, wait_for_previous_kernel
 from .triton_math import grouped_tile
 
 # Triton 3.9 renamed these (3.6, on the GPU machines, has only the old names).
@@ -137,7 +136,7 @@ def _tile(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars,
 @gluon.jit
 def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N0, N1, N2, K,
                       stride_cm, HAS_BIAS: gl.constexpr, MEMBERS: gl.constexpr, STAGES: gl.constexpr,
-                      GROUP_M: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
+                      GROUP_M: gl.constexpr, num_warps: gl.constexpr):
     """The GEMM against MEMBERS (1-3) weights stacked along N (N0, N1, N2 rows; C's columns in that order), one
     launch: each program computes one [BLOCK_N]-row tile of the stack (each member's tiles counted in turn) for one
     block of tokens (`_tile`; tokens per program are a_desc's box rows), in grouped order. One launch instead of one
@@ -146,7 +145,6 @@ def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_pt
     BN: gl.constexpr = w0_desc.block_type.shape[0]
     BM: gl.constexpr = a_desc.block_type.shape[0]
     HALF_K: gl.constexpr = w0_desc.block_type.shape[1]
-    wait_for_previous_kernel(PDL)
     w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, BN, HALF_K], w0_desc.layout)
     a_bufs = gl.allocate_shared_memory(gl.int8, [2 * STAGES, BM, HALF_K], a_desc.layout)
     bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -218,5 +216,5 @@ def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: li
     _w4a4_regs_kernel[grid](*w_descs, codes_descriptor(a_codes, block_m), a_scales, w_scales,
                             w_scales if bias is None else bias, out, m, *widths, k, out.stride(0),
                             HAS_BIAS=bias is not None, MEMBERS=len(w_packed), STAGES=stages, GROUP_M=GROUP_M,
-                            num_warps=warps, **pdl_launch(a_codes.device))
+                            num_warps=warps)
     return out

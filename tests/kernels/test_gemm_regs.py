@@ -16,12 +16,11 @@ from faircalib.kernels import gemm
 
 pytestmark = pytest.mark.skipif(gemm.gemm_regs is None, reason="Triton without Gluon")
 
-# (config, bias, output dtype, stacked weights, programmatic dependent launch)
-CASES = [(config, *case) for config in (gemm.gemm_regs.CONFIGS if gemm.gemm_regs else ())
-         for case in ((False, "bfloat16", 1, False), (True, "float32", 3, False), (False, "bfloat16", 2, True))]
+CASES = [(config, has_bias, dtype, members) for config in (gemm.gemm_regs.CONFIGS if gemm.gemm_regs else ())
+         for has_bias, dtype, members in ((False, "bfloat16", 1), (True, "float32", 3), (False, "bfloat16", 2))]
 
 
-def _compile(config, has_bias, out_dtype, members, pdl):
+def _compile(config, has_bias, out_dtype, members):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -35,10 +34,10 @@ def _compile(config, has_bias, out_dtype, members, pdl):
                  "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=out_dtype)),
                  "M": "i32", "N0": "i32", "N1": "i32", "N2": "i32", "K": "i32", "stride_cm": "i32",
                  "HAS_BIAS": "constexpr", "MEMBERS": "constexpr", "STAGES": "constexpr", "GROUP_M": "constexpr",
-                 "PDL": "constexpr", "num_warps": "constexpr"}
+                 "num_warps": "constexpr"}
     source = GluonASTSource(fn=regs._w4a4_regs_kernel, signature=signature,
                             constexprs={"HAS_BIAS": has_bias, "MEMBERS": members, "STAGES": stages,
-                                        "GROUP_M": regs.GROUP_M, "PDL": pdl, "num_warps": warps})
+                                        "GROUP_M": regs.GROUP_M, "num_warps": warps})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
@@ -57,10 +56,10 @@ def _resource_usage(cubin: bytes) -> str:
 
 def _compile_all() -> dict:
     results = {}
-    for case in CASES:
-        config, has_bias, dtype, members, pdl = case
-        compiled = _compile(config, has_bias, getattr(torch, dtype), members, pdl)
-        results[repr(case)] = {"ptx": compiled.asm["ptx"], "usage": _resource_usage(compiled.asm["cubin"])}
+    for config, has_bias, dtype, members in CASES:
+        compiled = _compile(config, has_bias, getattr(torch, dtype), members)
+        results[repr((config, has_bias, dtype, members))] = {"ptx": compiled.asm["ptx"],
+                                                           "usage": _resource_usage(compiled.asm["cubin"])}
     return results
 
 
@@ -72,15 +71,12 @@ def compiled():
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"w{c[0]}-s{c[1]}-t{c[2]}-bias{b}-{d}-x{n}" + ("-pdl" if p else "")
-                                              for c, b, d, n, p in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"w{c[0]}-s{c[1]}-t{c[2]}-bias{b}-{d}-x{n}" for c, b, d, n in CASES])
 def test_register_unpack_gemm_compiles_for_hopper(compiled, case):
     result = compiled[repr(case)]
     tokens = case[0][2]
     assert f"wgmma.mma_async.sync.aligned.m64n{tokens}k32.s32.s8.s8" in result["ptx"]  # int8, A from registers
     assert "0xf0f0f0f0" in result["ptx"].lower()  # the in-register unpack's mask
-    # A PDL launch waits for the previous kernel before touching memory (`pdl.py`); a plain one has no such wait.
-    assert ("griddepcontrol.wait" in result["ptx"]) == case[4]
     if result["usage"]:
         assert "LOCAL:0" in result["usage"], result["usage"]  # no register spills
 
