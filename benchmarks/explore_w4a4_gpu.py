@@ -4,9 +4,9 @@
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
-        `--act-k` picks the widths, env `ACT_VARIANTS` the variants); codes checked
+        `--act-k` picks the widths, `--act-m` the token counts, env `ACT_VARIANTS` the variants); codes checked
         against the CPU reference first; bandwidth counts compulsory bytes (bf16 in, int8 + fp32 out) against an
-        in-run memcpy.
+        in-run memcpy of 1 GiB and a copy of the same bytes.
 fp8:    the INT4 x INT4 product on FP8 e4m3 tensor cores (int4 values are exact in e4m3), fp32 accumulator, Triton's
         `max_num_imprecise_acc` at Hopper's default (never promote) or a window W <= BLOCK_K; exactness on worst-case
         data (every product ±64 over K = 18944) and random data, then speed against cuBLAS bf16 and the INT8 path.
@@ -54,8 +54,9 @@ def median_ms(fn) -> float:
         return float("nan")
 
 
-def memcpy_tbps() -> float:
-    src = torch.empty(256 * 2 ** 20, device="cuda")
+def memcpy_tbps(traffic: int = 2 * 2 ** 30) -> float:
+    """TB/s of a device-to-device copy moving `traffic` bytes, read + written (by default 1 GiB copied)."""
+    src = torch.empty(max(traffic // 8, 1), device="cuda")
     dst = torch.empty_like(src)
     return 2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e9
 
@@ -102,8 +103,11 @@ ACT_VARIANTS = {
 PLAIN_TILES = (4096,)
 
 
-def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
+def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple[int, ...]) -> list[dict]:
     records = []
+    # A copy of each (tokens, width)'s compulsory bytes: at a few thousand tokens a fixed cost per call weighs on
+    # the activation pass (~8 us at K = 3584 and 4096 on H100, 2026-12-07), and on a copy too.
+    same_bytes = {(m, k): memcpy_tbps(3 * m * k + 4 * m) for k in widths for m in token_counts}
     default = dataclasses.asdict(gemm.ACT_LAUNCH)
     for k in widths:
         n1, n2 = kronecker_factors(k)
@@ -149,14 +153,15 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...]) -> list[dict]:
                 records.append(rec)
                 continue
             # Replayed from a CUDA graph: at 1024 tokens the wrapper's host time exceeds the kernel's.
-            for m in (1024, 4096, 16384):
+            for m in token_counts:
                 x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
                 ms = graph_median_ms(lambda: gemm.quantize_act_packed(x, None, left, right, None, 4))
                 tbps = (3 * m * k + 4 * m) / ms / 1e9
                 rec[f"M{m}_us"], rec[f"M{m}_tbps"], rec[f"M{m}_x_memcpy"] = ms * 1e3, tbps, tbps / copy_tbps
+                rec[f"M{m}_x_same_bytes_copy"] = tbps / same_bytes[m, k]
             # With a channel scale, as FlatQuant's transforms deploy (the input passes through registers first).
             ms = graph_median_ms(lambda: gemm.quantize_act_packed(x, channel_scale, left, right, None, 4))
-            rec["M16384_cs_x_memcpy"] = (3 * m * k + 4 * m) / ms / 1e9 / copy_tbps
+            rec[f"M{m}_cs_x_memcpy"] = (3 * m * k + 4 * m) / ms / 1e9 / copy_tbps
             log(f"act K={k} {n1}x{n2} {name}: " + ", ".join(
                 f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}" for key, val in rec.items()
                 if key not in ("K", "kron", "variant")))
@@ -592,6 +597,8 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--parts", default="act,fp8")
     parser.add_argument("--act-k", default="3584,4096,12288,18944", help="activation widths of the act part")
+    parser.add_argument("--act-m", default="1024,4096,16384", help="token counts of the act part (the last one is "
+                                                                   "also the one timed with a channel scale)")
     args = parser.parse_args()
     lines = []
 
@@ -605,8 +612,9 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; memcpy {copy_tbps:.2f} TB/s")
     result = {"memcpy_tbps": copy_tbps}
     widths = tuple(int(k) for k in args.act_k.split(","))
+    token_counts = tuple(int(m) for m in args.act_m.split(","))
     for part in args.parts.split(","):
-        result[part] = {"act": lambda: act_part(copy_tbps, log, widths), "fp8": lambda: fp8_part(log),
+        result[part] = {"act": lambda: act_part(copy_tbps, log, widths, token_counts), "fp8": lambda: fp8_part(log),
                         "inloop": lambda: inloop_part(log), "epilogue": lambda: epilogue_part(log),
                         "host": lambda: host_part(log), "profile": lambda: profile_part(log, widths),
                         "unpack": lambda: unpack_part(log)}[part]()
