@@ -296,8 +296,8 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
            "fused_transform_fp32": gemm.fused_transform_supported(n1, n2, torch.float32), "fp8_scaling": fp8_mode,
            "ms": t, "tops": {key: flops / v / 1e9 for key, v in t.items() if key not in timing_only},
            "act_tbps": {key: act_bytes / v / 1e9 for key, v in t.items() if key.startswith("act")},
-           # A copy of the activation pass's own traffic: at 4096 tokens and below, a fixed cost per call weighs on
-           # both, and the 256 MiB copy's rate is out of reach of any kernel moving ~50 MB.
+           # A copy of the activation pass's own traffic: a fixed cost per call, which the 256 MiB copy spreads
+           # thin, weighs on both at a few thousand tokens (~50 MB moved at 4096 tokens and K = 4096).
            "same_bytes_copy_tbps": memcpy_tbps(gen, act_bytes)}
     rec["vs_bf16"] = {key: t["bf16"] / v for key, v in t.items() if key not in timing_only}
     return rec
