@@ -9,7 +9,8 @@ bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU (`--family
 linear replaced in place by a `W4A4Linear` (per-channel RTN codes of its weight, a FlatQuant-style online
 Kronecker transform with random orthogonal factors and a channel scale per input group); embeddings,
 norms, attention and the LM head stay bf16. Reports the median step time over CUDA events, the peak allocated
-memory of a step and the bytes of the block linears' weights, and writes `bench_e2e.json` to DIR ($OUT or .).
+memory of a step and the bytes of the block linears' weights, and writes `bench_e2e.json` to DIR ($OUT or .), anew
+after every run (a process cut short keeps the runs it finished).
 Each step is also timed replayed from a CUDA graph (`faircalib.deploy.GraphedLogits`: no Python or launch overhead,
 as a fixed-shape denoising loop runs it), and for W4A4 a torch.profiler table lists the kernels of a step.
 `--variants`: transform factors in bf16 (bf16 MMA) or fp32 (tf32 MMA; the 96x128 factors of the 12288-wide down
@@ -250,6 +251,14 @@ def main() -> None:
     results["env"]["model"] = config
     tag = ", compiled blocks" if args.compile else ""
     results["env"]["compiled_blocks"] = args.compile
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "bench_e2e.json")
+
+    def save() -> None:  # after every run, atomically: a process cut short keeps the runs it finished
+        results["env"]["seconds"] = time.time() - started
+        with open(path + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(path + ".tmp", path)
     default_launch = gemm.ACT_LAUNCH
     gemm_configs = gemm._int8_gemm_kernel.configs
     for variant, (factor_name, sharing, options, launch) in zip(args.variants.split(","), variants):
@@ -268,6 +277,7 @@ def main() -> None:
                 results["runs"].append({"model": f"bf16{tag}", "tokens": n, **stats,
                                         "block_weight_bytes": bf16_bytes})
                 print(results["runs"][-1], flush=True)
+                save()
         to_w4a4(adapter, torch.float32 if factor_name == "fp32" else torch.bfloat16, gen, sharing == "shared")
         for block in adapter.blocks:
             adapter.linears(block)["down"].fuse_swiglu = "swiglu" in options
@@ -295,6 +305,7 @@ def main() -> None:
                                     "weight_bytes_vs_bf16": w4_bytes / bf16["block_weight_bytes"],
                                     "profile": kernel_profile(adapter, ids[n])})
             print(results["runs"][-1], flush=True)
+            save()
         # Compiled code cached by Dynamo can hold the finished variant's tensors; drop it so each variant's peak is
         # its own.
         del model, adapter
@@ -305,12 +316,7 @@ def main() -> None:
             torch.cuda.memory_allocated() / 2 ** 30)
         print(f"allocated after {variant}, released: {results['env']['allocated_gib_between_variants'][-1]:.2f} GiB",
               flush=True)
-    results["env"]["seconds"] = time.time() - started
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "bench_e2e.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(path + ".tmp", path)
+    save()
     print(f"\n{results['env']}\n")
     print("| model | tokens | step ms | speedup vs bf16 | CUDA-graph step ms | graph speedup vs bf16 | peak GiB | "
           "block weights GB (x bf16) |")
