@@ -16,9 +16,11 @@ Overlap comes from the two CTAs per SM instead, and from issuing the next TMA lo
 (Triton 3.6 follows each TMA issue and byte-count expect with a CTA-wide barrier, five per group, which stalled the
 tensor cores when they came after the wait): forced to `regs:4:4:128` at 4096 tokens, 1.52 -> 1.55x cuBLAS bf16 on
 Dream's gate/up and 1.58 -> 1.63x on both gate+up stacks (H100, 2026-12-07 01:19 UTC, same machine). A variant
-that let the next group overwrite the registers early gave wrong sums on the H100, as expected. The output tile goes
-through shared memory into rows of C (16 bytes per thread and store): storing the MMA layout directly ran 10-20%
-slower.
+that let the next group overwrite the registers early gave wrong sums on the H100, as expected; one that waited
+only for the previous group (`warpgroup_mma_wait(2)`, next group's fragments unpacked while the current MMAs run)
+compiles, for sm_90 with Triton 3.6, to a wait after every single wgmma (ptxas puts a WARPGROUP.DEPBAR after each
+batch; offline SASS, 2026-12-07). The output tile goes through shared memory into rows of C (16 bytes per thread and
+store): storing the MMA layout directly ran 10-20% slower.
 
 A stack of weights that read the same input (q/k/v, gate/up: up to MAX_MEMBERS) runs as one launch whose programs
 walk the members' row tiles in turn, each with its member's descriptor, scales, bias and output columns; one launch
