@@ -102,7 +102,8 @@ def quantize_swiglu_packed(gate: torch.Tensor, up: torch.Tensor, channel_scale: 
 # float32 holds every integer up to 2^24: with |a|, |b| <= 128 a partial sum stays within 128 · 128 · K, so rows up
 # to this K multiply exactly in float32 (twice float64's speed on a CPU: the tiny models' W4A4 linears). Not
 # `torch._int_mm`, ~3x faster still on the CPU: with torch 2.13 it returns wrong sums there for K = 1 (every shape
-# with N >= 2 tried, 2026-12-07), and the reference must not depend on such an op.
+# with N >= 2 tried, 2026-12-07; silent CPU failures of that op are reported upstream, pytorch/pytorch#195066 and,
+# on AMD CPUs, #136746), and the reference must not depend on such an op.
 FLOAT32_EXACT_K = 2 ** 24 // (128 * 128)
 
 
