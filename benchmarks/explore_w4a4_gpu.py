@@ -39,7 +39,8 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from bench_gemm_gpu import median_ms as graph_median_ms  # CUDA-graph replay timing (run from the repo root)
+# CUDA-graph replay timing and the copy baseline (run from the repo root)
+from bench_gemm_gpu import median_ms as graph_median_ms, memcpy_tbps
 
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.kernels import gemm, gemm_reference, triton_math
@@ -52,13 +53,6 @@ def median_ms(fn) -> float:
     except Exception as error:  # noqa: BLE001  (an experiment reports a failing variant and goes on)
         print(f"FAILED: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", flush=True)
         return float("nan")
-
-
-def memcpy_tbps(traffic: int = 2 * 2 ** 30) -> float:
-    """TB/s of a device-to-device copy moving `traffic` bytes, read + written (by default 1 GiB copied)."""
-    src = torch.empty(max(traffic // 8, 1), device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e9
 
 
 # Runs on 2026-11-22 (H100): pipelining depth 3 beat 1, 2 and 4 (+3-12%); 4, 8 or 16 programs per SM and 8 warps instead
@@ -607,7 +601,7 @@ def main() -> None:
         lines.append(line)
 
     started = time.time()
-    copy_tbps = memcpy_tbps()
+    copy_tbps = memcpy_tbps(2 * 2 ** 30)  # 1 GiB copied
     log(f"{torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__} "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; memcpy {copy_tbps:.2f} TB/s")
     result = {"memcpy_tbps": copy_tbps}
