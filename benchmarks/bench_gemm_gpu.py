@@ -1,13 +1,14 @@
 """W4A4 GEMM and W4A4 linear (with activation quantization) vs cuBLAS bf16, torch._int_mm and FP8 _scaled_mm, at
 LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks correctness first.
 
-    python benchmarks/bench_gemm_gpu.py [--out DIR] [--ms 256,1024,4096,16384] [--only stacked]
+    python benchmarks/bench_gemm_gpu.py [--out DIR] [--ms 256,1024,4096,16384] [--only stacked] [--flush clean]
 
 Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
 `bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench` over CUDA-graph replays
 of each call (GPU time, no host overhead), the contenders of a shape timed in turn (a shuffled order each round)
-over several rounds, two captures each (`interleaved_ms`); do_bench flushes L2 before every repetition, so weights
-come from HBM as they do in a real forward pass.
+over several rounds, two captures each (`interleaved_ms`); L2 is flushed before every repetition, so weights
+come from HBM as they do in a real forward pass (`--flush dirty`, the default, zeroes a 256 MiB buffer as do_bench
+does, which leaves the timed call dirty lines to write back; `--flush clean` reads it: `bench_ms`).
 Columns: `w4a4_gemm` is the op, in the design `gemm.w4a4_design` picks for the shape (`design`: "unpack" = unpack
 pass + INT8 GEMM, "regs:W:S:T" = `gemm_regs`, the weight unpacked in registers; the times the choice rested on are
 printed per shape and kept in the JSON as `design_ms`); `w4a4_unpack` the op forced to the
@@ -83,11 +84,54 @@ def captured(fn):
         return None
 
 
+# How L2 is emptied before each timed repetition (`--flush`). "dirty": `triton.testing.do_bench`'s way, zeroing a
+# 256 MiB buffer, which leaves L2 full of dirty lines for the timed call to write back as it evicts them (up to
+# ~17 us of HBM traffic on H100, a fixed cost per call that weighs on calls of a few tens of us); "clean": reading
+# the same buffer, so L2 holds only clean lines. `explore_flush_gpu.py` measures the difference.
+FLUSH = "dirty"
+_flush_buffer: list[torch.Tensor] = []
+
+
+def l2_flush(kind: str):
+    """A thunk that empties L2 the `kind` way ("dirty", "clean"; module comment above FLUSH)."""
+    if not _flush_buffer:
+        _flush_buffer.extend([torch.empty(256 * 2 ** 20 // 4, device="cuda"), torch.empty((), device="cuda")])
+    cache, total = _flush_buffer
+    return {"dirty": cache.zero_, "clean": lambda: torch.sum(cache, dim=0, out=total)}[kind]
+
+
+def bench_ms(fn, warmup: int, rep: int) -> float:
+    """Median ms of fn() over ~`rep` ms of repetitions after ~`warmup` ms, L2 emptied (`FLUSH`) before each:
+    `do_bench` itself for "dirty", its method with the other flush otherwise."""
+    if FLUSH == "dirty":
+        return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    flush = l2_flush(FLUSH)
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        flush()
+        fn()
+    end.record()
+    end.synchronize()
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup / estimate))):
+        fn()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(max(1, int(rep / estimate)))]
+    for start, end in events:
+        flush()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in events)
+
+
 def median_ms(fn) -> float:
-    """Median GPU time of fn()'s CUDA graph (`captured`) replayed by `do_bench` (~40 ms); NaN if it failed."""
+    """Median GPU time of fn()'s CUDA graph (`captured`) replayed by `bench_ms` (~40 ms); NaN if it failed."""
     graph = captured(fn)
-    return float("nan") if graph is None else \
-        triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median")
+    return float("nan") if graph is None else bench_ms(graph.replay, warmup=10, rep=40)
 
 
 GRAPHS, ROUNDS = 2, 6
@@ -95,7 +139,7 @@ GRAPHS, ROUNDS = 2, 6
 
 def interleaved_ms(fns: dict) -> dict:
     """Median GPU time of each thunk over ROUNDS rounds that take the contenders in turn, each round replaying one
-    of the thunk's GRAPHS CUDA graphs (captured separately) by `do_bench` (median over ~10 ms, L2 flushed): clock
+    of the thunk's GRAPHS CUDA graphs (captured separately) by `bench_ms` (median over ~10 ms, L2 flushed): clock
     and temperature drift fall on every contender alike, and so does the spread between captures of the same call
     (the unpack design read 1.44-1.65x cuBLAS bf16 in four graphs of one process; H100, 2026-12-06). Each round
     takes them in its own order (shuffled from a fixed seed): in one fixed order the contender timed right after FP8
@@ -108,8 +152,7 @@ def interleaved_ms(fns: dict) -> dict:
         shuffle(order)
         for key, captures in order:
             if captures[r % GRAPHS] is not None:
-                times[key].append(triton.testing.do_bench(captures[r % GRAPHS].replay, warmup=5, rep=10,
-                                                          return_mode="median"))
+                times[key].append(bench_ms(captures[r % GRAPHS].replay, warmup=5, rep=10))
     return {key: statistics.median(v) if v else float("nan") for key, v in times.items()}
 
 
@@ -119,10 +162,11 @@ _FAILURES: set[str] = set()
 def memcpy_tbps(traffic: int = 2 * 256 * 2 ** 20) -> float:
     """TB/s of a device-to-device copy moving `traffic` bytes, read + written (by default 256 MiB copied: a 16384 x
     4096 bf16 activation, twice; the values do not matter to a copy). Timed with plain do_bench: its host time is
-    negligible, and a CUDA-graph replay of a 1 GiB copy measured only 2.43 TB/s on H100 against 3.0 for this."""
+    negligible, and a CUDA-graph replay of a 1 GiB copy measured only 2.43 TB/s on H100 against 3.0 for this (a
+    copy captured in a graph becomes a memcpy node). L2 is flushed the `FLUSH` way (`bench_ms`)."""
     src = torch.empty(max(traffic // 8, 1), device="cuda")
     dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=40, return_mode="median")
+    ms = bench_ms(lambda: dst.copy_(src), warmup=10, rep=40)
     return 2 * src.numel() * 4 / ms / 1e9
 
 
@@ -321,13 +365,18 @@ def table(records: list[dict], copy_tbps: float) -> str:
 
 
 def main() -> None:
+    global FLUSH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--ms", default="256,1024,4096,16384")
+    parser.add_argument("--flush", choices=("dirty", "clean"), default=FLUSH,
+                        help="how L2 is emptied before each timed call: zeroing a 256 MiB buffer (do_bench's way; "
+                             "the timed call writes the dirty lines back) or reading it (bench_ms)")
     parser.add_argument("--only", default="",
                         help="comma-separated substrings of 'model role' (e.g. 'stacked,dream-7b down'): only the "
                              "shapes that contain one of them")
     args = parser.parse_args()
+    FLUSH = args.flush
     try:
         shapes = select_shapes(args.only)
     except ValueError as error:
@@ -340,7 +389,7 @@ def main() -> None:
     copy_tbps = memcpy_tbps()
     records = []
     env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "cuda": torch.version.cuda, "python": platform.python_version(), "memcpy_tbps": copy_tbps,
+           "cuda": torch.version.cuda, "python": platform.python_version(), "memcpy_tbps": copy_tbps, "flush": FLUSH,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench_gemm.json")

@@ -60,3 +60,36 @@ def test_contenders_are_timed_in_a_new_order_each_round(monkeypatch):
     assert len(followers) > 1
     assert times["w4a4_gemm"] == 1.0 + len("w4a4_gemm")
     assert times["broken"] != times["broken"]
+
+
+def test_clean_flush_reads_l2_empty_before_every_timed_repetition(monkeypatch):
+    """`--flush clean`: bench_ms flushes before each timed call (not before warm-up calls) and returns the median of
+    the timed ones."""
+    calls = []
+    ticks = iter(range(1000))
+
+    class Event:
+        def __init__(self, **_):
+            self.at = None
+
+        def record(self):
+            self.at = next(ticks)
+            calls.append("event")
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return float(end.at - self.at)
+
+    monkeypatch.setattr(bench, "FLUSH", "clean")
+    monkeypatch.setattr(bench, "l2_flush", lambda kind: (lambda: calls.append(f"flush:{kind}")))
+    monkeypatch.setattr(bench.torch.cuda, "Event", Event)
+    monkeypatch.setattr(bench.torch.cuda, "synchronize", lambda: None)
+    ms = bench.bench_ms(lambda: calls.append("fn"), warmup=2, rep=3)
+    assert ms == 1.0  # each timed call spans one tick of the fake clock
+    # One untimed call, then the estimate: 5 flushed calls between two events (1 tick: 0.2 ms each) ...
+    assert calls[:13] == ["fn", "event"] + ["flush:clean", "fn"] * 5 + ["event"]
+    # ... so 2 / 0.2 warm-up calls, unflushed, and 3 / 0.2 timed calls, each flushed first.
+    assert calls[13:23] == ["fn"] * 10
+    assert calls[23:] == ["flush:clean", "event", "fn", "event"] * 15

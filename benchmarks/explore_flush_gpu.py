@@ -1,0 +1,133 @@
+"""Experiment (issue 5, not yet run: no device started on 2026-12-07 04:15-05:47 UTC): what the L2 flush in front of
+each timed call costs a memory-bound kernel.
+
+`triton.testing.do_bench` flushes L2 by zeroing a 256 MiB buffer before every repetition, which leaves L2 full of
+dirty lines: the timed call then pays for writing them back as it evicts them (up to L2's 50 MiB on H100, ~17 us at
+3 TB/s). Over a 16384-token activation that is noise; at 4096 tokens it may be the ~8 us "fixed cost per call" the
+activation pass showed (BENCHMARKS.md, 2026-12-07). Each contender (captured in a CUDA graph but the copy) is timed
+after three kinds of flush, taken in turns: `dirty` (do_bench's zeroing), `clean` (reading the same buffer: L2 left
+holding clean lines; `bench_gemm_gpu.l2_flush`) and `none` (a spin on the GPU instead: inputs that fit L2 stay
+there). Contenders: the activation pass (`quantize_act_packed`, bf16 Kronecker factors) against a copy of its
+compulsory bytes, and at 4096 tokens the W4A4 linear (activation pass + W4A4 GEMM, register design) against cuBLAS
+bf16. Run from the repo root:
+
+    python benchmarks/explore_flush_gpu.py [--tokens 1024,4096,16384]   # writes flush.json to $OUT or .
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gemm_gpu import captured, l2_flush  # noqa: E402
+
+from faircalib import kernels  # noqa: E402
+from faircalib.calib.transforms import kronecker_factors, random_orthogonal  # noqa: E402
+from faircalib.kernels import gemm  # noqa: E402
+
+WIDTHS = (3584, 4096, 12288, 18944)
+LINEARS = [("llada q/k/v/o", 4096, [4096]), ("llada down", 12288, [4096]), ("dream q/o", 3584, [3584]),
+           ("dream down", 18944, [3584]), ("dream q+k+v", 3584, [3584, 512, 512])]
+REPS = 40
+
+
+def timed_in_turns(thunks: dict, flush: dict) -> dict:
+    """Median µs of each thunk after each flush, the (thunk, flush) pairs taken in shuffled turns; None thunks
+    (a capture that failed: `captured` printed why) left out."""
+    thunks = {name: fn for name, fn in thunks.items() if fn is not None}
+    pairs = [(name, f) for name in thunks for f in flush]
+    times = {pair: [] for pair in pairs}
+    shuffle = random.Random(0).shuffle
+    for fn in thunks.values():
+        for _ in range(5):
+            fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(REPS):
+        shuffle(pairs)
+        for name, f in pairs:
+            flush[f]()
+            start.record()
+            thunks[name]()
+            end.record()
+            end.synchronize()
+            times[name, f].append(start.elapsed_time(end) * 1e3)
+    return {f"{name}/{f}": statistics.median(v) for (name, f), v in times.items()}
+
+
+def replay(graph):
+    return None if graph is None else graph.replay
+
+
+def factors(k: int):
+    n1, n2 = kronecker_factors(k)
+    return (random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16),
+            random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", default="1024,4096,16384")
+    token_counts = [int(v) for v in parser.parse_args().tokens.split(",")]
+    out_path = os.path.join(os.environ.get("OUT", "."), "flush.json")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    # "none" spins instead (no memory traffic), so that, as behind a flush, the timed call is queued before the GPU
+    # reaches it and its launch latency stays out of the time.
+    flush = {"dirty": l2_flush("dirty"), "clean": l2_flush("clean"), "none": lambda: torch.cuda._sleep(100_000)}
+    records = []
+
+    def record(rec: dict) -> None:
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+        with open(out_path + ".tmp", "w") as f:
+            json.dump(records, f, indent=1)
+        os.replace(out_path + ".tmp", out_path)
+
+    for k in WIDTHS:
+        left, right = factors(k)
+        for m in token_counts:
+            x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+            traffic = 3 * m * k + 4 * m  # bf16 in, int8 codes + fp32 scales out
+            src = torch.empty(traffic // 4, dtype=torch.int16, device="cuda")  # read + written = traffic bytes
+            dst = torch.empty_like(src)
+            # The copy launched directly: captured in a graph it becomes a memcpy node, slower (`memcpy_tbps`).
+            us = timed_in_turns({"act": replay(captured(lambda: gemm.quantize_act_packed(x, None, left, right, None,
+                                                                                          4))),
+                                 "copy": lambda: dst.copy_(src)}, flush)
+            rec = {"K": k, "M": m, "us": us}
+            if len(us) == 2 * len(flush):
+                rec["act_x_copy"] = {f: us[f"copy/{f}"] / us[f"act/{f}"] for f in flush}
+                rec["act_tbps"] = {f: traffic / us[f"act/{f}"] / 1e6 for f in flush}
+            record(rec)
+    # The register design `gemm.w4a4_design` picks for these shapes (BENCHMARKS.md, 2026-12-07), forced: choosing
+    # would autotune the unpack design's INT8 GEMM too, a minute of compiles.
+    gemm.W4A4_DESIGN = "regs:4:4:128" if gemm.gemm_regs is not None else "unpack"
+    for name, k, widths in LINEARS:
+        packed, scales = [], []
+        for width in widths:
+            codes, sc = kernels.quantize_weight(torch.randn(width, k, device="cuda", generator=gen), bits=4)
+            packed.append(kernels.pack_weight_for_gemm(codes))
+            scales.append(sc.reshape(-1))
+        w_scales = torch.cat(scales)
+        w_bf16 = torch.randn(sum(widths), k, device="cuda", generator=gen).to(torch.bfloat16)
+        left, right = factors(k)
+        x = torch.randn(4096, k, device="cuda", generator=gen).to(torch.bfloat16)
+
+        def linear():
+            c, s = gemm.quantize_act_packed(x, None, left, right, None, 4)
+            return gemm.w4a4_matmul_stacked(c, s, packed, w_scales, None, torch.bfloat16)
+
+        us = timed_in_turns({"w4a4": replay(captured(linear)), "bf16": replay(captured(lambda: F.linear(x, w_bf16)))},
+                            flush)
+        rec = {"linear": name, "M": 4096, "N": sum(widths), "K": k, "us": us}
+        if len(us) == 2 * len(flush):
+            rec["w4a4_x_bf16"] = {f: us[f"bf16/{f}"] / us[f"w4a4/{f}"] for f in flush}
+        record(rec)
+
+
+if __name__ == "__main__":
+    main()
