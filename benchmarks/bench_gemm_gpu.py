@@ -159,6 +159,26 @@ def interleaved_ms(fns: dict) -> dict:
 _FAILURES: set[str] = set()
 
 
+def kronecker_factors_seeded(k: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random orthogonal Kronecker factors (`kronecker_factors(k)` sizes, seeds 1 and 2) for a k-wide input, on the
+    GPU as `dtype`: the transform every benchmark of the activation pass uses."""
+    n1, n2 = kronecker_factors(k)
+    return (random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", dtype),
+            random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", dtype))
+
+
+def stacked_weights(widths: list[int], k: int, gen: torch.Generator):
+    """A stack of random weights (`widths` rows each, k wide) as the W4A4 linear holds it, packed INT4 codes per
+    member and their per-channel scales concatenated, plus a bf16 weight of the whole stack for cuBLAS."""
+    packed, scales = [], []
+    for width in widths:
+        codes, member_scales = kernels.quantize_weight(torch.randn(width, k, device="cuda", generator=gen), bits=4)
+        packed.append(kernels.pack_weight_for_gemm(codes))
+        scales.append(member_scales.reshape(-1))
+    w_bf16 = torch.randn(sum(widths), k, device="cuda", generator=gen).to(torch.bfloat16)
+    return packed, torch.cat(scales), w_bf16
+
+
 _copies: dict[tuple[int, str], float] = {}
 
 
@@ -252,8 +272,7 @@ def _check_act(kx: int, gen: torch.Generator, lines: list[str]) -> None:
     dev = "cuda"
     n1, n2 = kronecker_factors(kx)
     x = torch.randn(2048, kx, device=dev, generator=gen).to(torch.bfloat16)
-    left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to(dev)
-    right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to(dev)
+    left, right = kronecker_factors_seeded(kx)
     want_c, want_s = (t.to(dev) for t in gemm_reference.quantize_act_packed(x.cpu(), None, left.cpu(),
                                                                            right.cpu(), None, 4))
     for dtype in (torch.float32, torch.bfloat16):
@@ -300,8 +319,7 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
     w_scales = w_scales.reshape(-1)
     packed = kernels.pack_weight_for_gemm(w_codes)
     n1, n2 = kronecker_factors(k)
-    left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to(dev)
-    right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to(dev)
+    left, right = kronecker_factors_seeded(k)
     a_codes, a_scales = gemm_reference.quantize_act_packed(x, None, None, None, None, 4)  # GEMM input, any path
     a_i8_full = torch.randint(-128, 128, (m, k), device=dev, generator=gen, dtype=torch.int8)
     w_i8_colmajor = torch.randint(-128, 128, (n, k), device=dev, generator=gen, dtype=torch.int8).t()

@@ -24,10 +24,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm_gpu import captured, l2_flush  # noqa: E402
+from bench_gemm_gpu import captured, kronecker_factors_seeded, l2_flush, stacked_weights  # noqa: E402
 
-from faircalib import kernels  # noqa: E402
-from faircalib.calib.transforms import kronecker_factors, random_orthogonal  # noqa: E402
 from faircalib.kernels import gemm  # noqa: E402
 
 WIDTHS = (3584, 4096, 12288, 18944)
@@ -63,12 +61,6 @@ def replay(graph):
     return None if graph is None else graph.replay
 
 
-def factors(k: int):
-    n1, n2 = kronecker_factors(k)
-    return (random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16),
-            random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="1024,4096,16384")
@@ -88,7 +80,7 @@ def main() -> None:
         os.replace(out_path + ".tmp", out_path)
 
     for k in WIDTHS:
-        left, right = factors(k)
+        left, right = kronecker_factors_seeded(k, torch.bfloat16)
         for m in token_counts:
             x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
             traffic = 3 * m * k + 4 * m  # bf16 in, int8 codes + fp32 scales out
@@ -107,14 +99,8 @@ def main() -> None:
     # would autotune the unpack design's INT8 GEMM too, a minute of compiles.
     gemm.W4A4_DESIGN = "regs:4:4:128" if gemm.gemm_regs is not None else "unpack"
     for name, k, widths in LINEARS:
-        packed, scales = [], []
-        for width in widths:
-            codes, sc = kernels.quantize_weight(torch.randn(width, k, device="cuda", generator=gen), bits=4)
-            packed.append(kernels.pack_weight_for_gemm(codes))
-            scales.append(sc.reshape(-1))
-        w_scales = torch.cat(scales)
-        w_bf16 = torch.randn(sum(widths), k, device="cuda", generator=gen).to(torch.bfloat16)
-        left, right = factors(k)
+        packed, w_scales, w_bf16 = stacked_weights(widths, k, gen)
+        left, right = kronecker_factors_seeded(k, torch.bfloat16)
         x = torch.randn(4096, k, device="cuda", generator=gen).to(torch.bfloat16)
 
         def linear():

@@ -13,10 +13,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm_gpu import interleaved_ms  # noqa: E402
+from bench_gemm_gpu import interleaved_ms, kronecker_factors_seeded, stacked_weights  # noqa: E402
 
-from faircalib import kernels  # noqa: E402
-from faircalib.calib.transforms import kronecker_factors, random_orthogonal  # noqa: E402
 from faircalib.kernels import gemm, gemm_regs  # noqa: E402
 
 CONFIG = (4, 4, 128)
@@ -33,17 +31,8 @@ def main():
     records = []
     for name, k, widths in SHAPES:
         n = sum(widths)
-        packed, scales = [], []
-        for width in widths:
-            w = (torch.randn(width, k, device="cuda", generator=gen) / k ** 0.5)
-            codes, sc = kernels.quantize_weight(w, bits=4)
-            packed.append(kernels.pack_weight_for_gemm(codes))
-            scales.append(sc.reshape(-1))
-        w_scales = torch.cat(scales)
-        w_bf16 = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
-        n1, n2 = kronecker_factors(k)
-        left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-        right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16)
+        packed, w_scales, w_bf16 = stacked_weights(widths, k, gen)
+        left, right = kronecker_factors_seeded(k, torch.bfloat16)
         for m in ms_list:
             x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
 

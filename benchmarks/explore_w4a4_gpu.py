@@ -40,9 +40,9 @@ import triton.language as tl
 import triton.testing
 
 # CUDA-graph replay timing and the copy baseline (run from the repo root)
-from bench_gemm_gpu import median_ms as graph_median_ms, memcpy_tbps
+from bench_gemm_gpu import kronecker_factors_seeded, median_ms as graph_median_ms, memcpy_tbps
 
-from faircalib.calib.transforms import kronecker_factors, random_orthogonal
+from faircalib.calib.transforms import kronecker_factors
 from faircalib.kernels import gemm, gemm_reference, triton_math
 from faircalib.kernels.gemm_reference import GEMM_K_GROUP
 
@@ -105,8 +105,7 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple
     default = dataclasses.asdict(gemm.ACT_LAUNCH)
     for k in widths:
         n1, n2 = kronecker_factors(k)
-        left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-        right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16)
+        left, right = kronecker_factors_seeded(k, torch.bfloat16)
         small = torch.randn(256, k, device="cuda").to(torch.bfloat16)
         channel_scale = torch.rand(k, device="cuda") + 0.5
         want_c, want_s = (t.cuda() for t in gemm_reference.quantize_act_packed(
@@ -560,9 +559,7 @@ def epilogue_part(log) -> list[dict]:
 
 def profile_part(log, widths: tuple[int, ...]) -> list[dict]:
     for k in widths:
-        n1, n2 = kronecker_factors(k)
-        left = random_orthogonal(n1, torch.Generator().manual_seed(1)).to("cuda", torch.bfloat16)
-        right = random_orthogonal(n2, torch.Generator().manual_seed(2)).to("cuda", torch.bfloat16)
+        left, right = kronecker_factors_seeded(k, torch.bfloat16)
         x = torch.randn(16384, k, device="cuda").to(torch.bfloat16)
         for _ in range(3):
             gemm.quantize_act_packed(x, None, left, right, None, 4)
