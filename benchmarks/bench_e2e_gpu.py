@@ -1,7 +1,7 @@
 """One denoising step (a full forward pass) of a random-weight LLaDA-8B- (or Dream-7B-) config model, bf16 vs W4A4.
 
     python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--variants bf16:shared,fp32:shared]
-                                       [--family llada|dream]
+                                       [--family llada|dream] [--design regs:4:4:128]
     python benchmarks/bench_e2e_gpu.py --tiny-cpu     # reference: generation tokens/s of the tiny models on CPU
 
 bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU (`--family dream`: "dream-7b", whose
@@ -229,6 +229,9 @@ def main() -> None:
                              "and residual adds around the linears")
     parser.add_argument("--family", choices=("llada", "dream"), default="llada",
                         help="the LLaDA-8B or the Dream-7B config")
+    parser.add_argument("--design", choices=("unpack", *gemm.REGS_DESIGNS),
+                        help="every W4A4 GEMM runs this design (`gemm.W4A4_DESIGN`) instead of the one timed fastest "
+                             "per shape: an A/B of one design, or a short run without the choice's compiles and timing")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -251,6 +254,8 @@ def main() -> None:
     results["env"]["model"] = config
     tag = ", compiled blocks" if args.compile else ""
     results["env"]["compiled_blocks"] = args.compile
+    results["env"]["w4a4_design"] = args.design or "timed per shape"
+    gemm.W4A4_DESIGN = args.design
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench_e2e.json")
 

@@ -25,3 +25,12 @@ def test_bad_variants_are_named(variant, named):
     with pytest.raises(ValueError, match=named) as error:
         bench.parse_variant(variant)
     assert repr(variant) in str(error.value)
+
+
+def test_a_design_that_does_not_exist_is_refused_before_any_work(monkeypatch, capsys):
+    monkeypatch.setattr(bench.sys, "argv", ["bench_e2e_gpu.py", "--design", "regs:9:9:9"])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2
+    assert "invalid choice: 'regs:9:9:9'" in capsys.readouterr().err
+    assert gemm.W4A4_DESIGN is None
