@@ -4,7 +4,7 @@ LLaDA-8B and Dream-7B linear shapes, all measured in one run on one GPU. Checks 
     python benchmarks/bench_gemm_gpu.py [--out DIR] [--ms 256,1024,4096,16384] [--only stacked] [--flush clean]
 
 Prints a markdown table (TOPS = 2·M·N·K / time; ratio vs bf16 cuBLAS in the same run) and writes
-`bench_gemm.json` to DIR (default $OUT or .). Times are medians of `triton.testing.do_bench` over CUDA-graph replays
+`bench_gemm.json` to DIR (default $OUT or .). Times are medians (`bench_ms`, do_bench's method) over CUDA-graph replays
 of each call (GPU time, no host overhead), the contenders of a shape timed in turn (a shuffled order each round)
 over several rounds, two captures each (`interleaved_ms`); L2 is flushed before every repetition, so weights
 come from HBM as they do in a real forward pass (`--flush dirty`, the default, zeroes a 256 MiB buffer as do_bench
@@ -187,7 +187,7 @@ def memcpy_tbps(traffic: int = 2 * 256 * 2 ** 20) -> float:
     4096 bf16 activation, twice; the values do not matter to a copy), timed once per size and flush in a run (shapes
     of one width and token count move the same bytes). Launched directly: its host time is negligible, and a
     CUDA-graph replay of a 1 GiB copy measured only 2.43 TB/s on H100 against 3.0 for this (a copy captured in a
-    graph becomes a memcpy node). L2 is flushed the `FLUSH` way (`bench_ms`)."""
+    graph becomes a memcpy node, probably the reason). L2 is flushed the `FLUSH` way (`bench_ms`)."""
     if (traffic, FLUSH) not in _copies:
         src = torch.empty(max(traffic // 8, 1), device="cuda")
         dst = torch.empty_like(src)
