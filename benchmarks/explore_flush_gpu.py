@@ -65,6 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="1024,4096,16384")
     token_counts = [int(v) for v in parser.parse_args().tokens.split(",")]
+    if not torch.cuda.is_available():
+        sys.exit("explore_flush_gpu: needs a CUDA GPU")
     out_path = os.path.join(os.environ.get("OUT", "."), "flush.json")
     gen = torch.Generator(device="cuda").manual_seed(0)
     # "none" spins instead (no memory traffic), so that, as behind a flush, the timed call is queued before the GPU
