@@ -33,18 +33,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import os
 import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import triton
 
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
+from faircalib.deploy.checkpoint import write_json_atomic
 from faircalib.deploy.cuda_graph import GraphedLogits, compile_model_blocks
 from faircalib.deploy.shared_input import share_model_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
@@ -179,9 +180,7 @@ def tiny_cpu_throughput(out: str) -> None:
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "cpu",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "tiny_cpu.json.tmp"), "w") as f:
-        json.dump({"env": env, "rows": rows}, f, indent=1)
-    os.replace(os.path.join(out, "tiny_cpu.json.tmp"), os.path.join(out, "tiny_cpu.json"))
+    write_json_atomic(Path(out) / "tiny_cpu.json", {"env": env, "rows": rows})
     print(f"\n{env}\n\n| model | variant | generated tokens/s (batch 8, 32 tokens, 32 steps) |\n|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['variant']} | {r['tokens_per_s']:.0f} |")
@@ -257,13 +256,11 @@ def main() -> None:
     results["env"]["w4a4_design"] = args.design or "timed per shape"
     gemm.W4A4_DESIGN = args.design
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "bench_e2e.json")
+    path = Path(args.out) / "bench_e2e.json"
 
     def save() -> None:  # after every run, atomically: a process cut short keeps the runs it finished
         results["env"]["seconds"] = time.time() - started
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(path, results)
     default_launch = gemm.ACT_LAUNCH
     gemm_configs = gemm._int8_gemm_kernel.configs
     for variant, (factor_name, sharing, options, launch) in zip(args.variants.split(","), variants):

@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import os
 import platform
 import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ import triton.testing
 
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
+from faircalib.deploy.checkpoint import write_json_atomic
 from faircalib.kernels import gemm, gemm_reference
 
 SHAPES = [  # (model, role, K, N)
@@ -157,6 +158,16 @@ def interleaved_ms(fns: dict) -> dict:
 
 
 _FAILURES: set[str] = set()
+
+
+# Linears whose activation pass is timed with them, as (name, input width K, output widths of the stacked members).
+LINEARS = [("llada q/k/v/o", 4096, [4096]), ("llada down", 12288, [4096]), ("dream q/o", 3584, [3584]),
+           ("dream down", 18944, [3584]), ("dream q+k+v", 3584, [3584, 512, 512])]
+
+
+def act_traffic(m: int, k: int) -> int:
+    """Compulsory bytes of the activation pass over m tokens of width k: bf16 in, int8 codes and fp32 scales out."""
+    return 3 * m * k + 4 * m
 
 
 def kronecker_factors_seeded(k: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -356,7 +367,7 @@ def bench_shape(model, role, k, n, m, gen) -> dict:
     design = gemm.w4a4_design(a_codes, a_scales, [packed], w_scales, None, torch.bfloat16)
     timing_only = {key for key in t if key.startswith("act") or key == "unpack_us"}
     flops = 2 * m * n * k
-    act_bytes = m * k * 2 + m * k + m * 4
+    act_bytes = act_traffic(m, k)
     design_ms = gemm.DESIGN_TIMES.get(gemm.design_key(a_codes, [packed], None, torch.bfloat16), {})
     rec = {"model": model, "role": role, "M": m, "N": n, "K": k, "kron": f"{n1}x{n2}", "design": design,
            "design_ms": design_ms,
@@ -416,7 +427,7 @@ def main() -> None:
            "cuda": torch.version.cuda, "python": platform.python_version(), "memcpy_tbps": copy_tbps, "flush": FLUSH,
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "bench_gemm.json")
+    path = Path(args.out) / "bench_gemm.json"
     for model, role, k, n in shapes:
         for m in map(int, args.ms.split(",")):
             records.append(bench_shape(model, role, k, n, m, gen))
@@ -428,9 +439,7 @@ def main() -> None:
                   f"{act / r['same_bytes_copy_tbps']:.2f}x a copy of its bytes", flush=True)
             # After every shape, atomically: a run cut short keeps what it measured.
             env["seconds"] = time.time() - started
-            with open(path + ".tmp", "w") as f:
-                json.dump({"env": env, "checks": checks, "records": records}, f, indent=1)
-            os.replace(path + ".tmp", path)
+            write_json_atomic(path, {"env": env, "checks": checks, "records": records})
     print(f"\n{env}\nmemcpy {copy_tbps:.2f} TB/s (read + write)\n")
     print(table(records, copy_tbps))
 

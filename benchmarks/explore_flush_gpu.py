@@ -19,18 +19,20 @@ import os
 import random
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm_gpu import captured, kronecker_factors_seeded, l2_flush, stacked_weights  # noqa: E402
+from bench_gemm_gpu import (LINEARS, act_traffic, captured, kronecker_factors_seeded, l2_flush,  # noqa: E402
+                            stacked_weights)
+
+from faircalib.deploy.checkpoint import write_json_atomic  # noqa: E402
 
 from faircalib.kernels import gemm  # noqa: E402
 
 WIDTHS = (3584, 4096, 12288, 18944)
-LINEARS = [("llada q/k/v/o", 4096, [4096]), ("llada down", 12288, [4096]), ("dream q/o", 3584, [3584]),
-           ("dream down", 18944, [3584]), ("dream q+k+v", 3584, [3584, 512, 512])]
 REPS = 40
 
 
@@ -67,7 +69,7 @@ def main() -> None:
     token_counts = [int(v) for v in parser.parse_args().tokens.split(",")]
     if not torch.cuda.is_available():
         sys.exit("explore_flush_gpu: needs a CUDA GPU")
-    out_path = os.path.join(os.environ.get("OUT", "."), "flush.json")
+    out_path = Path(os.environ.get("OUT", ".")) / "flush.json"
     gen = torch.Generator(device="cuda").manual_seed(0)
     # "none" spins instead (no memory traffic), so that, as behind a flush, the timed call is queued before the GPU
     # reaches it and its launch latency stays out of the time.
@@ -77,15 +79,13 @@ def main() -> None:
     def record(rec: dict) -> None:
         records.append(rec)
         print(json.dumps(rec), flush=True)
-        with open(out_path + ".tmp", "w") as f:
-            json.dump(records, f, indent=1)
-        os.replace(out_path + ".tmp", out_path)
+        write_json_atomic(out_path, records)
 
     for k in WIDTHS:
         left, right = kronecker_factors_seeded(k, torch.bfloat16)
         for m in token_counts:
             x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-            traffic = 3 * m * k + 4 * m  # bf16 in, int8 codes + fp32 scales out
+            traffic = act_traffic(m, k)
             src = torch.empty(traffic // 4, dtype=torch.int16, device="cuda")  # read + written = traffic bytes
             dst = torch.empty_like(src)
             # The copy launched directly: captured in a graph it becomes a memcpy node, slower (`memcpy_tbps`).

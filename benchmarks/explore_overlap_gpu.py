@@ -5,31 +5,30 @@ to $OUT or ..
 Sequential: quantize_act_packed(x) then the register GEMM (regs:4:4:128). Overlapped: a side stream quantizes the
 token chunks back to back; the main stream runs chunk i's GEMM once chunk i's codes are ready, so chunk i+1's
 activation pass can run beside chunk i's GEMM. Checks the outputs are identical, then times all in CUDA graphs."""
-import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemm_gpu import interleaved_ms, kronecker_factors_seeded, stacked_weights  # noqa: E402
+from bench_gemm_gpu import LINEARS, interleaved_ms, kronecker_factors_seeded, stacked_weights  # noqa: E402
 
+from faircalib.deploy.checkpoint import write_json_atomic  # noqa: E402
 from faircalib.kernels import gemm, gemm_regs  # noqa: E402
 
 CONFIG = (4, 4, 128)
-SHAPES = [("llada q/k/v/o", 4096, [4096]), ("llada down", 12288, [4096]), ("dream q/o", 3584, [3584]),
-          ("dream down", 18944, [3584]), ("dream q+k+v", 3584, [3584, 512, 512])]
 
 
 def main():
     ms_list = [int(v) for v in sys.argv[1].split(",")] if len(sys.argv) > 1 else [4096, 16384]
-    out_path = os.path.join(os.environ.get("OUT", "."), "overlap.json")
+    out_path = Path(os.environ.get("OUT", ".")) / "overlap.json"
     gen = torch.Generator(device="cuda").manual_seed(0)
     side_normal = torch.cuda.Stream()
     side_high = torch.cuda.Stream(priority=-1)
     records = []
-    for name, k, widths in SHAPES:
+    for name, k, widths in LINEARS:
         n = sum(widths)
         packed, w_scales, w_bf16 = stacked_weights(widths, k, gen)
         left, right = kronecker_factors_seeded(k, torch.bfloat16)
@@ -91,9 +90,7 @@ def main():
             records.append(rec)
             print(name, m, "identical:", same, flush=True)
             print("  " + ", ".join(f"{key} {v:.4f} ms ({t['bf16'] / v:.2f}x)" for key, v in t.items()), flush=True)
-            with open(out_path + ".tmp", "w") as f:
-                json.dump(records, f, indent=1)
-            os.replace(out_path + ".tmp", out_path)
+            write_json_atomic(out_path, records)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +40,10 @@ import triton.language as tl
 import triton.testing
 
 # CUDA-graph replay timing and the copy baseline (run from the repo root)
-from bench_gemm_gpu import kronecker_factors_seeded, median_ms as graph_median_ms, memcpy_tbps
+from bench_gemm_gpu import act_traffic, kronecker_factors_seeded, median_ms as graph_median_ms, memcpy_tbps
 
 from faircalib.calib.transforms import kronecker_factors
+from faircalib.deploy.checkpoint import write_json_atomic
 from faircalib.kernels import gemm, gemm_reference, triton_math
 from faircalib.kernels.gemm_reference import GEMM_K_GROUP
 
@@ -99,9 +100,6 @@ PLAIN_TILES = (4096,)
 
 def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple[int, ...]) -> list[dict]:
     records = []
-    # A copy of each (tokens, width)'s compulsory bytes: at a few thousand tokens a fixed cost per call weighs on
-    # the activation pass (~8 us at K = 3584 and 4096 on H100, 2026-12-07), and on a copy too.
-    same_bytes = {(m, k): memcpy_tbps(3 * m * k + 4 * m) for k in widths for m in token_counts}
     default = dataclasses.asdict(gemm.ACT_LAUNCH)
     for k in widths:
         n1, n2 = kronecker_factors(k)
@@ -149,12 +147,14 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple
             for m in token_counts:
                 x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
                 ms = graph_median_ms(lambda: gemm.quantize_act_packed(x, None, left, right, None, 4))
-                tbps = (3 * m * k + 4 * m) / ms / 1e9
+                tbps = act_traffic(m, k) / ms / 1e9
                 rec[f"M{m}_us"], rec[f"M{m}_tbps"], rec[f"M{m}_x_memcpy"] = ms * 1e3, tbps, tbps / copy_tbps
-                rec[f"M{m}_x_same_bytes_copy"] = tbps / same_bytes[m, k]
+                # Against a copy of the same bytes too: at a few thousand tokens a fixed cost per call weighs on
+                # the activation pass (~8 us at K = 3584 and 4096 on H100, 2026-12-07), and on a copy too.
+                rec[f"M{m}_x_same_bytes_copy"] = tbps / memcpy_tbps(act_traffic(m, k))
             # With a channel scale, as FlatQuant's transforms deploy (the input passes through registers first).
             ms = graph_median_ms(lambda: gemm.quantize_act_packed(x, channel_scale, left, right, None, 4))
-            rec[f"M{m}_cs_x_memcpy"] = (3 * m * k + 4 * m) / ms / 1e9 / copy_tbps
+            rec[f"M{m}_cs_x_memcpy"] = act_traffic(m, k) / ms / 1e9 / copy_tbps
             log(f"act K={k} {n1}x{n2} {name}: " + ", ".join(
                 f"{key}={val:.3g}" if isinstance(val, float) else f"{key}={val}" for key, val in rec.items()
                 if key not in ("K", "kron", "variant")))
@@ -163,7 +163,7 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple
         for plain_tile in PLAIN_TILES:
             gemm.ACT_LAUNCH.__dict__.update(default, plain_tile=plain_tile)
             ms = median_ms(lambda: gemm.quantize_act_packed(x, None, None, None, None, 4))
-            tbps = (3 * 16384 * k + 4 * 16384) / ms / 1e9
+            tbps = act_traffic(16384, k) / ms / 1e9
             log(f"act K={k} no transform plain_tile={plain_tile} M=16384: {ms * 1e3:.1f} us, {tbps:.2f} TB/s, "
                 f"{tbps / copy_tbps:.2f}x memcpy")
             records.append({"K": k, "variant": f"none_tile{plain_tile}", "M16384_us": ms * 1e3, "M16384_tbps": tbps,
@@ -611,10 +611,7 @@ def main() -> None:
                         "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "explore_w4a4.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json_atomic(Path(args.out) / "explore_w4a4.json", result)
 
 
 if __name__ == "__main__":

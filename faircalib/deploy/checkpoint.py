@@ -71,7 +71,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(target: Path, value: dict) -> None:
+def write_json_atomic(target: Path, value: dict | list) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
