@@ -247,3 +247,47 @@ def _assert_same_epilogue(got, want, bias):
     else:
         ulp = torch.finfo(want.dtype).eps
         torch.testing.assert_close(got.float(), want.float(), rtol=ulp, atol=ulp * want.float().abs().max().item())
+
+
+# The activation kernels' three paths (whole tile, row split at K = 12288, column split at 18944; fp32 factors take
+# the chunked kernel) and the register GEMM, chained as in a linear.
+@pytest.mark.parametrize("k,factor_dtype", [(4096, torch.bfloat16), (12288, torch.bfloat16), (18944, torch.bfloat16),
+                                            (12288, torch.float32)])
+def test_pdl_launches_give_the_same_linear_eagerly_and_from_a_graph(monkeypatch, k, factor_dtype):
+    """Programmatic dependent launch (`kernels/pdl.py`) lets a kernel start under the previous one: the W4A4 linear
+    (activation pass, then GEMM) repeated back to back with it, eagerly and replayed from a CUDA graph, gives what
+    it gives without it, bit for bit, and each kernel waited for the one whose output it reads (a missing wait
+    reads stale codes: a mismatch)."""
+    from faircalib.kernels import pdl
+
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("PDL needs Hopper or later")
+    if gemm.gemm_regs is not None and gemm.gemm_regs.supported(torch.device("cuda")):
+        monkeypatch.setattr(gemm, "W4A4_DESIGN", next(iter(gemm.REGS_DESIGNS)))  # the GEMM that takes PDL
+    gen = torch.Generator().manual_seed(k)
+    n1 = {4096: 64, 12288: 96, 18944: 128}[k]
+    left = _orthogonal(n1, gen).to(factor_dtype).cuda()
+    right = _orthogonal(k // n1, gen).to(factor_dtype).cuda()
+    w = ref.pack_weight_for_gemm(torch.randint(-8, 8, (640, k), generator=gen, dtype=torch.int8)).cuda()
+    sw = torch.rand(640, generator=gen).cuda()
+    xs = [torch.randn(300, k, generator=gen).to(torch.bfloat16).cuda() for _ in range(4)]
+
+    def linears():
+        return [gemm.w4a4_matmul(*gemm.quantize_act_packed(x, None, left, right, None, 4), w, sw, None,
+                                 torch.bfloat16) for x in xs]
+
+    monkeypatch.setattr(pdl, "ENABLED", False)
+    want = linears()
+    monkeypatch.setattr(pdl, "ENABLED", True)
+    assert pdl.active(xs[0].device)
+    for got, ref_out in zip(linears(), want):
+        assert torch.equal(got, ref_out)
+    linears()  # compiled and designs chosen before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = linears()
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for got, ref_out in zip(outs, want):
+            assert torch.equal(got, ref_out)
