@@ -77,6 +77,7 @@ def median_ms(fn) -> float:
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
+    "tile_rows128_s2": dict(transform_rows=128, stages=2),  # two 64-row tokens per step, in the smem of 4 tokens
     "tile_s1": dict(stages=1),
     "tile_s2": dict(stages=2),
     "tile_lp1": dict(large_tile_programs_per_sm=1),
