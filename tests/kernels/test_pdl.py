@@ -4,6 +4,8 @@ without it, are compared in `test_gemm_cuda.py` (`-k pdl`); the register GEMM's 
 `test_gemm_regs.py`. Compilation runs in a fresh process with TRITON_INTERPRET=0 (`test_gemm_regs.py` says why)."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,9 +66,10 @@ def _compile_all() -> dict:
 
 @pytest.fixture(scope="module")
 def compiled():
-    from tests.kernels.compiled import run_compile_script  # here: this file also runs as a script, outside the tree
-
-    return run_compile_script(__file__)
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize("path", list(KERNELS))
