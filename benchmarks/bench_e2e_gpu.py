@@ -21,8 +21,7 @@ down projections compute silu(gate)·up inside their activation kernel (`W4A4Lin
 int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
 then the packed weights and the int8 copies), `:int8only` keeps the int8 codes alone (`drop_packed=True`),
 `:flattened` lets the INT8 GEMM's autotuner pick only among its flattened-loop configs (as shipped until the
-unflattened ones joined; an A/B of that choice within one process), `:pdl` launches the activation kernels and the
-register GEMM with programmatic dependent launch (`kernels/pdl.py`; an A/B within one process), and
+unflattened ones joined; an A/B of that choice within one process), and
 `:act.FIELD=VALUE` sets a field of the activation kernels' launch settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for
 a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
@@ -50,7 +49,7 @@ from faircalib.deploy.checkpoint import write_json_atomic
 from faircalib.deploy.cuda_graph import GraphedLogits, compile_model_blocks
 from faircalib.deploy.shared_input import share_model_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
-from faircalib.kernels import gemm, pdl
+from faircalib.kernels import gemm
 from faircalib.models import build_random, get_adapter
 
 
@@ -187,12 +186,12 @@ def tiny_cpu_throughput(out: str) -> None:
         print(f"| {r['model']} | {r['variant']} | {r['tokens_per_s']:.0f} |")
 
 
-VARIANT_OPTIONS = ("swiglu", "unpacked", "int8only", "unfused", "flattened", "pdl")
+VARIANT_OPTIONS = ("swiglu", "unpacked", "int8only", "unfused", "flattened")
 
 
 def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
-    """"dtype:(shared|separate)[:swiglu][:unpacked|:int8only][:unfused][:flattened][:pdl][:act.FIELD=VALUE ...]" ->
-    (factor dtype name, sharing, options, `gemm.ActLaunch` fields to set); ValueError naming what is wrong."""
+    """"dtype:(shared|separate)[:swiglu][:unpacked|:int8only][:unfused][:flattened][:act.FIELD=VALUE ...]" -> (factor
+    dtype name, sharing, options, `gemm.ActLaunch` fields to set); ValueError naming what is wrong."""
     factor_name, _, rest = variant.partition(":")
     sharing, *parts = rest.split(":")
     launch, options = {}, []
@@ -209,7 +208,7 @@ def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
     if factor_name not in ("bf16", "fp32") or sharing not in ("shared", "separate") or \
             not set(options) <= set(VARIANT_OPTIONS):
         raise ValueError(f"bad variant {variant!r}: want (bf16|fp32):(shared|separate)[:swiglu][:unpacked|:int8only]"
-                         f"[:unfused][:flattened][:pdl][:act.FIELD=VALUE]")
+                         f"[:unfused][:flattened][:act.FIELD=VALUE]")
     return factor_name, sharing, options, launch
 
 
@@ -223,8 +222,7 @@ def main() -> None:
                              "[:unpacked] (keep_weights_unpacked: int8 weight copies, no unpack pass per call)"
                              "[:int8only] (the same with the packed weights dropped: int8 codes alone)"
                              "[:unfused] (shared input groups run one GEMM per linear, not one on stacked weights)"
-                             "[:flattened] (the INT8 GEMM autotuned over its flattened-loop configs only)"
-                             "[:pdl] (programmatic dependent launch of the activation kernels and register GEMM)")
+                             "[:flattened] (the INT8 GEMM autotuned over its flattened-loop configs only)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
                              "and residual adds around the linears")
@@ -267,7 +265,6 @@ def main() -> None:
     gemm_configs = gemm._int8_gemm_kernel.configs
     for variant, (factor_name, sharing, options, launch) in zip(args.variants.split(","), variants):
         gemm.ACT_LAUNCH = dataclasses.replace(default_launch, **launch)
-        pdl.ENABLED = "pdl" in options
         gemm._int8_gemm_kernel.configs = [c for c in gemm_configs if c.kwargs["FLATTEN"] or "flattened" not in options]
         gemm._int8_gemm_kernel.cache.clear()  # autotuned afresh over this variant's configs
         model = build_random(args.family, config, dtype=torch.bfloat16, device="cuda")
@@ -302,7 +299,6 @@ def main() -> None:
                 (", int8 weights only" if "int8only" in options else "") + \
                 (", one GEMM per linear" if "unfused" in options else "") + \
                 (", GEMM configs flattened only" if "flattened" in options else "") + \
-                (", PDL" if "pdl" in options else "") + \
                 "".join(f", act {key}={value}" for key, value in launch.items())
             results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{extra}{tag})",
                                     "tokens": n, **stats,

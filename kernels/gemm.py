@@ -71,7 +71,6 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from . import pdl
 from . import quant as quant_kernels
 from . import registry
 from .gemm_reference import GEMM_K_GROUP
@@ -219,14 +218,13 @@ def _quantize_act_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, clip_ptr,
                          M, stride_xm, stride_cm, N1: tl.constexpr, N2: tl.constexpr,
                          GATED: tl.constexpr, HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                          HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr,
-                         TOKENS: tl.constexpr, STAGES: tl.constexpr, RECIP: tl.constexpr, PDL: tl.constexpr):
+                         TOKENS: tl.constexpr, STAGES: tl.constexpr, RECIP: tl.constexpr):
     """Whole-tile path. A step takes TOKENS tokens stacked as a [TOKENS·B1, B2] tile (token t's [n1, n2] view in
     rows t·B1 ...): the left factor multiplies it as blockdiag(leftᵀ, ...) (one MMA; the zero blocks cost flops,
     not bytes), then the right one the whole stack (one MMA), then per-token absmax and quantization. The factors
     and the channel scale are loaded once per program. Steps are software-pipelined STAGES deep. RECIP (transform
     paths): multiply by the scale's reciprocal instead of dividing element by element. N1 and N2 are compile-time
     constants, so every element's offset folds into an immediate instead of taking a register."""
-    pdl.start(PDL)  # `pdl`: no-op unless launched with programmatic dependent launch
     ROWS: tl.constexpr = TOKENS * B1
     r = tl.arange(0, ROWS)
     a = r % B1
@@ -314,7 +312,7 @@ def scaled_input(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: torc
 def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, scales_ptr, M, stride_xm, stride_cm,
                                N1: tl.constexpr, N2: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                                HAS_CLIP: tl.constexpr, BITS: tl.constexpr, B1: tl.constexpr, BA: tl.constexpr,
-                               BB: tl.constexpr, TRANSPOSED: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr):
+                               BB: tl.constexpr, TRANSPOSED: tl.constexpr, STAGES: tl.constexpr):
     """Split-column path (Dream's 128x148 at K = 18944): one token per step, its [N1, N2] view held as two column
     blocks, a = [0, BA) and b = [BA, BA + BB) (masked to N2), instead of one block padded to next_pow2(N2).
     W = leftᵀ · X per block, then Y_a = W_a · R_aa + W_b · R_ba and Y_b = W_a · R_ab + W_b · R_bb, all in
@@ -326,7 +324,6 @@ def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, 
     column split (K = 18944), in every form tried, also after the spill fix below (2026-12-06). N1 and N2 are
     compile-time constants: with them as runtime values, each element's offset and mask in both tile layouts took
     registers and the kernel spilled (255 registers, 74 spilled; 203 and none now; H100, 2026-12-06)."""
-    pdl.start(PDL)  # `pdl`: no-op unless launched with programmatic dependent launch
     i = tl.arange(0, B1)
     ja = tl.arange(0, BA)
     jb = BA + tl.arange(0, BB)
@@ -380,11 +377,10 @@ def _quantize_act_chunked_kernel(x_ptr, gate_ptr, cs_ptr, left_ptr, right_ptr, c
                                  scratch_ptr, M, N1, N2, stride_xm, stride_cm, GATED: tl.constexpr,
                                  HAS_CS: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_CLIP: tl.constexpr,
                                  BITS: tl.constexpr, B1: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
-                                 SCRATCH_W: tl.constexpr, PDL: tl.constexpr):
+                                 SCRATCH_W: tl.constexpr):
     """Chunked path for large factors. Per token, pass 1: for each BJ-column slice of the output,
     z = (X ⊙ C) · right[:, slice] (contracted BK columns at a time), y = leftᵀ · z, running absmax, y to this
     program's fp32 scratch [B1, SCRATCH_W]; pass 2: quantize the scratch with the token's scale."""
-    pdl.start(PDL)  # `pdl`: no-op unless launched with programmatic dependent launch
     i = tl.arange(0, B1)
     jj = tl.arange(0, BJ)
     kk = tl.arange(0, BK)
@@ -538,7 +534,6 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
     flags = dict(GATED=gate is not None, HAS_CS=channel_scale is not None, HAS_LEFT=left is not None,
                  HAS_CLIP=clip is not None, BITS=bits)
     clip_arg = dummy if clip is None else clip.reshape(())
-    launch = pdl.launch_options(pdl.active(x.device))
     factor = left if left is not None else right
     path = act_path(n1, n2, None if factor is None else factor.dtype, gate is not None or channel_scale is not None)
     if path == "tile":
@@ -550,7 +545,7 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         args = (*common, dummy if right is None else right.contiguous(), clip_arg, codes, scales, m, x.stride(0),
                 codes.stride(0), n1, n2)
         kwargs = dict(**flags, HAS_RIGHT=right is not None, B1=b1, B2=b2, TOKENS=tokens, STAGES=cfg.stages,
-                      RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4, **launch)
+                      RECIP=factor is not None, num_warps=8 if tokens * b1 * b2 > 4096 else 4)
         programs = _programs(_quantize_act_kernel, triton.cdiv(m, tokens), x.device, per_sm, args, kwargs)
         _quantize_act_kernel[(programs,)](*args, **kwargs)
         return codes, scales
@@ -566,7 +561,7 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
                 codes.stride(0), n2 if transposed else n1, n1 if transposed else n2)
         kwargs = dict(HAS_LEFT=view_left is not None, HAS_RIGHT=view_right is not None, HAS_CLIP=clip is not None,
                       BITS=bits, B1=b1, BA=ba, BB=bb, TRANSPOSED=transposed, STAGES=cfg.split_stages,
-                      num_warps=cfg.split_warps, **launch)
+                      num_warps=cfg.split_warps)
         programs = _programs(_quantize_act_split_kernel, m, x.device, cfg.split_programs_per_sm, args, kwargs)
         _quantize_act_split_kernel[(programs,)](*args, **kwargs)
         return codes, scales
@@ -575,7 +570,7 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
     b1, bj, bk = _pow2(n1), cfg.chunk_j, cfg.chunk_k
     scratch_w = triton.cdiv(n2, bj) * bj
     head, tail = (*common, right.contiguous(), clip_arg, codes, scales), (m, n1, n2, x.stride(0), codes.stride(0))
-    kwargs = dict(**flags, B1=b1, BJ=bj, BK=bk, SCRATCH_W=scratch_w, num_warps=cfg.chunked_warps, **launch)
+    kwargs = dict(**flags, B1=b1, BJ=bj, BK=bk, SCRATCH_W=scratch_w, num_warps=cfg.chunked_warps)
     # The scratch is sized by the program count: an fp32 stand-in (`scales`) while that is worked out.
     programs = _programs(_quantize_act_chunked_kernel, m, x.device, cfg.chunked_programs_per_sm,
                          (*head, scales, *tail), kwargs)

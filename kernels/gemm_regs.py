@@ -46,7 +46,6 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from . import pdl
 from .gemm_reference import GEMM_K_GROUP
 from .triton_math import grouped_tile
 
@@ -91,15 +90,6 @@ def _load_group(w_desc, a_desc, bar, w_buf, a_low, a_high, off_n, off_m, g, pred
     _tma_load(w_desc, [off_n, g * half], bar, w_buf, pred)
     _tma_load(a_desc, [off_m, g * 2 * half], bar, a_low, pred)
     _tma_load(a_desc, [off_m, g * 2 * half + half], bar, a_high, pred)
-
-
-@gluon.jit
-def _pdl_start(PDL: gl.constexpr):
-    """`pdl.start` for this Gluon kernel (Gluon has no griddepcontrol op of its own in Triton 3.6 or 3.9)."""
-    if PDL:
-        gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -148,13 +138,12 @@ def _tile(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars,
 @gluon.jit
 def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, M, N0, N1, N2, K,
                       stride_cm, HAS_BIAS: gl.constexpr, MEMBERS: gl.constexpr, STAGES: gl.constexpr,
-                      GROUP_M: gl.constexpr, PDL: gl.constexpr, num_warps: gl.constexpr):
+                      GROUP_M: gl.constexpr, num_warps: gl.constexpr):
     """The GEMM against MEMBERS (1-3) weights stacked along N (N0, N1, N2 rows; C's columns in that order), one
     launch: each program computes one [BLOCK_N]-row tile of the stack (each member's tiles counted in turn) for one
     block of tokens (`_tile`; tokens per program are a_desc's box rows), in grouped order. One launch instead of one
     per member: the tiles of all members share the waves (Dream's k and v alone fill 4 x 32 of 264 program slots at
-    4096 tokens). PDL: launched with programmatic dependent launch (`pdl`)."""
-    _pdl_start(PDL)
+    4096 tokens)."""
     BN: gl.constexpr = w0_desc.block_type.shape[0]
     BM: gl.constexpr = a_desc.block_type.shape[0]
     HALF_K: gl.constexpr = w0_desc.block_type.shape[1]
@@ -229,5 +218,5 @@ def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: li
     _w4a4_regs_kernel[grid](*w_descs, codes_descriptor(a_codes, block_m), a_scales, w_scales,
                             w_scales if bias is None else bias, out, m, *widths, k, out.stride(0),
                             HAS_BIAS=bias is not None, MEMBERS=len(w_packed), STAGES=stages, GROUP_M=GROUP_M,
-                            num_warps=warps, **pdl.launch_options(pdl.active(a_codes.device)))
+                            num_warps=warps)
     return out

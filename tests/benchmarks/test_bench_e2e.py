@@ -12,7 +12,6 @@ def test_variants_parse_into_options_and_launch_fields():
     assert bench.parse_variant("fp32:separate:unpacked:unfused") == ("fp32", "separate", ["unpacked", "unfused"], {})
     assert bench.parse_variant("bf16:shared:int8only")[2] == ["int8only"]
     assert bench.parse_variant("bf16:shared:flattened")[2] == ["flattened"]
-    assert bench.parse_variant("bf16:shared:pdl")[2] == ["pdl"]
     factor, sharing, options, launch = bench.parse_variant("bf16:shared:act.split_over_tile=0:act.split_stages=2")
     assert (options, launch) == ([], {"split_over_tile": False, "split_stages": 2})
     # The fields set are those of gemm.ActLaunch, with its types.

@@ -16,12 +16,11 @@ from faircalib.kernels import gemm
 
 pytestmark = pytest.mark.skipif(gemm.gemm_regs is None, reason="Triton without Gluon")
 
-CASES = [(config, has_bias, dtype, members, False) for config in (gemm.gemm_regs.CONFIGS if gemm.gemm_regs else ())
+CASES = [(config, has_bias, dtype, members) for config in (gemm.gemm_regs.CONFIGS if gemm.gemm_regs else ())
          for has_bias, dtype, members in ((False, "bfloat16", 1), (True, "float32", 3), (False, "bfloat16", 2))]
-CASES.append((CASES[0][0], False, "bfloat16", 2, True))  # programmatic dependent launch (`kernels/pdl.py`)
 
 
-def _compile(config, has_bias, out_dtype, members, with_pdl):
+def _compile(config, has_bias, out_dtype, members):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -35,12 +34,11 @@ def _compile(config, has_bias, out_dtype, members, with_pdl):
                  "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=out_dtype)),
                  "M": "i32", "N0": "i32", "N1": "i32", "N2": "i32", "K": "i32", "stride_cm": "i32",
                  "HAS_BIAS": "constexpr", "MEMBERS": "constexpr", "STAGES": "constexpr", "GROUP_M": "constexpr",
-                 "PDL": "constexpr", "num_warps": "constexpr"}
+                 "num_warps": "constexpr"}
     source = GluonASTSource(fn=regs._w4a4_regs_kernel, signature=signature,
                             constexprs={"HAS_BIAS": has_bias, "MEMBERS": members, "STAGES": stages,
-                                        "GROUP_M": regs.GROUP_M, "PDL": with_pdl, "num_warps": warps})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "launch_pdl": with_pdl})
+                                        "GROUP_M": regs.GROUP_M, "num_warps": warps})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
 def _resource_usage(cubin: bytes) -> str:
@@ -58,9 +56,9 @@ def _resource_usage(cubin: bytes) -> str:
 
 def _compile_all() -> dict:
     results = {}
-    for config, has_bias, dtype, members, with_pdl in CASES:
-        compiled = _compile(config, has_bias, getattr(torch, dtype), members, with_pdl)
-        results[repr((config, has_bias, dtype, members, with_pdl))] = {"ptx": compiled.asm["ptx"],
+    for config, has_bias, dtype, members in CASES:
+        compiled = _compile(config, has_bias, getattr(torch, dtype), members)
+        results[repr((config, has_bias, dtype, members))] = {"ptx": compiled.asm["ptx"],
                                                            "usage": _resource_usage(compiled.asm["cubin"])}
     return results
 
@@ -73,8 +71,7 @@ def compiled():
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", CASES,
-                         ids=[f"w{c[0]}-s{c[1]}-t{c[2]}-bias{b}-{d}-x{n}" + "-pdl" * p for c, b, d, n, p in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"w{c[0]}-s{c[1]}-t{c[2]}-bias{b}-{d}-x{n}" for c, b, d, n in CASES])
 def test_register_unpack_gemm_compiles_for_hopper(compiled, case):
     result = compiled[repr(case)]
     tokens = case[0][2]
@@ -82,11 +79,6 @@ def test_register_unpack_gemm_compiles_for_hopper(compiled, case):
     assert "0xf0f0f0f0" in result["ptx"].lower()  # the in-register unpack's mask
     if result["usage"]:
         assert "LOCAL:0" in result["usage"], result["usage"]  # no register spills
-    # PDL: the wait before the first TMA load, and only where it was asked for.
-    ptx = result["ptx"]
-    assert ("griddepcontrol.wait" in ptx) == case[-1] and ("griddepcontrol.launch_dependents" in ptx) == case[-1]
-    if case[-1]:
-        assert ptx.index("griddepcontrol.wait") < ptx.index("cp.async.bulk.tensor")
 
 
 def test_design_off_hopper_is_the_unpack_pass():
