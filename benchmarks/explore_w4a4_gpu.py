@@ -150,8 +150,8 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple
                 ms = graph_median_ms(lambda: gemm.quantize_act_packed(x, None, left, right, None, 4))
                 tbps = act_traffic(m, k) / ms / 1e9
                 rec[f"M{m}_us"], rec[f"M{m}_tbps"], rec[f"M{m}_x_memcpy"] = ms * 1e3, tbps, tbps / copy_tbps
-                # Against a copy of the same bytes too: at a few thousand tokens a fixed cost per call weighs on
-                # the activation pass (~8 us at K = 3584 and 4096 on H100, 2026-12-07), and on a copy too.
+                # Against a copy of the same bytes too: at a few thousand tokens a copy pays a fixed cost per call as
+                # well (`explore_flush_gpu.py`: 0.74-0.87x of it at K = 3584 and 4096, H100, 2026-12-07).
                 rec[f"M{m}_x_same_bytes_copy"] = tbps / memcpy_tbps(act_traffic(m, k))
             # With a channel scale, as FlatQuant's transforms deploy (the input passes through registers first).
             ms = graph_median_ms(lambda: gemm.quantize_act_packed(x, channel_scale, left, right, None, 4))
