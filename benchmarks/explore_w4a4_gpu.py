@@ -73,7 +73,8 @@ def median_ms(fn) -> float:
 # run in one process; `ACT_VARIANTS=a,b` picks some (one process per variant survives a crash). 2026-12-06 21:44 UTC:
 # programs capped at what fits an SM (5 of the 64x64 tiles, 1 of K = 12288's) 0.84 / 0.85 / 0.60x at K = 3584 / 4096 /
 # 12288 (whole tile) against 0.76 / 0.81 / 0.56x uncapped (`tile_over`); the rows split 2 deep with 2 programs per SM
-# (both fit) 0.70x against 0.73x.
+# (both fit) 0.70x against 0.73x. 2026-12-07 07:27 UTC, at 4096 tokens too: the shipped whole tile (`tile`) stays the
+# fastest at K = 3584 and 4096 against 2 tokens per step (with 3 or 2 stages), 2 stages and 2 programs per SM.
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
