@@ -750,12 +750,9 @@ W4A4_DESIGN: str | None = None
 _designs: dict[tuple, str] = {}
 # The times (ms) each timed choice rested on, by `design_key`: what `bench_gemm` reports next to the choice.
 DESIGN_TIMES: dict[tuple, dict[str, float]] = {}
-# The register designs by name -> their (warps, stages, tokens per program) config and the tail config of the tokens
-# past whole waves ("regs:4:4:128+64"; `gemm_regs.TAIL_DESIGNS`) or None: built once, not on every call.
-REGS_DESIGNS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int] | None]] = {} if gemm_regs is None else {
-    **{"regs:" + ":".join(map(str, config)): (config, None) for config in gemm_regs.CONFIGS},
-    **{"regs:" + ":".join(map(str, config)) + f"+{tail[2]}": (config, tail)
-       for config, tail in gemm_regs.TAIL_DESIGNS}}
+# The register designs by name -> their (warps, stages, tokens per program) config: built once, not on every call.
+REGS_DESIGNS: dict[str, tuple[int, int, int]] = {} if gemm_regs is None else {
+    "regs:" + ":".join(map(str, config)): config for config in gemm_regs.CONFIGS}
 
 
 @registry.register("w4a4_matmul_stacked", "triton")
@@ -875,7 +872,7 @@ def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_pack
             unpack_into(w, unpacked[start:start + w.shape[0]])
             start += w.shape[0]
         return int8_gemm(a_codes, a_scales, unpacked, w_scales, bias, out_dtype)
-    config, tail = REGS_DESIGNS.get(design, (None, None))
+    config = REGS_DESIGNS.get(design)
     if config is None:
         raise ValueError(f"faircalib.kernels.gemm: unknown W4A4 design {design!r}; choose 'unpack' or one of "
                          f"{list(REGS_DESIGNS)} (the register designs need Triton with Gluon)")
@@ -895,14 +892,8 @@ def _w4a4_run(design: str, a_codes: torch.Tensor, a_scales: torch.Tensor, w_pack
         launches.append((group, cols))
         c0 = cols.stop
     for first in range(0, m, rows):
-        last = min(first + rows, m)
+        part = slice(first, first + rows)
         for group, cols in launches:
-            split = last
-            if tail is not None:  # the tokens past whole waves of `config`'s tiles, in `tail`'s narrower ones
-                split = first + gemm_regs.full_wave_tokens(last - first, [w.shape[0] for w in group],
-                                                           _num_sms(a_codes.device.index or 0), config[2])
-            for part, part_config in ((slice(first, split), config), (slice(split, last), tail)):
-                if part.stop > part.start:
-                    gemm_regs.w4a4_matmul_regs(codes[part], scales[part], group, w_scales[cols],
-                                               None if bias is None else bias[cols], out[part, cols], part_config)
+            gemm_regs.w4a4_matmul_regs(codes[part], scales[part], group, w_scales[cols],
+                                       None if bias is None else bias[cols], out[part, cols], config)
     return out

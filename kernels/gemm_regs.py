@@ -70,14 +70,6 @@ GROUP_M = 8
 # Dream's k/v at 4096 tokens); both 2 programs per SM. 64 tokens per program: narrow weights (Dream's 512-row k and
 # v) fill 4 x 32 of the H100's 264 program slots at 4096 tokens with 128.
 CONFIGS = ((4, 4, 128), (8, 3, 128), (4, 4, 64))
-# (config, tail config): a design that runs the tokens whose tiles fill whole waves in the first config and the rest
-# in the second, narrower one (`full_wave_tokens`). Waves of 128-token tiles can end partly filled: Dream's q/o at
-# 4096 tokens is 28 x 32 = 896 tiles over 264 program slots, 3.4 waves, so the fourth runs 40% full; the last 512
-# tokens as 64-token tiles take a shorter wave instead. Chosen per shape only where timed faster (`gemm.w4a4_design`).
-TAIL_DESIGNS = (((4, 4, 128), (4, 4, 64)),)
-# Programs of a 128-token config resident per SM: 2 for (4, 4, 128), by its registers (187 x 128 threads) and its
-# shared memory (4 stages of 24 KiB).
-PROGRAMS_PER_SM = 2
 
 
 @gluon.jit
@@ -189,19 +181,6 @@ def supported(device: torch.device) -> bool:
 
 
 MAX_MEMBERS = 3  # q/k/v; gate/up are two
-
-
-def full_wave_tokens(m: int, widths: list[int], n_sms: int, block_m: int = 128) -> int:
-    """The first tokens, a multiple of block_m, whose tiles against weights of `widths` rows (one launch) fill whole
-    waves of PROGRAMS_PER_SM x n_sms programs, as many as there are; the rest go to a narrower tail launch
-    (`TAIL_DESIGNS`). m itself where the tiles fill whole waves exactly or less than one."""
-    tiles_n = sum(triton.cdiv(n, BLOCK_N) for n in widths)
-    slots = PROGRAMS_PER_SM * n_sms
-    tiles = tiles_n * triton.cdiv(m, block_m)
-    if tiles_n == 0 or tiles <= slots or tiles % slots == 0:
-        return m
-    blocks = tiles // slots * slots // tiles_n
-    return blocks * block_m if blocks else m
 
 
 def weight_descriptor(w_packed: torch.Tensor) -> TensorDescriptor:

@@ -120,45 +120,6 @@ def test_register_design_launches_up_to_three_weights_each_into_their_columns(mo
                      ([1, 2], [6, 7, 8], [-6, -7, -8], (4, 3), (4, 4, 64))]
 
 
-def test_whole_waves_of_tiles_then_a_narrower_tail():
-    """`full_wave_tokens`: the tokens whose 128-token tiles fill whole waves of 2 programs x 132 SMs (H100)."""
-    waves = gemm.gemm_regs.full_wave_tokens
-    assert gemm.gemm_regs.PROGRAMS_PER_SM == 2
-    # Dream q/o at 4096 tokens: 28 x 32 = 896 tiles, 3.4 waves of 264 -> 28 token blocks (784 tiles) + 512 tokens.
-    assert waves(4096, [3584], 132) == 28 * 128
-    # The q+k+v stack: 28 + 4 + 4 = 36 row tiles x 32 blocks = 1152 tiles -> 29 blocks (1044 tiles, 3.95 waves).
-    assert waves(4096, [3584, 512, 512], 132) == 29 * 128
-    assert waves(4096, [4224], 132) == 4096  # 33 x 32 = 1056 tiles: exactly 4 waves, nothing to split
-    assert waves(1000, [3584], 132) == 1000  # 28 x 8 = 224 tiles: less than one wave
-    assert waves(4096, [], 132) == 4096
-    # 64-token tiles: 28 x 5 = 140 over 8 slots; 17 whole waves hold 136 tiles, 4 blocks of 28.
-    assert waves(300, [3584], 4, block_m=64) == 4 * 64
-
-
-def test_tail_design_launches_the_tokens_past_whole_waves_in_the_narrow_config(monkeypatch):
-    """A tail design ("regs:4:4:128+64") launches its wide config over the first `full_wave_tokens` tokens and the
-    narrow one over the rest, each into its rows of the output; with the tiles in whole waves, one launch."""
-    calls = []
-    monkeypatch.setattr(gemm.gemm_regs, "w4a4_matmul_regs",
-                        lambda codes, scales, group, sw, bias, out, config: calls.append(
-                            (codes[0, 0].item(), codes.shape[0], scales[0].item(), out.shape, config)))
-    monkeypatch.setattr(gemm, "_num_sms", lambda index: 132)
-    design = next(d for d in gemm.REGS_DESIGNS if "+" in d)
-    assert gemm.REGS_DESIGNS[design] == ((4, 4, 128), (4, 4, 64))
-    m = 4096
-    a = torch.arange(m).remainder(100).to(torch.int8)[:, None].expand(m, 256).contiguous()
-    scales = torch.arange(m, dtype=torch.float32)[:, None]
-    gemm._w4a4_run(design, a, scales, [torch.zeros(3584, 128, dtype=torch.int8)], torch.ones(3584), None,
-                   torch.bfloat16)
-    split = 28 * 128
-    assert calls == [(0, split, 0.0, (split, 3584), (4, 4, 128)),
-                     (split % 100, m - split, float(split), (m - split, 3584), (4, 4, 64))]
-    calls.clear()
-    gemm._w4a4_run(design, a, scales, [torch.zeros(4224, 128, dtype=torch.int8)], torch.ones(4224), None,
-                   torch.bfloat16)
-    assert calls == [(0, m, 0.0, (m, 4224), (4, 4, 128))]
-
-
 @pytest.fixture
 def timed_designs(monkeypatch):
     """w4a4_design as on a Hopper GPU, with each design's run and timing replaced: {design: ms or an exception}."""
@@ -222,7 +183,7 @@ def test_first_register_design_is_kept_unless_another_beats_it_by_the_margin(tim
     first design (measured the fastest on most shapes) is kept unless another is faster by more than REGS_MARGIN, and
     the first that runs takes its place when it fails."""
     plan, _ = timed_designs
-    first, second, third = list(gemm.REGS_DESIGNS)[:3]
+    first, second, third = gemm.REGS_DESIGNS
     plan.update({"unpack": 5.0, first: 1.0, second: gemm.REGS_MARGIN * 1.01, third: 2.0})
     assert _design() == first
     plan.update({second: gemm.REGS_MARGIN * 0.99})
