@@ -45,7 +45,7 @@ import triton
 
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
-from faircalib.deploy.checkpoint import write_json_atomic
+from faircalib.atomic import write_json
 from faircalib.deploy.cuda_graph import GraphedLogits, compile_model_blocks
 from faircalib.deploy.shared_input import share_model_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
@@ -180,7 +180,7 @@ def tiny_cpu_throughput(out: str) -> None:
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": platform.processor() or "cpu",
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     os.makedirs(out, exist_ok=True)
-    write_json_atomic(Path(out) / "tiny_cpu.json", {"env": env, "rows": rows})
+    write_json(Path(out) / "tiny_cpu.json", {"env": env, "rows": rows})
     print(f"\n{env}\n\n| model | variant | generated tokens/s (batch 8, 32 tokens, 32 steps) |\n|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['variant']} | {r['tokens_per_s']:.0f} |")
@@ -260,7 +260,7 @@ def main() -> None:
 
     def save() -> None:  # after every run, atomically: a process cut short keeps the runs it finished
         results["env"]["seconds"] = time.time() - started
-        write_json_atomic(path, results)
+        write_json(path, results)
     default_launch = gemm.ACT_LAUNCH
     gemm_configs = gemm._int8_gemm_kernel.configs
     for variant, (factor_name, sharing, options, launch) in zip(args.variants.split(","), variants):

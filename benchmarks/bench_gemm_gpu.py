@@ -39,7 +39,7 @@ import triton.testing
 
 from faircalib import kernels
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
-from faircalib.deploy.checkpoint import write_json_atomic
+from faircalib.atomic import write_json
 from faircalib.kernels import gemm, gemm_reference
 
 SHAPES = [  # (model, role, K, N)
@@ -440,7 +440,7 @@ def main() -> None:
                   f"{act / r['same_bytes_copy_tbps']:.2f}x a copy of its bytes", flush=True)
             # After every shape, atomically: a run cut short keeps what it measured.
             env["seconds"] = time.time() - started
-            write_json_atomic(path, {"env": env, "checks": checks, "records": records})
+            write_json(path, {"env": env, "checks": checks, "records": records})
     print(f"\n{env}\nmemcpy {copy_tbps:.2f} TB/s (read + write)\n")
     print(table(records, copy_tbps))
 

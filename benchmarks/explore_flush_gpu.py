@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_gemm_gpu import (LINEARS, act_traffic, captured, kronecker_factors_seeded, l2_flush,  # noqa: E402
                             stacked_weights)
 
-from faircalib.deploy.checkpoint import write_json_atomic  # noqa: E402
+from faircalib.atomic import write_json  # noqa: E402
 
 from faircalib.kernels import gemm  # noqa: E402
 
@@ -80,7 +80,7 @@ def main() -> None:
     def record(rec: dict) -> None:
         records.append(rec)
         print(json.dumps(rec), flush=True)
-        write_json_atomic(out_path, records)
+        write_json(out_path, records)
 
     for k in WIDTHS:
         left, right = kronecker_factors_seeded(k, torch.bfloat16)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_gemm_gpu import LINEARS, interleaved_ms, kronecker_factors_seeded, stacked_weights  # noqa: E402
 
-from faircalib.deploy.checkpoint import write_json_atomic  # noqa: E402
+from faircalib.atomic import write_json  # noqa: E402
 from faircalib.kernels import gemm, gemm_regs  # noqa: E402
 
 CONFIG = (4, 4, 128)
@@ -90,7 +90,7 @@ def main():
             records.append(rec)
             print(name, m, "identical:", same, flush=True)
             print("  " + ", ".join(f"{key} {v:.4f} ms ({t['bf16'] / v:.2f}x)" for key, v in t.items()), flush=True)
-            write_json_atomic(out_path, records)
+            write_json(out_path, records)
 
 
 if __name__ == "__main__":

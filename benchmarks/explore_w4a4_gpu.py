@@ -43,7 +43,7 @@ import triton.testing
 from bench_gemm_gpu import act_traffic, kronecker_factors_seeded, median_ms as graph_median_ms, memcpy_tbps
 
 from faircalib.calib.transforms import kronecker_factors
-from faircalib.deploy.checkpoint import write_json_atomic
+from faircalib.atomic import write_json
 from faircalib.kernels import gemm, gemm_reference, triton_math
 from faircalib.kernels.gemm_reference import GEMM_K_GROUP
 
@@ -613,7 +613,7 @@ def main() -> None:
                         "unpack": lambda: unpack_part(log)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)
-        write_json_atomic(Path(args.out) / "explore_w4a4.json", result)
+        write_json(Path(args.out) / "explore_w4a4.json", result)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ mismatch, stability lag), and on its own generations (exact-match accuracy, reco
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, replace
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from faircalib import metrics
+from faircalib import atomic, metrics
 from faircalib.calib.data import task_sequences
 from faircalib.calib.pipeline import Recipe, calibrate
 from faircalib.diffusion import SamplerConfig, generate
@@ -121,10 +120,8 @@ def markdown_table(results: dict) -> str:
 def write_report(results: dict, out: Path) -> None:
     """results.json, results.md and plots (flip rate by step, post-commit mismatch, accuracy), atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", markdown_table(results) + "\n")):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    atomic.write_json(out / "results.json", results)
+    atomic.write_text(out / "results.md", markdown_table(results) + "\n")
     _plot(results, out)
 
 
@@ -153,7 +150,5 @@ def _plot(results: dict, out: Path) -> None:
     axes[2].set(title="exact-match accuracy (held-out)", xticks=list(x), ylim=(0, 1))
     axes[2].set_xticklabels(names, rotation=30)
     fig.tight_layout()
-    tmp = out / ".plots.png.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    atomic.write_file(out / "plots.png", lambda tmp: fig.savefig(tmp, dpi=100))
     plt.close(fig)
-    os.replace(tmp, out / "plots.png")

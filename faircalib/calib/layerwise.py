@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from faircalib import kernels
+from faircalib import atomic, kernels
 from faircalib.calib.input_memo import InputMemo
 from faircalib.calib.methods import Method
 from faircalib.calib.quant_linear import CLIP_LOGIT_INIT, QuantLinear
@@ -194,12 +194,6 @@ def fingerprint(model: nn.Module, data: CalibData, method: Method, qconfig: Quan
     return h.hexdigest()[:16]
 
 
-def _atomic_write_bytes(path: str, write) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 class CalibState:
     """`DIR/progress.json` (fingerprint, finished blocks, logs) and `DIR/block_XXX.pt` per finished block."""
 
@@ -229,9 +223,9 @@ class CalibState:
         return os.path.join(self.dir, f"block_{i:03d}.pt")
 
     def save_block(self, i: int, block: nn.Module, logs: list[dict]) -> None:
-        _atomic_write_bytes(self.block_path(i), lambda p: torch.save(block.state_dict(), p))
+        atomic.write_file(self.block_path(i), lambda p: torch.save(block.state_dict(), p))
         progress = {"fingerprint": self.fingerprint, "finished_blocks": i + 1, "logs": logs}
-        _atomic_write_bytes(self._progress_path(), lambda p: open(p, "w").write(json.dumps(progress, indent=1)))
+        atomic.write_json(self._progress_path(), progress, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

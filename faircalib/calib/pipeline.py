@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from faircalib import atomic
 from faircalib.calib.layerwise import CalibData, CalibOptions, CalibState, calibrate_blocks, check_finite_weights
 from faircalib.calib.layerwise import fingerprint as run_fingerprint
 from faircalib.calib.layerwise import load_shared_state, wrap_block
@@ -140,21 +141,13 @@ def _stage1(model, adapter, config: PriorConfig, prompts, sampler, seq_len, out,
     return prior
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp.{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def save_calibrated(result: CalibrationResult, recipe: Recipe, out: Path, model_name: str | None = None) -> None:
     """Write `calibrated.pt` (state dict) then `calibration.json` (the log; its presence marks a finished run)."""
     import faircalib
 
-    tmp = out / f"calibrated.pt.tmp.{os.getpid()}"
-    torch.save(result.model.state_dict(), tmp)
-    os.replace(tmp, out / "calibrated.pt")
+    atomic.write_file(out / "calibrated.pt", lambda tmp: torch.save(result.model.state_dict(), tmp))
     config = result.model.config.to_dict() if hasattr(result.model, "config") else {}
-    _atomic_json(out / "calibration.json", {
+    atomic.write_json(out / "calibration.json", {
         "recipe": recipe.to_dict(), "fingerprint": result.fingerprint, "model_config": config,
         "model": model_name or getattr(result.model, "name_or_path", None),
         "stage1_seconds": result.stage1_seconds, "stage2_seconds": result.stage2_seconds,

@@ -1,7 +1,6 @@
 """PNG figure of a Stage I position prior: weight per position, and the CCDF of the teacher's stability lag."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display is ever needed (CI, servers)
 import matplotlib.pyplot as plt  # noqa: E402
 
+from faircalib import atomic  # noqa: E402
 from faircalib.metrics import lag_ccdf  # noqa: E402
 
 
@@ -32,8 +32,6 @@ def plot_prior(prior, path) -> Path:
     lag_axis.set(xlabel="stability lag (steps)", ylabel="P(lag > x)",
                  title=f"teacher stability lag ({len(prior.stability_lags)} positions, {unsettled} never settle)")
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    figure.savefig(temporary, dpi=110)
+    atomic.write_file(path, lambda tmp: figure.savefig(tmp, dpi=110))
     plt.close(figure)
-    os.replace(temporary, path)
     return path

@@ -32,7 +32,6 @@ everywhere: FlatQuant's unweighted loss).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -40,6 +39,7 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from faircalib import atomic
 from faircalib.diffusion import SamplerConfig, Trajectory, as_denoiser, generate
 from faircalib.diffusion.trajectory import STAT_FIELDS
 from faircalib.metrics import read_trajectory, stability_lags
@@ -253,10 +253,7 @@ class PositionPrior:
         path = Path(path)
         if path.suffix != ".json":
             raise ValueError(f"calib.prior: cannot save a PositionPrior to {path}; use a .json file name")
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(temporary, path)
-        return path
+        return atomic.write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path) -> "PositionPrior":

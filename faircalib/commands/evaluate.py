@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+from faircalib import atomic
 from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator, load_model,
                                         load_tokenizer, output_file, sampler_config)
 
@@ -60,19 +59,8 @@ def run(args) -> int:
     }
     text = json.dumps(report, indent=2)
     if args.out is not None:
-        write_atomically(args.out, text + "\n")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(args.out, text + "\n")
     print(text)
     return 0
 
-
-def write_atomically(path: Path, text: str):
-    """A reader sees the old file or the whole new one, never a partial report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 import faircalib
+from faircalib import atomic
 from faircalib.deploy.shared_input import share_model_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear
 from faircalib.models.build import family_of, make_config, read_config_dict
@@ -71,17 +71,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(target: Path, value: dict | list) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_quantized(model: nn.Module, directory: str | os.PathLike, fingerprint: str = "") -> Path:
     """Write a W4A4 model (block linears already `W4A4Linear`, see `convert_to_w4a4`) as a packed checkpoint."""
     modules = {name: _module_spec(m) for name, m in model.named_modules() if isinstance(m, W4A4Linear)}
@@ -107,7 +96,7 @@ def save_quantized(model: nn.Module, directory: str | os.PathLike, fingerprint: 
         "quant_method": QUANT_METHOD, "format": FORMAT, "format_version": FORMAT_VERSION,
         "version": faircalib.__version__, "fingerprint": fingerprint, "weight_layout": WEIGHT_LAYOUT,
         "sha256": _sha256(directory / WEIGHTS), "modules": modules}
-    write_json_atomic(directory / "config.json", config)
+    atomic.write_json(directory / "config.json", config, sort_keys=True)
     return directory
 
 

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from faircalib.deploy.checkpoint import write_json_atomic
+from faircalib import atomic
 from faircalib.deploy.w4a4_linear import W4A4Linear
 from faircalib.kernels import pack_int4
 from faircalib.models.loading import save_model
@@ -95,11 +95,9 @@ def export_compressed_tensors(model: nn.Module, directory: str | os.PathLike,
             state[f"{name}.bias"] = m.bias.detach().cpu().contiguous()
     for tied in model.tied_weights():
         state.pop(tied, None)
-    tmp = directory / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, directory / WEIGHTS)
+    atomic.write_file(directory / WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     config = json.loads((directory / "config.json").read_text())
     dense_linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     config["quantization_config"] = quantization_config(dense_linears)
-    write_json_atomic(directory / "config.json", config)
+    atomic.write_json(directory / "config.json", config, sort_keys=True)
     return directory

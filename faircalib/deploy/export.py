@@ -16,6 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
+from faircalib import atomic
 from faircalib.calib.quant_linear import quantized_linears
 from faircalib.deploy.checkpoint import save_quantized
 from faircalib.deploy.compressed_tensors import export_compressed_tensors
@@ -50,8 +51,6 @@ def copy_tokenizer_files(source: str | os.PathLike, directory: str | os.PathLike
     copied = []
     for name in TOKENIZER_FILES:
         if (Path(source) / name).is_file():
-            tmp = Path(directory) / f".{name}.tmp"
-            shutil.copyfile(Path(source) / name, tmp)
-            os.replace(tmp, Path(directory) / name)
+            atomic.write_file(Path(directory) / name, lambda tmp: shutil.copyfile(Path(source) / name, tmp))
             copied.append(name)
     return copied

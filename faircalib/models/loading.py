@@ -9,7 +9,6 @@ must never reach calibration.
 """
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from faircalib import atomic
 from faircalib.models.adapter import get_adapter
 from faircalib.models.base import BlockwiseLM
 from faircalib.models.build import family_of, make_config, read_config_dict
@@ -166,9 +166,8 @@ def save_model(model: nn.Module, directory: str | os.PathLike, dtype: torch.dtyp
              for name, t in model.state_dict().items() if name not in tied}
     config = _family_keys(model.config)
     config["architectures"] = [type(model).__name__]
-    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic_write(directory / "config.json",
-                  lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    atomic.write_file(directory / "model.safetensors", lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic.write_json(directory / "config.json", config, sort_keys=True)
     return directory
 
 
@@ -199,17 +198,6 @@ def _load_remote(path: Path, dtype: torch.dtype, device: str | torch.device) -> 
         raise ValueError(f"faircalib.models.loading: remote-code load of {path} was incomplete: {problems}")
     get_adapter(model)
     return model.to(device).eval()
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _named_tensors(model: nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from faircalib.zoo.files import write_json
+from faircalib.atomic import write_json
 
 SPECIAL_TOKENS = ("<pad>", "<mask>", "<eos>")
 DEFAULT_ALPHABET = "0123456789+-*=:abcdefghijklmnopqrstuvwxyz"
@@ -61,7 +61,7 @@ class CharTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         payload = {"type": "char", "special_tokens": list(SPECIAL_TOKENS), "alphabet": self.alphabet}
-        return write_json(directory / TOKENIZER_FILE, payload)
+        return write_json(directory / TOKENIZER_FILE, payload, indent=1)
 
     @classmethod
     def load(cls, directory) -> "CharTokenizer":

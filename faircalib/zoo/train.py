@@ -27,7 +27,7 @@ import transformers
 from faircalib.diffusion import SamplerConfig
 from faircalib.models import build_random, get_adapter, save_model
 from faircalib.zoo.evaluate import evaluate
-from faircalib.zoo.files import write_json
+from faircalib.atomic import write_json
 from faircalib.zoo.rtn import rtn_w4a4
 from faircalib.zoo.tasks import GEN_LENGTH, TASKS, Problem, load_tasks
 from faircalib.zoo.tokenizer import CharTokenizer
@@ -210,7 +210,7 @@ def run(config: TrainConfig, out: Path, device: str, argv: list[str]) -> dict:
         "heldout_accuracy": accuracy,
         "heldout_accuracy_w4a4_rtn": accuracy_rtn,
     }
-    write_json(out / "train_log.json", record)
+    write_json(out / "train_log.json", record, indent=1)
     return record
 
 
