@@ -1,6 +1,6 @@
 """Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,profile,epilogue]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,profile,epilogue,ablation]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
@@ -19,6 +19,10 @@ host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
 profile: the shipped activation kernels once per `--act-k` width at 16384 tokens (to run under `ncu`), then each
         compiled kernel's registers, spills, shared memory and MMA instructions (wgmma or mma.sync) from its PTX.
+ablation: where the split kernel's time goes (the `--act-k` widths it runs: 12288 and 18944 of the default): the shipped
+        pass with both factors, with the left factor only and with the right one only (the same layout and launch,
+        one set of MMAs left out), against a copy of the same bytes, all CUDA-graph timed in one process. Equal
+        times say the MMAs are hidden; times that fall by each product's share say they add to the memory time.
 epilogue: the shipped INT8 GEMM (output written by TMA, whole tile or two halves) against the pointer stores it
         replaced, on single and stacked (q+k+v, gate+up) weight shapes.
 (A `ws` part, at commit 397989f, ran the INT8 GEMM with the tile and K loops not flattened, now a tuned option of
@@ -171,6 +175,36 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple
             records.append({"K": k, "variant": f"none_tile{plain_tile}", "M16384_us": ms * 1e3, "M16384_tbps": tbps,
                             "M16384_x_memcpy": tbps / copy_tbps})
     gemm.ACT_LAUNCH.__dict__.update(default)
+    return records
+
+
+def ablation_part(log, widths: tuple[int, ...], token_counts: tuple[int, ...]) -> list[dict]:
+    records = []
+    for k in widths:
+        n1, n2 = kronecker_factors(k)
+        left, right = kronecker_factors_seeded(k, torch.bfloat16)
+        if gemm.act_path(n1, n2, torch.bfloat16) != "split":
+            log(f"ablation K={k}: not a width of the split kernel, skipped")
+            continue
+        variants = {"both": (left, right), "left_only": (left, None), "right_only": (None, right)}
+        small = torch.randn(256, k, device="cuda").to(torch.bfloat16)
+        for name, factors in variants.items():  # the one-factor launches are not in the GPU tests: checked here
+            codes, _ = gemm.quantize_act_packed(small, None, *factors, None, 4)
+            want, _ = gemm_reference.quantize_act_packed(small.cpu(), None,
+                                                         *(None if f is None else f.float().cpu() for f in factors),
+                                                         None, 4)
+            log(f"ablation K={k} {name}: codes max |diff| {int((codes.cpu().int() - want.int()).abs().max())} "
+                f"against the reference")
+        for m in token_counts:
+            x = torch.randn(m, k, device="cuda").to(torch.bfloat16)
+            copy_tbps = memcpy_tbps(act_traffic(m, k))
+            rec = {"K": k, "M": m, "same_bytes_copy_us": act_traffic(m, k) / copy_tbps / 1e6}
+            for name, factors in variants.items():
+                ms = graph_median_ms(lambda: gemm.quantize_act_packed(x, None, *factors, None, 4))
+                rec[f"{name}_us"], rec[f"{name}_x_copy"] = ms * 1e3, rec["same_bytes_copy_us"] / (ms * 1e3)
+            log(f"ablation K={k} M={m}: " + ", ".join(f"{key}={val:.3g}" for key, val in rec.items()
+                                                      if key not in ("K", "M")))
+            records.append(rec)
     return records
 
 
@@ -610,7 +644,8 @@ def main() -> None:
         result[part] = {"act": lambda: act_part(copy_tbps, log, widths, token_counts), "fp8": lambda: fp8_part(log),
                         "inloop": lambda: inloop_part(log), "epilogue": lambda: epilogue_part(log),
                         "host": lambda: host_part(log), "profile": lambda: profile_part(log, widths),
-                        "unpack": lambda: unpack_part(log)}[part]()
+                        "unpack": lambda: unpack_part(log),
+                        "ablation": lambda: ablation_part(log, widths, token_counts)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)
         write_json(Path(args.out) / "explore_w4a4.json", result)
