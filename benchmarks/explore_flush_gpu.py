@@ -30,7 +30,6 @@ from bench_gemm_gpu import (LINEARS, act_traffic, captured, kronecker_factors_se
                             stacked_weights)
 
 from faircalib.atomic import write_json  # noqa: E402
-
 from faircalib.kernels import gemm  # noqa: E402
 
 WIDTHS = (3584, 4096, 12288, 18944)

@@ -27,8 +27,9 @@ act`): 0.84 / 0.63x (K = 3584; 0.76 / 0.60x with 8 programs per SM, of which 5 f
 0.65x (12288, rows split; the whole tile 0.60 / 0.54x) of memcpy; 0.52 / 0.48x (18944, columns split, 13:26 UTC;
 the chunked kernel ran 0.15 / 0.14x). At 4096 tokens the pass's shortfall is mostly what a copy of the same bytes
 also pays per call: against that copy, 0.74-0.87x at K = 3584 and 4096 (three ways of flushing L2; 0.64-0.71x at
-12288, 0.48-0.50x at 18944; 2026-12-07 07:04 UTC, `explore_flush_gpu.py`). The factor sizes are compile-time constants: as runtime values the split kernel
-held its tiles' offsets and masks in registers and spilled (0.34 / 0.32x then). Multiplying by the left factor first
+12288, 0.48-0.50x at 18944; 2026-12-07 07:04 UTC, `explore_flush_gpu.py`). The factor sizes are compile-time
+constants: as runtime values the split kernel held its tiles' offsets and masks in registers and spilled (0.34 /
+0.32x then). Multiplying by the left factor first
 keeps that product in registers as the right MMA's A operand: up to 2.2x faster at 4096 tokens and with a channel
 scale, 4-6% slower without one at 16384 tokens. Tried and slower: stacking two 64-row tokens per step with a
 blockdiag left factor, re-reading the factors each step, 8 warps, pipelining 1, 2 or 4 deep, the chunked kernel at
