@@ -16,9 +16,11 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
+from faircalib.atomic import write_json
 from faircalib.calib.layerwise import CalibData, CalibOptions, calibrate_blocks
 from faircalib.calib.methods import get_method
 from faircalib.calib.prior import PriorConfig, run_probe
@@ -95,8 +97,7 @@ def main() -> None:
     if n_blocks != full_depth:
         result["stage2_seconds_full_depth_implied"] = stage2 / n_blocks * full_depth
     print(json.dumps(result, indent=1))
-    with open(os.path.join(args.out, "bench_calib.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(Path(args.out) / "bench_calib.json", result, indent=1)
 
 
 if __name__ == "__main__":

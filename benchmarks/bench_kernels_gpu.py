@@ -24,11 +24,13 @@ import math
 import os
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 import triton
 
 import faircalib.kernels as K
+from faircalib.atomic import write_json
 from faircalib.kernels import quant, quant_reference, registry
 
 ACT_SHAPES = [(16384, 3584), (16384, 4096), (16384, 12288), (16384, 18944)]
@@ -275,8 +277,7 @@ def main() -> None:
             rows.append({"op": case.op, "shape": list(case.shape), "check": False,
                          "error": f"{type(error).__name__}: {str(error)[:300]}"})
             print(json.dumps(rows[-1]), flush=True)
-        with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        write_json(Path(args.out) / "bench_kernels.json", {"meta": meta, "rows": rows}, indent=1)
     print(table(rows))
     print(clip_search_cost(rows))
 

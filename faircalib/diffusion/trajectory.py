@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faircalib import atomic
+
 STAT_FIELDS = ("top1", "top1_prob", "margin", "entropy")
 
 
@@ -68,9 +70,10 @@ class Trajectory:
         path = Path(path)
         payload = {f.name: getattr(self, f.name) for f in fields(self)}
         if path.suffix == ".pt":
-            torch.save(payload, path)
+            atomic.write_file(path, lambda tmp: torch.save(payload, tmp))
         elif path.suffix == ".npz":
-            np.savez_compressed(path, **{k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in payload.items()})
+            arrays = {k: v.cpu().numpy() if torch.is_tensor(v) else v for k, v in payload.items()}
+            atomic.write_file(path, lambda tmp: np.savez_compressed(tmp, **arrays))
         else:
             raise ValueError(f"diffusion.trajectory: cannot save to {path}; use a .pt or .npz file name")
         return path

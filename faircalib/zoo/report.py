@@ -9,12 +9,12 @@ held-out prompts followed by a fully masked answer region (the input of the firs
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
+from faircalib.atomic import write_json
 from faircalib.diffusion import SamplerConfig
 from faircalib.models import load_model
 from faircalib.zoo import SHIPPED, checkpoint_dir, load_tasks
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     results = [report(name, args.per_task) for name in args.models]
     if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=1))
+        write_json(args.out, results, indent=1)
     print(markdown(results))
     return results
 
