@@ -79,6 +79,9 @@ def median_ms(fn) -> float:
 # 12288 (whole tile) against 0.76 / 0.81 / 0.56x uncapped (`tile_over`); the rows split 2 deep with 2 programs per SM
 # (both fit) 0.70x against 0.73x. 2026-12-07 07:27 UTC, at 4096 tokens too: the shipped whole tile (`tile`) stays the
 # fastest at K = 3584 and 4096 against 2 tokens per step (with 3 or 2 stages), 2 stages and 2 programs per SM.
+# 2026-12-07 08:30-08:47 UTC, K = 12288 at 16384 tokens (Triton split kernel, 269-273 us): 4, 5 or 6 stages 271-273 us;
+# one warpgroup per program (4 warps: 230 registers), 1 program 3 deep 280 us, 2 programs 2 deep 280 us, 1 program 2
+# deep 420 us; the Gluon kernel (`act_hopper.py`, now `split`) 233 us 4 deep, 260 us 3 deep, 238 us 5 deep.
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
@@ -91,15 +94,23 @@ ACT_VARIANTS = {
     "tile_over": dict(fit_resident=False),  # programs per SM past what fits at once (as before 2026-12-06 21:40 UTC)
     "chunk_j64k32_p4w4": dict(fused_max_tile=0, split_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=4,
                               chunked_warps=4),
-    "split": dict(),
+    "split": dict(),  # on H100 at K = 12288: the Gluon kernel (`act_hopper.py`, `ActLaunch.hopper`)
+    "split_triton": dict(hopper=False),
+    "split_hopper_s3": dict(hopper_stages=3),
+    "split_hopper_s5": dict(hopper_stages=5),
     "split_s1": dict(split_stages=1),
     "split_s2": dict(split_stages=2),
     "split_s4": dict(split_stages=4),
+    "split_s5": dict(split_stages=5),  # K = 12288: 24 KiB per stage, 5 and 6 deep still fit shared memory
+    "split_s6": dict(split_stages=6),
     "split_w4": dict(split_warps=4),
     "split_w16": dict(split_warps=16),
     "split_p2": dict(split_programs_per_sm=2),
     "split_p2w4": dict(split_programs_per_sm=2, split_warps=4),
     "split_s2p2": dict(split_stages=2, split_programs_per_sm=2),  # K = 12288: two programs fit an SM 2 deep
+    # K = 12288: one warpgroup per token, two programs per SM (232 registers, 106 KiB of shared memory each: both fit)
+    "split_w4_s2p2": dict(split_warps=4, split_stages=2, split_programs_per_sm=2),
+    "split_w4_s2": dict(split_warps=4, split_stages=2),
 }
 PLAIN_TILES = (4096,)
 

@@ -13,7 +13,11 @@
   128x128 whole tile), where no channel scale or gate is applied (`act_path`; compiled blocks apply it in the
   traced graph). One token per step, six MMAs, values in registers until the token's absmax is known. A channel
   scale or gate is applied by a pass of its own first (`scaled_input`: in this kernel Triton 3.6 compiled it to
-  illegal memory accesses on H100 for the column split);
+  illegal memory accesses on H100 for the column split). On Hopper, K = 12288 goes to `act_hopper.py` (Gluon)
+  instead: the same arithmetic with the next token's first MMA running while this token is quantized, 0.857x of
+  memcpy against this kernel's 0.744x at 16384 tokens (H100, 2026-12-07; `ActLaunch.hopper`). Both kernels'
+  token absmax is one reduction across the warps for both blocks (was one per block: three CTA barriers fewer
+  per token in the compiled loop, 1-3% faster at K = 12288 and 18944, H100, 2026-12-07 08:26 UTC);
 - chunked (fp32 factors at K = 12288 and 18944): per token, the output in 64-column slices (contracting 32
   columns at a time), parked in an fp32 per-program scratch row until the token's absmax is known, then quantized.
 Numerics: the no-transform paths match the reference bit for bit. With a transform, the codes may differ by one
@@ -83,6 +87,10 @@ try:  # Gluon (Triton >= 3.5; its API still moves): the W4A4 GEMM that unpacks i
     from . import gemm_regs
 except (ImportError, AttributeError):
     gemm_regs = None
+try:  # Gluon again: the split kernel's transform with its MMAs overlapped across tokens, for Hopper
+    from . import act_hopper
+except (ImportError, AttributeError):
+    act_hopper = None
 
 
 @dataclasses.dataclass
@@ -101,7 +109,9 @@ class ActLaunch:
     whole-tile kernel (`plain_tile` elements per step), longer ones `quant.py`'s two-pass quantizer. `stages`:
     software-pipelining depth of the whole-tile token loop; `programs_per_sm`, or `large_tile_programs_per_sm` for
     tiles of `fused_max_tile` elements (K = 12288). `fit_resident`: each kernel's programs per SM capped at what
-    its registers and shared memory let an SM hold at once (`_programs`)."""
+    its registers and shared memory let an SM hold at once (`_programs`). `hopper`: on sm_90 GPUs the split path's
+    inputs that `act_hopper.supported` takes (K = 12288 with 16-bit factors) go to that Gluon kernel instead,
+    pipelined `hopper_stages` deep, one program per SM."""
     fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
@@ -121,6 +131,8 @@ class ActLaunch:
     chunk_k: int = 32
     chunked_warps: int = 4
     fit_resident: bool = True
+    hopper: bool = True
+    hopper_stages: int = 4
 
 
 ACT_LAUNCH = ActLaunch()
@@ -362,8 +374,8 @@ def _quantize_act_split_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, 
         else:
             ya = xa.to(tl.float32)
             yb = xb.to(tl.float32)
-        absmax = nan_max(tl.reduce(tl.reduce(tl.abs(ya), 1, nan_max), 0, nan_max),
-                         tl.reduce(tl.reduce(tl.abs(yb), 1, nan_max), 0, nan_max))
+        # Both blocks' row maxima first, then one reduction across the warps (one shared-memory round, not two)
+        absmax = tl.reduce(nan_max(tl.reduce(tl.abs(ya), 1, nan_max), tl.reduce(tl.abs(yb), 1, nan_max)), 0, nan_max)
         bad = (absmax != absmax) | (absmax == float("inf"))
         scale = _token_scale(absmax, clip, BITS)
         inv = 1.0 / tl.where(scale > 0, scale, 1.0)
@@ -556,6 +568,11 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         if gate is not None or channel_scale is not None:
             # Rounded as the whole-tile kernel rounds the scaled input for its MMA.
             x = scaled_input(x, gate, channel_scale, factor.dtype)
+        if cfg.hopper and act_hopper is not None and not registry.triton_interpreted() and \
+                act_hopper.supported(x, None, None, left, right):
+            act_hopper.quantize(x, left, right, None if clip is None else clip.reshape(()), bits, codes,
+                                scales.view(-1), cfg.hopper_stages, min(m, _num_sms(x.device.index or 0)))
+            return codes, scales
         b1, ba, bb, transposed = split_layout(n1, n2, factor.dtype)
         # A transposed view swaps the factors' roles: (leftᵀ X right)ᵀ = rightᵀ Xᵀ left.
         view_left, view_right = (right, left) if transposed else (left, right)

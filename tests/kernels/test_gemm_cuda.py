@@ -5,6 +5,7 @@ device and TRITON_INTERPRET=0:
 
     TRITON_INTERPRET=0 python -m pytest -q tests/kernels/test_gemm_cuda.py
 """
+import dataclasses
 import warnings
 
 import pytest
@@ -57,8 +58,10 @@ def _check_act_quant_on_gpu(n1, n2, parts, gated):
 @pytest.mark.parametrize("n1,n2", [(56, 64), (96, 128), (128, 148)])
 def test_activation_launches_read_the_compiled_kernel(monkeypatch, n1, n2):
     """On the GPU `_programs` reads the compiled kernel's registers and shared memory through Triton's API (its
-    fallback warning would fail here) and caps the programs per SM at what fits: 1 to 32."""
+    fallback warning would fail here) and caps the programs per SM at what fits: 1 to 32. (The Triton kernels:
+    K = 12288 would otherwise take the Gluon one, `test_act_hopper.py`.)"""
     monkeypatch.setattr(gemm, "_resident", {})
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", dataclasses.replace(gemm.ACT_LAUNCH, hopper=False))
     gen = torch.Generator().manual_seed(n1 + n2)
     factors = (_orthogonal(n1, gen).to(torch.bfloat16).cuda(), _orthogonal(n2, gen).to(torch.bfloat16).cuda())
     x = torch.randn(4096, n1 * n2, generator=gen).to(torch.bfloat16).cuda()
@@ -77,7 +80,9 @@ TILE = gemm.ActLaunch(split_over_tile=False)
 def test_whole_tile_or_row_split_on_gpu_matches_reference(monkeypatch, n1, n2, parts, gated):
     """Transforms that fit a whole tile but split into narrower blocks (K = 12288's 96x128 as 128 x (64 + 32),
     the split kernel on the transposed view; 16x48 by columns), and the same inputs forced into the whole tile,
-    compiled for the GPU, against the CPU reference."""
+    compiled for the GPU, against the CPU reference. (On Hopper K = 12288 without a channel scale takes the Gluon
+    kernel, `test_act_hopper.py`; here the Triton split kernel.)"""
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", dataclasses.replace(gemm.ACT_LAUNCH, hopper=False))
     _check_act_quant_on_gpu(n1, n2, parts, gated)
     monkeypatch.setattr(gemm, "ACT_LAUNCH", TILE)
     _check_act_quant_on_gpu(n1, n2, parts, gated)

@@ -1,0 +1,244 @@
+"""The activation path's Kronecker transform + per-token quantization on Hopper, its MMAs overlapped across tokens
+(Gluon: cp.async loads, asynchronous wgmma).
+
+Per token, X (its [n1, n2] view) -> Y = leftᵀ · X · right -> absmax -> int8 codes (round half to even, clamped to the
+BITS-bit range) and an fp32 scale, as `gemm._quantize_act_split_kernel` (Triton) does on the transposed view. That
+kernel waits for every MMA group as soon as it is issued (Triton lowers each `tl.dot` outside a pipelined
+accumulator loop to a wgmma followed by a wait): under ncu on H100 at K = 12288 (2026-12-07) its warps spent 27% of
+their samples at those six waits per token, and 32% of all stalls were CTA barriers. Here, per token i:
+1. wait for the first product of token i, P = rightᵀ · Xᵀ ([n2, n1] in row blocks a and b of n1, issued while token
+   i-1 was quantized);
+2. the second product Yᵀ = P · left, its four MMAs issued back to back, then one wait;
+3. once token i+1's tile has landed (cp.async, pipelined `STAGES` deep), issue its first product, asynchronously;
+4. quantize token i while the tensor cores run step 3: one absmax reduction across the warps for both blocks, the
+   codes through shared memory (one barrier) into 16-byte stores, the scale.
+The first product is rounded to the factors' dtype before the second MMA, as the Triton kernels round theirs, so the
+codes agree with theirs up to the MMAs' summation order (within one step of the reference).
+
+Measured on H100 (BENCHMARKS.md, 2026-12-07 08:47 UTC, bf16 factors, CUDA-graph medians, `explore_w4a4_gpu.py
+--parts act --act-k 12288`): 233 us over 16384 tokens, 0.857x of memcpy (0.873x of a copy of the same bytes), and
+69.7 us over 4096 (0.716x, 0.79x), against the Triton split kernel's 268 / 75.6 us in the same run. Pipelined 3 or 5
+deep: 260 / 238 us. Its first form wrote the codes to an unswizzled shared tile: 303 us, with 19.6 M shared-memory
+bank conflicts per call (0.74 M now).
+
+Runs where `supported` holds: an sm_90 GPU, both factors in the input's 16-bit dtype, n2 a multiple of 64 up to 128,
+n1 a sum of two powers of two >= 16 (K = 12288's 96 = 64 + 32; 64 alone), no channel scale or gate (compiled blocks
+apply those in the traced graph), a contiguous input. `gemm.act_path` says where it is taken. Gluon kernels compile
+for NVIDIA GPUs only (no interpreter): CI compiles this one for sm_90 without a GPU
+(`tests/kernels/test_act_hopper.py`); the GPU tests check it against the reference.
+"""
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+from .triton_math import clamp_round_to_int, nan_max
+
+# Triton 3.9 renamed these (3.6, on the GPU machines, has only the old names).
+_cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+_async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+# The shared Triton helpers, compiled as Gluon functions (their bodies use only builtins Gluon shares).
+_clamp_round_to_int = gluon.jit(clamp_round_to_int.fn)
+_nan_max = gluon.jit(nan_max.fn)
+
+CHUNK = gl.constexpr(64)  # columns per shared-memory tile and K step of the first MMA: 128 bytes of 16-bit values, one swizzle span
+
+
+def row_blocks(n1: int) -> tuple[int, int] | None:
+    """(BA, BB): n1 as a power of two BA >= 16 plus a power of two BB >= 16 (BB = 0: BA alone), None otherwise."""
+    ba = 1 << (n1.bit_length() - 1)
+    bb = n1 - ba
+    if ba < 16 or (bb and (bb < 16 or bb & (bb - 1))):
+        return None
+    return ba, bb
+
+
+def supported(x: torch.Tensor, channel_scale, gate, left, right) -> bool:
+    """Whether `quantize` can run this call (module doc)."""
+    if x.device.type != "cuda" or torch.cuda.get_device_capability(x.device) != (9, 0):
+        return False
+    if channel_scale is not None or gate is not None or left is None or right is None:
+        return False
+    n1, n2 = left.shape[0], right.shape[0]
+    return (x.dtype in (torch.bfloat16, torch.float16) and left.dtype == right.dtype == x.dtype
+            and n2 in (64, 128) and row_blocks(n1) is not None and x.is_contiguous())
+
+
+@gluon.jit
+def _load_token(x_ptr, bufs_a, bufs_b, stage, tok, M, N1: gl.constexpr, N2: gl.constexpr, BA: gl.constexpr,
+                BB: gl.constexpr, num_warps: gl.constexpr):
+    """cp.async of token tok's rows (block a: rows [0, BA), block b: [BA, BA + BB)) into stage `stage`, one
+    [rows, CHUNK] tile per column chunk, 16 bytes per copy; zeros for tok >= M. One commit group."""
+    CHUNKS: gl.constexpr = N2 // CHUNK
+    load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+    cols = gl.arange(0, CHUNK, layout=gl.SliceLayout(0, load))
+    rows_a = gl.arange(0, BA, layout=gl.SliceLayout(1, load))
+    rows_b = BA + gl.arange(0, BB if BB > 0 else 16, layout=gl.SliceLayout(1, load))
+    base = x_ptr + tok * (N1 * N2)
+    # tok < M as a tile mask (the row and column tests always hold: they give it the tile's shape)
+    valid_a = (rows_a[:, None] < N1) & (cols[None, :] < CHUNK) & (tok < M)
+    valid_b = (rows_b[:, None] < N1) & (cols[None, :] < CHUNK) & (tok < M)
+    for c in gl.static_range(CHUNKS):
+        _async_load(bufs_a.index(stage * CHUNKS + c), base + rows_a[:, None] * N2 + (c * CHUNK + cols)[None, :],
+                    mask=valid_a)
+        if BB > 0:
+            _async_load(bufs_b.index(stage * CHUNKS + c), base + rows_b[:, None] * N2 + (c * CHUNK + cols)[None, :],
+                        mask=valid_b)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _load_transposed(ptr, row0, col0, N: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
+                     num_warps: gl.constexpr):
+    """Rows row0 ... and columns col0 ... of the transpose of the [N, N] matrix at ptr, zero past N, into
+    registers (each thread reads 8 consecutive elements of the matrix's rows, i.e. down the transpose's columns)."""
+    load: gl.constexpr = gl.BlockedLayout([8, 1], [8, 4], [1, num_warps], [0, 1])
+    r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, load))
+    c = col0 + gl.arange(0, COLS, layout=gl.SliceLayout(0, load))
+    return gl.load(ptr + c[None, :] * N + r[:, None], mask=(r < N)[:, None] & (c < N)[None, :], other=0.0)
+
+
+@gluon.jit
+def _load_factor_t(ptr, row0, col0, N: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
+                   num_warps: gl.constexpr):
+    """`_load_transposed` into shared memory, laid out as an MMA operand."""
+    layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, COLS], ptr.dtype.element_ty)
+    return gl.allocate_shared_memory(ptr.dtype.element_ty, [ROWS, COLS], layout,
+                                     _load_transposed(ptr, row0, col0, N, ROWS, COLS, num_warps))
+
+
+@gluon.jit
+def _first_product(rt_smem, bufs_a, bufs_b, stage, N2: gl.constexpr, BA: gl.constexpr, BB: gl.constexpr,
+                   mma_a: gl.constexpr, mma_b: gl.constexpr):
+    """P = rightᵀ · Xᵀ of the token in `stage`, as row blocks a [N2, BA] and b [N2, BB], issued asynchronously."""
+    CHUNKS: gl.constexpr = N2 // CHUNK
+    pa = gl.zeros([N2, BA], gl.float32, layout=mma_a)
+    pb = gl.zeros([N2, BB if BB > 0 else 16], gl.float32, layout=mma_b)
+    for c in gl.static_range(CHUNKS):
+        pa = warpgroup_mma(rt_smem.index(c), bufs_a.index(stage * CHUNKS + c).permute((1, 0)), pa, is_async=True)
+    if BB > 0:
+        for c in gl.static_range(CHUNKS):
+            pb = warpgroup_mma(rt_smem.index(c), bufs_b.index(stage * CHUNKS + c).permute((1, 0)), pb,
+                               is_async=True)
+    return pa, pb
+
+
+@gluon.jit
+def _kron_quant_kernel(x_ptr, right_ptr, left_ptr, clip_ptr, codes_ptr, scales_ptr, M, N1: gl.constexpr,
+                       N2: gl.constexpr, BA: gl.constexpr, BB: gl.constexpr, HAS_CLIP: gl.constexpr,
+                       BITS: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """Tokens pid, pid + P, ... of M (module doc); x [M, N1 · N2], right [N2, N2], left [N1, N1]. Yᵀ = P · left in
+    row blocks a and b of n1, each summing over both of P's blocks (two MMAs)."""
+    CHUNKS: gl.constexpr = N2 // CHUNK
+    BBP: gl.constexpr = BB if BB > 0 else 16  # placeholder shapes where n1 is one block
+    dtype: gl.constexpr = x_ptr.dtype.element_ty
+    mma_a: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                    instr_shape=[16, BA, 16])
+    mma_b: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                    instr_shape=[16, BBP, 16])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_a, k_width=2)
+    op_b: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_b, k_width=2)
+    out: gl.constexpr = gl.BlockedLayout([1, 16], [32 * 16 // N2, N2 // 16], [num_warps, 1], [1, 0])
+
+    tile_a: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BA, CHUNK], dtype)
+    tile_b: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BBP, CHUNK], dtype)
+    bufs_a = gl.allocate_shared_memory(dtype, [STAGES * CHUNKS, BA, CHUNK], tile_a)
+    bufs_b = gl.allocate_shared_memory(dtype, [STAGES * CHUNKS if BB > 0 else 1, BBP, CHUNK], tile_b)
+    # The codes go in as single bytes from the MMA layout (a warp: 4 rows x 8 consecutive columns per store) and out
+    # as 16-byte row pieces: 16-byte units XOR-swizzled by row keep both free of bank conflicts (unswizzled rows
+    # of 128 bytes all start in bank 0: 4-way conflicts on every store, H100 ncu 2026-12-07)
+    rows_swizzled: gl.constexpr = gl.SwizzledSharedLayout(16, 1, 8, order=[1, 0])
+    codes_a = gl.allocate_shared_memory(gl.int8, [BA, N2], rows_swizzled)
+    codes_b = gl.allocate_shared_memory(gl.int8, [BBP, N2], rows_swizzled)
+
+    pid = gl.program_id(0)
+    programs = gl.num_programs(0)
+    mine = gl.cdiv(M - pid, programs)
+    for s in gl.static_range(STAGES - 1):  # the first tokens' tiles travel while the factors load
+        _load_token(x_ptr, bufs_a, bufs_b, s, pid + s * programs, M, N1, N2, BA, BB, num_warps)
+
+    # The factors, once per program: rightᵀ in CHUNKS column blocks (the first MMA's K steps); leftᵀ in its
+    # [output rows, K rows] blocks (aa, ab, ba, bb), each read transposed as a K-major B operand.
+    rt_smem = gl.allocate_shared_memory(dtype, [CHUNKS, N2, CHUNK],
+                                        gl.NVMMASharedLayout.get_default_for([N2, CHUNK], dtype))
+    for c in gl.static_range(CHUNKS):
+        rt_smem.index(c).store(_load_transposed(right_ptr, 0, c * CHUNK, N2, N2, CHUNK, num_warps))
+    lt_aa = _load_factor_t(left_ptr, 0, 0, N1, BA, BA, num_warps)
+    if BB > 0:
+        lt_ab = _load_factor_t(left_ptr, 0, BA, N1, BA, BB, num_warps)
+        lt_ba = _load_factor_t(left_ptr, BA, 0, N1, BB, BA, num_warps)
+        lt_bb = _load_factor_t(left_ptr, BA, BA, N1, BB, BB, num_warps)
+    clip = gl.load(clip_ptr).to(gl.float32) if HAS_CLIP else 1.0
+    rows_a = gl.arange(0, BA, layout=gl.SliceLayout(1, out))
+    rows_b = BA + gl.arange(0, BBP, layout=gl.SliceLayout(1, out))
+    cols = gl.arange(0, N2, layout=gl.SliceLayout(0, out))
+
+    async_copy.wait_group(STAGES - 2)  # token 0's tile (this thread's copies)
+    fence_async_shared()  # the factors' stores and the copies, before the MMAs read them
+    _cta_barrier()
+    pa, pb = _first_product(rt_smem, bufs_a, bufs_b, 0, N2, BA, BB, mma_a, mma_b)
+    for i in range(mine):
+        tok = pid + i * programs
+        pa, pb = warpgroup_mma_wait(0, deps=(pa, pb))
+        ya = warpgroup_mma(gl.convert_layout(pa.to(dtype), op_a), lt_aa.permute((1, 0)),
+                           gl.zeros([N2, BA], gl.float32, layout=mma_a), is_async=True)
+        yb = gl.zeros([N2, BBP], gl.float32, layout=mma_b)
+        if BB > 0:
+            pb16 = pb.to(dtype)
+            ya = warpgroup_mma(gl.convert_layout(pb16, op_a), lt_ab.permute((1, 0)), ya, is_async=True)
+            yb = warpgroup_mma(gl.convert_layout(pa.to(dtype), op_b), lt_ba.permute((1, 0)), yb, is_async=True)
+            yb = warpgroup_mma(gl.convert_layout(pb16, op_b), lt_bb.permute((1, 0)), yb, is_async=True)
+        ya, yb = warpgroup_mma_wait(0, deps=(ya, yb))
+        # Token i+1's tile (the tiles after it may still travel), then its first product. After the barrier
+        # every warp is done with token i's stage: it takes token i + STAGES - 1's.
+        async_copy.wait_group(STAGES - 3)
+        _cta_barrier()
+        pa, pb = _first_product(rt_smem, bufs_a, bufs_b, (i + 1) % STAGES, N2, BA, BB, mma_a, mma_b)
+        nxt = i + STAGES - 1
+        _load_token(x_ptr, bufs_a, bufs_b, nxt % STAGES, pid + nxt * programs, M, N1, N2, BA, BB, num_warps)
+
+        # Quantize token i while those MMAs run. A NaN-propagating absmax is NaN or +Inf exactly for tokens
+        # holding NaN or ±Inf.
+        row_max = gl.reduce(gl.abs(ya), 1, _nan_max)
+        if BB > 0:
+            row_max = _nan_max(row_max, gl.convert_layout(gl.reduce(gl.abs(yb), 1, _nan_max), row_max.type.layout))
+        absmax = gl.reduce(row_max, 0, _nan_max)
+        bad = (absmax != absmax) | (absmax == float("inf"))
+        scale = gl.div_rn(clip * absmax, absmax * 0.0 + ((1 << (BITS - 1)) - 1))
+        # The transform is approximate already (MMA summation order); an exact division per element costs 3x
+        inv = 1.0 / gl.where(scale > 0, scale, 1.0)
+        zero = bad | (scale == 0)
+        lo: gl.constexpr = -(1 << (BITS - 1)) * 1.0
+        hi: gl.constexpr = ((1 << (BITS - 1)) - 1) * 1.0
+        qa = gl.where(zero, 0, _clamp_round_to_int(ya * inv, lo, hi)).to(gl.int8)
+        codes_a.store(gl.permute(qa, (1, 0)))
+        if BB > 0:
+            qb = gl.where(zero, 0, _clamp_round_to_int(yb * inv, lo, hi)).to(gl.int8)
+            codes_b.store(gl.permute(qb, (1, 0)))
+        _cta_barrier()  # the codes in rows of Y, 16 bytes per thread and store
+        base = codes_ptr + tok * (N1 * N2)
+        gl.store(base + rows_a[:, None] * N2 + cols[None, :], codes_a.load(out))
+        if BB > 0:
+            gl.store(base + rows_b[:, None] * N2 + cols[None, :], codes_b.load(out))
+        gl.store(scales_ptr + tok, gl.where(bad, float("nan"), scale))
+    warpgroup_mma_wait(0, deps=(pa, pb))  # the last first product read a stage no token fills
+    async_copy.wait_group(0)
+
+
+def quantize(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, clip: torch.Tensor | None, bits: int,
+             codes: torch.Tensor, scales: torch.Tensor, stages: int, programs: int) -> None:
+    """codes int8 [M, K], scales fp32 [M] <- the activation path of x [M, K = n1 · n2] where `supported` (module
+    doc), token tiles pipelined `stages` deep, `programs` persistent programs. Inputs are the caller's to check
+    (`gemm.quantize_act_packed`, which also keeps M · K below 2^31)."""
+    m = x.shape[0]
+    if m == 0:
+        return
+    n1, n2 = left.shape[0], right.shape[0]
+    ba, bb = row_blocks(n1)
+    _kron_quant_kernel[(programs,)](
+        x, right.contiguous(), left.contiguous(), scales if clip is None else clip, codes, scales, m, N1=n1, N2=n2,
+        BA=ba, BB=bb, HAS_CLIP=clip is not None, BITS=bits, STAGES=stages,
+        num_warps=n2 // 16)  # a warpgroup per 64 rows of the first product
