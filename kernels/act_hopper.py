@@ -44,7 +44,8 @@ _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_g
 _clamp_round_to_int = gluon.jit(clamp_round_to_int.fn)
 _nan_max = gluon.jit(nan_max.fn)
 
-CHUNK = gl.constexpr(64)  # columns per shared-memory tile and K step of the first MMA: 128 bytes of 16-bit values, one swizzle span
+# Columns per shared-memory tile and K step of the first MMA: 128 bytes of 16-bit values, one swizzle span
+CHUNK = gl.constexpr(64)
 
 
 def row_blocks(n1: int) -> tuple[int, int] | None:
