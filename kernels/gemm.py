@@ -46,9 +46,9 @@ pipelined 4 deep, and formed Yᵀ = (rightᵀ · Xᵀ) · left on wgmma from sha
 unpadded). At 16384 tokens it ran 0.74 / 0.77 / 0.69x of memcpy (K = 3584 / 4096 / 12288) against these kernels'
 0.76 / 0.81 / 0.74x, and 0.50 / 0.51 / 0.59x against 0.61 / 0.64 / 0.66x at 4096 tokens. Its last form (commit
 b0c5e47: no host-side factor copies, the first tiles' loads ahead of the factors') on an H200 (20:18 UTC): slower
-too, except K = 4096 at 16384 tokens (0.73 against 0.71x). Dropped. In Triton 3.6 each of its TMA issues was
-followed by a CTA-wide barrier, and it staged the codes for their stores through shared memory with bank
-conflicts. `act_hopper.py` (2026-12-07), which does win at K = 12288, loads by cp.async and swizzles that staging.
+too, except K = 4096 at 16384 tokens (0.73 against 0.71x). Dropped. Compiled offline for sm_90 with Triton 3.6
+(2026-12-07), its token loop holds about 12 CTA barriers, five of them after its TMA issues. `act_hopper.py`
+(2026-12-07), which does win at K = 12288, loads by cp.async (6 barriers per token).
 `quantize_swiglu_packed` runs the same kernels on silu(gate) · up, computed from the two inputs as they load.
 
 `w4a4_matmul`, "unpack" design: two launches. (1) A memory-bound pass unpacks the split-nibble INT4 weight into a
