@@ -1,18 +1,16 @@
 """The activation path's Hopper kernel (`kernels/act_hopper.py`, Gluon). Without a GPU (CI): compiled for sm_90 by the
-installed Triton in a fresh process with TRITON_INTERPRET=0 (the interpreter, which the rest of the suite runs,
-patches Triton's tensor operators in place), checking its MMAs are asynchronous and that nothing spills; where it is
-taken. On an sm_90 GPU: codes and scales against the CPU reference, NaN/Inf/zero tokens included."""
+installed Triton in a fresh process (`gluon_offline.py`), checking its MMAs are asynchronous and that nothing
+spills; where it is taken. On an sm_90 GPU: codes and scales against the CPU reference, NaN/Inf/zero tokens
+included."""
 import dataclasses
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from faircalib.kernels import gemm, gemm_reference as ref, registry
+from gluon_offline import compile_cases, compiled_in_fresh_process  # tests/kernels, on the path
 
 act_hopper = gemm.act_hopper
 pytestmark = pytest.mark.skipif(act_hopper is None, reason="Triton without Gluon")
@@ -21,13 +19,13 @@ pytestmark = pytest.mark.skipif(act_hopper is None, reason="Triton without Gluon
 COMPILE_CASES = [(96, 128, "bfloat16", True), (48, 64, "bfloat16", False), (64, 128, "float16", True)]
 
 
-def _compile(n1, n2, dtype, has_clip):
+def _compile(n1, n2, dtype_name, has_clip):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    factor = mangle_type(torch.empty(0, dtype=dtype))
+    factor = mangle_type(torch.empty(0, dtype=getattr(torch, dtype_name)))
     signature = {"x_ptr": factor, "right_ptr": factor, "left_ptr": factor, "clip_ptr": "*fp32", "codes_ptr": "*i8",
                  "scales_ptr": "*fp32", "M": "i32", "N1": "constexpr", "N2": "constexpr", "BA": "constexpr",
                  "BB": "constexpr", "HAS_CLIP": "constexpr", "BITS": "constexpr", "STAGES": "constexpr",
@@ -41,23 +39,9 @@ def _compile(n1, n2, dtype, has_clip):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": n2 // 16})
 
 
-def _compile_all() -> dict:
-    from test_gemm_regs import _resource_usage
-
-    results = {}
-    for n1, n2, dtype, has_clip in COMPILE_CASES:
-        compiled = _compile(n1, n2, getattr(torch, dtype), has_clip)
-        results[repr((n1, n2, dtype, has_clip))] = {"ptx": compiled.asm["ptx"],
-                                                    "usage": _resource_usage(compiled.asm["cubin"])}
-    return results
-
-
 @pytest.fixture(scope="module")
 def compiled():
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])
+    return compiled_in_fresh_process(__file__)
 
 
 @pytest.mark.parametrize("case", COMPILE_CASES, ids=[f"{n1}x{n2}-{d}-clip{c}" for n1, n2, d, c in COMPILE_CASES])
@@ -152,6 +136,5 @@ def test_hopper_act_path_on_gpu_matches_reference(monkeypatch, n1, n2, dtype, st
     assert len(calls) == len(cases)  # the Hopper kernel ran every call
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(__file__))
-    print(json.dumps(_compile_all()))
+if __name__ == "__main__":  # the compilation for `compiled`, in a process of its own
+    print(json.dumps(compile_cases(_compile, COMPILE_CASES)))

@@ -1,18 +1,14 @@
 """The register-unpack W4A4 GEMM (`kernels/gemm_regs.py`, Gluon) compiled for sm_90 without a GPU: Gluon has no
 interpreter, so CI checks that the installed Triton builds it (wgmma on int8 register operands, no spilled
-registers); `test_gemm_cuda.py` checks its results on a GPU. The compilation runs in a fresh process with
-TRITON_INTERPRET=0: the interpreter, which the rest of the suite runs, patches Triton's tensor operators in place,
-and real compilation in the same process then fails."""
+registers); `test_gemm_cuda.py` checks its results on a GPU. The compilation runs in a fresh process
+(`gluon_offline.py`)."""
 import json
-import os
-import subprocess
-import sys
-import tempfile
 
 import pytest
 import torch
 
 from faircalib.kernels import gemm
+from gluon_offline import compile_cases, compiled_in_fresh_process  # tests/kernels, on the path
 
 pytestmark = pytest.mark.skipif(gemm.gemm_regs is None, reason="Triton without Gluon")
 
@@ -20,7 +16,7 @@ CASES = [(config, has_bias, dtype, members) for config in (gemm.gemm_regs.CONFIG
          for has_bias, dtype, members in ((False, "bfloat16", 1), (True, "float32", 3), (False, "bfloat16", 2))]
 
 
-def _compile(config, has_bias, out_dtype, members):
+def _compile(config, has_bias, out_dtype_name, members):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -31,7 +27,7 @@ def _compile(config, has_bias, out_dtype, members):
     warps, stages, block_m = config
     a_desc = mangle_type(regs.codes_descriptor(torch.zeros(512, 4096, dtype=torch.int8), block_m))
     signature = {"w0_desc": w_desc, "w1_desc": w_desc, "w2_desc": w_desc, "a_desc": a_desc, "sa_ptr": "*fp32",
-                 "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=out_dtype)),
+                 "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=getattr(torch, out_dtype_name))),
                  "M": "i32", "N0": "i32", "N1": "i32", "N2": "i32", "K": "i32", "stride_cm": "i32",
                  "HAS_BIAS": "constexpr", "MEMBERS": "constexpr", "STAGES": "constexpr", "GROUP_M": "constexpr",
                  "num_warps": "constexpr"}
@@ -41,34 +37,9 @@ def _compile(config, has_bias, out_dtype, members):
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
-def _resource_usage(cubin: bytes) -> str:
-    """cuobjdump's resource line of a cubin ('' where Triton ships no cuobjdump)."""
-    import triton
-
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    if not os.path.exists(cuobjdump):
-        return ""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        return subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-
-
-def _compile_all() -> dict:
-    results = {}
-    for config, has_bias, dtype, members in CASES:
-        compiled = _compile(config, has_bias, getattr(torch, dtype), members)
-        results[repr((config, has_bias, dtype, members))] = {"ptx": compiled.asm["ptx"],
-                                                           "usage": _resource_usage(compiled.asm["cubin"])}
-    return results
-
-
 @pytest.fixture(scope="module")
 def compiled():
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    done = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])
+    return compiled_in_fresh_process(__file__)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"w{c[0]}-s{c[1]}-t{c[2]}-bias{b}-{d}-x{n}" for c, b, d, n in CASES])
@@ -250,4 +221,4 @@ def test_design_under_graph_capture_is_not_timed(timed_designs, monkeypatch):
 
 
 if __name__ == "__main__":  # the compilation for `compiled`, in a process of its own
-    print(json.dumps(_compile_all()))
+    print(json.dumps(compile_cases(_compile, CASES)))
