@@ -81,7 +81,9 @@ def median_ms(fn) -> float:
 # fastest at K = 3584 and 4096 against 2 tokens per step (with 3 or 2 stages), 2 stages and 2 programs per SM.
 # 2026-12-07 08:30-08:47 UTC, K = 12288 at 16384 tokens (Triton split kernel, 269-273 us): 4, 5 or 6 stages 271-273 us;
 # one warpgroup per program (4 warps: 230 registers), 1 program 3 deep 280 us, 2 programs 2 deep 280 us, 1 program 2
-# deep 420 us; the Gluon kernel (`act_hopper.py`, now `split`) 233 us 4 deep, 260 us 3 deep, 238 us 5 deep.
+# deep 420 us; the Gluon kernel (`act_hopper.py`, now `split`) 233 us 4 deep, 260 us 3 deep, 238 us 5 deep. At
+# K = 4096 that kernel (2-4 programs per SM) took 28.8-29.4 / 80.4-82.4 us against the whole tile's 25.4 / 78.3 us at
+# 4096 / 16384 tokens (08:58 UTC; variants on a branch, not kept).
 ACT_VARIANTS = {
     "tile": dict(),
     "tile_rows128": dict(transform_rows=128),
