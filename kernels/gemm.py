@@ -112,8 +112,9 @@ class ActLaunch:
     software-pipelining depth of the whole-tile token loop; `programs_per_sm`, or `large_tile_programs_per_sm` for
     tiles of `fused_max_tile` elements (K = 12288). `fit_resident`: each kernel's programs per SM capped at what
     its registers and shared memory let an SM hold at once (`_programs`). `hopper`: on sm_90 GPUs the split path's
-    inputs that `act_hopper.supported` takes (K = 12288 with 16-bit factors) go to that Gluon kernel instead,
-    pipelined `hopper_stages` deep, one program per SM."""
+    inputs that `act_hopper.supported` takes (K = 12288 and 18944 with 16-bit factors) go to those Gluon kernels
+    instead, pipelined `hopper_stages` deep (rows split: 12288) or `hopper_cols_stages` (columns split: 18944, whose
+    3 stages fill shared memory), one program per SM."""
     fused_max_tile: int = 16384
     fused_max_smem: int = 160 * 1024
     stages: int = 3
@@ -135,6 +136,7 @@ class ActLaunch:
     fit_resident: bool = True
     hopper: bool = True
     hopper_stages: int = 4
+    hopper_cols_stages: int = 3
 
 
 ACT_LAUNCH = ActLaunch()
@@ -573,7 +575,8 @@ def _quantize_packed(x: torch.Tensor, gate: torch.Tensor | None, channel_scale: 
         if cfg.hopper and act_hopper is not None and not registry.triton_interpreted() and \
                 act_hopper.supported(x, None, None, left, right):
             act_hopper.quantize(x, left, right, None if clip is None else clip.reshape(()), bits, codes,
-                                scales.view(-1), cfg.hopper_stages, min(m, _num_sms(x.device.index or 0)))
+                                scales.view(-1), (cfg.hopper_stages, cfg.hopper_cols_stages),
+                                min(m, _num_sms(x.device.index or 0)))
             return codes, scales
         b1, ba, bb, transposed = split_layout(n1, n2, factor.dtype)
         # A transposed view swaps the factors' roles: (leftᵀ X right)ᵀ = rightᵀ Xᵀ left.

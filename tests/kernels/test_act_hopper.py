@@ -15,8 +15,10 @@ from gluon_offline import compile_cases, compiled_in_fresh_process  # tests/kern
 act_hopper = gemm.act_hopper
 pytestmark = pytest.mark.skipif(act_hopper is None, reason="Triton without Gluon")
 
-# (n1, n2, dtype, clip): LLaDA's K = 12288 (rows 64 + 32), a 48 = 32 + 16 split, one 64-row block, fp16.
-COMPILE_CASES = [(96, 128, "bfloat16", True), (48, 64, "bfloat16", False), (64, 128, "float16", True)]
+# (n1, n2, dtype, clip). Row split: LLaDA's K = 12288 (rows 64 + 32), a 48 = 32 + 16 split, one 64-row block, fp16.
+# Column split: Dream's K = 18944 (148 = 128 + 20 in 32), 64 rows (one warpgroup) with 80 = 64 + 16 columns, fp16.
+COMPILE_CASES = [(96, 128, "bfloat16", True), (48, 64, "bfloat16", False), (64, 128, "float16", True),
+                 (128, 148, "bfloat16", True), (64, 80, "float16", False)]
 
 
 def _compile(n1, n2, dtype_name, has_clip):
@@ -25,18 +27,21 @@ def _compile(n1, n2, dtype_name, has_clip):
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
+    kind, ba, bb = act_hopper.layout(n1, n2)
+    rows = kind == "rows"
+    kernel = act_hopper._kron_quant_kernel if rows else act_hopper._kron_quant_cols_kernel
     factor = mangle_type(torch.empty(0, dtype=getattr(torch, dtype_name)))
-    signature = {"x_ptr": factor, "right_ptr": factor, "left_ptr": factor, "clip_ptr": "*fp32", "codes_ptr": "*i8",
-                 "scales_ptr": "*fp32", "M": "i32", "N1": "constexpr", "N2": "constexpr", "BA": "constexpr",
-                 "BB": "constexpr", "HAS_CLIP": "constexpr", "BITS": "constexpr", "STAGES": "constexpr",
-                 "num_warps": "constexpr"}
-    ba, bb = act_hopper.row_blocks(n1)
-    constexprs = {"N1": n1, "N2": n2, "BA": ba, "BB": bb, "HAS_CLIP": has_clip, "BITS": 4,
-                  "STAGES": gemm.ACT_LAUNCH.hopper_stages, "num_warps": n2 // 16}
+    types = {"x_ptr": factor, "right_ptr": factor, "left_ptr": factor, "clip_ptr": "*fp32", "codes_ptr": "*i8",
+             "scales_ptr": "*fp32", "M": "i32"}
+    signature = {name: types.get(name, "constexpr") for name in kernel.arg_names}
+    warps = (n2 if rows else n1) // 16
+    stages = gemm.ACT_LAUNCH.hopper_stages if rows else gemm.ACT_LAUNCH.hopper_cols_stages
+    constexprs = {"N1": n1, "N2": n2, "BA": ba, "BB": bb, "HAS_CLIP": has_clip, "BITS": 4, "STAGES": stages,
+                  "num_warps": warps}
     # As a launch specializes them: 16-byte aligned pointers (vectorized copies and stores)
     attrs = {(list(signature).index(name),): [["tt.divisibility", 16]] for name in signature if name.endswith("_ptr")}
-    source = GluonASTSource(fn=act_hopper._kron_quant_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": n2 // 16})
+    source = GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,8 @@ def test_hopper_act_kernel_compiles(compiled, case):
     ptx = compiled[repr(case)]["ptx"]
     kind = {"bfloat16": "bf16", "float16": "f16"}[dtype]
     shapes = set(re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.{kind}\.{kind}", ptx))
-    assert shapes == {str(b) for b in act_hopper.row_blocks(n1) if b}  # the row blocks' widths, none padded
+    _, ba, bb = act_hopper.layout(n1, n2)
+    assert shapes == {str(b) for b in (ba, bb) if b}  # the blocks' widths: none padded to the next power of two
     assert "cp.async.cg.shared.global" in ptx or "cp.async.ca.shared.global" in ptx  # token tiles by cp.async
     # Two waits per token (after the first and the second product) and one at the end: the first product of the
     # next token runs while this one is quantized
@@ -64,6 +70,18 @@ def test_hopper_act_kernel_compiles(compiled, case):
                                      (80, (64, 16)), (96, (64, 32)), (100, None), (128, (128, 0))])
 def test_row_blocks(n1, want):
     assert act_hopper.row_blocks(n1) == want
+
+
+@pytest.mark.parametrize("n2,want", [(148, (128, 32)), (80, (64, 16)), (150, None), (128, None), (64, None),
+                                     (200, None), (96, (64, 32)), (72, (64, 16)), (48, None)])
+def test_column_blocks(n2, want):
+    assert act_hopper.column_blocks(n2) == want
+
+
+@pytest.mark.parametrize("n1,n2,want", [(96, 128, ("rows", 64, 32)), (128, 148, ("cols", 128, 32)),
+                                        (56, 64, None), (128, 128, ("rows", 128, 0)), (96, 148, None)])
+def test_layout(n1, n2, want):
+    assert act_hopper.layout(n1, n2) == want
 
 
 def test_not_taken_off_hopper_or_with_input_ops():
@@ -81,9 +99,9 @@ def test_not_taken_off_hopper_or_with_input_ops():
     assert not act_hopper.supported(x, None, None, None, right)
     assert not act_hopper.supported(x.float(), None, None, left.float(), right.float())
     assert not act_hopper.supported(x.half(), None, None, left, right)
-    assert not act_hopper.supported(torch.zeros(4, 128 * 148, dtype=torch.bfloat16, device="cuda"), None, None,
+    assert not act_hopper.supported(torch.zeros(4, 128 * 150, dtype=torch.bfloat16, device="cuda"), None, None,
                                     torch.eye(128, dtype=torch.bfloat16, device="cuda"),
-                                    torch.eye(148, dtype=torch.bfloat16, device="cuda"))
+                                    torch.eye(150, dtype=torch.bfloat16, device="cuda"))
     assert not act_hopper.supported(torch.zeros(8, 96 * 128 * 2, dtype=torch.bfloat16, device="cuda")[:, ::2],
                                     None, None, left, right)
 
@@ -98,17 +116,19 @@ def _orthogonal(n, gen):
     return torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))[0].float()
 
 
-# (n1, n2): K = 12288 (64 + 32 rows), 48 = 32 + 16 on 64 columns, 80 = 64 + 16: the widths the split path hands over
-@pytest.mark.parametrize("n1,n2", [(96, 128), (48, 64), (80, 128)])
+# (n1, n2): the widths the split path hands over. Row split: K = 12288 (64 + 32 rows), 48 = 32 + 16 on 64 columns,
+# 80 = 64 + 16. Column split: K = 18944 (128 rows, 148 = 128 + 20 columns), 64 rows (one warpgroup) with 148 or 80.
+@pytest.mark.parametrize("n1,n2", [(96, 128), (48, 64), (80, 128), (128, 148), (64, 148), (64, 80)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("stages", [3, 4])
+@pytest.mark.parametrize("stages", [(3, 2), (4, 3)])
 def test_hopper_act_path_on_gpu_matches_reference(monkeypatch, n1, n2, dtype, stages):
     """Codes within one step of the reference where a value sits on a rounding boundary (the first product rounded
     to 16 bits between the MMAs, another summation order), scales to the factors' precision; NaN and Inf tokens get
     a NaN scale and zero codes, an all-zero token scale 0. From 1 token to several per program (3000 tokens: the
     pipeline goes round its stages), with a clip ratio and without."""
     _on_hopper()
-    monkeypatch.setattr(gemm, "ACT_LAUNCH", dataclasses.replace(gemm.ACT_LAUNCH, hopper=True, hopper_stages=stages))
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", dataclasses.replace(gemm.ACT_LAUNCH, hopper=True, hopper_stages=stages[0],
+                                                                hopper_cols_stages=stages[1]))
     calls = []
     monkeypatch.setattr(act_hopper, "quantize", lambda *a, _run=act_hopper.quantize: calls.append(1) or _run(*a))
     gen = torch.Generator().manual_seed(n1 * 1000 + n2)
