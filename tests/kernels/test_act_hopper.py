@@ -88,6 +88,15 @@ def test_not_taken_off_hopper_or_with_input_ops():
                                     None, None, left, right)
 
 
+def test_fewer_than_three_stages_are_refused():
+    """Two stages would refill the stage the next token's first product reads: refused before any launch."""
+    x = torch.zeros(4, 96 * 128, dtype=torch.bfloat16)
+    codes, scales = torch.empty(4, 96 * 128, dtype=torch.int8), torch.empty(4)
+    with pytest.raises(ValueError, match="at least 3 stages"):
+        act_hopper.quantize(x, torch.eye(96, dtype=torch.bfloat16), torch.eye(128, dtype=torch.bfloat16), None, 4,
+                            codes, scales, 2, 1)
+
+
 def _on_hopper():
     if not torch.cuda.is_available() or registry.triton_interpreted() or \
             torch.cuda.get_device_capability() != (9, 0):
