@@ -100,7 +100,6 @@ ACT_VARIANTS = {
     "split_triton": dict(hopper=False),
     "split_hopper_s3": dict(hopper_stages=3),
     "split_hopper_s5": dict(hopper_stages=5),
-    "split_hopper_cols_s2": dict(hopper_cols_stages=2),
     "split_s1": dict(split_stages=1),
     "split_s2": dict(split_stages=2),
     "split_s4": dict(split_stages=4),

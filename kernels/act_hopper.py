@@ -401,7 +401,11 @@ def quantize(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor, clip: tor
     """codes int8 [M, K], scales fp32 [M] <- the activation path of x [M, K = n1 · n2] where `supported` (module
     doc), token tiles pipelined stages[0] deep in the row-split kernel, stages[1] in the column-split one, `programs`
     persistent programs. Inputs are the caller's to check (`gemm.quantize_act_packed`, which also keeps M · K below
-    2^31)."""
+    2^31). At least 3 stages: the loop refills a stage while the next token's first product reads another, and with
+    2 those are the same (wrong codes, not an error: the column-split kernel showed it on H100, 2026-12-07)."""
+    if min(stages) < 3:
+        raise ValueError(f"faircalib.kernels.act_hopper: the activation pipeline needs at least 3 stages, got {stages}"
+                         " (ActLaunch.hopper_stages, hopper_cols_stages)")
     m = x.shape[0]
     if m == 0:
         return

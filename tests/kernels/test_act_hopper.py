@@ -106,6 +106,15 @@ def test_not_taken_off_hopper_or_with_input_ops():
                                     None, None, left, right)
 
 
+def test_fewer_than_three_stages_are_refused():
+    """Two stages would refill the stage the next token's first product reads: refused before any launch."""
+    x = torch.zeros(4, 96 * 128, dtype=torch.bfloat16)
+    codes, scales = torch.empty(4, 96 * 128, dtype=torch.int8), torch.empty(4)
+    with pytest.raises(ValueError, match="at least 3 stages"):
+        act_hopper.quantize(x, torch.eye(96, dtype=torch.bfloat16), torch.eye(128, dtype=torch.bfloat16), None, 4,
+                            codes, scales, (2, 3), 1)
+
+
 def _on_hopper():
     if not torch.cuda.is_available() or registry.triton_interpreted() or \
             torch.cuda.get_device_capability() != (9, 0):
@@ -120,7 +129,7 @@ def _orthogonal(n, gen):
 # 80 = 64 + 16. Column split: K = 18944 (128 rows, 148 = 128 + 20 columns), 64 rows (one warpgroup) with 148 or 80.
 @pytest.mark.parametrize("n1,n2", [(96, 128), (48, 64), (80, 128), (128, 148), (64, 148), (64, 80)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("stages", [(3, 2), (4, 3)])
+@pytest.mark.parametrize("stages", [(3, 3), (4, 3)])
 def test_hopper_act_path_on_gpu_matches_reference(monkeypatch, n1, n2, dtype, stages):
     """Codes within one step of the reference where a value sits on a rounding boundary (the first product rounded
     to 16 bits between the MMAs, another summation order), scales to the factors' precision; NaN and Inf tokens get
