@@ -15,15 +15,22 @@ their samples at those six waits per token, and 32% of all stalls were CTA barri
 The first product is rounded to the factors' dtype before the second MMA, as the Triton kernels round theirs, so the
 codes agree with theirs up to the MMAs' summation order (within one step of the reference).
 
+Two kernels, by which factor splits (`layout`): `_kron_quant_kernel` splits n1 into row blocks and forms the product
+transposed, as above (K = 12288's 96x128: 64 + 32 rows, n2 = 128 as the MMAs' 128 rows); `_kron_quant_cols_kernel`
+splits n2 into column blocks, W = leftᵀ · X then Y = W · right (Dream's 128x148 at K = 18944: 128 + 32 columns, the
+last 12 zero), the same loop. The latter holds two 128x160 fp32 products at once (251 registers at 8 warps), and
+its 3 stages fill shared memory.
+
 Measured on H100 (BENCHMARKS.md, 2026-12-07 08:47 UTC, bf16 factors, CUDA-graph medians, `explore_w4a4_gpu.py
 --parts act --act-k 12288`): 233 us over 16384 tokens, 0.857x of memcpy (0.873x of a copy of the same bytes), and
 69.7 us over 4096 (0.716x, 0.79x), against the Triton split kernel's 268 / 75.6 us in the same run. Pipelined 3 or 5
 deep: 260 / 238 us. Its first form wrote the codes to an unswizzled shared tile: 303 us, with 19.6 M shared-memory
-bank conflicts per call (0.74 M now).
+bank conflicts per call (0.74 M now). At K = 18944 (09:12 UTC): 554 us over 16384 tokens (0.555x of memcpy) and
+153 us over 4096, against the Triton split kernel's 580 / 160 us: the products' MMAs still add to the memory time
+there (BENCHMARKS.md's ablation).
 
-Runs where `supported` holds: an sm_90 GPU, both factors in the input's 16-bit dtype, n2 a multiple of 64 up to 128,
-n1 a sum of two powers of two >= 16 (K = 12288's 96 = 64 + 32; 64 alone), no channel scale or gate (compiled blocks
-apply those in the traced graph), a contiguous input. `gemm.act_path` says where it is taken. Gluon kernels compile
+Runs where `supported` holds: an sm_90 GPU, both factors in the input's 16-bit dtype, a `layout`, no channel scale
+or gate (compiled blocks apply those in the traced graph), a contiguous input. `gemm.act_path` says where it is taken. Gluon kernels compile
 for NVIDIA GPUs only (no interpreter): CI compiles this one for sm_90 without a GPU
 (`tests/kernels/test_act_hopper.py`); the GPU tests check it against the reference.
 """

@@ -27,7 +27,11 @@ def _orthogonal(n, gen):
 @pytest.mark.parametrize("n1,n2", [(16, 48), (128, 48), (64, 148), (16, 100), (56, 64), (64, 64), (96, 128),
                                    (128, 148)])
 @pytest.mark.parametrize("parts,gated", [("lr", False), ("clr", False), ("r", False), ("clr", True)])
-def test_act_quant_on_gpu_matches_reference(n1, n2, parts, gated):
+@pytest.mark.parametrize("hopper", [True, False])
+def test_act_quant_on_gpu_matches_reference(monkeypatch, n1, n2, parts, gated, hopper):
+    """With `ActLaunch.hopper` (on Hopper, K = 12288- and 18944-like splits take the Gluon kernels of
+    `act_hopper.py`) and without it (the Triton kernels everywhere, as on other GPUs)."""
+    monkeypatch.setattr(gemm, "ACT_LAUNCH", dataclasses.replace(gemm.ACT_LAUNCH, hopper=hopper))
     _check_act_quant_on_gpu(n1, n2, parts, gated)
 
 
