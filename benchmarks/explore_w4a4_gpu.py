@@ -19,7 +19,7 @@ host:   host time per call of each piece of a W4A4 linear (16 tokens, so the GPU
 unpack: the weight unpack pass under launch variants, CUDA-graph timed, against a copy of the same bytes.
 profile: the shipped activation kernels once per `--act-k` width at 16384 tokens (to run under `ncu`), then each
         compiled kernel's registers, spills, shared memory and MMA instructions (wgmma or mma.sync) from its PTX.
-ablation: where the split kernel's time goes (the `--act-k` widths it runs: 12288 and 18944 of the default): the shipped
+ablation: where the Triton split kernel's time goes (the `--act-k` widths it runs: 12288 and 18944 of the default): the
         pass with both factors, with the left factor only and with the right one only (the same layout and launch,
         one set of MMAs left out), against a copy of the same bytes, all CUDA-graph timed in one process. Equal
         times say the MMAs are hidden; times that fall by each product's share say they add to the memory time.
@@ -96,7 +96,7 @@ ACT_VARIANTS = {
     "tile_over": dict(fit_resident=False),  # programs per SM past what fits at once (as before 2026-12-06 21:40 UTC)
     "chunk_j64k32_p4w4": dict(fused_max_tile=0, split_max_tile=0, chunk_j=64, chunk_k=32, chunked_programs_per_sm=4,
                               chunked_warps=4),
-    "split": dict(),  # on H100 at K = 12288: the Gluon kernel (`act_hopper.py`, `ActLaunch.hopper`)
+    "split": dict(),  # on H100 at K = 12288 and 18944: the Gluon kernels (`act_hopper.py`, `ActLaunch.hopper`)
     "split_triton": dict(hopper=False),
     "split_hopper_s3": dict(hopper_stages=3),
     "split_hopper_s5": dict(hopper_stages=5),
@@ -152,7 +152,7 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple
                 c, s = gemm.quantize_act_packed(small, None, left, right, None, 4)
                 gemm.quantize_act_packed(small, channel_scale, left, right, None, 4)
                 torch.cuda.synchronize()
-                rec["compiled"] = " ".join(f"{fn.fn.__name__[14:]}:{compiled.n_regs}r/{compiled.n_spills}s"
+                rec["compiled"] = " ".join(f"{fn.fn.__name__.removeprefix('_quantize_act_')}:{compiled.n_regs}r/{compiled.n_spills}s"
                                            for fn, compiled in _compiled_act_kernels() if id(compiled) not in known)
                 diff = (c.int() - want_c.int()).abs()
                 rec.update(code_max_diff=int(diff.max()), code_frac_diff=float((diff > 0).float().mean()),
@@ -192,6 +192,8 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple
 
 
 def ablation_part(log, widths: tuple[int, ...], token_counts: tuple[int, ...]) -> list[dict]:
+    # The Triton split kernel in every form (the Gluon kernels take only both factors)
+    hopper, gemm.ACT_LAUNCH.hopper = gemm.ACT_LAUNCH.hopper, False
     records = []
     for k in widths:
         n1, n2 = kronecker_factors(k)
@@ -218,6 +220,7 @@ def ablation_part(log, widths: tuple[int, ...], token_counts: tuple[int, ...]) -
             log(f"ablation K={k} M={m}: " + ", ".join(f"{key}={val:.3g}" for key, val in rec.items()
                                                       if key not in ("K", "M")))
             records.append(rec)
+    gemm.ACT_LAUNCH.hopper = hopper
     return records
 
 
@@ -627,9 +630,10 @@ def profile_part(log, widths: tuple[int, ...]) -> list[dict]:
 
 def _compiled_act_kernels() -> list:
     """(jit function, compiled kernel) for every activation kernel compiled in this process so far."""
-    return [(fn, compiled)
-            for fn in (gemm._quantize_act_kernel, gemm._quantize_act_split_kernel, gemm._quantize_act_chunked_kernel)
-            for cache in fn.device_caches.values() for compiled in cache[0].values()]
+    kernels = [gemm._quantize_act_kernel, gemm._quantize_act_split_kernel, gemm._quantize_act_chunked_kernel]
+    if gemm.act_hopper is not None:
+        kernels += [gemm.act_hopper._kron_quant_kernel, gemm.act_hopper._kron_quant_cols_kernel]
+    return [(fn, compiled) for fn in kernels for cache in fn.device_caches.values() for compiled in cache[0].values()]
 
 
 def main() -> None:
