@@ -152,8 +152,9 @@ def act_part(copy_tbps: float, log, widths: tuple[int, ...], token_counts: tuple
                 c, s = gemm.quantize_act_packed(small, None, left, right, None, 4)
                 gemm.quantize_act_packed(small, channel_scale, left, right, None, 4)
                 torch.cuda.synchronize()
-                rec["compiled"] = " ".join(f"{fn.fn.__name__.removeprefix('_quantize_act_')}:{compiled.n_regs}r/{compiled.n_spills}s"
-                                           for fn, compiled in _compiled_act_kernels() if id(compiled) not in known)
+                rec["compiled"] = " ".join(
+                    f"{fn.fn.__name__.removeprefix('_quantize_act_')}:{compiled.n_regs}r/{compiled.n_spills}s"
+                    for fn, compiled in _compiled_act_kernels() if id(compiled) not in known)
                 diff = (c.int() - want_c.int()).abs()
                 rec.update(code_max_diff=int(diff.max()), code_frac_diff=float((diff > 0).float().mean()),
                            scale_max_rel=float(((s - want_s).abs() / want_s.abs().clamp_min(1e-30)).max()))
