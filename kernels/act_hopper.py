@@ -31,7 +31,7 @@ there (BENCHMARKS.md's ablation).
 
 Runs where `supported` holds: an sm_90 GPU, both factors in the input's 16-bit dtype, a `layout`, no channel scale
 or gate (compiled blocks apply those in the traced graph), a contiguous input. `gemm.act_path` says where it is
-taken. Gluon kernels compile for NVIDIA GPUs only (no interpreter): CI compiles this one for sm_90 without a GPU
+taken. Gluon kernels compile for NVIDIA GPUs only (no interpreter): CI compiles both for sm_90 without a GPU
 (`tests/kernels/test_act_hopper.py`); the GPU tests check it against the reference.
 """
 from __future__ import annotations
