@@ -132,12 +132,31 @@ def _load_transposed(ptr, row0, col0, N: gl.constexpr, ROWS: gl.constexpr, COLS:
 
 
 @gluon.jit
-def _load_factor_t(ptr, row0, col0, N: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
-                   num_warps: gl.constexpr):
-    """`_load_transposed` into shared memory, laid out as an MMA operand."""
+def _load_factor(ptr, row0, col0, N: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr, TRANSPOSED: gl.constexpr,
+                 num_warps: gl.constexpr):
+    """Rows row0 ... and columns col0 ... of the [N, N] matrix at ptr (of its transpose if TRANSPOSED,
+    `_load_transposed`), zero past N, into shared memory laid out as an MMA operand."""
+    if TRANSPOSED:
+        values = _load_transposed(ptr, row0, col0, N, ROWS, COLS, num_warps)
+    else:
+        load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, load))
+        c = col0 + gl.arange(0, COLS, layout=gl.SliceLayout(0, load))
+        values = gl.load(ptr + r[:, None] * N + c[None, :], mask=(r < N)[:, None] & (c < N)[None, :], other=0.0)
     layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, COLS], ptr.dtype.element_ty)
-    return gl.allocate_shared_memory(ptr.dtype.element_ty, [ROWS, COLS], layout,
-                                     _load_transposed(ptr, row0, col0, N, ROWS, COLS, num_warps))
+    return gl.allocate_shared_memory(ptr.dtype.element_ty, [ROWS, COLS], layout, values)
+
+
+@gluon.jit
+def _load_factor_t_chunks(ptr, N: gl.constexpr, num_warps: gl.constexpr):
+    """The transpose of the [N, N] matrix at ptr in shared memory as N // CHUNK column blocks [N, CHUNK], the first
+    MMA's A operand one K step each."""
+    dtype: gl.constexpr = ptr.dtype.element_ty
+    chunks = gl.allocate_shared_memory(dtype, [N // CHUNK, N, CHUNK],
+                                       gl.NVMMASharedLayout.get_default_for([N, CHUNK], dtype))
+    for c in gl.static_range(N // CHUNK):
+        chunks.index(c).store(_load_transposed(ptr, 0, c * CHUNK, N, N, CHUNK, num_warps))
+    return chunks
 
 
 @gluon.jit
@@ -213,15 +232,12 @@ def _kron_quant_kernel(x_ptr, right_ptr, left_ptr, clip_ptr, codes_ptr, scales_p
 
     # The factors, once per program: rightᵀ in CHUNKS column blocks (the first MMA's K steps); leftᵀ in its
     # [output rows, K rows] blocks (aa, ab, ba, bb), each read transposed as a K-major B operand.
-    rt_smem = gl.allocate_shared_memory(dtype, [CHUNKS, N2, CHUNK],
-                                        gl.NVMMASharedLayout.get_default_for([N2, CHUNK], dtype))
-    for c in gl.static_range(CHUNKS):
-        rt_smem.index(c).store(_load_transposed(right_ptr, 0, c * CHUNK, N2, N2, CHUNK, num_warps))
-    lt_aa = _load_factor_t(left_ptr, 0, 0, N1, BA, BA, num_warps)
+    rt_smem = _load_factor_t_chunks(right_ptr, N2, num_warps)
+    lt_aa = _load_factor(left_ptr, 0, 0, N1, BA, BA, True, num_warps)
     if BB > 0:
-        lt_ab = _load_factor_t(left_ptr, 0, BA, N1, BA, BB, num_warps)
-        lt_ba = _load_factor_t(left_ptr, BA, 0, N1, BB, BA, num_warps)
-        lt_bb = _load_factor_t(left_ptr, BA, BA, N1, BB, BB, num_warps)
+        lt_ab = _load_factor(left_ptr, 0, BA, N1, BA, BB, True, num_warps)
+        lt_ba = _load_factor(left_ptr, BA, 0, N1, BB, BA, True, num_warps)
+        lt_bb = _load_factor(left_ptr, BA, BA, N1, BB, BB, True, num_warps)
     clip = gl.load(clip_ptr).to(gl.float32) if HAS_CLIP else 1.0
     rows_a = gl.arange(0, BA, layout=gl.SliceLayout(1, out))
     rows_b = BA + gl.arange(0, BBP, layout=gl.SliceLayout(1, out))
@@ -291,18 +307,6 @@ def _load_token_cols(x_ptr, bufs_a, bufs_b, stage, tok, M, N1: gl.constexpr, N2:
 
 
 @gluon.jit
-def _load_factor(ptr, row0, col0, N: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr, num_warps: gl.constexpr):
-    """Rows row0 ... and columns col0 ... of the [N, N] matrix at ptr, zero past N, into shared memory laid out as
-    an MMA operand."""
-    load: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
-    r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, load))
-    c = col0 + gl.arange(0, COLS, layout=gl.SliceLayout(0, load))
-    values = gl.load(ptr + r[:, None] * N + c[None, :], mask=(r < N)[:, None] & (c < N)[None, :], other=0.0)
-    layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([ROWS, COLS], ptr.dtype.element_ty)
-    return gl.allocate_shared_memory(ptr.dtype.element_ty, [ROWS, COLS], layout, values)
-
-
-@gluon.jit
 def _first_product_cols(lt_smem, bufs_a, bufs_b, stage, N1: gl.constexpr, BA: gl.constexpr, BB: gl.constexpr,
                         mma_a: gl.constexpr, mma_b: gl.constexpr):
     """W = leftᵀ · X of the token in `stage`, as column blocks a [N1, BA] and b [N1, BB], issued asynchronously."""
@@ -352,14 +356,11 @@ def _kron_quant_cols_kernel(x_ptr, left_ptr, right_ptr, clip_ptr, codes_ptr, sca
 
     # The factors, once per program: leftᵀ in CHUNKS column blocks (the first MMA's K steps); right in its
     # [K rows, output columns] blocks (aa, ab, ba, bb), zero past N2
-    lt_smem = gl.allocate_shared_memory(dtype, [CHUNKS, N1, CHUNK],
-                                        gl.NVMMASharedLayout.get_default_for([N1, CHUNK], dtype))
-    for c in gl.static_range(CHUNKS):
-        lt_smem.index(c).store(_load_transposed(left_ptr, 0, c * CHUNK, N1, N1, CHUNK, num_warps))
-    r_aa = _load_factor(right_ptr, 0, 0, N2, BA, BA, num_warps)
-    r_ab = _load_factor(right_ptr, 0, BA, N2, BA, BB, num_warps)
-    r_ba = _load_factor(right_ptr, BA, 0, N2, BB, BA, num_warps)
-    r_bb = _load_factor(right_ptr, BA, BA, N2, BB, BB, num_warps)
+    lt_smem = _load_factor_t_chunks(left_ptr, N1, num_warps)
+    r_aa = _load_factor(right_ptr, 0, 0, N2, BA, BA, False, num_warps)
+    r_ab = _load_factor(right_ptr, 0, BA, N2, BA, BB, False, num_warps)
+    r_ba = _load_factor(right_ptr, BA, 0, N2, BB, BA, False, num_warps)
+    r_bb = _load_factor(right_ptr, BA, BA, N2, BB, BB, False, num_warps)
     clip = gl.load(clip_ptr).to(gl.float32) if HAS_CLIP else 1.0
     rows_a = gl.arange(0, N1, layout=gl.SliceLayout(1, out_a))
     cols_a = gl.arange(0, BA, layout=gl.SliceLayout(0, out_a))
