@@ -22,6 +22,17 @@ def resource_usage(cubin: bytes) -> str:
         return subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
 
 
+def compile_sm90(kernel, signature: dict, constexprs: dict, attrs: dict | None = None):
+    """Gluon `kernel` compiled for sm_90 (constexprs["num_warps"] warps): the signature maps each argument name to
+    its type ("constexpr" for the constexprs); attrs as a launch specializes them (e.g. pointer divisibility)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    source = GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": constexprs["num_warps"]})
+
+
 def compile_cases(compile_one, cases) -> dict:
     """{repr(case): {"ptx", "usage"}} of compile_one(*case) for each case."""
     results = {}

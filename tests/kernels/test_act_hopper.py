@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from faircalib.kernels import gemm, gemm_reference as ref, registry
-from gluon_offline import compile_cases, compiled_in_fresh_process  # tests/kernels, on the path
+from gluon_offline import compile_cases, compile_sm90, compiled_in_fresh_process  # tests/kernels, on the path
 
 act_hopper = gemm.act_hopper
 pytestmark = pytest.mark.skipif(act_hopper is None, reason="Triton without Gluon")
@@ -22,9 +22,6 @@ COMPILE_CASES = [(96, 128, "bfloat16", True), (48, 64, "bfloat16", False), (64, 
 
 
 def _compile(n1, n2, dtype_name, has_clip):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     kind, ba, bb = act_hopper.layout(n1, n2)
@@ -40,8 +37,7 @@ def _compile(n1, n2, dtype_name, has_clip):
                   "num_warps": warps}
     # As a launch specializes them: 16-byte aligned pointers (vectorized copies and stores)
     attrs = {(list(signature).index(name),): [["tt.divisibility", 16]] for name in signature if name.endswith("_ptr")}
-    source = GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return compile_sm90(kernel, signature, constexprs, attrs)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from faircalib.kernels import gemm
-from gluon_offline import compile_cases, compiled_in_fresh_process  # tests/kernels, on the path
+from gluon_offline import compile_cases, compile_sm90, compiled_in_fresh_process  # tests/kernels, on the path
 
 pytestmark = pytest.mark.skipif(gemm.gemm_regs is None, reason="Triton without Gluon")
 
@@ -17,24 +17,21 @@ CASES = [(config, has_bias, dtype, members) for config in (gemm.gemm_regs.CONFIG
 
 
 def _compile(config, has_bias, out_dtype_name, members):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
     regs = gemm.gemm_regs
     w_desc = mangle_type(regs.weight_descriptor(torch.zeros(256, 2048, dtype=torch.int8)))
     warps, stages, block_m = config
     a_desc = mangle_type(regs.codes_descriptor(torch.zeros(512, 4096, dtype=torch.int8), block_m))
+    out = mangle_type(torch.empty(0, dtype=getattr(torch, out_dtype_name)))
     signature = {"w0_desc": w_desc, "w1_desc": w_desc, "w2_desc": w_desc, "a_desc": a_desc, "sa_ptr": "*fp32",
-                 "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": mangle_type(torch.empty(0, dtype=getattr(torch, out_dtype_name))),
+                 "sw_ptr": "*fp32", "bias_ptr": "*fp32", "c_ptr": out,
                  "M": "i32", "N0": "i32", "N1": "i32", "N2": "i32", "K": "i32", "stride_cm": "i32",
                  "HAS_BIAS": "constexpr", "MEMBERS": "constexpr", "STAGES": "constexpr", "GROUP_M": "constexpr",
                  "num_warps": "constexpr"}
-    source = GluonASTSource(fn=regs._w4a4_regs_kernel, signature=signature,
-                            constexprs={"HAS_BIAS": has_bias, "MEMBERS": members, "STAGES": stages,
-                                        "GROUP_M": regs.GROUP_M, "num_warps": warps})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return compile_sm90(regs._w4a4_regs_kernel, signature, {"HAS_BIAS": has_bias, "MEMBERS": members,
+                                                            "STAGES": stages, "GROUP_M": regs.GROUP_M,
+                                                            "num_warps": warps})
 
 
 @pytest.fixture(scope="module")
