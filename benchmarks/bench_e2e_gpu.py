@@ -44,8 +44,8 @@ import torch
 import triton
 
 from faircalib import kernels
-from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.atomic import write_json
+from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.deploy.cuda_graph import GraphedLogits, compile_model_blocks
 from faircalib.deploy.shared_input import share_model_input_quantization
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked

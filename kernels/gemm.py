@@ -16,9 +16,9 @@
   illegal memory accesses on H100 for the column split). On Hopper, K = 12288 and 18944 go to `act_hopper.py`
   (Gluon) instead: the same arithmetic with the next token's first MMA running while this token is quantized,
   0.857x / 0.555x of memcpy against this kernel's 0.744x / 0.531x at 16384 tokens (H100, 2026-12-07;
-  `ActLaunch.hopper`). Both kernels'
-  token absmax is one reduction across the warps for both blocks (was one per block: three CTA barriers fewer
-  per token in the compiled loop, 1-3% faster at K = 12288 and 18944, H100, 2026-12-07 08:26 UTC);
+  `ActLaunch.hopper`). In this kernel and those, a token's absmax is one reduction across the warps for both
+  blocks (was one per block here: three CTA barriers fewer per token in the compiled loop, 1-3% faster at
+  K = 12288 and 18944, H100, 2026-12-07 08:26 UTC);
 - chunked (fp32 factors at K = 12288 and 18944): per token, the output in 64-column slices (contracting 32
   columns at a time), parked in an fp32 per-program scratch row until the token's absmax is known, then quantized.
 Numerics: the no-transform paths match the reference bit for bit. With a transform, the codes may differ by one

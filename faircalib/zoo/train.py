@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from faircalib.atomic import write_json
 from faircalib.diffusion import SamplerConfig
 from faircalib.models import build_random, get_adapter, save_model
 from faircalib.zoo.evaluate import evaluate
-from faircalib.atomic import write_json
 from faircalib.zoo.rtn import rtn_w4a4
 from faircalib.zoo.tasks import GEN_LENGTH, TASKS, Problem, load_tasks
 from faircalib.zoo.tokenizer import CharTokenizer
