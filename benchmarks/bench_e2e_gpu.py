@@ -16,7 +16,8 @@ as a fixed-shape denoising loop runs it), and for W4A4 a torch.profiler table li
 `--variants`: transform factors in bf16 (bf16 MMA) or fp32 (tf32 MMA; the 96x128 factors of the 12288-wide down
 projection input then take the chunked kernel), and q/k/v and gate/up quantizing their shared input once
 (`share_model_input_quantization`, as deployed checkpoints load; each such group then runs one GEMM on its stacked
-weights, or one per linear with an `:unfused` suffix) or once per linear; a `:swiglu` suffix has the
+weights, or one per linear with an `:unfused` suffix; gate/up's GEMM forms the SwiGLU in its epilogue, or with a
+`:noepilogue` suffix writes gate and up for the SwiGLU after it) or once per linear; a `:swiglu` suffix has the
 down projections compute silu(gate)·up inside their activation kernel (`W4A4Linear.fuse_swiglu`), `:unpacked` keeps
 int8 copies of the weights (`keep_weights_unpacked`: no unpack pass per call; the block-weight bytes reported are
 then the packed weights and the int8 copies), `:int8only` keeps the int8 codes alone (`drop_packed=True`),
@@ -186,11 +187,12 @@ def tiny_cpu_throughput(out: str) -> None:
         print(f"| {r['model']} | {r['variant']} | {r['tokens_per_s']:.0f} |")
 
 
-VARIANT_OPTIONS = ("swiglu", "unpacked", "int8only", "unfused", "flattened")
+VARIANT_OPTIONS = ("swiglu", "unpacked", "int8only", "unfused", "noepilogue", "flattened")
 
 
 def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
-    """"dtype:(shared|separate)[:swiglu][:unpacked|:int8only][:unfused][:flattened][:act.FIELD=VALUE ...]" -> (factor
+    """"dtype:(shared|separate)[:swiglu][:unpacked|:int8only][:unfused][:noepilogue][:flattened][:act.FIELD=VALUE
+    ...]" -> (factor
     dtype name, sharing, options, `gemm.ActLaunch` fields to set); ValueError naming what is wrong."""
     factor_name, _, rest = variant.partition(":")
     sharing, *parts = rest.split(":")
@@ -208,7 +210,7 @@ def parse_variant(variant: str) -> tuple[str, str, list[str], dict]:
     if factor_name not in ("bf16", "fp32") or sharing not in ("shared", "separate") or \
             not set(options) <= set(VARIANT_OPTIONS):
         raise ValueError(f"bad variant {variant!r}: want (bf16|fp32):(shared|separate)[:swiglu][:unpacked|:int8only]"
-                         f"[:unfused][:flattened][:act.FIELD=VALUE]")
+                         f"[:unfused][:noepilogue][:flattened][:act.FIELD=VALUE]")
     return factor_name, sharing, options, launch
 
 
@@ -222,6 +224,7 @@ def main() -> None:
                              "[:unpacked] (keep_weights_unpacked: int8 weight copies, no unpack pass per call)"
                              "[:int8only] (the same with the packed weights dropped: int8 codes alone)"
                              "[:unfused] (shared input groups run one GEMM per linear, not one on stacked weights)"
+                             "[:noepilogue] (gate/up's GEMM writes gate and up; the SwiGLU runs after it)"
                              "[:flattened] (the INT8 GEMM autotuned over its flattened-loop configs only)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every block (bf16 baseline and W4A4 alike): fuses the norms, RoPE, SwiGLU "
@@ -287,6 +290,7 @@ def main() -> None:
             keep_weights_unpacked(model, drop_packed="int8only" in options)
         for group in {m.shared_input for m in model.modules() if isinstance(m, W4A4Linear) and m.shared_input}:
             group.fused_gemm = "unfused" not in options
+            group.swiglu_epilogue = "noepilogue" not in options
         if args.compile:
             compile_model_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
@@ -298,6 +302,7 @@ def main() -> None:
                 (", weights kept unpacked (int8)" if "unpacked" in options else "") + \
                 (", int8 weights only" if "int8only" in options else "") + \
                 (", one GEMM per linear" if "unfused" in options else "") + \
+                (", SwiGLU after gate/up's GEMM" if "noepilogue" in options else "") + \
                 (", GEMM configs flattened only" if "flattened" in options else "") + \
                 "".join(f", act {key}={value}" for key, value in launch.items())
             results["runs"].append({"model": f"w4a4 ({factor_name} factors, {sharing} input quantization{extra}{tag})",

@@ -235,8 +235,8 @@ def clip_search(x: torch.Tensor, ratios, bits: int = 4, weights: torch.Tensor | 
 from .gemm_reference import GEMM_K_GROUP, padded_k, pack_weight_for_gemm, unpack_weight_for_gemm  # noqa: E402
 
 registry.register_triton_module(__package__ + ".gemm")
-__all__ += ["quantize_act_packed", "w4a4_matmul", "w4a4_matmul_stacked", "int8_matmul", "unpack_weight_int8",
-            "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
+__all__ += ["quantize_act_packed", "w4a4_matmul", "w4a4_matmul_stacked", "w4a4_matmul_swiglu", "int8_matmul",
+            "unpack_weight_int8", "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
 
 
 def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
@@ -367,6 +367,39 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
     out = ops.w4a4_matmul_stacked(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), list(w_packed),
                                   w_scales.reshape(-1), bias, out_dtype)
     return out.reshape(*a_codes.shape[:-1], n)
+
+
+def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                       w_scales: torch.Tensor, bias: torch.Tensor | None = None,
+                       channel_scale: torch.Tensor | None = None,
+                       out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """A SwiGLU block's gate and up projections and the SwiGLU between them, one op: silu(gate) · up (·
+    channel_scale), where gate and up are the W4A4 GEMMs of a_codes against w_gate and w_up (packed, [F, padded_k(K)
+    / 2] each) as `w4a4_matmul_stacked` computes them on [w_gate, w_up] (w_scales and bias [2F], gate's first) and
+    rounds them to out_dtype. Then F.silu(gate) * up as eager PyTorch rounds it, and the fp32 product with
+    channel_scale [F] (a down projection's, applied here instead of in its activation pass) rounded to out_dtype
+    -> [..., F] out_dtype. On Hopper the SwiGLU runs in the GEMM's epilogue: gate and up never go to memory."""
+    op = "w4a4_matmul_swiglu"
+    for name, w in (("w_gate", w_gate), ("w_up", w_up)):
+        if not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
+            got = w.dtype if isinstance(w, torch.Tensor) else type(w).__name__
+            raise TypeError(f"faircalib.kernels.{op}: {name} must be a torch.int8 tensor, got {got}")
+        check_dims(op, name, w, 2)
+    if w_up.shape != w_gate.shape:
+        raise ValueError(f"faircalib.kernels.{op}: w_up {tuple(w_up.shape)} must match w_gate "
+                         f"{tuple(w_gate.shape)} (a SwiGLU's gate and up projections have one shape)")
+    f = w_gate.shape[0]
+    k = _check_gemm_args(op, a_codes, a_scales, "w_gate", w_gate, 2, w_scales, bias, out_dtype, 2 * f)
+    check_same_device(op, "a_codes", a_codes, "w_up", w_up)
+    if channel_scale is not None:
+        check_float_tensor(op, "channel_scale", channel_scale)
+        check_same_device(op, "a_codes", a_codes, "channel_scale", channel_scale)
+        if tuple(channel_scale.shape) != (f,):
+            raise ValueError(f"faircalib.kernels.{op}: channel_scale must have shape ({f},) (one per SwiGLU "
+                             f"output), got {tuple(channel_scale.shape)}")
+    out = ops.w4a4_matmul_swiglu(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), w_gate, w_up,
+                                 w_scales.reshape(-1), bias, channel_scale, out_dtype)
+    return out.reshape(*a_codes.shape[:-1], f)
 
 
 def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,

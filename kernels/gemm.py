@@ -81,8 +81,8 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from . import gemm_reference, registry
 from . import quant as quant_kernels
-from . import registry
 from .gemm_reference import GEMM_K_GROUP
 from .triton_math import cast_rne, clamp_round_to_int, grouped_tile, nan_max
 
@@ -788,6 +788,31 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
     `gemm_regs.MAX_MEMBERS` weights per launch)."""
     args = (a_codes, a_scales, w_packed, w_scales, bias, out_dtype)
     return _w4a4_run(w4a4_design(*args), *args)
+
+
+@registry.register("w4a4_matmul_swiglu", "triton")
+def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                       w_scales: torch.Tensor, bias: torch.Tensor | None, channel_scale: torch.Tensor | None,
+                       out_dtype: torch.dtype) -> torch.Tensor:
+    """`gemm_reference.w4a4_matmul_swiglu`. On Hopper one register-unpack GEMM computes the SwiGLU in its epilogue
+    (`gemm_regs.w4a4_matmul_swiglu_regs`): gate and up never go to memory. Elsewhere (and for K >=
+    `gemm_regs.MAX_K`) the stacked GEMM, then the SwiGLU in PyTorch."""
+    m, f = a_codes.shape[0], w_gate.shape[0]
+    if gemm_regs is None or registry.triton_interpreted() or not gemm_regs.supported(a_codes.device) or \
+            2 * w_gate.shape[1] >= gemm_regs.MAX_K:
+        both = w4a4_matmul_stacked(a_codes, a_scales, [w_gate, w_up], w_scales, bias, out_dtype)
+        return gemm_reference.swiglu_scaled(both[:, :f], both[:, f:], channel_scale, out_dtype)
+    out = torch.empty((m, f), dtype=out_dtype, device=a_codes.device)
+    codes, scales = _tma_codes(a_codes), a_scales.reshape(-1).contiguous()
+    w_gate, w_up, w_scales = w_gate.contiguous(), w_up.contiguous(), w_scales.reshape(-1).contiguous()
+    bias = None if bias is None else bias.contiguous()
+    channel_scale = None if channel_scale is None else channel_scale.float().contiguous()
+    rows = _rows_per_launch(f, f)  # the epilogue's output offsets stay within int32
+    for first in range(0, m, rows):
+        part = slice(first, first + rows)
+        gemm_regs.w4a4_matmul_swiglu_regs(codes[part], scales[part], w_gate, w_up, w_scales, bias, channel_scale,
+                                          out[part], gemm_regs.SWIGLU_CONFIG)
+    return out
 
 
 # A candidate's time is the mean over DESIGN_GRAPHS CUDA graphs of one call, each captured anew, timed in turns with

@@ -139,6 +139,26 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
                        out_dtype)
 
 
+def swiglu_scaled(gate: torch.Tensor, up: torch.Tensor, channel_scale: torch.Tensor | None,
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    """silu(gate) · up (· channel_scale [F]) in out_dtype, rounded as eager PyTorch rounds `F.silu(gate) * up` and
+    then the down projection's channel-scale pass its fp32 product (`gemm.scaled_input`)."""
+    h = torch.nn.functional.silu(gate) * up
+    return h if channel_scale is None else (h.float() * channel_scale.float()).to(out_dtype)
+
+
+@registry.register("w4a4_matmul_swiglu", "reference")
+def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                       w_scales: torch.Tensor, bias: torch.Tensor | None, channel_scale: torch.Tensor | None,
+                       out_dtype: torch.dtype) -> torch.Tensor:
+    """A SwiGLU's gate and up projections and the SwiGLU: `w4a4_matmul_stacked` against [w_gate, w_up] ([F, Kp / 2]
+    each; w_scales, bias [2F], gate's first), its two halves (each rounded to out_dtype) -> `swiglu_scaled`
+    [M, F]."""
+    both = w4a4_matmul_stacked(a_codes, a_scales, [w_gate, w_up], w_scales, bias, out_dtype)
+    f = w_gate.shape[0]
+    return swiglu_scaled(both[:, :f], both[:, f:], channel_scale, out_dtype)
+
+
 @registry.register("int8_matmul", "reference")
 def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Tensor, w_scales: torch.Tensor,
                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:

@@ -70,6 +70,10 @@ GROUP_M = 8
 # Dream's k/v at 4096 tokens); both 2 programs per SM. 64 tokens per program: narrow weights (Dream's 512-row k and
 # v) fill 4 x 32 of the H100's 264 program slots at 4096 tokens with 128.
 CONFIGS = ((4, 4, 128), (8, 3, 128), (4, 4, 64))
+# The SwiGLU kernel's config (`w4a4_matmul_swiglu_regs`): one warpgroup, so that each gate value and its up value
+# share a thread. 64 tokens per program ran 21-23% slower than 128 on LLaDA's and Dream's gate+up at 4096 and 16384
+# tokens (H100, 2026-12-07 09:56 UTC, BENCHMARKS.md).
+SWIGLU_CONFIG = (4, 4, 128)
 
 
 @gluon.jit
@@ -84,29 +88,35 @@ def _high_codes_x16(p):
 
 
 @gluon.jit
-def _load_group(w_desc, a_desc, bar, w_buf, a_low, a_high, off_n, off_m, g, pred):
+def _load_group(w_desc, w2_desc, a_desc, bar, w_buf, a_low, a_high, off_n, off_m, g, pred, PAIRED: gl.constexpr):
+    """K group g's packed weight rows and activation codes into one stage; PAIRED: w_desc's rows in the top half
+    of w_buf, the same rows of w2_desc in the bottom half (`_swiglu_tile`)."""
     half: gl.constexpr = w_desc.block_type.shape[1]
-    mbarrier.expect(bar, w_desc.block_type.nbytes + 2 * a_desc.block_type.nbytes, pred=pred)
-    _tma_load(w_desc, [off_n, g * half], bar, w_buf, pred)
+    weight_bytes: gl.constexpr = w_desc.block_type.nbytes * (2 if PAIRED else 1)
+    mbarrier.expect(bar, weight_bytes + 2 * a_desc.block_type.nbytes, pred=pred)
+    if PAIRED:
+        rows: gl.constexpr = w_desc.block_type.shape[0]
+        _tma_load(w_desc, [off_n, g * half], bar, w_buf.slice(0, rows), pred)
+        _tma_load(w2_desc, [off_n, g * half], bar, w_buf.slice(rows, rows), pred)
+    else:
+        _tma_load(w_desc, [off_n, g * half], bar, w_buf, pred)
     _tma_load(a_desc, [off_m, g * 2 * half], bar, a_low, pred)
     _tma_load(a_desc, [off_m, g * 2 * half + half], bar, a_high, pred)
 
 
 @gluon.jit
-def _tile(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N, K, stride_cm, off_n, off_m,
-          col0, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """Writes one [BM tokens, BLOCK_N outputs] tile of C at rows off_m, columns col0 + off_n: the product with the
-    weight of w_desc (N rows, its scales and bias from column col0 on); K's tail reads as zeros (TMA)."""
-    BN: gl.constexpr = w_desc.block_type.shape[0]
+def _accumulate(w_desc, w2_desc, a_desc, w_bufs, a_bufs, bars, K, off_n, off_m, mma: gl.constexpr,
+                PAIRED: gl.constexpr, STAGES: gl.constexpr):
+    """16 x the int32 sums of one [BLOCK_N weight rows, BM tokens] tile (w_bufs' rows: w_desc's from off_n on, or
+    with PAIRED w_desc's, then w2_desc's, half of them each), in layout `mma`; K's tail reads as zeros (TMA)."""
+    BN: gl.constexpr = w_bufs.shape[1]
     BM: gl.constexpr = a_desc.block_type.shape[0]
     HALF_K: gl.constexpr = w_desc.block_type.shape[1]  # packed bytes of a K group, codes of half of one
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                  instr_shape=[16, BM, 32])
     fragment: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
     groups = gl.cdiv(K, 2 * HALF_K)
     for i in gl.static_range(STAGES - 1):
-        _load_group(w_desc, a_desc, bars.index(i), w_bufs.index(i), a_bufs.index(2 * i), a_bufs.index(2 * i + 1),
-                    off_n, off_m, i, i < groups)
+        _load_group(w_desc, w2_desc, a_desc, bars.index(i), w_bufs.index(i), a_bufs.index(2 * i),
+                    a_bufs.index(2 * i + 1), off_n, off_m, i, i < groups, PAIRED)
     acc = gl.zeros([BN, BM], gl.int32, layout=mma)
     for g in range(groups):
         s = g % STAGES
@@ -119,9 +129,22 @@ def _tile(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars,
         _cta_barrier()
         nxt = g + STAGES - 1
         ns = nxt % STAGES
-        _load_group(w_desc, a_desc, bars.index(ns), w_bufs.index(ns), a_bufs.index(2 * ns), a_bufs.index(2 * ns + 1),
-                    off_n, off_m, nxt, nxt < groups)
+        _load_group(w_desc, w2_desc, a_desc, bars.index(ns), w_bufs.index(ns), a_bufs.index(2 * ns),
+                    a_bufs.index(2 * ns + 1), off_n, off_m, nxt, nxt < groups, PAIRED)
         acc = warpgroup_mma_wait(0, deps=(acc,))  # the fragments' registers are free again (module doc)
+    return acc
+
+
+@gluon.jit
+def _tile(w_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, c_ptr, w_bufs, a_bufs, bars, M, N, K, stride_cm, off_n, off_m,
+          col0, HAS_BIAS: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """Writes one [BM tokens, BLOCK_N outputs] tile of C at rows off_m, columns col0 + off_n: the product with the
+    weight of w_desc (N rows, its scales and bias from column col0 on)."""
+    BN: gl.constexpr = w_desc.block_type.shape[0]
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BM, 32])
+    acc = _accumulate(w_desc, w_desc, a_desc, w_bufs, a_bufs, bars, K, off_n, off_m, mma, False, STAGES)
     rn = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
     rm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
     out = (acc >> 4).to(gl.float32) * gl.load(sa_ptr + rm, mask=rm < M, other=0.0)[None, :] * \
@@ -175,6 +198,63 @@ def _w4a4_regs_kernel(w0_desc, w1_desc, w2_desc, a_desc, sa_ptr, sw_ptr, bias_pt
         mbarrier.invalidate(bars.index(i))
 
 
+@gluon.jit
+def _swiglu_tile(wg_desc, wu_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, cs_ptr, c_ptr, w_bufs, a_bufs, bars, M, F, K,
+                 stride_cm, off_f, off_m, HAS_BIAS: gl.constexpr, HAS_CS: gl.constexpr, STAGES: gl.constexpr,
+                 num_warps: gl.constexpr):
+    """Writes one [BM tokens, BH channels] tile of C = silu(gate) · up (· channel scale) at rows off_m, columns
+    off_f on. The tile's MMAs run on BH gate rows stacked over the same BH up rows, so the MMA layout puts each
+    gate value and its up value in one thread (rows r and r + 64 of the accumulator): the SwiGLU needs no shuffle.
+    Gate and up are rounded to C's dtype as the stacked GEMM writes them, then the SwiGLU and the channel scale as
+    eager PyTorch rounds them (`gemm_reference.w4a4_matmul_swiglu`)."""
+    BH: gl.constexpr = wg_desc.block_type.shape[0]
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    dtype: gl.constexpr = c_ptr.dtype.element_ty
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                  instr_shape=[16, BM, 32])
+    acc = _accumulate(wg_desc, wu_desc, a_desc, w_bufs, a_bufs, bars, K, off_f, off_m, mma, True, STAGES)
+    r = gl.arange(0, 2 * BH, layout=gl.SliceLayout(1, mma))
+    chan = off_f + r % BH
+    row = chan + (r // BH) * F  # gate's scales and bias come first in the stack's, then up's
+    rm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(0, mma))
+    out = (acc >> 4).to(gl.float32) * gl.load(sa_ptr + rm, mask=rm < M, other=0.0)[None, :] * \
+        gl.load(sw_ptr + row, mask=chan < F, other=0.0)[:, None]
+    if HAS_BIAS:
+        out = out + gl.load(bias_ptr + row, mask=chan < F, other=0.0).to(gl.float32)[:, None]
+    out = out.to(dtype).to(gl.float32)
+    gate, up = gl.split(gl.permute(gl.reshape(out, [2, BH, BM]), (1, 2, 0)))
+    y = (gate / (1.0 + gl.exp(-gate))).to(dtype).to(gl.float32) * up
+    if HAS_CS:
+        c = off_f + gl.arange(0, BH, layout=gl.SliceLayout(1, y.type.layout))
+        y = y.to(dtype).to(gl.float32) * gl.load(cs_ptr + c, mask=c < F, other=0.0)[:, None]
+    rows: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BH, BH // 8], [num_warps, 1], [1, 0])
+    y = gl.convert_layout(gl.permute(y.to(dtype), (1, 0)), rows)
+    sm = off_m + gl.arange(0, BM, layout=gl.SliceLayout(1, rows))
+    sf = off_f + gl.arange(0, BH, layout=gl.SliceLayout(0, rows))
+    gl.store(c_ptr + sm[:, None] * stride_cm + sf[None, :], y, mask=(sm < M)[:, None] & (sf < F)[None, :])
+
+
+@gluon.jit
+def _w4a4_swiglu_kernel(wg_desc, wu_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, cs_ptr, c_ptr, M, F, K, stride_cm,
+                        HAS_BIAS: gl.constexpr, HAS_CS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+                        num_warps: gl.constexpr):
+    """C [M, F] = silu(gate) · up (· channel scale) of the W4A4 GEMMs against gate's and up's packed weights
+    (F rows each), one `_swiglu_tile` of BLOCK_N / 2 channels per program, in grouped order."""
+    BH: gl.constexpr = wg_desc.block_type.shape[0]
+    BM: gl.constexpr = a_desc.block_type.shape[0]
+    HALF_K: gl.constexpr = wg_desc.block_type.shape[1]
+    w_bufs = gl.allocate_shared_memory(gl.int8, [STAGES, 2 * BH, HALF_K], wg_desc.layout)
+    a_bufs = gl.allocate_shared_memory(gl.int8, [2 * STAGES, BM, HALF_K], a_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+    block_m, tile = grouped_tile(gl.program_id(0), gl.cdiv(M, BM), gl.cdiv(F, BH), GROUP_M)
+    _swiglu_tile(wg_desc, wu_desc, a_desc, sa_ptr, sw_ptr, bias_ptr, cs_ptr, c_ptr, w_bufs, a_bufs, bars, M, F, K,
+                 stride_cm, tile * BH, block_m * BM, HAS_BIAS, HAS_CS, STAGES, num_warps)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
+
+
 def supported(device: torch.device) -> bool:
     """Whether this kernel runs on `device`: an sm_90 GPU (wgmma), compiled, not interpreted."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
@@ -183,10 +263,11 @@ def supported(device: torch.device) -> bool:
 MAX_MEMBERS = 3  # q/k/v; gate/up are two
 
 
-def weight_descriptor(w_packed: torch.Tensor) -> TensorDescriptor:
-    """The TMA descriptor of a packed weight [N, Kp / 2]: [BLOCK_N, HALF] boxes."""
+def weight_descriptor(w_packed: torch.Tensor, rows: int = BLOCK_N) -> TensorDescriptor:
+    """The TMA descriptor of a packed weight [N, Kp / 2]: [rows, HALF] boxes, laid out as the kernels' [BLOCK_N,
+    HALF] stage buffers (`_swiglu_tile` fills the halves of one with rows = BLOCK_N / 2)."""
     layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HALF], gl.int8)
-    return TensorDescriptor.from_tensor(w_packed, [BLOCK_N, HALF], layout)
+    return TensorDescriptor.from_tensor(w_packed, [rows, HALF], layout)
 
 
 def codes_descriptor(a_codes: torch.Tensor, block_m: int) -> TensorDescriptor:
@@ -219,4 +300,30 @@ def w4a4_matmul_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed: li
                             w_scales if bias is None else bias, out, m, *widths, k, out.stride(0),
                             HAS_BIAS=bias is not None, MEMBERS=len(w_packed), STAGES=stages, GROUP_M=GROUP_M,
                             num_warps=warps)
+    return out
+
+
+def w4a4_matmul_swiglu_regs(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
+                            w_scales: torch.Tensor, bias: torch.Tensor | None, channel_scale: torch.Tensor | None,
+                            out: torch.Tensor, config: tuple[int, int, int]) -> torch.Tensor:
+    """out [M, F] (unit column stride) = silu(gate) · up (· channel_scale [F]) where gate and up are the W4A4 GEMMs
+    of a_codes int8 [M, K], a_scales fp32 [M] against w_gate and w_up int8 [F, padded_k(K) / 2] (contiguous), with
+    w_scales and bias [2F] (gate's, then up's) as for their stack: `gemm_reference.w4a4_matmul_swiglu`, in one
+    launch (`_swiglu_tile`); config as `w4a4_matmul_regs`'. Inputs are the caller's to check
+    (`gemm.w4a4_matmul_swiglu`)."""
+    m, f = a_codes.shape[0], w_gate.shape[0]
+    warps, stages, block_m = config
+    if warps != 4:  # `_swiglu_tile`: with 8 warps, rows r and r + 64 of the accumulator sit in different warps
+        raise ValueError(f"faircalib.kernels.gemm_regs: the SwiGLU kernel runs one warpgroup (4 warps), got config "
+                         f"{config}")
+    if stages < 2:
+        raise ValueError(f"faircalib.kernels.gemm_regs: config {config} needs at least 2 stages")
+    if m == 0 or f == 0:
+        return out
+    grid = (triton.cdiv(f, BLOCK_N // 2) * triton.cdiv(m, block_m),)
+    _w4a4_swiglu_kernel[grid](
+        weight_descriptor(w_gate, BLOCK_N // 2), weight_descriptor(w_up, BLOCK_N // 2),
+        codes_descriptor(a_codes, block_m), a_scales, w_scales, w_scales if bias is None else bias,
+        w_scales if channel_scale is None else channel_scale, out, m, f, a_codes.shape[1], out.stride(0),
+        HAS_BIAS=bias is not None, HAS_CS=channel_scale is not None, STAGES=stages, GROUP_M=GROUP_M, num_warps=warps)
     return out

@@ -298,6 +298,19 @@ def w4a4_matmul_stacked(a_codes: Tensor, a_scales: Tensor, w_packed: list[Tensor
                      out_dtype)
 
 
+def _w4a4_matmul_swiglu_fake(a_codes: Tensor, a_scales: Tensor, w_gate: Tensor, w_up: Tensor, w_scales: Tensor,
+                             bias: Tensor | None, channel_scale: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    return a_codes.new_zeros((a_codes.shape[0], w_gate.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("faircalib::w4a4_matmul_swiglu", mutates_args=())
+def w4a4_matmul_swiglu(a_codes: Tensor, a_scales: Tensor, w_gate: Tensor, w_up: Tensor, w_scales: Tensor,
+                       bias: Tensor | None, channel_scale: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    """a_codes int8 [M, K] -> silu(gate) · up (· channel_scale) [M, F] of the packed gate and up weights [F, ...]."""
+    return _dispatch("w4a4_matmul_swiglu", _w4a4_matmul_swiglu_fake, a_codes, a_scales, w_gate, w_up, w_scales,
+                     bias, channel_scale, out_dtype)
+
+
 @torch.library.custom_op("faircalib::int8_matmul", mutates_args=())
 def int8_matmul(a_codes: Tensor, a_scales: Tensor, w_int8: Tensor, w_scales: Tensor, bias: Tensor | None,
                 out_dtype: torch.dtype) -> Tensor:
@@ -310,4 +323,5 @@ quantize_swiglu_packed.register_fake(_quantize_swiglu_packed_fake)
 w4a4_matmul.register_fake(_gemm_fake)
 unpack_weight_int8.register_fake(_unpack_weight_int8_fake)
 w4a4_matmul_stacked.register_fake(_w4a4_matmul_stacked_fake)
+w4a4_matmul_swiglu.register_fake(_w4a4_matmul_swiglu_fake)
 int8_matmul.register_fake(_gemm_fake)

@@ -87,6 +87,7 @@ class SharedInputQuantization:
         self._remember()
         self._handed: tuple | None = None  # (x, result) within one traced forward (`_hand`)
         self.fused_gemm = True  # one GEMM for all members (module doc); False: one per member
+        self.swiglu_epilogue = True  # gate/up groups: the SwiGLU in that GEMM's epilogue (`swiglu`)
         self._kept: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None  # `stack_kept_weights`
 
     def check(self) -> None:
@@ -203,6 +204,47 @@ class SharedInputQuantization:
                     m._checked_buffers = m._kernel_buffers()  # the public ops accepted them
         return out.reshape(*x.shape[:-1], weight_scale.numel())
 
+    def swiglu(self, gate: W4A4Linear, up: W4A4Linear, down: nn.Module,
+               x: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+        """(h, scaled) for `layers.swiglu_mlp`: h = silu(gate(x)) · up(x) from the group's one GEMM with the SwiGLU
+        in its epilogue (`kernels.w4a4_matmul_swiglu`: gate and up never go to memory on Hopper), times down's
+        channel scale where `scaled` (then down's activation pass skips it: `W4A4Linear.forward_scaled`). The
+        channel scale is folded in where down's own pass would round the scaled input to x's dtype as the epilogue
+        does: factors of x's dtype (the Triton kernels round it to theirs), or fp32 x. None where this does not
+        apply: `swiglu_epilogue` or `fused_gemm` off, a group other than exactly (gate, up), int8 weight copies
+        kept, or a down projection that is not an unlinked W4A4Linear of gate's width taking gate and up itself
+        (`fuse_swiglu`). Module hooks of gate and up do not fire on this path."""
+        if not (self.swiglu_epilogue and len(self.members) == 2 and self.members[0] is gate and
+                self.members[1] is up and isinstance(down, W4A4Linear) and down.shared_input is None and
+                not down.fuse_swiglu and down.in_features == gate.out_features == up.out_features and
+                isinstance(self._group_weight(), list)):
+            return None
+        if not torch.compiler.is_compiling() and not all(  # traced code trusts the link, as `forward` does
+                _same_state(state, _act_state(m)) for state, m in zip(self._states, self.members)):
+            self.check()
+        factors = [t for t in (down.left, down.right) if t is not None]
+        scaled = down.channel_scale is not None and (x.dtype == torch.float32 or
+                                                     all(t.dtype == x.dtype for t in factors))
+        channel_scale = down.channel_scale if scaled else None
+        fast = gate._fast_path(x) and up._fast_path(x)
+        codes, scales = gate.quantize_input(x, fast)
+        weight_scale = torch.cat([gate.weight_scale.reshape(-1), up.weight_scale.reshape(-1)])
+        bias = None
+        if gate.bias is not None or up.bias is not None:
+            bias = torch.cat([m.weight_scale.new_zeros(m.out_features) if m.bias is None else m.bias.float()
+                              for m in (gate, up)])
+        k = gate.in_features
+        args = (codes.reshape(-1, k), scales.reshape(-1, 1), gate.weight_packed, up.weight_packed, weight_scale, bias,
+                channel_scale, x.dtype)
+        if fast:
+            h = registry.implementation("w4a4_matmul_swiglu", x.device)(*args)
+        else:
+            h = kernels.w4a4_matmul_swiglu(*args)
+            if not torch.compiler.is_compiling():
+                for m in (gate, up):
+                    m._checked_buffers = m._kernel_buffers()  # the public ops accepted them
+        return h.reshape(*x.shape[:-1], gate.out_features), scaled
+
     def _member_slice(self, module: W4A4Linear, out: torch.Tensor) -> torch.Tensor:
         start = sum(m.out_features for m in self.members[:self._index(module)])
         return out[..., start:start + module.out_features]
@@ -241,8 +283,8 @@ class SharedInputQuantization:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        # pickled by a faircalib before the group GEMM or the stacked kept weights
-        self.__dict__.update({"fused_gemm": True, "_kept": None, **state})
+        # pickled by a faircalib before the group GEMM, the stacked kept weights or the SwiGLU epilogue
+        self.__dict__.update({"fused_gemm": True, "_kept": None, "swiglu_epilogue": True, **state})
 
 
 def share_input_quantization(modules: Sequence[W4A4Linear], names: Sequence[str] | None = None) -> None:

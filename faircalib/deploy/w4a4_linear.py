@@ -182,16 +182,19 @@ class W4A4Linear(nn.Module):
                 x.dim() >= 1 and x.numel() > 0 and x.shape[-1] == self.in_features and
                 x.device == self.weight_packed.device and all(a is b for a, b in zip(checked, self._kernel_buffers())))
 
-    def quantize_input(self, x: torch.Tensor, fast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantize_input(self, x: torch.Tensor, fast: bool | None = None,
+                       scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes int8 [..., K], scales fp32 [..., 1]) of this linear's transformed input, always computed.
-        `fast`: `_fast_path(x)` when the caller already knows it."""
+        `fast`: `_fast_path(x)` when the caller already knows it. `scaled`: x already carries the channel scale
+        (`forward_scaled`)."""
+        channel_scale = None if scaled else self.channel_scale
         if self._fast_path(x) if fast is None else fast:
             impl = registry.implementation("quantize_act_packed", x.device)
-            codes, scales = impl(x.reshape(-1, self.in_features), self.channel_scale, self.left, self.right,
+            codes, scales = impl(x.reshape(-1, self.in_features), channel_scale, self.left, self.right,
                                  self.act_clip, self.act_bits)
             return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)
         return kernels.quantize_act_packed(x, bits=self.act_bits, clip_ratio=self.act_clip,
-                                           channel_scale=self.channel_scale, left=self.left, right=self.right)
+                                           channel_scale=channel_scale, left=self.left, right=self.right)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
@@ -214,6 +217,13 @@ class W4A4Linear(nn.Module):
                                                         channel_scale=self.channel_scale, left=self.left,
                                                         right=self.right, gate=gate)
         return self._matmul(codes, scales, up, fast)
+
+    def forward_scaled(self, h: torch.Tensor) -> torch.Tensor:
+        """self(x) given h = x ⊙ channel_scale, the product already formed and rounded to x's dtype by whoever made
+        x (the SwiGLU epilogue of the gate/up GEMM: `SharedInputQuantization.swiglu`), so the activation pass
+        skips the channel scale. Module hooks do not fire for this entry point."""
+        fast = self._fast_path(h)
+        return self._matmul(*self.quantize_input(h, fast, scaled=True), h, fast)
 
     def _matmul(self, codes: torch.Tensor, scales: torch.Tensor, x: torch.Tensor, fast: bool) -> torch.Tensor:
         unpacked = self._unpacked_weight()

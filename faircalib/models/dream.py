@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from faircalib.models.base import BlockwiseLM, tied_weights_declaration
-from faircalib.models.layers import RMSNorm, bidirectional_attention, swiglu_down
+from faircalib.models.layers import RMSNorm, bidirectional_attention, swiglu_mlp
 
 
 class DreamConfig(PretrainedConfig):
@@ -128,7 +128,7 @@ class DreamMLP(nn.Module):
         self.down_proj = nn.Linear(width, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu_down(self.down_proj, self.gate_proj(x), self.up_proj(x))
+        return swiglu_mlp(self.gate_proj, self.up_proj, self.down_proj, x)
 
 
 class DreamDecoderLayer(nn.Module):

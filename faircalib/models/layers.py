@@ -67,6 +67,18 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def swiglu_mlp(gate_proj: nn.Module, up_proj: nn.Module, down: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate_proj(x)) * up_proj(x)). Deployed W4A4 gate and up projections linked to one input form the
+    SwiGLU in their one GEMM's epilogue, with down's channel scale where it can be folded in
+    (`SharedInputQuantization.swiglu`); otherwise `swiglu_down`."""
+    group = getattr(gate_proj, "shared_input", None)
+    fused = None if group is None else group.swiglu(gate_proj, up_proj, down, x)
+    if fused is not None:
+        h, scaled = fused
+        return down.forward_scaled(h) if scaled else down(h)
+    return swiglu_down(down, gate_proj(x), up_proj(x))
+
+
 def swiglu_down(down: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """down(silu(gate) * up). A down projection that computes the SwiGLU inside its own input kernel (a deployed
     W4A4Linear with `fuse_swiglu` set) gets gate and up instead of their product."""

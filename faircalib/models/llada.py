@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from faircalib.models.base import BlockwiseLM, tied_weights_declaration
-from faircalib.models.layers import RMSNorm, bidirectional_attention, swiglu_down
+from faircalib.models.layers import RMSNorm, bidirectional_attention, swiglu_mlp
 
 # Options of the OLMo-derived config that this implementation supports, with the only value it supports.
 _REQUIRED_OPTIONS = {
@@ -186,7 +186,7 @@ class LLaDABlock(nn.Module):
         )
         hidden = hidden + self.attn_out(attended)
         x = self.ff_norm(hidden)
-        return hidden + swiglu_down(self.ff_out, self.ff_proj(x), self.up_proj(x))
+        return hidden + swiglu_mlp(self.ff_proj, self.up_proj, self.ff_out, x)
 
 
 class LLaDAModel(nn.Module):

@@ -49,12 +49,15 @@ def test_a_forward_quantizes_each_input_once(family, method, monkeypatch):
     assert torch.equal(got, want)  # the same codes: linking changes the work, not the numbers
 
 
-GEMMS = ("w4a4_matmul", "w4a4_matmul_stacked", "int8_matmul")
+GEMMS = ("w4a4_matmul", "w4a4_matmul_stacked", "w4a4_matmul_swiglu", "int8_matmul")
+# Per block: q/k/v stacked, o, gate/up with the SwiGLU in the GEMM's epilogue, down
+PACKED_GEMMS = ["w4a4_matmul_stacked", "w4a4_matmul", "w4a4_matmul_swiglu", "w4a4_matmul"]
 
 
 def test_each_shared_input_takes_one_gemm(family, monkeypatch):
-    """q/k/v and gate/up: one unpack of their stacked weights and one INT8 GEMM, whose column slices equal the
-    members' separate outputs bitwise; `fused_gemm = False` goes back to a GEMM per member."""
+    """q/k/v and gate/up: one GEMM on their stacked weights (gate/up's with the SwiGLU in its epilogue), the same
+    logits as a GEMM per linear (reference kernels: the same numbers); `swiglu_epilogue = False` gives the plain
+    stacked GEMM for gate/up, `fused_gemm = False` a GEMM per member."""
     deployed = quantized_tiny(family, "flatquant")
     convert_to_w4a4(deployed)
     adapter = get_adapter(deployed)
@@ -64,10 +67,16 @@ def test_each_shared_input_takes_one_gemm(family, monkeypatch):
     with torch.no_grad():
         got = adapter.logits(ids)
         blocks = len(adapter.blocks)
-        assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul"] * 2 * blocks)
+        assert sorted(calls) == sorted(PACKED_GEMMS * blocks)
         calls.clear()
         assert torch.equal(get_adapter(unfused).logits(ids), got)
         assert calls == ["w4a4_matmul"] * 7 * blocks
+        groups = {m.shared_input for m in deployed.modules() if isinstance(m, W4A4Linear) and m.shared_input}
+        for group in groups:
+            group.swiglu_epilogue = False
+        calls.clear()
+        assert torch.equal(adapter.logits(ids), got)
+        assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul"] * 2 * blocks)
 
 
 def test_unlinking_a_member_drops_the_kept_stack(gen):
@@ -123,7 +132,7 @@ def test_kept_int8_weights_are_stacked_per_input(monkeypatch):
         assert all(m.weight_int8 is None for m in deployed.modules() if isinstance(m, W4A4Linear))
         calls.clear()
         adapter.logits(ids)
-        assert sorted(calls) == sorted(["w4a4_matmul_stacked", "w4a4_matmul"] * 2 * blocks)
+        assert sorted(calls) == sorted(PACKED_GEMMS * blocks)
 
         int8_only = copy.deepcopy(twin)  # the int8 codes alone: still stacked, one GEMM per input
         keep_weights_unpacked(int8_only, drop_packed=True)
@@ -274,7 +283,8 @@ def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked, int8_on
     with torch.no_grad():
         adapter.logits(ids)
     # one GEMM per shared input, as in eager: on the packed weights, or on the stacked int8 copies
-    assert sorted(set(calls)) == (["int8_matmul"] if unpacked else ["w4a4_matmul", "w4a4_matmul_stacked"])
+    assert sorted(set(calls)) == (["int8_matmul"] if unpacked else
+                                  ["w4a4_matmul", "w4a4_matmul_stacked", "w4a4_matmul_swiglu"])
     assert len(calls) == 4 * len(adapter.blocks)
     assert torch.equal(got, want)
     assert not torch._dynamo.utils.counters["graph_break"]

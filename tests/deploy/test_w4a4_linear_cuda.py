@@ -1,6 +1,7 @@
 """W4A4Linear on a CUDA device (skipped in CPU-only CI): with q/k/v and gate/up in one stacked GEMM per input
-group, each linear's output equals its own GEMM's bitwise, and the logits (eager and compiled) stay those of one
-GEMM per linear; with kept int8 weights (stacked per group) they equal the packed path's bitwise."""
+group, each linear's output equals its own GEMM's bitwise, and the logits (eager and compiled, gate/up's GEMM with
+the SwiGLU in its epilogue) stay close to those of one GEMM per linear; with kept int8 weights (stacked per group)
+they equal the packed path's bitwise."""
 import pytest
 import torch
 
@@ -48,12 +49,19 @@ def test_stacked_gemms_on_cuda_equal_a_gemm_per_linear(family):
 @pytest.mark.parametrize("int8_only", [False, True])
 def test_kept_int8_stacks_on_cuda_equal_the_packed_path(family, int8_only):
     """Kept int8 weights, stacked per input group (with the packed weights, or alone): the same int8 operands as
-    the packed path's unpacked stacks, the same GEMM, so the logits are bitwise equal."""
+    the packed path's unpacked stacks, the same GEMM, so the logits are bitwise equal to the packed path's with the
+    SwiGLU after gate/up's GEMM (the int8 stacks take that path; in the GEMM's epilogue, on Hopper, silu's exp is
+    not PyTorch's: close)."""
     model = quantized_tiny(family, "flatquant")
     convert_to_w4a4(model)
     model.cuda()
     ids = torch.randint(0, 48, (3, 40), generator=torch.Generator().manual_seed(0)).cuda()
+    groups = {m.shared_input for m in model.modules() if getattr(m, "shared_input", None) is not None}
     with torch.no_grad():
+        epilogue = get_adapter(model).logits(ids)
+        for group in groups:
+            group.swiglu_epilogue = False
         want = get_adapter(model).logits(ids)
+        _close(epilogue, want)
         keep_weights_unpacked(model, drop_packed=int8_only)
         assert torch.equal(get_adapter(model).logits(ids), want)

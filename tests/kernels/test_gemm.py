@@ -67,6 +67,60 @@ def test_stacked_gemm_names_the_problem(gen):
         kernels.w4a4_matmul_stacked(codes, sa, [a, a], sw[:4])
 
 
+def _swiglu_args(gen, m, k, f, with_bias, with_cs, out_dtype):
+    w_gate, w_up = (kernels.pack_weight_for_gemm(_codes((f, k), gen)) for _ in range(2))
+    return (_codes((m, k), gen, -128, 128), torch.rand(m, 1, generator=gen), w_gate, w_up,
+            torch.rand(2 * f, generator=gen), torch.randn(2 * f, generator=gen) if with_bias else None,
+            torch.rand(f, generator=gen) + 0.5 if with_cs else None, out_dtype)
+
+
+@pytest.mark.parametrize("m,k,f", [(1, 1, 1), (9, 200, 7), (33, 384, 64), (0, 64, 5)])
+@pytest.mark.parametrize("with_bias,with_cs", [(False, False), (True, True)])
+def test_swiglu_gemm_is_the_stacked_gemm_then_the_swiglu(gen, m, k, f, with_bias, with_cs):
+    """`w4a4_matmul_swiglu`: in fp32, silu(gate) · up (· channel scale) of the exact integer GEMMs, computed
+    independently in float64 (within fp32 rounding); the reference is the stacked GEMM's halves through
+    `swiglu_scaled`, bitwise; the Triton backend off Hopper (the interpreter here) equals the reference bitwise;
+    opcheck."""
+    args = _swiglu_args(gen, m, k, f, with_bias, with_cs, torch.float32)
+    a, sa, w_gate, w_up, sw, bias, cs, _ = args
+    codes = torch.cat([kernels.unpack_weight_for_gemm(w, k) for w in (w_gate, w_up)]).double()
+    both = a.double() @ codes.t() * sa.double() * sw.double() + (0 if bias is None else bias.double())
+    exact = torch.nn.functional.silu(both[:, :f]) * both[:, f:] * (1 if cs is None else cs.double())
+    want = ref.w4a4_matmul_swiglu(*args)
+    assert want.shape == (m, f)
+    torch.testing.assert_close(want.double(), exact, rtol=1e-5, atol=1e-5 * torch.cat([exact.abs().flatten(), torch.ones(1, dtype=exact.dtype)]).max().item())
+    stacked = ref.w4a4_matmul_stacked(a, sa, [w_gate, w_up], sw, bias, torch.float32)
+    assert torch.equal(want, ref.swiglu_scaled(stacked[:, :f], stacked[:, f:], cs, torch.float32))
+    for backend in ("reference", "triton"):
+        with kernels.use_backend(backend):
+            assert torch.equal(kernels.w4a4_matmul_swiglu(*args), want), backend
+            torch.library.opcheck(torch.ops.faircalib.w4a4_matmul_swiglu, args)
+
+
+def test_swiglu_scaled_rounds_as_eager_pytorch(gen):
+    """bf16: F.silu's result and the product are rounded as eager PyTorch rounds them, then the fp32 product with
+    the channel scale once more (as the down projection's channel-scale pass, `gemm.scaled_input`)."""
+    gate, up = (torch.randn(5, 24, generator=gen).to(torch.bfloat16) for _ in range(2))
+    cs = torch.rand(24, generator=gen) + 0.5
+    h = torch.nn.functional.silu(gate) * up
+    assert torch.equal(ref.swiglu_scaled(gate, up, None, torch.bfloat16), h)
+    assert torch.equal(ref.swiglu_scaled(gate, up, cs, torch.bfloat16), (h.float() * cs).to(torch.bfloat16))
+
+
+def test_swiglu_gemm_names_the_problem(gen):
+    a, sa, w_gate, w_up, sw, _, cs, _ = _swiglu_args(gen, 2, 64, 4, False, True, torch.float32)
+    with pytest.raises(ValueError, match=r"w_up \(3, 64\) must match w_gate \(4, 64\)"):
+        kernels.w4a4_matmul_swiglu(a, sa, w_gate, w_up[:3], sw)
+    with pytest.raises(TypeError, match="w_up must be a torch.int8"):
+        kernels.w4a4_matmul_swiglu(a, sa, w_gate, w_up.float(), sw)
+    with pytest.raises(ValueError, match=r"one scale per output channel \(8\)"):
+        kernels.w4a4_matmul_swiglu(a, sa, w_gate, w_up, sw[:4])
+    with pytest.raises(ValueError, match=r"channel_scale must have shape \(4,\)"):
+        kernels.w4a4_matmul_swiglu(a, sa, w_gate, w_up, sw, channel_scale=cs[:3])
+    with pytest.raises(ValueError, match="does not match K=200"):
+        kernels.w4a4_matmul_swiglu(torch.zeros(2, 200, dtype=torch.int8), sa, w_gate, w_up, sw)
+
+
 def test_zero_width_inputs_name_the_problem():
     """K = 0 is refused up front by every deployment op (a reshape deep inside used to fail without saying why)."""
     w = kernels.pack_weight_for_gemm(torch.zeros(3, 0, dtype=torch.int8))

@@ -248,6 +248,31 @@ def test_register_unpack_stack_equals_the_unpack_design(monkeypatch, widths, wit
     _assert_same_epilogue(gemm.w4a4_matmul_stacked(a, sa, ws, sw, bias, out_dtype), outs["unpack"], bias)
 
 
+# SwiGLU widths: one 64-channel tile, off the tile (200, 1000), LLaDA's 12288; tokens: 1, 7, 300, and 1157 (a
+# partial last group of token blocks and a partial last block)
+@pytest.mark.parametrize("m,k,f", [(1, 4096, 64), (7, 1024, 200), (1157, 3584, 1000), (300, 128, 12288)])
+@pytest.mark.parametrize("with_bias,with_cs,out_dtype", [(False, True, torch.bfloat16), (True, False, torch.float16),
+                                                         (False, True, torch.float32)])
+def test_swiglu_gemm_on_gpu_matches_reference(m, k, f, with_bias, with_cs, out_dtype):
+    """The register kernel with the SwiGLU in its epilogue (`gemm_regs._swiglu_tile`) against the reference (the
+    stacked GEMM's halves, then F.silu(gate) * up and the channel scale as eager PyTorch rounds them, on the CPU).
+    The kernel's exp is not PyTorch's, so silu may differ in the last fp32 bits: in 16-bit outputs at least 99.5% of
+    the values are bitwise equal, and all are within 4 ulps of the output dtype."""
+    _regs_or_skip()
+    gen = torch.Generator().manual_seed(m + k + f)
+    w_gate, w_up = (ref.pack_weight_for_gemm(torch.randint(-8, 8, (f, k), generator=gen, dtype=torch.int8))
+                    for _ in range(2))
+    args = (torch.randint(-8, 8, (m, k), generator=gen, dtype=torch.int8), torch.rand(m, 1, generator=gen) / k,
+            w_gate, w_up, torch.rand(2 * f, generator=gen), torch.randn(2 * f, generator=gen) if with_bias else None,
+            torch.rand(f, generator=gen) + 0.5 if with_cs else None, out_dtype)
+    want = ref.w4a4_matmul_swiglu(*args).float()
+    got = gemm.w4a4_matmul_swiglu(*(a.cuda() if isinstance(a, torch.Tensor) else a for a in args)).cpu().float()
+    eps = torch.finfo(out_dtype).eps
+    torch.testing.assert_close(got, want, rtol=4 * eps, atol=4 * eps * want.abs().max().item())
+    if out_dtype != torch.float32:
+        assert (got == want).float().mean().item() >= 0.995
+
+
 def _assert_same_epilogue(got, want, bias):
     """Bitwise without a bias (same int32 sums, same fp32 products); within an ulp of the output dtype with one
     (whether the compiler fuses the bias add into a multiply-add may differ between kernels)."""

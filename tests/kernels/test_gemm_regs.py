@@ -34,9 +34,50 @@ def _compile(config, has_bias, out_dtype_name, members):
                                                             "num_warps": warps})
 
 
+# The SwiGLU kernel: the 4-warp configs (the 8-warp one is refused), without and with bias and channel scale
+SWIGLU_CASES = [("swiglu", config, has_bias, dtype) for config in (gemm.gemm_regs.CONFIGS if gemm.gemm_regs else ())
+                if config[0] == 4 for has_bias, dtype in ((False, "bfloat16"), (True, "float16"))]
+
+
+def _compile_swiglu(_, config, has_bias, out_dtype_name):
+    from triton.runtime.jit import mangle_type
+
+    regs = gemm.gemm_regs
+    w_desc = mangle_type(regs.weight_descriptor(torch.zeros(256, 2048, dtype=torch.int8), regs.BLOCK_N // 2))
+    warps, stages, block_m = config
+    a_desc = mangle_type(regs.codes_descriptor(torch.zeros(512, 4096, dtype=torch.int8), block_m))
+    out = mangle_type(torch.empty(0, dtype=getattr(torch, out_dtype_name)))
+    signature = {"wg_desc": w_desc, "wu_desc": w_desc, "a_desc": a_desc, "sa_ptr": "*fp32", "sw_ptr": "*fp32",
+                 "bias_ptr": "*fp32", "cs_ptr": "*fp32", "c_ptr": out, "M": "i32", "F": "i32", "K": "i32",
+                 "stride_cm": "i32", "HAS_BIAS": "constexpr", "HAS_CS": "constexpr", "STAGES": "constexpr",
+                 "GROUP_M": "constexpr", "num_warps": "constexpr"}
+    return compile_sm90(regs._w4a4_swiglu_kernel, signature, {"HAS_BIAS": has_bias, "HAS_CS": not has_bias,
+                                                              "STAGES": stages, "GROUP_M": regs.GROUP_M,
+                                                              "num_warps": warps})
+
+
 @pytest.fixture(scope="module")
 def compiled():
     return compiled_in_fresh_process(__file__)
+
+
+@pytest.mark.parametrize("case", SWIGLU_CASES, ids=[f"w{c[1][0]}-s{c[1][1]}-t{c[1][2]}-bias{c[2]}-{c[3]}"
+                                                    for c in SWIGLU_CASES])
+def test_swiglu_gemm_compiles_for_hopper(compiled, case):
+    """The SwiGLU epilogue's split of the accumulator into its gate and up halves stays in registers (no shared
+    memory beyond the stages' and the output tile's) and nothing spills."""
+    result = compiled[repr(case)]
+    assert f"wgmma.mma_async.sync.aligned.m64n{case[1][2]}k32.s32.s8.s8" in result["ptx"]
+    if result["usage"]:
+        assert "LOCAL:0" in result["usage"], result["usage"]
+
+
+def test_swiglu_kernel_refuses_two_warpgroups():
+    a = torch.zeros(4, 256, dtype=torch.int8)
+    w = torch.zeros(8, 128, dtype=torch.int8)
+    with pytest.raises(ValueError, match="one warpgroup"):
+        gemm.gemm_regs.w4a4_matmul_swiglu_regs(a, torch.ones(4), w, w, torch.ones(16), None, None,
+                                               torch.empty(4, 8), (8, 3, 128))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"w{c[0]}-s{c[1]}-t{c[2]}-bias{b}-{d}-x{n}" for c, b, d, n in CASES])
@@ -218,4 +259,4 @@ def test_design_under_graph_capture_is_not_timed(timed_designs, monkeypatch):
 
 
 if __name__ == "__main__":  # the compilation for `compiled`, in a process of its own
-    print(json.dumps(compile_cases(_compile, CASES)))
+    print(json.dumps({**compile_cases(_compile, CASES), **compile_cases(_compile_swiglu, SWIGLU_CASES)}))
