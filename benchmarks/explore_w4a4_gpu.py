@@ -1,6 +1,7 @@
 """Design experiments for the W4A4 kernels (issue 5), one GPU run per call; BENCHMARKS.md records their results.
 
-    python benchmarks/explore_w4a4_gpu.py [--out DIR] [--parts act,fp8,inloop,host,unpack,profile,epilogue,ablation]
+    python benchmarks/explore_w4a4_gpu.py [--out DIR]
+        [--parts act,fp8,inloop,host,unpack,profile,epilogue,ablation,swiglu]
 
 act:    `quantize_act_packed` (bf16 Kronecker factors from `kronecker_factors(K)`) under `gemm.ACT_LAUNCH` variants
         (whole-tile vs split-column vs chunked kernel, stacking, pipelining, slice sizes, programs per SM, warps;
@@ -23,6 +24,11 @@ ablation: where the Triton split kernel's time goes (the `--act-k` widths it run
         pass with both factors, with the left factor only and with the right one only (the same layout and launch,
         one set of MMAs left out), against a copy of the same bytes, all CUDA-graph timed in one process. Equal
         times say the MMAs are hidden; times that fall by each product's share say they add to the memory time.
+swiglu: gate/up of LLaDA-8B and Dream-7B (random packed weights, a channel scale) over `--act-m` tokens: the
+        register GEMM with the SwiGLU in its epilogue (`gemm_regs.w4a4_matmul_swiglu_regs`, 128 and 64 tokens per
+        program) against the stacked register GEMM alone and followed by silu(gate)·up·channel scale compiled by
+        Inductor on its column halves (as a compiled block ran it before), CUDA graphs timed in turns; parity with
+        eager PyTorch on the stacked GEMM's output first.
 epilogue: the shipped INT8 GEMM (output written by TMA, whole tile or two halves) against the pointer stores it
         replaced, on single and stacked (q+k+v, gate+up) weight shapes.
 (A `ws` part, at commit 397989f, ran the INT8 GEMM with the tile and K loops not flattened, now a tuned option of
@@ -610,6 +616,45 @@ def epilogue_part(log) -> list[dict]:
     return records
 
 
+def swiglu_part(log, token_counts: tuple[int, ...]) -> list[dict]:
+    from bench_gemm_gpu import interleaved_ms, stacked_weights
+
+    from faircalib.kernels import gemm_regs
+
+    swiglu_cs = torch.compile(lambda g, u, cs: ((F.silu(g) * u).float() * cs).to(g.dtype))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    records = []
+    for name, k, f in (("llada-8b", 4096, 12288), ("dream-7b", 3584, 18944)):
+        (w_gate, w_up), sw, _ = stacked_weights([f, f], k, gen)
+        cs = torch.rand(f, device="cuda", generator=gen) + 0.5
+        for m in token_counts:
+            a = torch.randint(-8, 8, (m, k), device="cuda", dtype=torch.int8, generator=gen)
+            sa = torch.rand(m, device="cuda", generator=gen) * 0.01
+            both = torch.empty(m, 2 * f, device="cuda", dtype=torch.bfloat16)
+            got = torch.empty(m, f, device="cuda", dtype=torch.bfloat16)
+            gemm_regs.w4a4_matmul_regs(a, sa, [w_gate, w_up], sw, None, both, gemm_regs.SWIGLU_CONFIG)
+            want = ((F.silu(both[:, :f]) * both[:, f:]).float() * cs).to(torch.bfloat16)
+            gemm_regs.w4a4_matmul_swiglu_regs(a, sa, w_gate, w_up, sw, None, cs, got, gemm_regs.SWIGLU_CONFIG)
+            rec = {"model": name, "M": m, "F": f, "K": k, "bitwise": float((got == want).float().mean())}
+
+            def stacked_then_swiglu():
+                gemm_regs.w4a4_matmul_regs(a, sa, [w_gate, w_up], sw, None, both, gemm_regs.SWIGLU_CONFIG)
+                return swiglu_cs(both[:, :f], both[:, f:], cs)
+            stacked_then_swiglu()  # compiles
+            fns = {"stacked_gemm": lambda: gemm_regs.w4a4_matmul_regs(a, sa, [w_gate, w_up], sw, None, both,
+                                                                      gemm_regs.SWIGLU_CONFIG),
+                   "stacked_gemm+swiglu": stacked_then_swiglu}
+            for config in ((4, 4, 128), (4, 4, 64)):
+                fns[f"epilogue_{config[2]}"] = lambda config=config: gemm_regs.w4a4_matmul_swiglu_regs(
+                    a, sa, w_gate, w_up, sw, None, cs, got, config)
+            rec.update({f"{key}_us": ms * 1e3 for key, ms in interleaved_ms(fns).items()})
+            log(f"swiglu {name} M={m}: " + ", ".join(
+                f"{key}={val:.4g}" if isinstance(val, float) else f"{key}={val}" for key, val in rec.items()
+                if key not in ("model", "M")))
+            records.append(rec)
+    return records
+
+
 def profile_part(log, widths: tuple[int, ...]) -> list[dict]:
     for k in widths:
         left, right = kronecker_factors_seeded(k, torch.bfloat16)
@@ -663,7 +708,8 @@ def main() -> None:
                         "inloop": lambda: inloop_part(log), "epilogue": lambda: epilogue_part(log),
                         "host": lambda: host_part(log), "profile": lambda: profile_part(log, widths),
                         "unpack": lambda: unpack_part(log),
-                        "ablation": lambda: ablation_part(log, widths, token_counts)}[part]()
+                        "ablation": lambda: ablation_part(log, widths, token_counts),
+                        "swiglu": lambda: swiglu_part(log, token_counts)}[part]()
         result["log"], result["seconds"] = lines, time.time() - started
         os.makedirs(args.out, exist_ok=True)
         write_json(Path(args.out) / "explore_w4a4.json", result)

@@ -34,6 +34,15 @@ Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians agains
 `gemm.w4a4_design` times both designs per shape and keeps the faster; with it a compiled, graphed LLaDA-8B step
 went from 1.17x to 1.39x bf16 at 1024 tokens (18:25 UTC), as fast as keeping int8 codes at half their memory.
 
+A SwiGLU's gate and up run as one launch that forms silu(gate) · up in the epilogue (`_w4a4_swiglu_kernel`,
+`w4a4_matmul_swiglu_regs`): a tile's 128 weight rows are 64 gate rows over the same 64 up rows (two TMA boxes into
+one stage), so with one warpgroup the MMA layout holds each gate value and its up value in one thread (accumulator
+rows r and r + 64) and the split costs no shuffle; the tile writes 64 columns. H100, 2026-12-07 10:16 UTC
+(`explore_w4a4_gpu.py --parts swiglu`, 4096 / 16384 tokens): LLaDA's gate/up 676 / 2633 us against the stacked
+GEMM's 648 / 2476 alone and 743 / 2882 followed by a compiled SwiGLU x channel scale; Dream's 922 / 3599 against
+874 / 3402 and 1155 / 4540. In a compiled Dream-7B step at 4096 tokens the gate/up GEMMs took 23.7 ms with the
+epilogue against 24.3 ms plus Inductor's 4.2 ms SwiGLU pass without it (BENCHMARKS.md).
+
 Gluon kernels compile for NVIDIA GPUs only (no interpreter): CI compiles this one for sm_90 without a GPU
 (`tests/kernels/test_gemm_regs.py`); the GPU tests check it against the reference.
 """
@@ -72,7 +81,7 @@ GROUP_M = 8
 CONFIGS = ((4, 4, 128), (8, 3, 128), (4, 4, 64))
 # The SwiGLU kernel's config (`w4a4_matmul_swiglu_regs`): one warpgroup, so that each gate value and its up value
 # share a thread. 64 tokens per program ran 21-23% slower than 128 on LLaDA's and Dream's gate+up at 4096 and 16384
-# tokens (H100, 2026-12-07 09:56 UTC, BENCHMARKS.md).
+# tokens (H100, 2026-12-07 10:16 UTC, BENCHMARKS.md).
 SWIGLU_CONFIG = (4, 4, 128)
 
 

@@ -14,7 +14,8 @@ One GEMM per input group (`SharedInputQuantization.fused_gemm`, on by default): 
 also runs one GEMM against the members' weights stacked along N (`w4a4_matmul_stacked`); each member returns its
 column slice, bitwise equal to its own GEMM's output. A wider GEMM fills the GPU better (H100: Dream-7B's 512-wide
 k/v inside a 4608-wide q/k/v GEMM; BENCHMARKS.md). The packed weights stay per member; the stack exists only as the
-GEMM's int8 operand. With weights kept unpacked (`keep_weights_unpacked(model)`), the members' int8 copies are
+GEMM's int8 operand. A gate/up group hands the SwiGLU to that GEMM's epilogue (`swiglu`, called by
+`layers.swiglu_mlp`; `swiglu_epilogue`, on by default): gate and up never go to memory. With weights kept unpacked (`keep_weights_unpacked(model)`), the members' int8 copies are
 row slices of one stacked tensor (`stack_kept_weights`) and the group's GEMM is `int8_matmul` on it. Not taken where
 the memo is not (inference tensors), or where a member's int8 copy is no longer its slice (unpacked again after its
 packed weight changed, moved by `.to()`, kept per module): then one GEMM per member.

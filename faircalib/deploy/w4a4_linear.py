@@ -16,7 +16,8 @@ codes agree. A code can differ by one where a transformed value sits on a roundi
 sum the transform in another order (Hadamard rewritten as Kronecker; tf32 tensor cores on the GPU).
 
 The linears that read one input (q/k/v, gate/up) are linked so that it is transformed and quantized once and
-multiplied in one GEMM: `shared_input.py`.
+multiplied in one GEMM: `shared_input.py`; gate/up's GEMM also forms the SwiGLU, with the down projection's channel
+scale where that can be folded in, and the down projection then takes `forward_scaled`.
 """
 from __future__ import annotations
 

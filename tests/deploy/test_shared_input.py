@@ -290,3 +290,57 @@ def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked, int8_on
     assert not torch._dynamo.utils.counters["graph_break"]
     assert all(group._handed is None for group in {m.shared_input for m in deployed.modules()
                                                    if isinstance(m, W4A4Linear) and m.shared_input is not None})
+
+
+def _mlp(deployed):
+    adapter = get_adapter(deployed)
+    lin = adapter.linears(adapter.blocks[0])
+    return lin["gate"], lin["up"], lin["down"]
+
+
+def test_swiglu_epilogue_folds_the_down_channel_scale_where_its_pass_would_round_alike():
+    """`SharedInputQuantization.swiglu`: down's channel scale is folded into the epilogue for fp32 inputs or factors
+    of the input's dtype (its own pass would round the scaled input to that dtype too), not for bf16 inputs with
+    fp32 factors (that pass multiplies in fp32 inside the kernel); either way `layers.swiglu_mlp` gives the logits
+    of the SwiGLU after the GEMM (reference kernels), and down then skips or applies the scale itself."""
+    deployed = quantized_tiny("dream", "flatquant")
+    convert_to_w4a4(deployed)
+    gate, up, down = _mlp(deployed)
+    assert down.channel_scale is not None
+    x = torch.randn(2, 3, gate.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h, scaled = gate.shared_input.swiglu(gate, up, down, x)
+        want = torch.nn.functional.silu(gate(x)) * up(x)
+        assert scaled and torch.equal(h, want * down.channel_scale)
+        assert torch.equal(down.forward_scaled(h), down(want))
+        xb = x.to(torch.bfloat16)
+        h, scaled = gate.shared_input.swiglu(gate, up, down, xb)  # fp32 factors, bf16 input
+        assert not scaled and torch.equal(h, torch.nn.functional.silu(gate(xb)) * up(xb))
+
+
+def test_swiglu_epilogue_is_skipped_where_it_does_not_apply(monkeypatch):
+    """None (the SwiGLU after the GEMM) with the switch off, with a down projection that takes gate and up itself
+    (`fuse_swiglu`) or shares its input, with kept int8 weights, and for a group other than (gate, up)."""
+    deployed = quantized_tiny("llada", "flatquant")
+    convert_to_w4a4(deployed)
+    gate, up, down = _mlp(deployed)
+    group = gate.shared_input
+    x = torch.randn(4, gate.in_features, generator=torch.Generator().manual_seed(0))
+    assert group.swiglu(gate, up, down, x) is not None
+    assert group.swiglu(up, gate, down, x) is None
+    group.swiglu_epilogue = False
+    assert group.swiglu(gate, up, down, x) is None
+    group.swiglu_epilogue = True
+    down.fuse_swiglu = True
+    assert group.swiglu(gate, up, down, x) is None
+    down.fuse_swiglu = False
+    keep_weights_unpacked(deployed)
+    assert group.swiglu(gate, up, down, x) is None
+    keep_weights_unpacked(deployed, False)
+    assert group.swiglu(gate, up, nn.Linear(up.out_features, 3), x) is None
+    twin = copy.deepcopy(deployed)  # a copy keeps the switch; one pickled before it existed gets it on
+    assert _mlp(twin)[0].shared_input.swiglu_epilogue
+    state = group.__getstate__()
+    del state["swiglu_epilogue"]
+    group.__setstate__(state)
+    assert group.swiglu_epilogue
