@@ -235,8 +235,8 @@ def clip_search(x: torch.Tensor, ratios, bits: int = 4, weights: torch.Tensor | 
 from .gemm_reference import GEMM_K_GROUP, padded_k, pack_weight_for_gemm, unpack_weight_for_gemm  # noqa: E402
 
 registry.register_triton_module(__package__ + ".gemm")
-__all__ += ["quantize_act_packed", "w4a4_matmul", "w4a4_matmul_stacked", "w4a4_matmul_swiglu", "int8_matmul",
-            "unpack_weight_int8", "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
+__all__ += ["quantize_act_packed", "w4a4_matmul", "w4a4_matmul_stacked", "w4a4_matmul_swiglu", "swiglu_in_epilogue",
+            "int8_matmul", "unpack_weight_int8", "padded_k", "pack_weight_for_gemm", "unpack_weight_for_gemm"]
 
 
 def _check_square(op: str, name: str, t: torch.Tensor | None, x: torch.Tensor) -> None:
@@ -367,6 +367,23 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
     out = ops.w4a4_matmul_stacked(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), list(w_packed),
                                   w_scales.reshape(-1), bias, out_dtype)
     return out.reshape(*a_codes.shape[:-1], n)
+
+
+@torch._dynamo.assume_constant_result
+def _swiglu_epilogue_runs(device_type: str, k: int) -> bool:
+    if device_type != "cuda" or registry.backend(torch.device(device_type)) != "triton":
+        return False
+    from . import gemm
+
+    return gemm.swiglu_in_epilogue(torch.device(device_type), k)
+
+
+def swiglu_in_epilogue(device: torch.device, k: int) -> bool:
+    """Whether `w4a4_matmul_swiglu` on `device` (the active backend's kernels) forms the SwiGLU in the GEMM's
+    epilogue for inputs of width k: the Triton backend on a Hopper GPU. Elsewhere it runs the stacked GEMM, then the
+    SwiGLU as PyTorch ops inside the op, where a compiled graph can no longer fuse them with anything. Under
+    torch.compile the answer is fixed when a graph is traced (as `_channel_scale_pass`)."""
+    return _swiglu_epilogue_runs(torch.device(device).type, k)
 
 
 def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,

@@ -790,6 +790,13 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
     return _w4a4_run(w4a4_design(*args), *args)
 
 
+def swiglu_in_epilogue(device: torch.device, k: int) -> bool:
+    """Whether `w4a4_matmul_swiglu` forms the SwiGLU in its GEMM's epilogue for inputs of width k on `device`: the
+    register kernel runs there (an sm_90 GPU, Triton with Gluon, not interpreted, padded K < `gemm_regs.MAX_K`)."""
+    return (gemm_regs is not None and not registry.triton_interpreted() and gemm_regs.supported(device) and
+            gemm_reference.padded_k(k) < gemm_regs.MAX_K)
+
+
 @registry.register("w4a4_matmul_swiglu", "triton")
 def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,
                        w_scales: torch.Tensor, bias: torch.Tensor | None, channel_scale: torch.Tensor | None,
@@ -798,8 +805,7 @@ def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: to
     (`gemm_regs.w4a4_matmul_swiglu_regs`): gate and up never go to memory. Elsewhere (and for K >=
     `gemm_regs.MAX_K`) the stacked GEMM, then the SwiGLU in PyTorch."""
     m, f = a_codes.shape[0], w_gate.shape[0]
-    if gemm_regs is None or registry.triton_interpreted() or not gemm_regs.supported(a_codes.device) or \
-            2 * w_gate.shape[1] >= gemm_regs.MAX_K:
+    if not swiglu_in_epilogue(a_codes.device, a_codes.shape[1]):
         both = w4a4_matmul_stacked(a_codes, a_scales, [w_gate, w_up], w_scales, bias, out_dtype)
         return gemm_reference.swiglu_scaled(both[:, :f], both[:, f:], channel_scale, out_dtype)
     out = torch.empty((m, f), dtype=out_dtype, device=a_codes.device)

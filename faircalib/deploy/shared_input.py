@@ -213,8 +213,12 @@ class SharedInputQuantization:
         channel scale is folded in where down's own pass would round the scaled input to x's dtype as the epilogue
         does: factors of x's dtype (the Triton kernels round it to theirs), or fp32 x. None where this does not
         apply: `swiglu_epilogue` or `fused_gemm` off, a group other than exactly (gate, up), int8 weight copies
-        kept, or a down projection that is not an unlinked W4A4Linear of gate's width taking gate and up itself
-        (`fuse_swiglu`). Module hooks of gate and up do not fire on this path."""
+        kept, a down projection that is not an unlinked W4A4Linear of gate's width taking gate and up itself
+        (`fuse_swiglu`), or a GPU where the op would form the SwiGLU after its GEMM (`kernels.swiglu_in_epilogue`:
+        inside the op a compiled graph could not fuse it; on the CPU the reference runs the same PyTorch ops either
+        way). Module hooks of gate and up do not fire on this path."""
+        if x.device.type != "cpu" and not kernels.swiglu_in_epilogue(x.device, gate.in_features):
+            return None
         if not (self.swiglu_epilogue and len(self.members) == 2 and self.members[0] is gate and
                 self.members[1] is up and isinstance(down, W4A4Linear) and down.shared_input is None and
                 not down.fuse_swiglu and down.in_features == gate.out_features == up.out_features and

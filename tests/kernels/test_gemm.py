@@ -97,6 +97,15 @@ def test_swiglu_gemm_is_the_stacked_gemm_then_the_swiglu(gen, m, k, f, with_bias
             torch.library.opcheck(torch.ops.faircalib.w4a4_matmul_swiglu, args)
 
 
+def test_swiglu_runs_after_the_gemm_off_hopper():
+    """On the CPU, with either backend (the interpreter included), the op runs the stacked GEMM and then the SwiGLU:
+    deployed models keep their SwiGLU outside it on GPUs where that is so (`SharedInputQuantization.swiglu`)."""
+    for backend in ("reference", "triton"):
+        with kernels.use_backend(backend):
+            assert not kernels.swiglu_in_epilogue(torch.device("cpu"), 4096)
+    assert not gemm.swiglu_in_epilogue(torch.device("cpu"), 4096)
+
+
 def test_swiglu_scaled_rounds_as_eager_pytorch(gen):
     """bf16: F.silu's result and the product are rounded as eager PyTorch rounds them, then the fp32 product with
     the channel scale once more (as the down projection's channel-scale pass, `gemm.scaled_input`)."""

@@ -12,6 +12,7 @@ import pytest
 import torch
 import triton
 
+from faircalib import kernels
 from faircalib.kernels import gemm, gemm_reference as ref, registry
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or registry.triton_interpreted(),
@@ -114,8 +115,6 @@ def test_compiled_split_transform_matches_eager(gated):
     graph instead of by `gemm.scaled_input`. Without a gate the product is the same fp32 product rounded to bf16, so
     the codes are bitwise eager's; with one, Inductor keeps silu(gate)·x in fp32 where eager rounds it to bf16."""
     import torch._dynamo
-
-    from faircalib import kernels
 
     gen = torch.Generator().manual_seed(7)
     n1, n2 = 128, 148
@@ -271,6 +270,15 @@ def test_swiglu_gemm_on_gpu_matches_reference(m, k, f, with_bias, with_cs, out_d
     torch.testing.assert_close(got, want, rtol=4 * eps, atol=4 * eps * want.abs().max().item())
     if out_dtype != torch.float32:
         assert (got == want).float().mean().item() >= 0.995
+
+
+def test_swiglu_in_epilogue_where_the_register_kernel_runs():
+    _regs_or_skip()
+    cuda = torch.device("cuda")
+    assert kernels.swiglu_in_epilogue(cuda, 18944) and gemm.swiglu_in_epilogue(cuda, 18944)
+    assert not gemm.swiglu_in_epilogue(cuda, gemm.gemm_regs.MAX_K)  # the 16x int32 sums would overflow
+    with kernels.use_backend("reference"):
+        assert not kernels.swiglu_in_epilogue(cuda, 18944)
 
 
 def _assert_same_epilogue(got, want, bias):
