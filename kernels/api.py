@@ -383,7 +383,7 @@ def swiglu_in_epilogue(device: torch.device, k: int) -> bool:
     epilogue for inputs of width k: the Triton backend on a Hopper GPU. Elsewhere it runs the stacked GEMM, then the
     SwiGLU as PyTorch ops inside the op, where a compiled graph can no longer fuse them with anything. Under
     torch.compile the answer is fixed when a graph is traced (as `_channel_scale_pass`)."""
-    return _swiglu_epilogue_runs(torch.device(device).type, k)
+    return _swiglu_epilogue_runs(device.type, k)
 
 
 def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor,

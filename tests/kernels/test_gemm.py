@@ -106,6 +106,19 @@ def test_swiglu_runs_after_the_gemm_off_hopper():
     assert not gemm.swiglu_in_epilogue(torch.device("cpu"), 4096)
 
 
+def test_swiglu_in_epilogue_traces_without_a_graph_break():
+    """Deployed models ask it inside compiled blocks: the answer becomes a constant of the graph."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+
+    def block(x):
+        return x * 2 if kernels.swiglu_in_epilogue(x.device, x.shape[-1]) else x + 1
+
+    x = torch.ones(2, 64)
+    assert torch.equal(torch.compile(block, backend="eager", fullgraph=True)(x), x + 1)
+
+
 def test_swiglu_scaled_rounds_as_eager_pytorch(gen):
     """bf16: F.silu's result and the product are rounded as eager PyTorch rounds them, then the fp32 product with
     the channel scale once more (as the down projection's channel-scale pass, `gemm.scaled_input`)."""
