@@ -216,7 +216,7 @@ class SharedInputQuantization:
         kept, a down projection that is not an unlinked W4A4Linear of gate's width taking gate and up itself
         (`fuse_swiglu`), or a GPU where the op would form the SwiGLU after its GEMM (`kernels.swiglu_in_epilogue`:
         inside the op a compiled graph could not fuse it; on the CPU the reference runs the same PyTorch ops either
-        way). Module hooks of gate and up do not fire on this path."""
+        way). Module hooks of gate and up do not fire on this path, nor down's where `scaled`."""
         if x.device.type != "cpu" and not kernels.swiglu_in_epilogue(x.device, gate.in_features):
             return None
         if not (self.swiglu_epilogue and len(self.members) == 2 and self.members[0] is gate and
