@@ -353,10 +353,7 @@ def w4a4_matmul_stacked(a_codes: torch.Tensor, a_scales: torch.Tensor, w_packed:
         raise TypeError(f"faircalib.kernels.{op}: w_packed must be a non-empty list of packed weights; for one "
                         f"weight use w4a4_matmul")
     for i, w in enumerate(w_packed):
-        if not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
-            got = w.dtype if isinstance(w, torch.Tensor) else type(w).__name__
-            raise TypeError(f"faircalib.kernels.{op}: w_packed[{i}] must be a torch.int8 tensor, got {got}")
-        check_dims(op, f"w_packed[{i}]", w, 2)
+        _check_int8_matrix(op, f"w_packed[{i}]", w)
     n = sum(w.shape[0] for w in w_packed)
     k = _check_gemm_args(op, a_codes, a_scales, "w_packed[0]", w_packed[0], 2, w_scales, bias, out_dtype, n)
     for i, w in enumerate(w_packed[1:], start=1):
@@ -398,10 +395,7 @@ def w4a4_matmul_swiglu(a_codes: torch.Tensor, a_scales: torch.Tensor, w_gate: to
     -> [..., F] out_dtype. On Hopper the SwiGLU runs in the GEMM's epilogue: gate and up never go to memory."""
     op = "w4a4_matmul_swiglu"
     for name, w in (("w_gate", w_gate), ("w_up", w_up)):
-        if not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
-            got = w.dtype if isinstance(w, torch.Tensor) else type(w).__name__
-            raise TypeError(f"faircalib.kernels.{op}: {name} must be a torch.int8 tensor, got {got}")
-        check_dims(op, name, w, 2)
+        _check_int8_matrix(op, name, w)
     if w_up.shape != w_gate.shape:
         raise ValueError(f"faircalib.kernels.{op}: w_up {tuple(w_up.shape)} must match w_gate "
                          f"{tuple(w_gate.shape)} (a SwiGLU's gate and up projections have one shape)")
@@ -428,6 +422,13 @@ def int8_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, w_int8: torch.Ten
     out = ops.int8_matmul(a_codes.reshape(-1, k), a_scales.reshape(-1, 1), w_int8, w_scales.reshape(-1), bias,
                           out_dtype)
     return out.reshape(*a_codes.shape[:-1], w_int8.shape[0])
+
+
+def _check_int8_matrix(op: str, name: str, w: object) -> None:
+    if not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
+        got = w.dtype if isinstance(w, torch.Tensor) else type(w).__name__
+        raise TypeError(f"faircalib.kernels.{op}: {name} must be a torch.int8 tensor, got {got}")
+    check_dims(op, name, w, 2)
 
 
 def _check_width(op: str, name: str, t: torch.Tensor) -> None:

@@ -15,10 +15,11 @@ also runs one GEMM against the members' weights stacked along N (`w4a4_matmul_st
 column slice, bitwise equal to its own GEMM's output. A wider GEMM fills the GPU better (H100: Dream-7B's 512-wide
 k/v inside a 4608-wide q/k/v GEMM; BENCHMARKS.md). The packed weights stay per member; the stack exists only as the
 GEMM's int8 operand. A gate/up group hands the SwiGLU to that GEMM's epilogue (`swiglu`, called by
-`layers.swiglu_mlp`; `swiglu_epilogue`, on by default): gate and up never go to memory. With weights kept unpacked (`keep_weights_unpacked(model)`), the members' int8 copies are
-row slices of one stacked tensor (`stack_kept_weights`) and the group's GEMM is `int8_matmul` on it. Not taken where
-the memo is not (inference tensors), or where a member's int8 copy is no longer its slice (unpacked again after its
-packed weight changed, moved by `.to()`, kept per module): then one GEMM per member.
+`layers.swiglu_mlp`; `swiglu_epilogue`, on by default): gate and up never go to memory. With weights kept unpacked
+(`keep_weights_unpacked(model)`), the members' int8 copies are row slices of one stacked tensor
+(`stack_kept_weights`) and the group's GEMM is `int8_matmul` on it. Not taken where the memo is not (inference
+tensors), or where a member's int8 copy is no longer its slice (unpacked again after its packed weight changed,
+moved by `.to()`, kept per module): then one GEMM per member.
 """
 from __future__ import annotations
 
@@ -178,9 +179,18 @@ class SharedInputQuantization:
         (`w4a4_matmul_stacked` on the packed weights, or `int8_matmul` on the stacked kept copy: `_group_weight`).
         Each output element is computed as the member's own GEMM computes it (exact integer sum, the same fp32
         epilogue), so the slices equal the members' separate outputs bitwise."""
+        out = self._group_gemm("w4a4_matmul_stacked" if isinstance(weight, list) else "int8_matmul", x, (weight,))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def _group_gemm(self, op: str, x: torch.Tensor, weights: tuple, extra: tuple = ()) -> torch.Tensor:
+        """The kernel op `op` (`w4a4_matmul_stacked`, `int8_matmul`, `w4a4_matmul_swiglu`) on x's codes, quantized
+        once by the first member: op(codes, scales, *weights, the members' weight scales and biases stacked along
+        N, *extra, x.dtype) -> [tokens, op's width]. Calls outside the members' fast paths go through the public
+        op, which checks the stacked sizes (each member's are checked here, with its buffers), and then let them
+        take the fast path."""
         members = self.members
         fast = all(m._fast_path(x) for m in members)
-        if not fast:  # the public op checks the stacked sizes; each member's are checked here, with its buffers
+        if not fast:
             for m in members:
                 if m.weight_scale.numel() != m.out_features or (m.bias is not None and
                                                                 m.bias.numel() != m.out_features):
@@ -193,17 +203,15 @@ class SharedInputQuantization:
         if any(m.bias is not None for m in members):
             bias = torch.cat([m.weight_scale.new_zeros(m.out_features) if m.bias is None else m.bias.float()
                               for m in members])
-        op = "w4a4_matmul_stacked" if isinstance(weight, list) else "int8_matmul"
         k = members[0].in_features
+        args = (codes.reshape(-1, k), scales.reshape(-1, 1), *weights, weight_scale, bias, *extra, x.dtype)
         if fast:
-            out = registry.implementation(op, x.device)(codes.reshape(-1, k), scales.reshape(-1, 1), weight,
-                                                        weight_scale, bias, x.dtype)
-        else:
-            out = getattr(kernels, op)(codes, scales, weight, weight_scale, bias, x.dtype)
-            if not torch.compiler.is_compiling():
-                for m in members:
-                    m._checked_buffers = m._kernel_buffers()  # the public ops accepted them
-        return out.reshape(*x.shape[:-1], weight_scale.numel())
+            return registry.implementation(op, x.device)(*args)
+        out = getattr(kernels, op)(*args)
+        if not torch.compiler.is_compiling():
+            for m in members:
+                m._checked_buffers = m._kernel_buffers()  # the public ops accepted them
+        return out
 
     def swiglu(self, gate: W4A4Linear, up: W4A4Linear, down: nn.Module,
                x: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
@@ -230,24 +238,8 @@ class SharedInputQuantization:
         factors = [t for t in (down.left, down.right) if t is not None]
         scaled = down.channel_scale is not None and (x.dtype == torch.float32 or
                                                      all(t.dtype == x.dtype for t in factors))
-        channel_scale = down.channel_scale if scaled else None
-        fast = gate._fast_path(x) and up._fast_path(x)
-        codes, scales = gate.quantize_input(x, fast)
-        weight_scale = torch.cat([gate.weight_scale.reshape(-1), up.weight_scale.reshape(-1)])
-        bias = None
-        if gate.bias is not None or up.bias is not None:
-            bias = torch.cat([m.weight_scale.new_zeros(m.out_features) if m.bias is None else m.bias.float()
-                              for m in (gate, up)])
-        k = gate.in_features
-        args = (codes.reshape(-1, k), scales.reshape(-1, 1), gate.weight_packed, up.weight_packed, weight_scale, bias,
-                channel_scale, x.dtype)
-        if fast:
-            h = registry.implementation("w4a4_matmul_swiglu", x.device)(*args)
-        else:
-            h = kernels.w4a4_matmul_swiglu(*args)
-            if not torch.compiler.is_compiling():
-                for m in (gate, up):
-                    m._checked_buffers = m._kernel_buffers()  # the public ops accepted them
+        h = self._group_gemm("w4a4_matmul_swiglu", x, (gate.weight_packed, up.weight_packed),
+                             (down.channel_scale if scaled else None,))
         return h.reshape(*x.shape[:-1], gate.out_features), scaled
 
     def _member_slice(self, module: W4A4Linear, out: torch.Tensor) -> torch.Tensor:
