@@ -26,6 +26,9 @@ A stack of weights that read the same input (q/k/v, gate/up: up to MAX_MEMBERS) 
 walk the members' row tiles in turn, each with its member's descriptor, scales, bias and output columns; one launch
 per member left waves half empty on narrow members (Dream's 512-row k and v). Programs cover 128 or 64 tokens
 (`CONFIGS`), the narrower for shapes too small to fill the GPU with 128-token tiles.
+One program per output tile. A persistent form (two programs per SM, each sweeping its tiles in one K loop, the
+next tile's loads under this tile's last groups and epilogue) took 248-253 registers and ran 1-27% slower, mostly
+9-17%, on five shapes at 4096 and 16384 tokens (H100, 2026-12-07 11:32 UTC, BENCHMARKS.md).
 
 Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians against cuBLAS bf16 in the same run): 1.46x
 / 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up as one weight), 1.58x / 1.55x (down), 1.06x /
