@@ -28,7 +28,10 @@ per member left waves half empty on narrow members (Dream's 512-row k and v). Pr
 (`CONFIGS`), the narrower for shapes too small to fill the GPU with 128-token tiles.
 One program per output tile. A persistent form (two programs per SM, each sweeping its tiles in one K loop, the
 next tile's loads under this tile's last groups and epilogue) took 248-253 registers and ran 1-27% slower, mostly
-9-17%, on five shapes at 4096 and 16384 tokens (H100, 2026-12-07 11:32 UTC, BENCHMARKS.md).
+9-17%, on five shapes at 4096 and 16384 tokens (H100, 2026-12-07 11:32 UTC, BENCHMARKS.md). Two more, also not
+kept (H100, 13:32 UTC, tag archive/ws-pdl): the loads in a producer warp (`gl.warp_specialize`, no CTA-wide barrier
+in the K loop), from 0.6% faster to 2.9% slower; and launching the GEMM while the activation pass in front still runs
+(programmatic dependent launch), within noise on the linear and no change in a graphed step.
 
 Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians against cuBLAS bf16 in the same run): 1.46x
 / 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up as one weight), 1.58x / 1.55x (down), 1.06x /
