@@ -31,7 +31,8 @@ next tile's loads under this tile's last groups and epilogue) took 248-253 regis
 9-17%, on five shapes at 4096 and 16384 tokens (H100, 2026-12-07 11:32 UTC, BENCHMARKS.md). Two more, also not
 kept (H100, 13:32 UTC, tag archive/ws-pdl): the loads in a producer warp (`gl.warp_specialize`, no CTA-wide barrier
 in the K loop), from 0.6% faster to 2.9% slower; and launching the GEMM while the activation pass in front still runs
-(programmatic dependent launch), within noise on the linear and no change in a graphed step.
+(programmatic dependent launch, its first weight stages fetched before it waits), within noise on the linear and
+no change in a graphed step, as the earlier form without the early fetch (07:04 UTC).
 
 Measured on H100 (BENCHMARKS.md, 2026-12-06 17:55 UTC, CUDA-graph medians against cuBLAS bf16 in the same run): 1.46x
 / 1.52x (LLaDA q/k/v/o, 1024 / 4096 tokens), 1.32x / 1.41x (gate+up as one weight), 1.58x / 1.55x (down), 1.06x /
