@@ -48,7 +48,7 @@ from faircalib import kernels
 from faircalib.atomic import write_json
 from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.deploy.cuda_graph import GraphedLogits, compile_model_blocks
-from faircalib.deploy.shared_input import share_model_input_quantization
+from faircalib.deploy.shared_input import share_model_input_quantization, shared_input_groups
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
 from faircalib.kernels import gemm
 from faircalib.models import build_random, get_adapter
@@ -288,7 +288,7 @@ def main() -> None:
             adapter.linears(block)["down"].fuse_swiglu = "swiglu" in options
         if "unpacked" in options or "int8only" in options:
             keep_weights_unpacked(model, drop_packed="int8only" in options)
-        for group in {m.shared_input for m in model.modules() if isinstance(m, W4A4Linear) and m.shared_input}:
+        for group in shared_input_groups(model):
             group.fused_gemm = "unfused" not in options
             group.swiglu_epilogue = "noepilogue" not in options
         if args.compile:

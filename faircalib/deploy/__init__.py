@@ -2,6 +2,7 @@
 
 - `W4A4Linear`, `convert_to_w4a4(model)`       packed INT4 weights + online transform + act quant (w4a4_linear.py)
 - `share_input_quantization(modules)`          link the W4A4Linears of one input: quantized once, one GEMM (shared_input.py)
+- `shared_input_groups(model)`                 the linked groups, to set their switches (fused_gemm, swiglu_epilogue)
 - `keep_weights_unpacked(model)`               int8 weights (copies, or alone: drop_packed): no unpack pass per call
 - `save_quantized`, `load_quantized`           packed safetensors checkpoints (checkpoint.py)
 - `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
@@ -16,6 +17,7 @@ import importlib
 _LAZY = {
     "W4A4Linear": "w4a4_linear", "convert_to_w4a4": "w4a4_linear",
     "share_input_quantization": "shared_input", "share_model_input_quantization": "shared_input",
+    "shared_input_groups": "shared_input",
     "keep_weights_unpacked": "w4a4_linear",
     "save_quantized": "checkpoint", "load_quantized": "checkpoint",
     "export_compressed_tensors": "compressed_tensors", "is_w4a4": "hf_quantizer",

@@ -311,6 +311,14 @@ def share_input_quantization(modules: Sequence[W4A4Linear], names: Sequence[str]
         m.shared_input = group
 
 
+def shared_input_groups(model: nn.Module) -> list[SharedInputQuantization]:
+    """The input groups linked in `model`, each once, in module order: where their switches (`fused_gemm`,
+    `swiglu_epilogue`) are set for a whole model."""
+    groups = {id(m.shared_input): m.shared_input for m in model.modules()
+              if isinstance(m, W4A4Linear) and m.shared_input is not None}
+    return list(groups.values())
+
+
 def share_model_input_quantization(model: nn.Module) -> int:
     """Link the W4A4Linears of every block input group (INPUT_GROUPS: q/k/v, gate/up) of a LLaDA/Dream-layout
     model; returns the number of groups linked. A group whose members differ (a checkpoint calibrated with one

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from faircalib.deploy.shared_input import share_input_quantization
+from faircalib.deploy.shared_input import share_input_quantization, shared_input_groups
 from faircalib.deploy.w4a4_linear import W4A4Linear, convert_to_w4a4, keep_weights_unpacked
 from faircalib.models import get_adapter
 
@@ -71,7 +71,8 @@ def test_each_shared_input_takes_one_gemm(family, monkeypatch):
         calls.clear()
         assert torch.equal(get_adapter(unfused).logits(ids), got)
         assert calls == ["w4a4_matmul"] * 7 * blocks
-        groups = {m.shared_input for m in deployed.modules() if isinstance(m, W4A4Linear) and m.shared_input}
+        groups = shared_input_groups(deployed)
+        assert len(groups) == 2 * blocks  # q/k/v and gate/up of every block
         for group in groups:
             group.swiglu_epilogue = False
         calls.clear()
@@ -288,8 +289,7 @@ def test_compiled_blocks_quantize_each_input_once(monkeypatch, unpacked, int8_on
     assert len(calls) == 4 * len(adapter.blocks)
     assert torch.equal(got, want)
     assert not torch._dynamo.utils.counters["graph_break"]
-    assert all(group._handed is None for group in {m.shared_input for m in deployed.modules()
-                                                   if isinstance(m, W4A4Linear) and m.shared_input is not None})
+    assert all(group._handed is None for group in shared_input_groups(deployed))
 
 
 def _mlp(deployed):

@@ -5,7 +5,7 @@ they equal the packed path's bitwise."""
 import pytest
 import torch
 
-from faircalib.deploy import convert_to_w4a4
+from faircalib.deploy import convert_to_w4a4, shared_input_groups
 from faircalib.deploy.w4a4_linear import keep_weights_unpacked
 from faircalib.kernels import registry
 from faircalib.models import get_adapter
@@ -56,7 +56,7 @@ def test_kept_int8_stacks_on_cuda_equal_the_packed_path(family, int8_only):
     convert_to_w4a4(model)
     model.cuda()
     ids = torch.randint(0, 48, (3, 40), generator=torch.Generator().manual_seed(0)).cuda()
-    groups = {m.shared_input for m in model.modules() if getattr(m, "shared_input", None) is not None}
+    groups = shared_input_groups(model)
     with torch.no_grad():
         epilogue = get_adapter(model).logits(ids)
         for group in groups:
