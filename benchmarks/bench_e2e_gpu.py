@@ -2,6 +2,7 @@
 
     python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--variants bf16:shared,fp32:shared]
                                        [--family llada|dream] [--design regs:4:4:128]
+    python benchmarks/bench_e2e_gpu.py --generate 512:256:64 [--tokens ''] ...  # also whole generations, tokens/s
     python benchmarks/bench_e2e_gpu.py --tiny-cpu     # reference: generation tokens/s of the tiny models on CPU
 
 bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU (`--family dream`: "dream-7b", whose
@@ -25,6 +26,8 @@ then the packed weights and the int8 copies), `:int8only` keeps the int8 codes a
 unflattened ones joined; an A/B of that choice within one process), and
 `:act.FIELD=VALUE` sets a field of the activation kernels' launch settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for
 a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
+`--generate PROMPT:GEN:STEPS`: also whole generations of bf16 and each variant, tokens/s, with the LM head on the
+positions the sampler reads (as `generate` runs a model) and on every position (`generation_rows`).
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation tokens/s on the CPU
 (`tiny_cpu.json`).
@@ -144,6 +147,41 @@ def to_w4a4(adapter, factor_dtype: torch.dtype, gen: torch.Generator, share: boo
     torch.cuda.empty_cache()
 
 
+def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps: int, vocab: int) -> list[dict]:
+    """Generated tokens/s of LLaDA's sampler (batch 1, blocks of 32, temperature 0) with every step's forward
+    replayed from a CUDA graph: the LM head on the positions the sampler reads (`GraphedLogits.logits_at`, as
+    `generate` runs a model) and, for comparison, on every position (a logits function: the full [1, L, V]
+    logits). Each after one untimed generation (graph capture, compiles); the median of three timed ones."""
+    from faircalib.diffusion.config import SamplerConfig
+    from faircalib.diffusion.generate import generate
+
+    prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(1)).cuda()
+    config = SamplerConfig(gen_length=gen_length, block_length=32, steps=steps)
+    graphed = GraphedLogits(adapter, max_graphs=2, clone_output=False)
+    paths = (("read rows", graphed), ("every position", graphed.logits))
+    rows, first_tokens = [], None
+    for head, model in paths:
+        times = []
+        for _ in range(4):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = generate(model, prompt, config, mask_token_id=graphed.mask_token_id,
+                           generator=torch.Generator("cuda").manual_seed(2))
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        first_tokens = out.tokens if first_tokens is None else first_tokens
+        seconds = statistics.median(times[1:])
+        rows.append({"model": label, "lm_head_on": head, "prompt": prompt_len, "gen_length": gen_length,
+                     "steps": steps, "tokens_per_s": gen_length / seconds, "ms_per_step": 1e3 * seconds / steps,
+                     "same_tokens_as_read_rows": bool(torch.equal(out.tokens, first_tokens))})
+        print(rows[-1], flush=True)
+    if graphed.fallback_reason is not None:
+        print(graphed.fallback_reason, flush=True)
+    del graphed, paths, model
+    torch.cuda.empty_cache()
+    return rows
+
+
 def tiny_cpu_throughput(out: str) -> None:
     """Generated tokens per second of the tiny models on CPU: FP, fake-quant W4A4 and deployed W4A4Linear."""
     import copy
@@ -234,6 +272,11 @@ def main() -> None:
     parser.add_argument("--design", choices=("unpack", *gemm.REGS_DESIGNS),
                         help="every W4A4 GEMM runs this design (`gemm.W4A4_DESIGN`) instead of the one timed fastest "
                              "per shape: an A/B of one design, or a short run without the choice's compiles and timing")
+    parser.add_argument("--generate", metavar="PROMPT:GEN:STEPS",
+                        help="also time whole generations (batch 1, LLaDA's sampler, blocks of 32, CUDA graphs) of "
+                             "GEN tokens after a random PROMPT-token prompt in STEPS steps, for bf16 and each "
+                             "variant, the LM head on the read rows and on every position (`generation_rows`); "
+                             "with --tokens '' only these")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -242,9 +285,20 @@ def main() -> None:
         variants = [parse_variant(variant) for variant in args.variants.split(",")]
     except ValueError as error:
         sys.exit(f"bench_e2e_gpu: {error}")
+    generation = None
+    if args.generate is not None:
+        from faircalib.diffusion.config import SamplerConfig
+
+        try:
+            generation = tuple(int(v) for v in args.generate.split(":"))
+            if len(generation) != 3 or generation[0] < 1:
+                raise ValueError("three integers, the prompt at least one token")
+            SamplerConfig(gen_length=generation[1], block_length=32, steps=generation[2])  # its own checks
+        except ValueError as error:
+            sys.exit(f"bench_e2e_gpu: --generate wants PROMPT:GEN:STEPS ({error}), got {args.generate!r}")
     if not torch.cuda.is_available():
         sys.exit("bench_e2e_gpu: needs a CUDA GPU")
-    tokens = [int(t) for t in args.tokens.split(",")]
+    tokens = [int(t) for t in args.tokens.split(",") if t]
     started = time.time()
     results = {"env": {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                        "triton": triton.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
@@ -266,7 +320,8 @@ def main() -> None:
         write_json(path, results)
     default_launch = gemm.ACT_LAUNCH
     gemm_configs = gemm._int8_gemm_kernel.configs
-    for variant, (factor_name, sharing, options, launch) in zip(args.variants.split(","), variants):
+    for index, (variant, (factor_name, sharing, options, launch)) in enumerate(zip(args.variants.split(","),
+                                                                                   variants)):
         gemm.ACT_LAUNCH = dataclasses.replace(default_launch, **launch)
         gemm._int8_gemm_kernel.configs = [c for c in gemm_configs if c.kwargs["FLATTEN"] or "flattened" not in options]
         gemm._int8_gemm_kernel.cache.clear()  # autotuned afresh over this variant's configs
@@ -274,7 +329,11 @@ def main() -> None:
         adapter = get_adapter(model)
         if args.compile:
             compile_model_blocks(adapter)
-        if not results["runs"]:
+        if index == 0:
+            if generation is not None:
+                results.setdefault("generation", []).extend(generation_rows(adapter, f"bf16{tag}", *generation,
+                                                                           vocab))
+                save()
             bf16_bytes = block_weight_bytes(adapter)
             for n in tokens:
                 stats = step_stats(adapter, ids[n])
@@ -294,6 +353,10 @@ def main() -> None:
         if args.compile:
             compile_model_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
+        if generation is not None:
+            results.setdefault("generation", []).extend(generation_rows(adapter, f"w4a4 ({variant}){tag}",
+                                                                       *generation, vocab))
+            save()
         for n in tokens:
             stats = step_stats(adapter, ids[n])
             stats["graph_ms"] = graph_step_ms(adapter, ids[n])
@@ -332,6 +395,12 @@ def main() -> None:
         print(f"| {r['model']} | {r['tokens']} | {r['ms']:.1f} | {r.get('speedup_vs_bf16', 1.0):.2f} | "
               f"{r['graph_ms']:.1f} | {r.get('graph_speedup_vs_bf16', 1.0):.2f} | {r['peak_gib']:.1f} | "
               f"{r['block_weight_bytes'] / 1e9:.2f} ({r.get('weight_bytes_vs_bf16', 1.0):.3f}) |")
+    if generation is not None:
+        print("\n| model | LM head on | prompt + generated tokens, steps | generated tokens/s | ms per step | "
+              "same tokens |\n|---|---|---|---|---|---|")
+        for r in results["generation"]:
+            print(f"| {r['model']} | {r['lm_head_on']} | {r['prompt']} + {r['gen_length']}, {r['steps']} | "
+                  f"{r['tokens_per_s']:.1f} | {r['ms_per_step']:.2f} | {r['same_tokens_as_read_rows']} |")
     for r in results["runs"]:
         if "profile" in r:
             print(f"\nKernels of one step, {r['model']}, {r['tokens']} tokens (CUDA ms, calls):")

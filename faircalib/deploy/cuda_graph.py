@@ -9,15 +9,19 @@ replayed from a graph.
     graphed = GraphedLogits(model)            # a LLaDA/Dream model or its adapter, on CUDA
     out = generate(graphed, prompts, config)  # samplers accept it like a model
 
+Samplers read only the masked positions' logits (`logits_at`): the blocks are replayed from a graph of their own and
+the final norm and LM head run on those rows after it, eagerly (their number changes every step).
+
 `compile_blocks=True` also `torch.compile`s every block in place first (`compile_model_blocks`; `compile_kwargs` go
 to `torch.compile`): Inductor fuses the norms, RoPE and SwiGLU around the W4A4 ops; on the H100 that took a
 4096-token W4A4 step from 1.18x to 1.28x bf16 (each model compiled).
 
-Each new (input shape, mask shape) is captured on first use (after warm-up runs on a side stream, which also let
-Triton autotune), up to `max_graphs` of them (least recently used evicted). The captured graph reads static input
-buffers, so each call copies its inputs in and returns a copy of the output (the next replay overwrites the
-static one; `clone_output=False` returns the static buffer itself, for callers that consume the logits before the
-next call). Inputs on the CPU, or when capture is impossible, run eagerly; `fallback_reason` says why.
+Each new (input shape, mask shape) is captured on first use, once for `logits` and once for `logits_at` (after
+warm-up runs on a side stream, which also let Triton autotune), up to `max_graphs` graphs (least recently used
+evicted). The captured graph reads static input buffers, so each call copies its inputs in and `logits` returns a
+copy of the output (the next replay overwrites the static one; `clone_output=False` returns the static buffer
+itself, for callers that consume the logits before the next call). Inputs on the CPU, or when capture is
+impossible, run eagerly; `fallback_reason` says why.
 """
 from __future__ import annotations
 
@@ -58,15 +62,30 @@ class GraphedLogits:
         return self.logits(input_ids, attention_mask)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        out, static = self._replay(self.adapter.logits, input_ids, attention_mask)
+        return out.clone() if static and self.clone_output else out
+
+    def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  rows: torch.Tensor) -> torch.Tensor:
+        """`logits(input_ids, attention_mask)[rows]` as the adapter's `logits_at` computes it: the blocks replayed
+        from a graph of their own, the final norm and LM head then run on the rows' hidden states (their number
+        changes every step, so they stay outside the graph)."""
+        return self.adapter.head_at(self._replay(self.adapter.hidden, input_ids, attention_mask)[0], rows)
+
+    def _replay(self, forward, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+        """(output, static): forward(input_ids, attention_mask) (the adapter's `logits` or `hidden`) replayed from
+        its graph for these input shapes (static: the graph's output buffer, overwritten by the next replay), or run
+        eagerly."""
         if input_ids.device.type != "cuda" or self.fallback_reason is not None:
-            return self.adapter.logits(input_ids, attention_mask)
-        key = (tuple(input_ids.shape), input_ids.dtype, input_ids.device,
+            return forward(input_ids, attention_mask), False
+        key = (forward.__name__, tuple(input_ids.shape), input_ids.dtype, input_ids.device,
                None if attention_mask is None else (tuple(attention_mask.shape), attention_mask.dtype))
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(input_ids, attention_mask)
+            entry = self._capture(forward, input_ids, attention_mask)
             if entry is None:
-                return self.adapter.logits(input_ids, attention_mask)
+                return forward(input_ids, attention_mask), False
             self._graphs[key] = entry
             if len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
@@ -76,9 +95,9 @@ class GraphedLogits:
         if static_mask is not None:
             static_mask.copy_(attention_mask)
         graph.replay()
-        return static_out.clone() if self.clone_output else static_out
+        return static_out, True
 
-    def _capture(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    def _capture(self, forward, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         static_ids = input_ids.clone()
         static_mask = None if attention_mask is None else attention_mask.clone()
         try:
@@ -86,13 +105,13 @@ class GraphedLogits:
             side.wait_stream(torch.cuda.current_stream(input_ids.device))
             with torch.cuda.stream(side), torch.no_grad():
                 for _ in range(self.warmup):
-                    self.adapter.logits(static_ids, static_mask)
+                    forward(static_ids, static_mask)
             torch.cuda.current_stream(input_ids.device).wait_stream(side)
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.no_grad(), torch.cuda.graph(graph, pool=self._pool):
-                static_out = self.adapter.logits(static_ids, static_mask)
+                static_out = forward(static_ids, static_mask)
         except RuntimeError as error:  # e.g. an op that synchronises with the host cannot be captured
             self.fallback_reason = f"CUDA graph capture failed, running eagerly: {str(error).splitlines()[0]}"
             return None

@@ -2,7 +2,8 @@
 
 A model (through its adapter), an adapter, or a plain `logits_fn(input_ids, attention_mask)` all become one.
 The logits are *aligned* (index i predicts position i): Dream's one-position shift is the adapter's business,
-and no sampler shifts again.
+and no sampler shifts again. Samplers read the logits of the rows they decide on (`Denoiser.logits_at`: the masked
+positions); a model's adapter runs its LM head on those rows only, a plain logits function computes every row.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable, Optional
 import torch
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+RowsLogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor], torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -20,12 +22,15 @@ class Denoiser:
 
     mask_token_id: id of the mask token. max_length: the model's context length (None = unbounded).
     device: where the model's inputs must live (None = wherever the prompts are).
+    rows_fn: (input_ids, attention_mask, rows [B, L] bool) -> the aligned logits at rows [rows.sum(), V], computing
+    only those (an adapter's `logits_at`); None: `logits_fn`'s output indexed by rows.
     """
 
     logits_fn: LogitsFn
     mask_token_id: int
     max_length: int | None = None
     device: torch.device | None = None
+    rows_fn: RowsLogitsFn | None = None
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         logits = self.logits_fn(input_ids, attention_mask)
@@ -35,10 +40,27 @@ class Denoiser:
                 f"diffusion.denoiser: the model returned logits of shape {tuple(logits.shape)} for input_ids "
                 f"{(batch, length)}; it must return aligned logits [B, L, V]"
             )
-        if logits.shape[2] <= self.mask_token_id:
+        return self._checked_vocabulary(logits)
+
+    def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  rows: torch.Tensor) -> torch.Tensor:
+        """The aligned logits at rows ([B, L] bool), [rows.sum(), V] in row-major order."""
+        if self.rows_fn is None:
+            return self.logits(input_ids, attention_mask)[rows]
+        logits = self.rows_fn(input_ids, attention_mask, rows)
+        count = int(rows.sum())
+        if logits.dim() != 2 or logits.shape[0] != count:
+            raise ValueError(
+                f"diffusion.denoiser: the model returned logits of shape {tuple(logits.shape)} for {count} selected "
+                f"positions; it must return [{count}, V]"
+            )
+        return self._checked_vocabulary(logits)
+
+    def _checked_vocabulary(self, logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-1] <= self.mask_token_id:
             raise ValueError(
                 f"diffusion.denoiser: mask_token_id={self.mask_token_id} is outside the vocabulary of "
-                f"{logits.shape[2]} logits; pass the mask id of this model"
+                f"{logits.shape[-1]} logits; pass the mask id of this model"
             )
         return logits
 
@@ -75,4 +97,6 @@ def as_denoiser(model, *, mask_token_id: int | None = None, max_length: int | No
         max_length = getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
     parameter = next(module.parameters(), None) if isinstance(module, torch.nn.Module) else None
     logits_fn = adapter.logits if adapter is not None else model
-    return Denoiser(logits_fn, int(mask_token_id), max_length, None if parameter is None else parameter.device)
+    rows_fn = getattr(adapter, "logits_at", None)
+    return Denoiser(logits_fn, int(mask_token_id), max_length, None if parameter is None else parameter.device,
+                    rows_fn)

@@ -20,12 +20,12 @@ def sample_dream(state: DenoisingState, config: SamplerConfig, generator: torch.
     """Runs `config.steps` Dream steps on `state`; every answer position is committed at the end."""
     timesteps = torch.linspace(1, config.eps, config.steps + 1)
     for i in range(config.steps):
-        logits = state.logits()
         masked = state.masked
+        logits = state.logits_at(masked)
         last = i == config.steps - 1
         keep_masked = timesteps[i + 1] / timesteps[i]
         confidence, tokens = dream_tokens(
-            logits[masked], config.remasking, generator,
+            logits, config.remasking, generator,
             temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
         )
         candidates = torch.zeros_like(state.x)

@@ -37,15 +37,15 @@ def sample_blockwise(state: DenoisingState, config: SamplerConfig, generator: to
 
 def _step(state, config, in_block, counts, generator):
     """One forward pass and its commits; counts [B] (None = threshold rule)."""
-    logits = state.logits()
     eligible = state.masked & in_block
+    logits = state.logits_at(eligible)
     candidates = torch.zeros_like(state.x)
-    candidates[eligible] = gumbel_argmax(logits[eligible], config.temperature, generator)
+    candidates[eligible] = gumbel_argmax(logits, config.temperature, generator)
     if config.remasking == "random":
         confidence = uniform(eligible.shape, generator, eligible.device, torch.float64)
     else:
         confidence = torch.zeros(eligible.shape, dtype=torch.float64, device=eligible.device)
-        confidence[eligible] = probability_of(logits[eligible], candidates[eligible])
+        confidence[eligible] = probability_of(logits, candidates[eligible])
     confidence = confidence.masked_fill(~eligible, float("-inf"))
     if counts is None:
         positions = top_per_row(confidence, eligible.any(1).long()) | (confidence >= config.threshold)

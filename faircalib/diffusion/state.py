@@ -1,8 +1,9 @@
 """`DenoisingState`: the sequence being denoised, its commit record, and the one way samplers touch the model.
 
-Every sampler step is `logits = state.logits()` (one forward pass; two rows per sequence under guidance) followed
-by `state.commit(positions, tokens)`. Commits are irreversible: a committed position is never masked again and
-its token never changes, which is what makes `Trajectory.state_before` exact.
+Every sampler step is `logits = state.logits_at(rows)` (one forward pass, two rows per sequence under guidance; the
+logits of the masked positions `rows` only) followed by `state.commit(positions, tokens)`. Commits are irreversible:
+a committed position is never masked again and its token never changes, which is what makes `Trajectory.state_before`
+exact.
 """
 from __future__ import annotations
 
@@ -32,17 +33,23 @@ class DenoisingState:
         self._model_mask = self.attention_mask if prompt.padded else None
         self._stats = [] if record else None
 
-    def logits(self) -> torch.Tensor:
-        """Aligned logits [B, L, V] for the current state (guided when cfg_scale > 0), the mask token excluded:
-        committing the mask id would leave a position that looks masked but counts as committed."""
+    def logits_at(self, rows: torch.Tensor) -> torch.Tensor:
+        """Aligned logits [rows.sum(), V] of the current state at rows ([B, L] bool, masked positions only; row-major
+        order), guided when cfg_scale > 0, the mask token excluded: committing the mask id would leave a position
+        that looks masked but counts as committed. The model's LM head runs on the positions read (with record=True:
+        every masked one, for the statistics), not on the prompt and committed ones (`Denoiser.logits_at`)."""
+        if (rows & ~self.masked).any():
+            raise RuntimeError(f"diffusion.state: step {self.step} asked for the logits of committed positions; "
+                               "a sampler bug")
+        read = self.masked if self._stats is not None else rows
         if self.cfg_scale > 0:
             unconditional = self.x.masked_fill(self.prompt_tokens, self.denoiser.mask_token_id)
             mask = None if self._model_mask is None else self._model_mask.repeat(2, 1)
-            both = self.denoiser.logits(torch.cat([self.x, unconditional]), mask)
+            both = self.denoiser.logits_at(torch.cat([self.x, unconditional]), mask, read.repeat(2, 1))
             cond, uncond = both.chunk(2)
             logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
         else:
-            logits = self.denoiser.logits(self.x, self._model_mask)
+            logits = self.denoiser.logits_at(self.x, self._model_mask, read)
         if torch.isnan(logits).any():
             raise FloatingPointError(
                 f"diffusion.state: the model returned NaN logits at step {self.step} (input {tuple(self.x.shape)}); "
@@ -50,9 +57,10 @@ class DenoisingState:
             )
         never = torch.tensor([self.denoiser.mask_token_id], device=logits.device)
         logits = logits.index_fill(-1, never, float("-inf"))
-        if self._stats is not None:
-            self._stats.append(_masked_statistics(logits, self.masked))
-        return logits
+        if self._stats is None:
+            return logits
+        self._stats.append(_masked_statistics(logits, self.masked))
+        return logits[rows[self.masked]]
 
     def commit(self, positions: torch.Tensor, tokens: torch.Tensor):
         """positions: [B, L] bool, a subset of the masked positions; tokens: [B, L] int64 (read at positions).
@@ -82,16 +90,15 @@ class DenoisingState:
         )
 
 
-def _masked_statistics(logits: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Teacher statistics at masked positions: logits [B, L, V] -> top1 [B, L] int64 (-1 elsewhere) and
-    top1_prob / margin / entropy [B, L] float32 (NaN elsewhere)."""
-    masked_logits = logits[masked]
+def _masked_statistics(masked_logits: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher statistics at masked positions: their logits [masked.sum(), V] -> top1 [B, L] int64 (-1 elsewhere)
+    and top1_prob / margin / entropy [B, L] float32 (NaN elsewhere)."""
     log_probs = torch.log_softmax(masked_logits.float(), dim=-1)
     probs = log_probs.exp()
     top2 = probs.topk(2, dim=-1).values
     entropy = -(probs * log_probs.clamp_min(torch.finfo(torch.float32).min)).sum(-1)
-    nan = torch.full(masked.shape, float("nan"), device=logits.device)
-    stats = {"top1": torch.full(masked.shape, -1, dtype=torch.long, device=logits.device)}
+    nan = torch.full(masked.shape, float("nan"), device=masked_logits.device)
+    stats = {"top1": torch.full(masked.shape, -1, dtype=torch.long, device=masked_logits.device)}
     stats["top1"][masked] = masked_logits.argmax(-1)  # argmax, as the samplers pick, so ties agree
     for name, value in (("top1_prob", top2[:, 0]), ("margin", top2[:, 0] - top2[:, 1]),
                         ("entropy", entropy)):

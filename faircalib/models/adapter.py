@@ -129,13 +129,36 @@ class Adapter:
         """hidden after the last block [B, L, D] -> aligned logits [B, L, V] (index i predicts position i)."""
         return align_logits(self.runner.head(hidden), self.shift_logits)
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids: [B, L] int -> aligned logits [B, L, V] = embed -> every block -> head."""
+    def head_at(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """hidden after the last block [B, L, D], rows [B, L] bool -> the aligned logits at rows, [rows.sum(), V] in
+        row-major order: `head(hidden)[rows]`, with the final norm and LM head run on those rows' hidden states only
+        (Dream's prediction for position i is read from i - 1, position 0 from itself: `align_logits`)."""
+        if rows.shape != hidden.shape[:2] or rows.dtype != torch.bool:
+            raise ValueError(f"faircalib.models.adapter: rows must be a bool mask of the input's shape "
+                             f"{tuple(hidden.shape[:2])}, got {rows.dtype} {tuple(rows.shape)}")
+        batch, position = rows.nonzero(as_tuple=True)
+        if self.shift_logits:
+            position = (position - 1).clamp_min(0)
+        return self.runner.head(hidden[batch, position].unsqueeze(0)).squeeze(0)
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids: [B, L] int -> hidden after the last block [B, L, D] = embed -> every block."""
         kwargs = self.block_kwargs(input_ids, attention_mask)
         hidden = self.embed_inputs(input_ids)
         for block in self.blocks:
             hidden = block(hidden, **kwargs)
-        return self.head(hidden)
+        return hidden
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids: [B, L] int -> aligned logits [B, L, V] = embed -> every block -> head."""
+        return self.head(self.hidden(input_ids, attention_mask))
+
+    def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                  rows: torch.Tensor) -> torch.Tensor:
+        """`logits(input_ids, attention_mask)[rows]` ([rows.sum(), V]) with the LM head run on those rows only: a
+        denoising step reads the logits of its masked positions alone, and over a long prompt the head's GEMM over
+        every position is a large part of the step (LLaDA-8B's 126464-row head)."""
+        return self.head_at(self.hidden(input_ids, attention_mask), rows)
 
 
 def _unwrap(block: nn.Module) -> nn.Module:

@@ -34,3 +34,12 @@ def test_a_design_that_does_not_exist_is_refused_before_any_work(monkeypatch, ca
     assert exit_.value.code == 2
     assert "invalid choice: 'regs:9:9:9'" in capsys.readouterr().err
     assert gemm.W4A4_DESIGN is None
+
+
+@pytest.mark.parametrize("value,named", [("512:256", "three integers"), ("0:32:1", "at least one token"),
+                                         ("512:48:3", "not divisible by block_length=32"),
+                                         ("512:256:63", "steps=63 is not divisible"), ("a:b:c", "invalid literal")])
+def test_a_bad_generate_setting_is_refused_before_any_work(monkeypatch, value, named):
+    monkeypatch.setattr(bench.sys, "argv", ["bench_e2e_gpu.py", "--generate", value])
+    with pytest.raises(SystemExit, match=named):
+        bench.main()

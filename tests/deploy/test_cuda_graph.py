@@ -23,6 +23,9 @@ def test_cpu_inputs_run_eagerly_and_generate_the_same(family):
     want = generate(model, prompt, config, generator=torch.Generator().manual_seed(2))
     got = generate(graphed, prompt, config, generator=torch.Generator().manual_seed(2))
     assert torch.equal(got.tokens, want.tokens)
+    rows = torch.rand(2, 10, generator=torch.Generator().manual_seed(3)) < 0.5
+    with torch.no_grad():
+        assert torch.equal(graphed.logits_at(ids, None, rows), get_adapter(model).logits_at(ids, None, rows))
     assert graphed.fallback_reason is None and not graphed._graphs  # nothing captured on the CPU
 
 
@@ -44,6 +47,27 @@ def test_replayed_graphs_match_the_eager_forward(family):
             ids = torch.randint(0, 48, shape, generator=gen).cuda()
             torch.testing.assert_close(graphed(ids), adapter.logits(ids), rtol=0, atol=0)
     assert graphed.fallback_reason is None and len(graphed._graphs) == 2  # least recently used evicted
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_logits_at_replays_the_blocks_and_runs_the_head_on_the_rows(family):
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    model.cuda()
+    adapter, graphed = get_adapter(model), GraphedLogits(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(3):  # one graph of the blocks, replayed for other rows of the same shape
+            ids = torch.randint(0, 48, (2, 10), generator=gen).cuda()
+            rows = (torch.rand(2, 10, generator=gen) < 0.5).cuda()
+            torch.testing.assert_close(graphed.logits_at(ids, None, rows), adapter.logits_at(ids, None, rows),
+                                       rtol=0, atol=0)
+        assert [key[0] for key in graphed._graphs] == ["hidden"]
+        prompt = torch.randint(0, 48, (2, 6), generator=gen)
+        config = SamplerConfig(sampler=family, gen_length=8, steps=8)
+        want = generate(model, prompt, config, generator=torch.Generator("cuda").manual_seed(2))
+        got = generate(graphed, prompt, config, generator=torch.Generator("cuda").manual_seed(2))
+    assert torch.equal(got.tokens, want.tokens) and graphed.fallback_reason is None
 
 
 def test_compile_blocks_option_compiles_every_block_and_keeps_the_logits(family):

@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from faircalib.diffusion import Denoiser, SamplerConfig, generate
+from faircalib.diffusion.prompts import prompt_batch
+from faircalib.diffusion.state import DenoisingState
 from tests.diffusion.fakes import MASK, PAD, VOCAB, ContextModel, ramp_logits
 
 DETERMINISTIC = {
@@ -117,3 +119,28 @@ def test_empty_prompts_generate_unconditionally(gen):
     out = generate(model, [[], [4, 5]], config, mask_token_id=MASK, pad_token_id=PAD)
     assert out.prompt_len == 2
     assert torch.equal(out.answer[0], generate(model, [[]], config, mask_token_id=MASK).answer[0])
+
+
+def test_logits_of_selected_rows_come_from_rows_fn_or_the_full_logits():
+    rows = torch.zeros(2, 17, dtype=torch.bool)
+    rows[0, 3] = rows[1, 5:8] = True
+    ids = torch.full((2, 17), MASK)
+    plain = Denoiser(ramp_logits, MASK)
+    assert torch.equal(plain.logits_at(ids, None, rows), ramp_logits(ids)[rows])
+    asked = []
+    selective = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r: asked.append(r) or ramp_logits(x)[r])
+    out = generate(selective, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8, steps=16))
+    assert torch.equal(out.tokens, generate(plain, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8,
+                                                                           steps=16)).tokens)
+    assert [int(r.sum()) for r in asked[:2]] == [16, 14]  # the first block's masked positions, one committed a step
+    wrong = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r: ramp_logits(x))
+    with pytest.raises(ValueError, match=r"logits of shape \(2, 17, 16\) for 4 selected positions; it must return "
+                                         r"\[4, V\]"):
+        wrong.logits_at(ids, None, rows)
+
+
+def test_state_refuses_to_read_committed_positions():
+    state = DenoisingState(Denoiser(ramp_logits, MASK), prompt_batch([[4, 5]]), 4)
+    assert state.logits_at(state.masked).shape == (4, VOCAB)
+    with pytest.raises(RuntimeError, match="step 0 asked for the logits of committed positions"):
+        state.logits_at(torch.ones_like(state.masked))

@@ -52,3 +52,32 @@ def test_model_without_mask_token_is_refused():
     model = build_random("llada", config, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="LLaDAModelLM has no mask token"):
         generate(model, [[4, 5]])
+
+
+@pytest.mark.parametrize("config", [
+    SamplerConfig(gen_length=8, block_length=4, steps=8, temperature=1.0),
+    SamplerConfig(gen_length=8, steps=4, cfg_scale=1.0),
+    SamplerConfig(sampler="dream", remasking="entropy", gen_length=8, steps=4, temperature=0.5),
+    SamplerConfig(sampler="threshold", gen_length=8, block_length=4, threshold=0.5),
+], ids=["llada", "llada_cfg", "dream", "threshold"])
+@pytest.mark.parametrize("record", [False, True])
+def test_head_on_the_read_rows_generates_as_the_full_logits_do(model, config, record):
+    """Through the adapter the LM head runs on the masked positions only (`logits_at`); a logits function gives
+    every position's logits. Same tokens, same statistics."""
+    adapter, seed = get_adapter(model), 3
+    rows_seen = []
+    hook = adapter.lm_head.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape[:-1].numel()))
+    try:
+        fast = generate(model, PROMPTS, config, pad_token_id=PAD, record=record,
+                        generator=torch.Generator().manual_seed(seed))
+    finally:
+        hook.remove()
+    full = generate(adapter.logits, PROMPTS, config, pad_token_id=PAD, record=record, mask_token_id=MASK,
+                    generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(fast.tokens, full.tokens)
+    if record:
+        for stat in ("top1", "top1_prob", "margin", "entropy"):
+            torch.testing.assert_close(getattr(fast.trajectory, stat), getattr(full.trajectory, stat),
+                                       equal_nan=True, atol=1e-6, rtol=1e-5)
+    positions = len(PROMPTS) * (5 + config.gen_length) * (2 if config.cfg_scale else 1)
+    assert rows_seen and max(rows_seen) < positions  # the prompts are never read

@@ -143,3 +143,34 @@ def test_unsupported_architecture_lists_the_tree():
     assert "transformer: Decoder" in message and "wpe: Embedding" in message and "0: Linear" in message
     assert "1: Linear" not in message  # lists are shortened to their first entry
     assert "model.transformer.blocks" in message and "model.layers" in message
+
+
+def test_logits_at_rows_equal_the_full_logits_there(family, gen):
+    adapter = get_adapter(tiny_model(family))
+    ids = random_ids(gen)
+    rows = torch.rand(ids.shape, generator=gen) < 0.5
+    rows[0, 0] = rows[1, -1] = True  # Dream reads position 0's own row, the last from the one before
+    full = adapter.logits(ids)
+    torch.testing.assert_close(adapter.logits_at(ids, None, rows), full[rows], atol=1e-6, rtol=0)
+    assert adapter.logits_at(ids, None, torch.zeros_like(rows)).shape == (0, full.shape[-1])
+
+
+def test_logits_at_runs_the_lm_head_on_the_selected_rows_only(family, gen):
+    adapter = get_adapter(tiny_model(family))
+    seen = []
+    adapter.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    ids = random_ids(gen)
+    rows = torch.zeros(ids.shape, dtype=torch.bool)
+    rows[:, 3:6] = True
+    adapter.logits_at(ids, None, rows)
+    assert seen == [6]
+
+
+def test_logits_at_refuses_rows_of_another_shape(gen):
+    adapter = get_adapter(tiny_model("llada"))
+    ids = random_ids(gen)
+    with pytest.raises(ValueError, match=r"rows must be a bool mask of the input's shape \(2, 11\), got "
+                                         r"torch.int64 \(2, 11\)"):
+        adapter.logits_at(ids, None, torch.ones(ids.shape, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"shape \(2, 11\), got torch.bool \(2, 10\)"):
+        adapter.logits_at(ids, None, torch.ones(2, 10, dtype=torch.bool))
