@@ -147,7 +147,7 @@ def to_w4a4(adapter, factor_dtype: torch.dtype, gen: torch.Generator, share: boo
     torch.cuda.empty_cache()
 
 
-def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps: int, vocab: int) -> list[dict]:
+def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps: int) -> list[dict]:
     """Generated tokens/s of LLaDA's sampler (batch 1, blocks of 32, temperature 0) with every step's forward
     replayed from a CUDA graph: the LM head on the positions the sampler reads (`GraphedLogits.logits_at`, as
     `generate` runs a model) and, for comparison, on every position (a logits function: the full [1, L, V]
@@ -155,9 +155,9 @@ def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps
     from faircalib.diffusion.config import SamplerConfig
     from faircalib.diffusion.generate import generate
 
-    prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(1)).cuda()
-    config = SamplerConfig(gen_length=gen_length, block_length=32, steps=steps)
     graphed = GraphedLogits(adapter, max_graphs=2, clone_output=False)
+    prompt = torch.randint(0, graphed.mask_token_id, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    config = SamplerConfig(gen_length=gen_length, block_length=32, steps=steps)
     paths = (("read rows", graphed), ("every position", graphed.logits))
     rows, first_tokens = [], None
     for head, model in paths:
@@ -165,8 +165,8 @@ def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps
         for _ in range(4):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            out = generate(model, prompt, config, mask_token_id=graphed.mask_token_id,
-                           generator=torch.Generator("cuda").manual_seed(2))
+            out = generate(model, prompt.cuda(), config, mask_token_id=graphed.mask_token_id,
+                           generator=torch.Generator().manual_seed(2))
             torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         first_tokens = out.tokens if first_tokens is None else first_tokens
@@ -331,8 +331,7 @@ def main() -> None:
             compile_model_blocks(adapter)
         if index == 0:
             if generation is not None:
-                results.setdefault("generation", []).extend(generation_rows(adapter, f"bf16{tag}", *generation,
-                                                                           vocab))
+                results.setdefault("generation", []).extend(generation_rows(adapter, f"bf16{tag}", *generation))
                 save()
             bf16_bytes = block_weight_bytes(adapter)
             for n in tokens:
@@ -355,7 +354,7 @@ def main() -> None:
         w4_bytes = block_weight_bytes(adapter)
         if generation is not None:
             results.setdefault("generation", []).extend(generation_rows(adapter, f"w4a4 ({variant}){tag}",
-                                                                       *generation, vocab))
+                                                                       *generation))
             save()
         for n in tokens:
             stats = step_stats(adapter, ids[n])
