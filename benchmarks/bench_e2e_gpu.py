@@ -2,7 +2,7 @@
 
     python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--variants bf16:shared,fp32:shared]
                                        [--family llada|dream] [--design regs:4:4:128]
-    python benchmarks/bench_e2e_gpu.py --generate 512:256:64 [--tokens ''] ...  # also whole generations, tokens/s
+    python benchmarks/bench_e2e_gpu.py --generate 512:256:64[:4] [--tokens ''] ...  # whole generations, tokens/s
     python benchmarks/bench_e2e_gpu.py --tiny-cpu     # reference: generation tokens/s of the tiny models on CPU
 
 bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU (`--family dream`: "dream-7b", whose
@@ -26,8 +26,8 @@ then the packed weights and the int8 copies), `:int8only` keeps the int8 codes a
 unflattened ones joined; an A/B of that choice within one process), and
 `:act.FIELD=VALUE` sets a field of the activation kernels' launch settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for
 a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
-`--generate PROMPT:GEN:STEPS`: also whole generations of bf16 and each variant, tokens/s, with the LM head on the
-positions the sampler reads (as `generate` runs a model) and on every position (`generation_rows`).
+`--generate PROMPT:GEN:STEPS[:BATCH]`: also whole generations of bf16 and each variant, tokens/s, with the LM head on
+the positions the sampler reads (as `generate` runs a model) and on every position (`generation_rows`).
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation tokens/s on the CPU
 (`tiny_cpu.json`).
@@ -147,16 +147,18 @@ def to_w4a4(adapter, factor_dtype: torch.dtype, gen: torch.Generator, share: boo
     torch.cuda.empty_cache()
 
 
-def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps: int) -> list[dict]:
-    """Generated tokens/s of LLaDA's sampler (batch 1, blocks of 32, temperature 0) with every step's forward
-    replayed from a CUDA graph: the LM head on the positions the sampler reads (`GraphedLogits.logits_at`, as
-    `generate` runs a model) and, for comparison, on every position (a logits function: the full [1, L, V]
-    logits). Each after one untimed generation (graph capture, compiles); the median of three timed ones."""
+def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps: int,
+                    batch: int = 1) -> list[dict]:
+    """Generated tokens/s of LLaDA's sampler (`batch` prompts of equal length, blocks of 32, temperature 0) with every
+    step's forward replayed from a CUDA graph: the LM head on the positions the sampler reads
+    (`GraphedLogits.logits_at`, as `generate` runs a model) and, for comparison, on every position (a logits
+    function: the full [B, L, V] logits). Each after one untimed generation (graph capture, compiles); the median of
+    three timed ones."""
     from faircalib.diffusion.config import SamplerConfig
     from faircalib.diffusion.generate import generate
 
     graphed = GraphedLogits(adapter, max_graphs=2, clone_output=False)
-    prompt = torch.randint(0, graphed.mask_token_id, (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(0, graphed.mask_token_id, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     config = SamplerConfig(gen_length=gen_length, block_length=32, steps=steps)
     paths = (("read rows", graphed), ("every position", graphed.logits))
     rows, first_tokens = [], None
@@ -171,8 +173,9 @@ def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps
             times.append(time.perf_counter() - start)
         first_tokens = out.tokens if first_tokens is None else first_tokens
         seconds = statistics.median(times[1:])
-        rows.append({"model": label, "lm_head_on": head, "prompt": prompt_len, "gen_length": gen_length,
-                     "steps": steps, "tokens_per_s": gen_length / seconds, "ms_per_step": 1e3 * seconds / steps,
+        rows.append({"model": label, "lm_head_on": head, "batch": batch, "prompt": prompt_len,
+                     "gen_length": gen_length, "steps": steps, "tokens_per_s": batch * gen_length / seconds,
+                     "ms_per_step": 1e3 * seconds / steps,
                      "same_tokens_as_read_rows": bool(torch.equal(out.tokens, first_tokens))})
         print(rows[-1], flush=True)
     if graphed.fallback_reason is not None:
@@ -272,9 +275,9 @@ def main() -> None:
     parser.add_argument("--design", choices=("unpack", *gemm.REGS_DESIGNS),
                         help="every W4A4 GEMM runs this design (`gemm.W4A4_DESIGN`) instead of the one timed fastest "
                              "per shape: an A/B of one design, or a short run without the choice's compiles and timing")
-    parser.add_argument("--generate", metavar="PROMPT:GEN:STEPS",
-                        help="also time whole generations (batch 1, LLaDA's sampler, blocks of 32, CUDA graphs) of "
-                             "GEN tokens after a random PROMPT-token prompt in STEPS steps, for bf16 and each "
+    parser.add_argument("--generate", metavar="PROMPT:GEN:STEPS[:BATCH]",
+                        help="also time whole generations (LLaDA's sampler, blocks of 32, CUDA graphs) of GEN tokens "
+                             "after BATCH (default 1) random PROMPT-token prompts in STEPS steps, for bf16 and each "
                              "variant, the LM head on the read rows and on every position (`generation_rows`); "
                              "with --tokens '' only these")
     parser.add_argument("--tiny-cpu", action="store_true")
@@ -291,11 +294,11 @@ def main() -> None:
 
         try:
             generation = tuple(int(v) for v in args.generate.split(":"))
-            if len(generation) != 3 or generation[0] < 1:
-                raise ValueError("three integers, the prompt at least one token")
+            if len(generation) not in (3, 4) or generation[0] < 1 or generation[3:4] == (0,):
+                raise ValueError("three or four integers, the prompt and the batch at least one")
             SamplerConfig(gen_length=generation[1], block_length=32, steps=generation[2])  # its own checks
         except ValueError as error:
-            sys.exit(f"bench_e2e_gpu: --generate wants PROMPT:GEN:STEPS ({error}), got {args.generate!r}")
+            sys.exit(f"bench_e2e_gpu: --generate wants PROMPT:GEN:STEPS[:BATCH] ({error}), got {args.generate!r}")
     if not torch.cuda.is_available():
         sys.exit("bench_e2e_gpu: needs a CUDA GPU")
     tokens = [int(t) for t in args.tokens.split(",") if t]
@@ -395,11 +398,12 @@ def main() -> None:
               f"{r['graph_ms']:.1f} | {r.get('graph_speedup_vs_bf16', 1.0):.2f} | {r['peak_gib']:.1f} | "
               f"{r['block_weight_bytes'] / 1e9:.2f} ({r.get('weight_bytes_vs_bf16', 1.0):.3f}) |")
     if generation is not None:
-        print("\n| model | LM head on | prompt + generated tokens, steps | generated tokens/s | ms per step | "
-              "same tokens |\n|---|---|---|---|---|---|")
+        print("\n| model | LM head on | batch × (prompt + generated tokens), steps | generated tokens/s | "
+              "ms per step | same tokens |\n|---|---|---|---|---|---|")
         for r in results["generation"]:
-            print(f"| {r['model']} | {r['lm_head_on']} | {r['prompt']} + {r['gen_length']}, {r['steps']} | "
-                  f"{r['tokens_per_s']:.1f} | {r['ms_per_step']:.2f} | {r['same_tokens_as_read_rows']} |")
+            print(f"| {r['model']} | {r['lm_head_on']} | {r['batch']} × ({r['prompt']} + {r['gen_length']}), "
+                  f"{r['steps']} | {r['tokens_per_s']:.1f} | {r['ms_per_step']:.2f} | "
+                  f"{r['same_tokens_as_read_rows']} |")
     for r in results["runs"]:
         if "profile" in r:
             print(f"\nKernels of one step, {r['model']}, {r['tokens']} tokens (CUDA ms, calls):")
