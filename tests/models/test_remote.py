@@ -42,6 +42,9 @@ def test_remote_model_runs_block_by_block_like_the_native_one(family, tmp_path, 
     raw = remote(ids).logits
     aligned = torch.cat((raw[:, :1], raw[:, :-1]), 1) if family == "dream" else raw
     torch.testing.assert_close(adapter.logits(ids), aligned, atol=1e-6, rtol=1e-6)
+    rows = torch.rand(ids.shape, generator=gen) < 0.5
+    rows[:, 0] = True
+    torch.testing.assert_close(adapter.logits_at(ids, None, rows), aligned[rows], atol=1e-6, rtol=1e-6)
 
 
 def test_remote_blocks_expose_linears_norms_and_accept_replacements(family, tmp_path):
