@@ -153,7 +153,8 @@ def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps
     step's forward replayed from a CUDA graph: the LM head on the positions the sampler reads
     (`GraphedLogits.logits_at`, as `generate` runs a model) and, for comparison, on every position (a logits
     function: the full [B, L, V] logits). Each after one untimed generation (graph capture, compiles); the median of
-    three timed ones."""
+    three timed ones. `model_ms`: the model's call alone (CUDA events) on the first step's input, the first block
+    read; a step's time beyond it is the sampler's (its kernels, host work and synchronisations)."""
     from faircalib.diffusion.config import SamplerConfig
     from faircalib.diffusion.generate import generate
 
@@ -161,6 +162,11 @@ def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps
     prompt = torch.randint(0, graphed.mask_token_id, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     config = SamplerConfig(gen_length=gen_length, block_length=32, steps=steps)
     paths = (("read rows", graphed), ("every position", graphed.logits))
+    first_ids = torch.cat([prompt, torch.full((batch, gen_length), graphed.mask_token_id)], dim=1).cuda()
+    first_rows = torch.zeros(first_ids.shape, dtype=torch.bool, device="cuda")
+    first_rows[:, prompt_len:prompt_len + 32] = True
+    model_calls = {"read rows": lambda: graphed.logits_at(first_ids, None, first_rows),
+                   "every position": lambda: graphed.logits(first_ids)[first_rows]}
     rows, first_tokens = [], None
     for head, model in paths:
         times = []
@@ -173,16 +179,16 @@ def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps
             times.append(time.perf_counter() - start)
         first_tokens = out.tokens if first_tokens is None else first_tokens
         seconds = statistics.median(times[1:])
+        with torch.no_grad():
+            model_ms = median_event_ms(model_calls[head])
         rows.append({"model": label, "lm_head_on": head, "batch": batch, "prompt": prompt_len,
                      "gen_length": gen_length, "steps": steps, "tokens_per_s": batch * gen_length / seconds,
-                     "ms_per_step": 1e3 * seconds / steps,
+                     "ms_per_step": 1e3 * seconds / steps, "model_ms": model_ms,
                      "same_tokens_as_read_rows": bool(torch.equal(out.tokens, first_tokens))})
         print(rows[-1], flush=True)
     if graphed.fallback_reason is not None:
         print(graphed.fallback_reason, flush=True)
-    del graphed, paths, model
-    torch.cuda.empty_cache()
-    return rows
+    return rows  # the graphs' memory goes with this frame (callers empty the cache after)
 
 
 def tiny_cpu_throughput(out: str) -> None:
@@ -399,11 +405,11 @@ def main() -> None:
               f"{r['block_weight_bytes'] / 1e9:.2f} ({r.get('weight_bytes_vs_bf16', 1.0):.3f}) |")
     if generation is not None:
         print("\n| model | LM head on | batch × (prompt + generated tokens), steps | generated tokens/s | "
-              "ms per step | same tokens |\n|---|---|---|---|---|---|")
+              "ms per step | model call ms | same tokens |\n|---|---|---|---|---|---|---|")
         for r in results["generation"]:
             print(f"| {r['model']} | {r['lm_head_on']} | {r['batch']} × ({r['prompt']} + {r['gen_length']}), "
                   f"{r['steps']} | {r['tokens_per_s']:.1f} | {r['ms_per_step']:.2f} | "
-                  f"{r['same_tokens_as_read_rows']} |")
+                  f"{r['model_ms']:.2f} | {r['same_tokens_as_read_rows']} |")
     for r in results["runs"]:
         if "profile" in r:
             print(f"\nKernels of one step, {r['model']}, {r['tokens']} tokens (CUDA ms, calls):")
