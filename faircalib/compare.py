@@ -61,11 +61,11 @@ def measure(model, tokenizer, heldout, teacher: TeacherRun, sampler: SamplerConf
     """Accuracy per task, trajectory metrics along the teacher's run, masked-token NLL."""
     adapter = get_adapter(model)
     accuracy = evaluate(model, tokenizer, heldout, sampler, generator=torch.Generator().manual_seed(settings.seed))
-    readings = metrics.trajectory_metrics(teacher.trajectories, adapter.logits, max_states=settings.metric_max_states)
+    readings = metrics.trajectory_metrics(teacher.trajectories, adapter, max_states=settings.metric_max_states)
     ids, mask = task_sequences(tokenizer, heldout, GEN_LENGTH)
     answer = torch.zeros_like(mask)
     answer[:, -GEN_LENGTH:] = True
-    nll = metrics.masked_token_nll(adapter.logits, ids, answer, adapter.mask_token_id, attention_mask=mask,
+    nll = metrics.masked_token_nll(adapter, ids, answer, adapter.mask_token_id, attention_mask=mask,
                                    seed=settings.seed)
     return {"accuracy": accuracy, **readings.to_dict(), "masked_nll": nll.to_dict()}
 

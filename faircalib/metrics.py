@@ -2,7 +2,9 @@
 
 Every trajectory metric reads one `Trajectory` of the FP teacher and queries a model through
 `logits_fn(input_ids [B, L] int64, attention_mask [B, L] bool | None) -> aligned logits [B, L, V]`
-(index i predicts position i). The teacher's run is replayed teacher-forced: the model always sees the
+(index i predicts position i), or through a model, adapter or `Denoiser` given in its place: then only the rows
+read are computed by the LM head (`Denoiser.logits_at`; a query reads one or a few positions of L, so a logits
+function's [rows, L, V] output, gigabytes for a real vocabulary, is never formed). The teacher's run is replayed teacher-forced: the model always sees the
 teacher's states `state_before(t)`, so the metrics measure decisions, not diverging generations.
 
 A model's *decision* at a position is the argmax of its logits there, the mask token excluded (as the samplers
@@ -35,14 +37,18 @@ so one model's readings serve all three trajectory metrics.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from faircalib.diffusion.denoiser import Denoiser, as_denoiser
 from faircalib.diffusion.trajectory import Trajectory
 from faircalib.zoo.tasks import exact_match
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+# What a metric queries: a logits function, or a model, its adapter or a Denoiser (whose LM head then runs on the
+# rows read only)
+Queried = Union[LogitsFn, Denoiser, torch.nn.Module]
 
 
 def evaluated_states(num_steps: int, stride: int = 1, max_states: int | None = None) -> list[int]:
@@ -72,18 +78,21 @@ class Readings:
     remasked: torch.Tensor
 
 
-def _decisions(logits_fn: LogitsFn, ids: torch.Tensor, attention_mask: torch.Tensor | None, mask_id: int):
-    """[N, L] int64 argmax of the model's logits on ids [N, L], the mask token excluded."""
-    logits = logits_fn(ids, attention_mask)
-    if logits.dim() != 3 or logits.shape[:2] != ids.shape:
-        raise ValueError(f"metrics: logits_fn returned {tuple(logits.shape)} for input_ids {tuple(ids.shape)}; "
-                         "it must return aligned logits [B, L, V]")
-    # Re-ranking only where the mask wins, instead of a masked copy of [N, L, V] (gigabytes for a real vocabulary);
-    # same ties as the samplers' argmax after excluding the mask.
+def _query(logits_fn, mask_id: int) -> Denoiser:
+    """The model behind `logits_fn` (a logits function, model, adapter or Denoiser) as a Denoiser."""
+    return as_denoiser(logits_fn, mask_token_id=mask_id)
+
+
+def _decisions(query: Denoiser, ids: torch.Tensor, attention_mask: torch.Tensor | None, read: torch.Tensor):
+    """[read.sum()] int64, row-major: argmax of the model's logits on ids [N, L] at positions read ([N, L] bool),
+    the mask token excluded."""
+    logits = query.logits_at(ids, attention_mask, read)
+    # Re-ranking only where the mask wins, instead of a masked copy of the logits; same ties as the samplers' argmax
+    # after excluding the mask.
     best = logits.argmax(-1)
-    won = best == mask_id
+    won = best == query.mask_token_id
     if won.any():
-        never = torch.tensor([mask_id], device=logits.device)
+        never = torch.tensor([query.mask_token_id], device=logits.device)
         best[won] = logits[won].index_fill(-1, never, float("-inf")).argmax(-1)
     return best.to(ids.device)
 
@@ -94,8 +103,9 @@ def _model_mask(trajectory: Trajectory, rows: torch.Tensor) -> torch.Tensor | No
 
 
 @torch.no_grad()
-def frontier_readings(trajectory: Trajectory, logits_fn: LogitsFn, *, batch_rows: int = 64) -> torch.Tensor:
+def frontier_readings(trajectory: Trajectory, logits_fn: Queried, *, batch_rows: int = 64) -> torch.Tensor:
     """[B, L] int64: the model's decision at each committed generation position in `state_before(c_i)`."""
+    query = _query(logits_fn, trajectory.mask_token_id)
     commit = trajectory.commit_step
     out = torch.full_like(commit, -1)
     steps, rows = (commit.unsqueeze(0) == torch.arange(trajectory.num_steps, device=commit.device).view(-1, 1, 1)) \
@@ -103,17 +113,18 @@ def frontier_readings(trajectory: Trajectory, logits_fn: LogitsFn, *, batch_rows
     for start in range(0, len(steps), batch_rows):
         t, b = steps[start:start + batch_rows], rows[start:start + batch_rows]
         ids = _states(trajectory, t, b)
-        decisions = _decisions(logits_fn, ids, _model_mask(trajectory, b), trajectory.mask_token_id)
-        hit_row, hit_col = (commit[b] == t.unsqueeze(1)).nonzero(as_tuple=True)
-        out[b[hit_row], hit_col] = decisions[hit_row, hit_col]
+        hit = commit[b] == t.unsqueeze(1)
+        hit_row, hit_col = hit.nonzero(as_tuple=True)
+        out[b[hit_row], hit_col] = _decisions(query, ids, _model_mask(trajectory, b), hit)
     return out
 
 
 @torch.no_grad()
-def remasked_readings(trajectory: Trajectory, logits_fn: LogitsFn, states: Sequence[int], *,
+def remasked_readings(trajectory: Trajectory, logits_fn: Queried, states: Sequence[int], *,
                       batch_rows: int = 64) -> torch.Tensor:
     """[T, B, L] int64: top-1 at i with i alone re-masked in `state_before(states[k])`, where 0 <= c_i < states[k];
     -1 elsewhere. One forward row per (state, position) pair, `batch_rows` rows per call."""
+    query = _query(logits_fn, trajectory.mask_token_id)
     commit = trajectory.commit_step
     times = torch.tensor(list(states), dtype=torch.long, device=commit.device)
     if len(times) and (times.min() < 1 or times.max() > trajectory.num_steps):
@@ -125,7 +136,9 @@ def remasked_readings(trajectory: Trajectory, logits_fn: LogitsFn, states: Seque
         ids = _states(trajectory, times[k], b)
         row = torch.arange(len(b), device=ids.device)
         ids[row, i] = trajectory.mask_token_id
-        out[k, b, i] = _decisions(logits_fn, ids, _model_mask(trajectory, b), trajectory.mask_token_id)[row, i]
+        read = torch.zeros_like(ids, dtype=torch.bool)
+        read[row, i] = True
+        out[k, b, i] = _decisions(query, ids, _model_mask(trajectory, b), read)
     return out
 
 
@@ -143,7 +156,7 @@ def recorded_frontier(trajectory: Trajectory) -> torch.Tensor:
     return torch.where(commit >= 0, decisions, -1)
 
 
-def read_trajectory(trajectory: Trajectory, logits_fn: LogitsFn, *, stride: int = 1, max_states: int | None = None,
+def read_trajectory(trajectory: Trajectory, logits_fn: Queried, *, stride: int = 1, max_states: int | None = None,
                     batch_rows: int = 64, recorded: bool = False) -> Readings:
     """Every reading the trajectory metrics need, in one pass of queries. recorded=True takes the frontier
     decisions from the trajectory's record: only valid when `logits_fn` is the model that generated it."""
@@ -329,7 +342,7 @@ class TrajectoryMetrics:
                 "stride": self.stride, "max_states": self.max_states}
 
 
-def trajectory_metrics(trajectories: Trajectory | Sequence[Trajectory], logits_fn: LogitsFn, *, stride: int = 1,
+def trajectory_metrics(trajectories: Trajectory | Sequence[Trajectory], logits_fn: Queried, *, stride: int = 1,
                        max_states: int | None = None, batch_rows: int = 64) -> TrajectoryMetrics:
     """Frontier flips, post-commit mismatch and stability lags of `logits_fn` along the teacher's trajectories
     (one or several batches; counts are pooled)."""
@@ -364,7 +377,7 @@ class MaskedNLL(_Result):
 
 
 @torch.no_grad()
-def masked_token_nll(logits_fn: LogitsFn, input_ids: torch.Tensor, answer_mask: torch.Tensor, mask_token_id: int,
+def masked_token_nll(logits_fn: Queried, input_ids: torch.Tensor, answer_mask: torch.Tensor, mask_token_id: int,
                      *, attention_mask: torch.Tensor | None = None, samples: int = 1, seed: int = 0,
                      batch_rows: int = 64) -> MaskedNLL:
     """Mean NLL (nats) of the true tokens at randomly masked answer positions (module docstring).
@@ -375,6 +388,7 @@ def masked_token_nll(logits_fn: LogitsFn, input_ids: torch.Tensor, answer_mask: 
     if input_ids.dim() != 2 or answer_mask.shape != input_ids.shape or not answer_mask.any(1).all():
         raise ValueError(f"metrics: masked_token_nll needs input_ids [B, L] and answer_mask of the same shape with "
                          f"an answer in every row; got {tuple(input_ids.shape)} and {tuple(answer_mask.shape)}")
+    query = _query(logits_fn, mask_token_id)
     generator = torch.Generator().manual_seed(seed)
     answer = answer_mask.cpu()
     total, count = 0.0, 0
@@ -384,10 +398,11 @@ def masked_token_nll(logits_fn: LogitsFn, input_ids: torch.Tensor, answer_mask: 
             rows = slice(start, start + batch_rows)
             ids = input_ids[rows].masked_fill(masked[rows], mask_token_id)
             rows_mask = None if attention_mask is None else attention_mask[rows]
-            logits = logits_fn(ids, rows_mask).float()
-            nll = -torch.log_softmax(logits, -1).gather(-1, input_ids[rows].unsqueeze(-1).to(logits.device)).squeeze(-1)
-            total += float(nll[masked[rows].to(nll.device)].sum())
-            count += int(masked[rows].sum())
+            read = masked[rows]
+            logits = query.logits_at(ids, rows_mask, read).float()
+            truth = input_ids[rows][read].to(logits.device)
+            total += float(-torch.log_softmax(logits, -1).gather(-1, truth.unsqueeze(-1)).sum())
+            count += int(read.sum())
     return MaskedNLL(total / count, count)
 
 

@@ -5,8 +5,9 @@ import torch
 from faircalib.diffusion import SamplerConfig, generate
 from faircalib.diffusion.trajectory import Trajectory
 from faircalib.metrics import (Readings, evaluated_states, frontier_flip_rate, frontier_readings, lag_ccdf,
-                               post_commit_mismatch, read_trajectory, recorded_frontier, remasked_readings,
-                               stability_lags, trajectory_metrics)
+                               masked_token_nll, post_commit_mismatch, read_trajectory, recorded_frontier,
+                               remasked_readings, stability_lags, trajectory_metrics)
+from faircalib.models import build_random, get_adapter
 
 MASK, VOCAB, WRONG = 1, 12, 11
 
@@ -211,5 +212,35 @@ def test_metrics_pool_counts_over_trajectories():
 
 
 def test_bad_logits_shape_is_named():
-    with pytest.raises(ValueError, match=r"metrics: logits_fn returned \(8, 6\)"):
+    with pytest.raises(ValueError, match=r"returned logits of shape \(8, 6\) for input_ids \(8, 6\); it must "
+                                         r"return aligned logits \[B, L, V\]"):
         trajectory_metrics(TEACHER, lambda ids, mask: torch.zeros(ids.shape))
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_a_model_is_queried_at_the_read_positions_only_with_the_same_results(family):
+    """Given a model instead of its logits function, each query runs the LM head on the positions it reads (one
+    per re-masked row, the commits of a frontier row, the masked answer of an NLL row): the same metrics."""
+    config = {"llada": dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=2, mlp_hidden_size=64, vocab_size=24,
+                            embedding_size=24, max_sequence_length=32, mask_token_id=MASK),
+              "dream": dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2,
+                            intermediate_size=64, vocab_size=24, max_position_embeddings=32, mask_token_id=MASK)}
+    model = build_random(family, config[family], generator=torch.Generator().manual_seed(0))
+    adapter = get_adapter(model)
+    trajectory = generate(model, [[4, 5, 6], [7, 8, 9]], SamplerConfig(gen_length=8, steps=8), record=True,
+                          generator=torch.Generator().manual_seed(1)).trajectory
+    rows_seen = []
+    hook = adapter.lm_head.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape[:-1].numel()))
+    try:
+        fast = trajectory_metrics(trajectory, model, batch_rows=8)
+        ids, answer = trajectory.tokens, trajectory.commit_step >= 0
+        fast_nll = masked_token_nll(model, ids, answer, MASK, samples=2, batch_rows=1)
+    finally:
+        hook.remove()
+    # A query batch is 8 rows of 11 positions: at most 8 read (one per re-masked row, one commit per frontier row,
+    # an NLL row's masked answer), where a logits function computes 88.
+    assert rows_seen and max(rows_seen) <= 8
+    full = trajectory_metrics(trajectory, adapter.logits, batch_rows=8)
+    assert fast.to_dict() == full.to_dict()
+    full_nll = masked_token_nll(adapter.logits, ids, answer, MASK, samples=2, batch_rows=1)
+    assert fast_nll.tokens == full_nll.tokens and fast_nll.nll == pytest.approx(full_nll.nll, rel=1e-5)

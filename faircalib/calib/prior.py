@@ -304,7 +304,7 @@ def run_probe(model, prompts: Sequence, config: PriorConfig, sampler: SamplerCon
             scores = batch_scores if scores is None else scores + batch_scores
             if lag_rows < config.lag_rollouts:
                 measured = _first_rows(trajectory, config.lag_rollouts - lag_rows)
-                readings = read_trajectory(measured, teacher.logits, max_states=config.lag_max_states, recorded=True)
+                readings = read_trajectory(measured, teacher, max_states=config.lag_max_states, recorded=True)
                 lags += stability_lags(measured, readings).lags
                 lag_rows += measured.tokens.shape[0]
             done += count
