@@ -4,8 +4,9 @@ Every trajectory metric reads one `Trajectory` of the FP teacher and queries a m
 `logits_fn(input_ids [B, L] int64, attention_mask [B, L] bool | None) -> aligned logits [B, L, V]`
 (index i predicts position i), or through a model, adapter or `Denoiser` given in its place: then only the rows
 read are computed by the LM head (`Denoiser.logits_at`; a query reads one or a few positions of L, so a logits
-function's [rows, L, V] output, gigabytes for a real vocabulary, is never formed). The teacher's run is replayed teacher-forced: the model always sees the
-teacher's states `state_before(t)`, so the metrics measure decisions, not diverging generations.
+function's [rows, L, V] output, gigabytes for a real vocabulary, is never formed). The teacher's run is replayed
+teacher-forced: the model always sees the teacher's states `state_before(t)`, so the metrics measure decisions,
+not diverging generations.
 
 A model's *decision* at a position is the argmax of its logits there, the mask token excluded (as the samplers
 do: the mask id can never be committed). LLaDA and Dream only predict masked positions, so the model's top-1 at
@@ -37,15 +38,14 @@ so one model's readings serve all three trajectory metrics.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
-from faircalib.diffusion.denoiser import Denoiser, as_denoiser
+from faircalib.diffusion.denoiser import Denoiser, LogitsFn, as_denoiser
 from faircalib.diffusion.trajectory import Trajectory
 from faircalib.zoo.tasks import exact_match
 
-LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 # What a metric queries: a logits function, or a model, its adapter or a Denoiser (whose LM head then runs on the
 # rows read only)
 Queried = Union[LogitsFn, Denoiser, torch.nn.Module]
@@ -78,11 +78,6 @@ class Readings:
     remasked: torch.Tensor
 
 
-def _query(logits_fn, mask_id: int) -> Denoiser:
-    """The model behind `logits_fn` (a logits function, model, adapter or Denoiser) as a Denoiser."""
-    return as_denoiser(logits_fn, mask_token_id=mask_id)
-
-
 def _decisions(query: Denoiser, ids: torch.Tensor, attention_mask: torch.Tensor | None, read: torch.Tensor):
     """[read.sum()] int64, row-major: argmax of the model's logits on ids [N, L] at positions read ([N, L] bool),
     the mask token excluded."""
@@ -105,7 +100,7 @@ def _model_mask(trajectory: Trajectory, rows: torch.Tensor) -> torch.Tensor | No
 @torch.no_grad()
 def frontier_readings(trajectory: Trajectory, logits_fn: Queried, *, batch_rows: int = 64) -> torch.Tensor:
     """[B, L] int64: the model's decision at each committed generation position in `state_before(c_i)`."""
-    query = _query(logits_fn, trajectory.mask_token_id)
+    query = as_denoiser(logits_fn, mask_token_id=trajectory.mask_token_id)
     commit = trajectory.commit_step
     out = torch.full_like(commit, -1)
     steps, rows = (commit.unsqueeze(0) == torch.arange(trajectory.num_steps, device=commit.device).view(-1, 1, 1)) \
@@ -124,7 +119,7 @@ def remasked_readings(trajectory: Trajectory, logits_fn: Queried, states: Sequen
                       batch_rows: int = 64) -> torch.Tensor:
     """[T, B, L] int64: top-1 at i with i alone re-masked in `state_before(states[k])`, where 0 <= c_i < states[k];
     -1 elsewhere. One forward row per (state, position) pair, `batch_rows` rows per call."""
-    query = _query(logits_fn, trajectory.mask_token_id)
+    query = as_denoiser(logits_fn, mask_token_id=trajectory.mask_token_id)
     commit = trajectory.commit_step
     times = torch.tensor(list(states), dtype=torch.long, device=commit.device)
     if len(times) and (times.min() < 1 or times.max() > trajectory.num_steps):
@@ -388,7 +383,7 @@ def masked_token_nll(logits_fn: Queried, input_ids: torch.Tensor, answer_mask: t
     if input_ids.dim() != 2 or answer_mask.shape != input_ids.shape or not answer_mask.any(1).all():
         raise ValueError(f"metrics: masked_token_nll needs input_ids [B, L] and answer_mask of the same shape with "
                          f"an answer in every row; got {tuple(input_ids.shape)} and {tuple(answer_mask.shape)}")
-    query = _query(logits_fn, mask_token_id)
+    query = as_denoiser(logits_fn, mask_token_id=mask_token_id)
     generator = torch.Generator().manual_seed(seed)
     answer = answer_mask.cpu()
     total, count = 0.0, 0
