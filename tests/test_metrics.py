@@ -7,7 +7,8 @@ from faircalib.diffusion.trajectory import Trajectory
 from faircalib.metrics import (Readings, evaluated_states, frontier_flip_rate, frontier_readings, lag_ccdf,
                                masked_token_nll, post_commit_mismatch, read_trajectory, recorded_frontier,
                                remasked_readings, stability_lags, trajectory_metrics)
-from faircalib.models import build_random, get_adapter
+from faircalib.models import get_adapter
+from tests.models.conftest import lm_head_rows, tiny_model
 
 MASK, VOCAB, WRONG = 1, 12, 11
 
@@ -221,26 +222,19 @@ def test_bad_logits_shape_is_named():
 def test_a_model_is_queried_at_the_read_positions_only_with_the_same_results(family):
     """Given a model instead of its logits function, each query runs the LM head on the positions it reads (one
     per re-masked row, the commits of a frontier row, the masked answer of an NLL row): the same metrics."""
-    config = {"llada": dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=2, mlp_hidden_size=64, vocab_size=24,
-                            embedding_size=24, max_sequence_length=32, mask_token_id=MASK),
-              "dream": dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2,
-                            intermediate_size=64, vocab_size=24, max_position_embeddings=32, mask_token_id=MASK)}
-    model = build_random(family, config[family], generator=torch.Generator().manual_seed(0))
+    model = tiny_model(family)
     adapter = get_adapter(model)
+    mask_id = adapter.mask_token_id
     trajectory = generate(model, [[4, 5, 6], [7, 8, 9]], SamplerConfig(gen_length=8, steps=8), record=True,
                           generator=torch.Generator().manual_seed(1)).trajectory
-    rows_seen = []
-    hook = adapter.lm_head.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape[:-1].numel()))
-    try:
+    ids, answer = trajectory.tokens, trajectory.commit_step >= 0
+    with lm_head_rows(adapter) as rows_seen:
         fast = trajectory_metrics(trajectory, model, batch_rows=8)
-        ids, answer = trajectory.tokens, trajectory.commit_step >= 0
-        fast_nll = masked_token_nll(model, ids, answer, MASK, samples=2, batch_rows=1)
-    finally:
-        hook.remove()
+        fast_nll = masked_token_nll(model, ids, answer, mask_id, samples=2, batch_rows=1)
     # A query batch is 8 rows of 11 positions: at most 8 read (one per re-masked row, one commit per frontier row,
     # an NLL row's masked answer), where a logits function computes 88.
     assert rows_seen and max(rows_seen) <= 8
     full = trajectory_metrics(trajectory, adapter.logits, batch_rows=8)
     assert fast.to_dict() == full.to_dict()
-    full_nll = masked_token_nll(adapter.logits, ids, answer, MASK, samples=2, batch_rows=1)
+    full_nll = masked_token_nll(adapter.logits, ids, answer, mask_id, samples=2, batch_rows=1)
     assert fast_nll.tokens == full_nll.tokens and fast_nll.nll == pytest.approx(full_nll.nll, rel=1e-5)

@@ -4,6 +4,7 @@ import torch
 
 from faircalib.diffusion import SamplerConfig, as_denoiser, generate
 from faircalib.models import build_random, get_adapter
+from tests.models.conftest import lm_head_rows
 
 VOCAB, MASK, PAD = 20, 1, 0
 CONFIGS = {
@@ -65,13 +66,9 @@ def test_head_on_the_read_rows_generates_as_the_full_logits_do(model, config, re
     """Through the adapter the LM head runs on the masked positions only (`logits_at`); a logits function gives
     every position's logits. Same tokens, same statistics."""
     adapter, seed = get_adapter(model), 3
-    rows_seen = []
-    hook = adapter.lm_head.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].shape[:-1].numel()))
-    try:
+    with lm_head_rows(adapter) as rows_seen:
         fast = generate(model, PROMPTS, config, pad_token_id=PAD, record=record,
                         generator=torch.Generator().manual_seed(seed))
-    finally:
-        hook.remove()
     full = generate(adapter.logits, PROMPTS, config, pad_token_id=PAD, record=record, mask_token_id=MASK,
                     generator=torch.Generator().manual_seed(seed))
     assert torch.equal(fast.tokens, full.tokens)

@@ -1,5 +1,6 @@
 """Tiny configs of both families for the model tests (sizes small enough for milliseconds on CPU)."""
 import json
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -54,3 +55,14 @@ def published(request):
 
 def random_ids(gen: torch.Generator, batch: int = 2, length: int = 11, vocab: int = 50) -> torch.Tensor:
     return torch.randint(0, vocab, (batch, length), generator=gen)
+
+
+@contextmanager
+def lm_head_rows(adapter):
+    """Within the block: the list of row counts (positions) the adapter's LM head ran on, one entry per call."""
+    seen = []
+    hook = adapter.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
+    try:
+        yield seen
+    finally:
+        hook.remove()

@@ -6,7 +6,7 @@ from torch import nn
 from faircalib.models import ROLES, build_random, get_adapter
 from faircalib.models.adapter import align_logits
 
-from .conftest import FAMILY_OF, random_ids, shrunk_published, tiny_model
+from .conftest import FAMILY_OF, lm_head_rows, random_ids, shrunk_published, tiny_model
 
 
 def test_linears_by_role_have_the_block_shapes(family):
@@ -157,12 +157,11 @@ def test_logits_at_rows_equal_the_full_logits_there(family, gen):
 
 def test_logits_at_runs_the_lm_head_on_the_selected_rows_only(family, gen):
     adapter = get_adapter(tiny_model(family))
-    seen = []
-    adapter.lm_head.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:-1].numel()))
     ids = random_ids(gen)
     rows = torch.zeros(ids.shape, dtype=torch.bool)
     rows[:, 3:6] = True
-    adapter.logits_at(ids, None, rows)
+    with lm_head_rows(adapter) as seen:
+        adapter.logits_at(ids, None, rows)
     assert seen == [6]
 
 
