@@ -53,6 +53,8 @@ from faircalib.calib.transforms import kronecker_factors, random_orthogonal
 from faircalib.deploy.cuda_graph import GraphedLogits, compile_model_blocks
 from faircalib.deploy.shared_input import share_model_input_quantization, shared_input_groups
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
+from faircalib.diffusion.config import SamplerConfig
+from faircalib.diffusion.generate import generate
 from faircalib.kernels import gemm
 from faircalib.models import build_random, get_adapter
 
@@ -155,9 +157,6 @@ def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps
     function: the full [B, L, V] logits). Each after one untimed generation (graph capture, compiles); the median of
     three timed ones. `model_ms`: the model's call alone (CUDA events) on the first step's input, the first block
     read; a step's time beyond it is the sampler's (its kernels, host work and synchronisations)."""
-    from faircalib.diffusion.config import SamplerConfig
-    from faircalib.diffusion.generate import generate
-
     graphed = GraphedLogits(adapter, max_graphs=2, clone_output=False)
     prompt = torch.randint(0, graphed.mask_token_id, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     config = SamplerConfig(gen_length=gen_length, block_length=32, steps=steps)
@@ -199,8 +198,6 @@ def tiny_cpu_throughput(out: str) -> None:
     from faircalib.calib.methods import get_method
     from faircalib.config import QuantConfig
     from faircalib.deploy.w4a4_linear import convert_to_w4a4
-    from faircalib.diffusion.config import SamplerConfig
-    from faircalib.diffusion.generate import generate
     from faircalib.models import load_model
 
     torch.set_num_threads(1)  # tiny models gain nothing from threads; spinning threads stall a shared machine
@@ -296,8 +293,6 @@ def main() -> None:
         sys.exit(f"bench_e2e_gpu: {error}")
     generation = None
     if args.generate is not None:
-        from faircalib.diffusion.config import SamplerConfig
-
         try:
             generation = tuple(int(v) for v in args.generate.split(":"))
             if len(generation) not in (3, 4) or generation[0] < 1 or generation[3:4] == (0,):
