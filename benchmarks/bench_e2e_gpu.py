@@ -2,7 +2,7 @@
 
     python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--variants bf16:shared,fp32:shared]
                                        [--family llada|dream] [--design regs:4:4:128]
-    python benchmarks/bench_e2e_gpu.py --generate 512:256:64[:4] [--tokens ''] ...  # whole generations, tokens/s
+    python benchmarks/bench_e2e_gpu.py --generate 512:256:64[:4][,...] [--tokens ''] ...  # whole generations
     python benchmarks/bench_e2e_gpu.py --tiny-cpu     # reference: generation tokens/s of the tiny models on CPU
 
 bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU (`--family dream`: "dream-7b", whose
@@ -26,7 +26,7 @@ then the packed weights and the int8 copies), `:int8only` keeps the int8 codes a
 unflattened ones joined; an A/B of that choice within one process), and
 `:act.FIELD=VALUE` sets a field of the activation kernels' launch settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for
 a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
-`--generate PROMPT:GEN:STEPS[:BATCH]`: also whole generations of bf16 and each variant, tokens/s, with the LM head on
+`--generate PROMPT:GEN:STEPS[:BATCH][,...]`: also whole generations of bf16 and each variant, tokens/s, with the LM head on
 the positions the sampler reads (as `generate` runs a model) and on every position (`generation_rows`).
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation tokens/s on the CPU
@@ -278,11 +278,11 @@ def main() -> None:
     parser.add_argument("--design", choices=("unpack", *gemm.REGS_DESIGNS),
                         help="every W4A4 GEMM runs this design (`gemm.W4A4_DESIGN`) instead of the one timed fastest "
                              "per shape: an A/B of one design, or a short run without the choice's compiles and timing")
-    parser.add_argument("--generate", metavar="PROMPT:GEN:STEPS[:BATCH]",
+    parser.add_argument("--generate", metavar="PROMPT:GEN:STEPS[:BATCH][,...]",
                         help="also time whole generations (LLaDA's sampler, blocks of 32, CUDA graphs) of GEN tokens "
                              "after BATCH (default 1) random PROMPT-token prompts in STEPS steps, for bf16 and each "
                              "variant, the LM head on the read rows and on every position (`generation_rows`); "
-                             "with --tokens '' only these")
+                             "several settings comma-separated, each on the same model; with --tokens '' only these")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -291,15 +291,16 @@ def main() -> None:
         variants = [parse_variant(variant) for variant in args.variants.split(",")]
     except ValueError as error:
         sys.exit(f"bench_e2e_gpu: {error}")
-    generation = None
-    if args.generate is not None:
+    generations = []
+    for spec in args.generate.split(",") if args.generate is not None else ():
         try:
-            generation = tuple(int(v) for v in args.generate.split(":"))
+            generation = tuple(int(v) for v in spec.split(":"))
             if len(generation) not in (3, 4) or generation[0] < 1 or generation[3:4] == (0,):
                 raise ValueError("three or four integers, the prompt and the batch at least one")
             SamplerConfig(gen_length=generation[1], block_length=32, steps=generation[2])  # its own checks
         except ValueError as error:
-            sys.exit(f"bench_e2e_gpu: --generate wants PROMPT:GEN:STEPS[:BATCH] ({error}), got {args.generate!r}")
+            sys.exit(f"bench_e2e_gpu: --generate wants PROMPT:GEN:STEPS[:BATCH][,...] ({error}), got {spec!r}")
+        generations.append(generation)
     if not torch.cuda.is_available():
         sys.exit("bench_e2e_gpu: needs a CUDA GPU")
     tokens = [int(t) for t in args.tokens.split(",") if t]
@@ -334,7 +335,7 @@ def main() -> None:
         if args.compile:
             compile_model_blocks(adapter)
         if index == 0:
-            if generation is not None:
+            for generation in generations:
                 results.setdefault("generation", []).extend(generation_rows(adapter, f"bf16{tag}", *generation))
                 save()
             bf16_bytes = block_weight_bytes(adapter)
@@ -356,7 +357,7 @@ def main() -> None:
         if args.compile:
             compile_model_blocks(adapter)
         w4_bytes = block_weight_bytes(adapter)
-        if generation is not None:
+        for generation in generations:
             results.setdefault("generation", []).extend(generation_rows(adapter, f"w4a4 ({variant}){tag}",
                                                                        *generation))
             save()
@@ -398,7 +399,7 @@ def main() -> None:
         print(f"| {r['model']} | {r['tokens']} | {r['ms']:.1f} | {r.get('speedup_vs_bf16', 1.0):.2f} | "
               f"{r['graph_ms']:.1f} | {r.get('graph_speedup_vs_bf16', 1.0):.2f} | {r['peak_gib']:.1f} | "
               f"{r['block_weight_bytes'] / 1e9:.2f} ({r.get('weight_bytes_vs_bf16', 1.0):.3f}) |")
-    if generation is not None:
+    if generations:
         print("\n| model | LM head on | batch × (prompt + generated tokens), steps | generated tokens/s | "
               "ms per step | model call ms | same tokens |\n|---|---|---|---|---|---|---|")
         for r in results["generation"]:
