@@ -10,7 +10,8 @@ import torch
 
 def uniform(shape, generator: torch.Generator, device, dtype=torch.float32) -> torch.Tensor:
     """U[0, 1) of `shape`, drawn from `generator`."""
-    return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+    # non_blocking: a CPU generator's draws reach a GPU without the host waiting for the GPU's queue
+    return torch.rand(shape, generator=generator, device=generator.device, dtype=dtype).to(device, non_blocking=True)
 
 
 def gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:

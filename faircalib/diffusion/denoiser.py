@@ -44,11 +44,16 @@ class Denoiser:
 
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   rows: torch.Tensor) -> torch.Tensor:
-        """The aligned logits at rows ([B, L] bool), [rows.sum(), V] in row-major order."""
+        """The aligned logits at rows ([B, L] bool), [rows.sum(), V] in row-major order. What needs the rows' count
+        or places (a wait for the GPU) runs before the model call, so nothing after the call waits for it."""
+        if rows.shape != input_ids.shape or rows.dtype != torch.bool:
+            raise ValueError(f"diffusion.denoiser: rows must be a bool mask of the input's shape "
+                             f"{tuple(input_ids.shape)}, got {rows.dtype} {tuple(rows.shape)}")
         if self.rows_fn is None:
-            return self.logits(input_ids, attention_mask)[rows]
-        logits = self.rows_fn(input_ids, attention_mask, rows)
+            flat = rows.flatten().nonzero().squeeze(1)
+            return self.logits(input_ids, attention_mask).flatten(0, 1).index_select(0, flat)
         count = int(rows.sum())
+        logits = self.rows_fn(input_ids, attention_mask, rows)
         if logits.dim() != 2 or logits.shape[0] != count:
             raise ValueError(
                 f"diffusion.denoiser: the model returned logits of shape {tuple(logits.shape)} for {count} selected "

@@ -28,16 +28,14 @@ def sample_dream(state: DenoisingState, config: SamplerConfig, generator: torch.
             logits, config.remasking, generator,
             temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
         )
-        candidates = torch.zeros_like(state.x)
-        candidates[masked] = tokens
+        candidates = state.spread(tokens, 0)
         if config.remasking == "origin":
             positions = masked if last else masked & (uniform(masked.shape, generator, masked.device) < 1 - keep_masked)
         else:
             counts = masked.sum(1)
             if not last:
                 counts = (counts.float() * (1 - keep_masked)).long()
-            scores = torch.full(masked.shape, float("-inf"), device=masked.device)
-            scores[masked] = confidence
+            scores = state.spread(confidence, float("-inf"))
             positions = top_per_row(_perturbed(scores, config.alg_temp, generator), counts)
         state.commit(positions, candidates)
 

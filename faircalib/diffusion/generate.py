@@ -72,4 +72,5 @@ def generate(
         sample_dream(state, config, generator)
     else:
         sample_blockwise(state, config, generator)
+    state.check()
     return GenerationOutput(state.x, state.trajectory() if record else None, state.prompt_len)

@@ -39,13 +39,12 @@ def _step(state, config, in_block, counts, generator):
     """One forward pass and its commits; counts [B] (None = threshold rule)."""
     eligible = state.masked & in_block
     logits = state.logits_at(eligible)
-    candidates = torch.zeros_like(state.x)
-    candidates[eligible] = gumbel_argmax(logits, config.temperature, generator)
+    tokens = gumbel_argmax(logits, config.temperature, generator)
+    candidates = state.spread(tokens, 0)
     if config.remasking == "random":
         confidence = uniform(eligible.shape, generator, eligible.device, torch.float64)
     else:
-        confidence = torch.zeros(eligible.shape, dtype=torch.float64, device=eligible.device)
-        confidence[eligible] = probability_of(logits, candidates[eligible])
+        confidence = state.spread(probability_of(logits, tokens), 0.0)
     confidence = confidence.masked_fill(~eligible, float("-inf"))
     if counts is None:
         positions = top_per_row(confidence, eligible.any(1).long()) | (confidence >= config.threshold)

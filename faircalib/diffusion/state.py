@@ -4,6 +4,11 @@ Every sampler step is `logits = state.logits_at(rows)` (one forward pass, two ro
 logits of the masked positions `rows` only) followed by `state.commit(positions, tokens)`. Commits are irreversible:
 a committed position is never masked again and its token never changes, which is what makes `Trajectory.state_before`
 exact.
+
+On a GPU a step waits for it once, at its start (the rows to read: a count and places), and queues the rest, the
+model's forward and the sampler's choices and commits, without waiting: the host then prepares a step while the GPU
+runs the forward. So the NaN-logits and committed-position checks of a step's results are read at the next step's
+start, or by `check()` when the sampler is done, and raise there, naming the step where it happened.
 """
 from __future__ import annotations
 
@@ -32,15 +37,20 @@ class DenoisingState:
         # Unpadded batches pass no mask at all, like the reference implementations (and faster attention).
         self._model_mask = self.attention_mask if prompt.padded else None
         self._stats = [] if record else None
+        self._never = torch.full((1,), denoiser.mask_token_id, device=device)  # index_fill's index, made on the device
+        self._read = None  # flat indices of the positions the last logits_at returned (`spread`)
+        self._faults = []  # (step, what, flag on the device): the checks not read yet (`check`)
 
     def logits_at(self, rows: torch.Tensor) -> torch.Tensor:
         """Aligned logits [rows.sum(), V] of the current state at rows ([B, L] bool, masked positions only; row-major
         order), guided when cfg_scale > 0, the mask token excluded: committing the mask id would leave a position
         that looks masked but counts as committed. The model's LM head runs on the positions read (with record=True:
         every masked one, for the statistics), not on the prompt and committed ones (`Denoiser.logits_at`)."""
+        self.check()
         if (rows & ~self.masked).any():
             raise RuntimeError(f"diffusion.state: step {self.step} asked for the logits of committed positions; "
                                "a sampler bug")
+        self._read = rows.flatten().nonzero().squeeze(1)
         read = self.masked if self._stats is not None else rows
         if self.cfg_scale > 0:
             unconditional = self.x.masked_fill(self.prompt_tokens, self.denoiser.mask_token_id)
@@ -50,34 +60,50 @@ class DenoisingState:
             logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
         else:
             logits = self.denoiser.logits_at(self.x, self._model_mask, read)
-        if torch.isnan(logits).any():
-            raise FloatingPointError(
-                f"diffusion.state: the model returned NaN logits at step {self.step} (input {tuple(self.x.shape)}); "
-                "check the weights and the quantization settings"
-            )
-        never = torch.tensor([self.denoiser.mask_token_id], device=logits.device)
-        logits = logits.index_fill(-1, never, float("-inf"))
+        self._faults.append((self.step, "nan", torch.isnan(logits).any()))
+        logits = logits.index_fill(-1, self._never, float("-inf"))
         if self._stats is None:
             return logits
         self._stats.append(_masked_statistics(logits, self.masked))
         return logits[rows[self.masked]]
 
+    def spread(self, values: torch.Tensor, fill) -> torch.Tensor:
+        """values [n] for the n positions the last `logits_at` returned (its row-major order) -> [B, L] of
+        values.dtype holding them there and `fill` elsewhere (what `out[rows] = values` does, without the wait
+        for the GPU that a boolean index costs)."""
+        out = torch.full((self.x.numel(),), fill, dtype=values.dtype, device=values.device)
+        return out.index_copy_(0, self._read, values).view(self.x.shape)
+
     def commit(self, positions: torch.Tensor, tokens: torch.Tensor):
         """positions: [B, L] bool, a subset of the masked positions; tokens: [B, L] int64 (read at positions).
         Ends the current step."""
-        if (positions & ~self.masked).any():
-            raise RuntimeError(
-                f"diffusion.state: step {self.step} tried to overwrite committed positions; a sampler bug"
-            )
+        self._faults.append((self.step, "overwrite", (positions & ~self.masked).any()))
         self.x = torch.where(positions, tokens, self.x)
         self.masked = self.masked & ~positions  # out of place: callers may pass `state.masked` itself
-        self.commit_step[positions] = self.step
+        self.commit_step = torch.where(positions, self.step, self.commit_step)
         self.step += 1
+
+    def check(self):
+        """Raises what the steps so far found wrong (NaN logits, a commit over committed positions), earliest
+        first; one wait for the GPU."""
+        if not self._faults:
+            return
+        faults, self._faults = self._faults, []
+        for (step, what, _), found in zip(faults, torch.stack([flag for _, _, flag in faults]).tolist()):
+            if not found:
+                continue
+            if what == "nan":
+                raise FloatingPointError(
+                    f"diffusion.state: the model returned NaN logits at step {step} (input {tuple(self.x.shape)}); "
+                    "check the weights and the quantization settings"
+                )
+            raise RuntimeError(f"diffusion.state: step {step} tried to overwrite committed positions; a sampler bug")
 
     def trajectory(self) -> Trajectory:
         """The run so far as a Trajectory (requires record=True)."""
         if self._stats is None:
             raise RuntimeError("diffusion.state: statistics were not recorded; create the state with record=True")
+        self.check()
         stacked = {name: torch.stack([s[name] for s in self._stats]) for name in self._stats[0]}
         return Trajectory(
             prompt_len=self.prompt_len,

@@ -129,16 +129,24 @@ class Adapter:
         """hidden after the last block [B, L, D] -> aligned logits [B, L, V] (index i predicts position i)."""
         return align_logits(self.runner.head(hidden), self.shift_logits)
 
-    def head_at(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """hidden after the last block [B, L, D], rows [B, L] bool -> the aligned logits at rows, [rows.sum(), V] in
-        row-major order: `head(hidden)[rows]`, with the final norm and LM head run on those rows' hidden states only
-        (Dream's prediction for position i is read from i - 1, position 0 from itself: `align_logits`)."""
-        if rows.shape != hidden.shape[:2] or rows.dtype != torch.bool:
+    def select_rows(self, rows: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """rows [B, L] bool (of an input of `shape`) -> (batch, position) of the hidden states whose LM head gives the
+        aligned logits at rows, in row-major order (Dream's prediction for position i is read from i - 1, position 0
+        from itself: `align_logits`). Finding them waits for the GPU (`nonzero`): call this before the forward, so
+        that the forward, the head and a sampler's work after it queue without a wait between them."""
+        if rows.shape != tuple(shape) or rows.dtype != torch.bool:
             raise ValueError(f"faircalib.models.adapter: rows must be a bool mask of the input's shape "
-                             f"{tuple(hidden.shape[:2])}, got {rows.dtype} {tuple(rows.shape)}")
+                             f"{tuple(shape)}, got {rows.dtype} {tuple(rows.shape)}")
         batch, position = rows.nonzero(as_tuple=True)
         if self.shift_logits:
             position = (position - 1).clamp_min(0)
+        return batch, position
+
+    def head_at(self, hidden: torch.Tensor, selected: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """hidden after the last block [B, L, D], selected = `select_rows(rows, ...)` -> the aligned logits at rows,
+        [rows.sum(), V] in row-major order: `head(hidden)[rows]`, with the final norm and LM head run on those rows'
+        hidden states only."""
+        batch, position = selected
         return self.runner.head(hidden[batch, position].unsqueeze(0)).squeeze(0)
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,7 +166,8 @@ class Adapter:
         """`logits(input_ids, attention_mask)[rows]` ([rows.sum(), V]) with the LM head run on those rows only: a
         denoising step reads the logits of its masked positions alone, and over a long prompt the head's GEMM over
         every position is a large part of the step (LLaDA-8B's 126464-row head)."""
-        return self.head_at(self.hidden(input_ids, attention_mask), rows)
+        selected = self.select_rows(rows, input_ids.shape)
+        return self.head_at(self.hidden(input_ids, attention_mask), selected)
 
 
 def _unwrap(block: nn.Module) -> nn.Module:

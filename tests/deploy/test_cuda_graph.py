@@ -6,6 +6,7 @@ import torch
 from faircalib.deploy import GraphedLogits, convert_to_w4a4
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
+from faircalib.diffusion.state import DenoisingState
 from faircalib.models import get_adapter
 
 from .conftest import quantized_tiny
@@ -67,6 +68,39 @@ def test_logits_at_replays_the_blocks_and_runs_the_head_on_the_rows(family):
         config = SamplerConfig(sampler=family, gen_length=8, steps=8)
         want = generate(model, prompt, config, generator=torch.Generator("cuda").manual_seed(2))
         got = generate(graphed, prompt, config, generator=torch.Generator("cuda").manual_seed(2))
+    assert torch.equal(got.tokens, want.tokens) and graphed.fallback_reason is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("sampler", ["llada", "probe", "dream"])
+def test_a_generation_step_does_not_wait_for_the_gpu_between_its_replay_and_its_commit(family, sampler,
+                                                                                       monkeypatch):
+    # CUDA's own check of what tests/diffusion/test_native_models.py checks by call names: any synchronisation between
+    # the replayed forward and the commit raises. A CPU generator (probe's random order) sends draws to the GPU.
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    model.cuda()
+    replay, commit = GraphedLogits._replay, DenoisingState.commit
+
+    def replay_then_forbid_waits(self, *args, **kwargs):
+        out = replay(self, *args, **kwargs)
+        torch.cuda.set_sync_debug_mode("error")
+        return out
+
+    def commit_then_allow_waits(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        torch.cuda.set_sync_debug_mode("default")
+
+    prompt = torch.randint(0, 48, (2, 6), generator=torch.Generator().manual_seed(1))
+    config = SamplerConfig(sampler=sampler, gen_length=8, steps=8)
+    want = generate(model, prompt, config, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(GraphedLogits, "_replay", replay_then_forbid_waits)
+    monkeypatch.setattr(DenoisingState, "commit", commit_then_allow_waits)
+    graphed = GraphedLogits(model)
+    try:
+        got = generate(graphed, prompt, config, generator=torch.Generator().manual_seed(2))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(got.tokens, want.tokens) and graphed.fallback_reason is None
 
 

@@ -144,3 +144,23 @@ def test_state_refuses_to_read_committed_positions():
     assert state.logits_at(state.masked).shape == (4, VOCAB)
     with pytest.raises(RuntimeError, match="step 0 asked for the logits of committed positions"):
         state.logits_at(torch.ones_like(state.masked))
+
+
+def test_state_spreads_values_to_the_rows_it_read():
+    state = DenoisingState(Denoiser(ramp_logits, MASK), prompt_batch([[4, 5], [6]]), 4)
+    rows = state.masked.clone()
+    rows[0, 3] = rows[1, 5] = False
+    logits = state.logits_at(rows)
+    expected = torch.full(rows.shape, -1.0, dtype=logits.dtype)
+    expected[rows] = logits[:, 2]
+    assert torch.equal(state.spread(logits[:, 2], -1.0), expected)
+
+
+def test_a_commit_over_committed_positions_is_reported_at_the_next_check():
+    state = DenoisingState(Denoiser(ramp_logits, MASK), prompt_batch([[4, 5]]), 4)
+    state.logits_at(state.masked)
+    state.commit(state.masked.clone(), torch.full_like(state.x, 3))
+    state.commit(state.prompt_tokens.clone(), torch.full_like(state.x, 3))  # a sampler bug, found without waiting
+    with pytest.raises(RuntimeError, match="step 1 tried to overwrite committed positions; a sampler bug"):
+        state.check()
+    state.check()  # reported once

@@ -1,8 +1,13 @@
 """Samplers on the project's native tiny LLaDA and Dream models (random weights), through their adapters."""
+import functools
+
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
+from faircalib.deploy import GraphedLogits
 from faircalib.diffusion import SamplerConfig, as_denoiser, generate
+from faircalib.diffusion.state import DenoisingState
 from faircalib.models import build_random, get_adapter
 from tests.models.conftest import lm_head_rows
 
@@ -78,3 +83,75 @@ def test_head_on_the_read_rows_generates_as_the_full_logits_do(model, config, re
                                        equal_nan=True, atol=1e-6, rtol=1e-5)
     positions = len(PROMPTS) * (5 + config.gen_length) * (2 if config.cfg_scale else 1)
     assert rows_seen and max(rows_seen) < positions  # the prompts are never read
+
+
+# Torch calls that make the host wait for a GPU: a value read back, or an output whose size depends on values.
+WAITING_CALLS = {"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "argwhere",
+                 "masked_select", "unique"}
+INDEXING_CALLS = {"__getitem__", "__setitem__", "index_put", "index_put_"}
+
+
+def _bool_index(index) -> bool:
+    parts = index if isinstance(index, (tuple, list)) else (index,)
+    return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
+
+
+class WaitingCalls(TorchFunctionMode):
+    """Records, in order, the calls that would make the host wait for a GPU (boolean indexing among them), next to
+    markers the test appends to `events`."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in WAITING_CALLS or (name in INDEXING_CALLS and len(args) > 1 and _bool_index(args[1])):
+            self.events.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("config", [
+    SamplerConfig(gen_length=8, block_length=4, steps=8),
+    SamplerConfig(gen_length=8, steps=4, cfg_scale=1.0, temperature=1.0),
+    SamplerConfig(sampler="threshold", gen_length=8, block_length=4, threshold=0.5),
+    SamplerConfig(sampler="probe", gen_length=8, steps=8),
+    SamplerConfig(sampler="dream", remasking="maskgit_plus", gen_length=8, steps=4, temperature=0.5, top_p=0.9),
+    SamplerConfig(sampler="dream", remasking="origin", gen_length=8, steps=4),
+], ids=["llada", "llada_cfg", "threshold", "probe", "dream", "dream_origin"])
+@pytest.mark.parametrize("graphed", [False, True])
+def test_a_step_queues_its_forward_choices_and_commit_without_waiting(model, config, graphed, monkeypatch):
+    # On a GPU each wait drains the queue, and the host's launches after it leave the GPU idle: a step may wait before
+    # its forward (the rows it reads), not between the forward and its commit. CUDA itself checks the same in
+    # tests/deploy/test_cuda_graph.py; here the calls that would wait are caught on the CPU.
+    recorder = WaitingCalls()
+    adapter_type, hidden = type(get_adapter(model)), type(get_adapter(model)).hidden
+    commit = DenoisingState.commit
+
+    @functools.wraps(hidden)
+    def hidden_then_mark(self, *args, **kwargs):
+        out = hidden(self, *args, **kwargs)
+        recorder.events.append("forward")
+        return out
+
+    def commit_then_mark(self, *args, **kwargs):
+        commit(self, *args, **kwargs)
+        recorder.events.append("committed")
+
+    monkeypatch.setattr(adapter_type, "hidden", hidden_then_mark)
+    monkeypatch.setattr(DenoisingState, "commit", commit_then_mark)
+    runner = GraphedLogits(model) if graphed else model
+    with recorder:
+        out = generate(runner, PROMPTS, config, pad_token_id=PAD, generator=torch.Generator().manual_seed(3))
+    monkeypatch.undo()
+    assert torch.equal(out.tokens, generate(model, PROMPTS, config, pad_token_id=PAD,
+                                            generator=torch.Generator().manual_seed(3)).tokens)
+    waits, between = [], False
+    for event in recorder.events:
+        if event in ("forward", "committed"):
+            between = event == "forward"
+        elif between:
+            waits.append(event)
+    assert recorder.events.count("forward") == recorder.events.count("committed") > 0
+    assert waits == []
+    assert any(event not in ("forward", "committed") for event in recorder.events)  # the recorder sees the waits
