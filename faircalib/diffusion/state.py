@@ -52,6 +52,9 @@ class DenoisingState:
                                "a sampler bug")
         self._read = rows.flatten().nonzero().squeeze(1)
         read = self.masked if self._stats is not None else rows
+        if self._stats is not None:  # where the statistics go, and the rows' places among the masked positions
+            masked_flat = self.masked.flatten().nonzero().squeeze(1)
+            rows_among_masked = rows[self.masked].nonzero().squeeze(1)
         if self.cfg_scale > 0:
             unconditional = self.x.masked_fill(self.prompt_tokens, self.denoiser.mask_token_id)
             mask = None if self._model_mask is None else self._model_mask.repeat(2, 1)
@@ -64,15 +67,14 @@ class DenoisingState:
         logits = logits.index_fill(-1, self._never, float("-inf"))
         if self._stats is None:
             return logits
-        self._stats.append(_masked_statistics(logits, self.masked))
-        return logits[rows[self.masked]]
+        self._stats.append(_masked_statistics(logits, masked_flat, self.x.shape))
+        return logits.index_select(0, rows_among_masked)
 
     def spread(self, values: torch.Tensor, fill) -> torch.Tensor:
         """values [n] for the n positions the last `logits_at` returned (its row-major order) -> [B, L] of
         values.dtype holding them there and `fill` elsewhere (what `out[rows] = values` does, without the wait
         for the GPU that a boolean index costs)."""
-        out = torch.full((self.x.numel(),), fill, dtype=values.dtype, device=values.device)
-        return out.index_copy_(0, self._read, values).view(self.x.shape)
+        return _placed(values, self._read, self.x.shape, fill)
 
     def commit(self, positions: torch.Tensor, tokens: torch.Tensor):
         """positions: [B, L] bool, a subset of the masked positions; tokens: [B, L] int64 (read at positions).
@@ -116,18 +118,23 @@ class DenoisingState:
         )
 
 
-def _masked_statistics(masked_logits: torch.Tensor, masked: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Teacher statistics at masked positions: their logits [masked.sum(), V] -> top1 [B, L] int64 (-1 elsewhere)
-    and top1_prob / margin / entropy [B, L] float32 (NaN elsewhere)."""
+def _masked_statistics(masked_logits: torch.Tensor, masked_flat: torch.Tensor,
+                       shape: torch.Size) -> dict[str, torch.Tensor]:
+    """Teacher statistics at masked positions: their logits [n, V] and flat places [n] in a [B, L] `shape` -> top1
+    [B, L] int64 (-1 elsewhere) and top1_prob / margin / entropy [B, L] float32 (NaN elsewhere)."""
     log_probs = torch.log_softmax(masked_logits.float(), dim=-1)
     probs = log_probs.exp()
     top2 = probs.topk(2, dim=-1).values
     entropy = -(probs * log_probs.clamp_min(torch.finfo(torch.float32).min)).sum(-1)
-    nan = torch.full(masked.shape, float("nan"), device=masked_logits.device)
-    stats = {"top1": torch.full(masked.shape, -1, dtype=torch.long, device=masked_logits.device)}
-    stats["top1"][masked] = masked_logits.argmax(-1)  # argmax, as the samplers pick, so ties agree
-    for name, value in (("top1_prob", top2[:, 0]), ("margin", top2[:, 0] - top2[:, 1]),
-                        ("entropy", entropy)):
-        stats[name] = nan.clone()
-        stats[name][masked] = value
-    return stats
+    nan = float("nan")
+    return {"top1": _placed(masked_logits.argmax(-1), masked_flat, shape, -1),  # as the samplers pick: ties agree
+            "top1_prob": _placed(top2[:, 0], masked_flat, shape, nan),
+            "margin": _placed(top2[:, 0] - top2[:, 1], masked_flat, shape, nan),
+            "entropy": _placed(entropy, masked_flat, shape, nan)}
+
+
+def _placed(values: torch.Tensor, flat: torch.Tensor, shape: torch.Size, fill) -> torch.Tensor:
+    """values [n] at the flat places `flat` of a `shape` tensor of values.dtype, `fill` elsewhere: an index_copy,
+    where a boolean-index write would wait for the GPU."""
+    out = torch.full((shape.numel(),), fill, dtype=values.dtype, device=values.device)
+    return out.index_copy_(0, flat, values).view(shape)

@@ -72,8 +72,8 @@ def test_logits_at_replays_the_blocks_and_runs_the_head_on_the_rows(family):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("sampler", ["llada", "probe", "dream"])
-def test_a_generation_step_does_not_wait_for_the_gpu_between_its_replay_and_its_commit(family, sampler,
+@pytest.mark.parametrize("sampler,record", [("llada", False), ("probe", False), ("probe", True), ("dream", True)])
+def test_a_generation_step_does_not_wait_for_the_gpu_between_its_replay_and_its_commit(family, sampler, record,
                                                                                        monkeypatch):
     # CUDA's own check of what tests/diffusion/test_native_models.py checks by call names: any synchronisation between
     # the replayed forward and the commit raises. A CPU generator (probe's random order) sends draws to the GPU.
@@ -98,7 +98,7 @@ def test_a_generation_step_does_not_wait_for_the_gpu_between_its_replay_and_its_
     monkeypatch.setattr(DenoisingState, "commit", commit_then_allow_waits)
     graphed = GraphedLogits(model)
     try:
-        got = generate(graphed, prompt, config, generator=torch.Generator().manual_seed(2))
+        got = generate(graphed, prompt, config, generator=torch.Generator().manual_seed(2), record=record)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(got.tokens, want.tokens) and graphed.fallback_reason is None

@@ -119,8 +119,9 @@ class WaitingCalls(TorchFunctionMode):
     SamplerConfig(sampler="dream", remasking="maskgit_plus", gen_length=8, steps=4, temperature=0.5, top_p=0.9),
     SamplerConfig(sampler="dream", remasking="origin", gen_length=8, steps=4),
 ], ids=["llada", "llada_cfg", "threshold", "probe", "dream", "dream_origin"])
-@pytest.mark.parametrize("graphed", [False, True])
-def test_a_step_queues_its_forward_choices_and_commit_without_waiting(model, config, graphed, monkeypatch):
+@pytest.mark.parametrize("graphed,record", [(False, False), (True, False), (False, True)],
+                         ids=["model", "graphed", "record"])
+def test_a_step_queues_its_forward_choices_and_commit_without_waiting(model, config, graphed, record, monkeypatch):
     # On a GPU each wait drains the queue, and the host's launches after it leave the GPU idle: a step may wait before
     # its forward (the rows it reads), not between the forward and its commit. CUDA itself checks the same in
     # tests/deploy/test_cuda_graph.py; here the calls that would wait are caught on the CPU.
@@ -142,7 +143,8 @@ def test_a_step_queues_its_forward_choices_and_commit_without_waiting(model, con
     monkeypatch.setattr(DenoisingState, "commit", commit_then_mark)
     runner = GraphedLogits(model) if graphed else model
     with recorder:
-        out = generate(runner, PROMPTS, config, pad_token_id=PAD, generator=torch.Generator().manual_seed(3))
+        out = generate(runner, PROMPTS, config, pad_token_id=PAD, generator=torch.Generator().manual_seed(3),
+                       record=record)
     monkeypatch.undo()
     assert torch.equal(out.tokens, generate(model, PROMPTS, config, pad_token_id=PAD,
                                             generator=torch.Generator().manual_seed(3)).tokens)
