@@ -5,8 +5,8 @@ logits of the masked positions `rows` only) followed by `state.commit(positions,
 a committed position is never masked again and its token never changes, which is what makes `Trajectory.state_before`
 exact.
 
-On a GPU a step waits for it once, at its start (the rows to read: a count and places), and queues the rest, the
-model's forward and the sampler's choices and commits, without waiting: the host then prepares a step while the GPU
+On a GPU a step waits for it only at its start (for the rows to read: their count and places), and queues the
+rest, the model's forward and the sampler's choices and commits, without waiting: the host then prepares a step while the GPU
 runs the forward. So the NaN-logits and committed-position checks of a step's results are read at the next step's
 start, or by `check()` when the sampler is done, and raise there, naming the step where it happened.
 """
@@ -74,6 +74,9 @@ class DenoisingState:
         """values [n] for the n positions the last `logits_at` returned (its row-major order) -> [B, L] of
         values.dtype holding them there and `fill` elsewhere (what `out[rows] = values` does, without the wait
         for the GPU that a boolean index costs)."""
+        if self._read is None:
+            raise RuntimeError("diffusion.state: spread() places the values of the rows logits_at read; call "
+                               "logits_at first")
         return _placed(values, self._read, self.x.shape, fill)
 
     def commit(self, positions: torch.Tensor, tokens: torch.Tensor):

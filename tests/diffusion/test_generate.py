@@ -148,6 +148,8 @@ def test_state_refuses_to_read_committed_positions():
 
 def test_state_spreads_values_to_the_rows_it_read():
     state = DenoisingState(Denoiser(ramp_logits, MASK), prompt_batch([[4, 5], [6]]), 4)
+    with pytest.raises(RuntimeError, match="call logits_at first"):
+        state.spread(torch.zeros(0), 0.0)
     rows = state.masked.clone()
     rows[0, 3] = rows[1, 5] = False
     logits = state.logits_at(rows)
