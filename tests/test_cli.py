@@ -1,10 +1,12 @@
 """The `faircalib` command, run in-process on tiny random checkpoints saved to a temporary directory."""
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
+import faircalib.diffusion
 from faircalib.cli import COMMANDS, main
 from faircalib.diffusion import SamplerConfig, generate
 from faircalib.models import build_random, get_adapter, load_model, save_model
@@ -151,6 +153,24 @@ def test_generate_compile_compiles_every_block_first(checkpoints, capsys, monkey
     assert capsys.readouterr().out == answer
     blocks = get_adapter(load_model(checkpoints["llada"])).blocks
     assert len(compiled) == len(blocks) and all(type(m) is type(blocks[0]) for m in compiled)
+
+
+@pytest.mark.parametrize("extra, runs", [([], 1), (["--compile"], 2)])
+def test_generate_timing_reports_tokens_per_second_after_a_warm_up_where_one_is_due(checkpoints, capsys,
+                                                                                   monkeypatch, extra, runs):
+    argv = ["generate", "--model", checkpoints["llada"], "--prompt", "12+34=", "--prompt", "5=", "--gen-length", "8",
+            "--block-length", "4"]
+    assert main(argv) == 0
+    answers = capsys.readouterr().out
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: None)  # Inductor: minutes on a CPU
+    calls = []
+    real_generate = faircalib.diffusion.generate
+    monkeypatch.setattr(faircalib.diffusion, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    assert main([*argv, "--timing", *extra]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == answers and len(calls) == runs
+    assert re.fullmatch(r"faircalib generate: 16 tokens \(2 prompts x 8\) in 8 steps, [0-9.]+ s: [0-9.]+ tokens/s, "
+                        r"[0-9.]+ ms per step\n", captured.err)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,9 @@
 """`faircalib generate`: answer prompts with a diffusion sampler; `--trace` shows every denoising step."""
 from __future__ import annotations
 
+import sys
+import time
+
 from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator, load_model,
                                         load_tokenizer, sampler_config)
 
@@ -25,6 +28,10 @@ def add_arguments(parser):
                              "(faircalib.deploy.keep_weights_unpacked(drop_packed=True)): weights 0.5x of bf16 "
                              "instead of 0.25x, no unpack per step; on Hopper GPUs packed weights are unpacked in "
                              "registers and about as fast")
+    parser.add_argument("--timing", action="store_true",
+                        help="also print (to stderr) the generation's wall time, generated tokens/s and ms per step; "
+                             "with --cuda-graph or --compile an untimed generation runs first, since the first one "
+                             "pays the graph capture and compilation")
     add_model_arguments(parser)
     add_sampler_arguments(parser)
 
@@ -56,12 +63,29 @@ def run(args) -> int:
         from faircalib.models import get_adapter
 
         compile_model_blocks(get_adapter(model))
-    out = generate(model, prompts, config, generator=generator(args), record=args.trace,
-                   pad_token_id=tokenizer.pad_token_id)
+    def run_once():
+        return generate(model, prompts, config, generator=generator(args), record=args.trace,
+                        pad_token_id=tokenizer.pad_token_id)
+
+    if args.timing and (args.cuda_graph or args.compile):
+        run_once()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize(args.device)
+    started = time.perf_counter()
+    out = run_once()
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize(args.device)
+    seconds = time.perf_counter() - started
     for row, answer in enumerate(out.answer.tolist()):
         if args.trace:
             print_trace(out.trajectory, row, tokenizer)
         print(tokenizer.decode(answer))
+    if args.timing:
+        tokens = out.answer.numel()
+        sys.stdout.flush()
+        print(f"faircalib generate: {tokens} tokens ({len(prompts)} prompts x {config.gen_length}) in "
+              f"{out.num_steps} step{'' if out.num_steps == 1 else 's'}, {seconds:.3f} s: {tokens / seconds:.1f} tokens/s, "
+              f"{1e3 * seconds / out.num_steps:.2f} ms per step", file=sys.stderr)
     return 0
 
 

@@ -17,11 +17,13 @@ from faircalib.diffusion.trajectory import Trajectory
 @dataclass(frozen=True)
 class GenerationOutput:
     """tokens: [B, P + gen_length] int64, prompts left-padded to width P = prompt_len. trajectory: the full
-    record when `record=True`, else None. Unpacks as `tokens, trajectory = generate(...)`."""
+    record when `record=True`, else None. num_steps: the denoising steps run, one forward pass each (the threshold
+    sampler's count depends on the model). Unpacks as `tokens, trajectory = generate(...)`."""
 
     tokens: torch.Tensor
     trajectory: Trajectory | None
     prompt_len: int
+    num_steps: int
 
     @property
     def answer(self) -> torch.Tensor:
@@ -73,4 +75,4 @@ def generate(
     else:
         sample_blockwise(state, config, generator)
     state.check()
-    return GenerationOutput(state.x, state.trajectory() if record else None, state.prompt_len)
+    return GenerationOutput(state.x, state.trajectory() if record else None, state.prompt_len, state.step)

@@ -166,3 +166,14 @@ def test_a_commit_over_committed_positions_is_reported_at_the_next_check():
     with pytest.raises(RuntimeError, match="step 1 tried to overwrite committed positions; a sampler bug"):
         state.check()
     state.check()  # reported once
+
+
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_the_output_counts_the_steps_run(name, gen):
+    config = DETERMINISTIC[name]
+    out = generate(ContextModel(gen), PROMPTS, config, mask_token_id=MASK, pad_token_id=PAD, record=True)
+    assert out.num_steps == out.trajectory.num_steps
+    if config.sampler == "threshold":  # at least one commit per step, at least one step per block
+        assert config.gen_length // config.block_length <= out.num_steps <= config.gen_length
+    else:
+        assert out.num_steps == config.steps
