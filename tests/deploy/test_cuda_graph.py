@@ -1,5 +1,7 @@
 """GraphedLogits: eager fallback on CPU (same logits, same generation), argument checks, and on CUDA replayed graphs
 equal to the eager forward for every captured shape (run on the GPU machine; skipped in CPU-only CI)."""
+import warnings
+
 import pytest
 import torch
 
@@ -34,6 +36,49 @@ def test_bad_arguments_are_named(family):
     model = quantized_tiny(family, "rtn")
     with pytest.raises(ValueError, match="max_graphs"):
         GraphedLogits(model, max_graphs=0)
+
+
+def test_a_failed_capture_warns_once_and_runs_eagerly(family, monkeypatch):
+    # The capture's own failure needs a GPU (the test below); here the first CUDA call of the capture fails.
+    model = quantized_tiny(family, "rtn")
+    graphed = GraphedLogits(model)
+
+    def no_stream(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(torch.cuda, "Stream", no_stream)
+    ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning, match="GraphedLogits: CUDA graph capture failed, running eagerly: operation not "
+                                            "permitted when stream is capturing$"):
+        assert graphed._capture(get_adapter(model).hidden, ids, None) is None
+    assert graphed.fallback_reason.endswith("operation not permitted when stream is capturing")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_a_forward_that_waits_for_the_gpu_is_not_captured_but_runs(family, monkeypatch):
+    model = quantized_tiny(family, "rtn")
+    model.cuda()
+    adapter = get_adapter(model)
+    hidden = type(adapter).hidden
+
+    def hidden_that_waits(self, *args, **kwargs):
+        out = hidden(self, *args, **kwargs)
+        out.sum().item()  # a synchronisation: not allowed while a graph is captured
+        return out
+
+    ids = torch.randint(0, 48, (2, 10), generator=torch.Generator().manual_seed(0)).cuda()
+    rows = torch.ones(2, 10, dtype=torch.bool, device="cuda")
+    with torch.no_grad():
+        want = adapter.logits_at(ids, None, rows)
+        monkeypatch.setattr(type(adapter), "hidden", hidden_that_waits)
+        graphed = GraphedLogits(model)
+        with pytest.warns(RuntimeWarning, match="CUDA graph capture failed, running eagerly"):
+            got = graphed.logits_at(ids, None, rows)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once: later calls run eagerly without a word
+            graphed.logits_at(ids, None, rows)
+    assert graphed.fallback_reason is not None and not graphed._graphs
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
