@@ -21,7 +21,10 @@ warm-up runs on a side stream, which also let Triton autotune), up to `max_graph
 evicted). The captured graph reads static input buffers, so each call copies its inputs in and `logits` returns a
 copy of the output (the next replay overwrites the static one; `clone_output=False` returns the static buffer
 itself, for callers that consume the logits before the next call). Inputs on the CPU, or when capture is
-impossible, run eagerly; `fallback_reason` says why, and a failed capture warns (RuntimeWarning) once.
+impossible, run eagerly; `fallback_reason` says why, and a failed capture warns (RuntimeWarning) once. Padded
+batches (an attention mask) are captured too: while a graph is captured the models read no mask value on the host
+(`models.base.capturing_cuda_graph`). Remote-code LLaDA checks on the host that its mask holds no padding, so with
+a mask it runs eagerly.
 """
 from __future__ import annotations
 

@@ -71,7 +71,9 @@ def rotary_block_kwargs(
     `owner` names the caller in errors."""
     check_input_ids(owner, input_ids)
     key_mask = None
-    if attention_mask is None or bool(attention_mask.bool().all()):
+    # An all-ones mask takes the unmasked path (faster attention), found by reading the mask on the host: a CUDA graph
+    # capture forbids that (GraphedLogits would fall back to eager), and there the masked path serves any mask
+    if attention_mask is None or (not capturing_cuda_graph() and bool(attention_mask.bool().all())):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
     else:
         if attention_mask.shape != input_ids.shape:
@@ -83,6 +85,11 @@ def rotary_block_kwargs(
         key_mask = attention_mask.bool()[:, None, None, :]
     cos, sin = rotary_cos_sin(positions, head_dim, theta)
     return {"position_embeddings": (cos, sin), "attention_mask": key_mask}
+
+
+def capturing_cuda_graph() -> bool:
+    """Whether the current CUDA stream is being captured into a graph (no host reads of device values allowed)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def check_input_ids(owner: str, input_ids: torch.Tensor) -> None:
