@@ -2,7 +2,7 @@
 
     python benchmarks/bench_e2e_gpu.py [--out DIR] [--tokens 1024,4096] [--variants bf16:shared,fp32:shared]
                                        [--family llada|dream] [--design regs:4:4:128]
-    python benchmarks/bench_e2e_gpu.py --generate 512:256:64[:4][,...] [--tokens ''] ...  # whole generations
+    python benchmarks/bench_e2e_gpu.py --generate 512:256:64[:4[:ragged]][,...] [--tokens ''] ...  # generations
     python benchmarks/bench_e2e_gpu.py --tiny-cpu     # reference: generation tokens/s of the tiny models on CPU
 
 bf16: `faircalib.models.build_random("llada", "llada-8b")` on the GPU (`--family dream`: "dream-7b", whose
@@ -26,8 +26,9 @@ then the packed weights and the int8 copies), `:int8only` keeps the int8 codes a
 unflattened ones joined; an A/B of that choice within one process), and
 `:act.FIELD=VALUE` sets a field of the activation kernels' launch settings (`gemm.ACT_LAUNCH`, an integer or 0/1 for
 a flag) for that variant, e.g. `bf16:shared:act.split_over_tile=1`.
-`--generate PROMPT:GEN:STEPS[:BATCH][,...]`: also whole generations of bf16 and each variant, tokens/s, with the LM head on
-the positions the sampler reads (as `generate` runs a model) and on every position (`generation_rows`).
+`--generate PROMPT:GEN:STEPS[:BATCH][:ragged][,...]`: also whole generations of bf16 and each variant, tokens/s,
+with the LM head on the positions the sampler reads (as `generate` runs a model) and on every position
+(`generation_rows`); `ragged`: prompts of different lengths, left-padded.
 `--tiny-cpu`: the shipped tiny-llada / tiny-dream, FP vs fake-quant W4A4 (QuantLinear, RTN) vs W4A4Linear (the
 PyTorch reference kernels; packed, and with `keep_weights_unpacked`), generation tokens/s on the CPU
 (`tiny_cpu.json`).
@@ -55,6 +56,7 @@ from faircalib.deploy.shared_input import share_model_input_quantization, shared
 from faircalib.deploy.w4a4_linear import W4A4Linear, keep_weights_unpacked
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
+from faircalib.diffusion.prompts import prompt_batch
 from faircalib.kernels import gemm
 from faircalib.models import build_random, get_adapter
 
@@ -150,43 +152,51 @@ def to_w4a4(adapter, factor_dtype: torch.dtype, gen: torch.Generator, share: boo
 
 
 def generation_rows(adapter, label: str, prompt_len: int, gen_length: int, steps: int,
-                    batch: int = 1) -> list[dict]:
-    """Generated tokens/s of LLaDA's sampler (`batch` prompts of equal length, blocks of 32, temperature 0) with every
-    step's forward replayed from a CUDA graph: the LM head on the positions the sampler reads
+                    batch: int = 1, ragged: bool = False) -> list[dict]:
+    """Generated tokens/s of LLaDA's sampler (`batch` prompts of `prompt_len` tokens, blocks of 32, temperature 0) with
+    every step's forward replayed from a CUDA graph: the LM head on the positions the sampler reads
     (`GraphedLogits.logits_at`, as `generate` runs a model) and, for comparison, on every position (a logits
-    function: the full [B, L, V] logits). Each after one untimed generation (graph capture, compiles); the median of
-    three timed ones. `model_ms`: the model's call alone (CUDA events) on the first step's input, the first block
-    read; a step's time beyond it is the sampler's (its kernels, host work and synchronisations)."""
+    function: the full [B, L, V] logits). `ragged`: the prompts' lengths spread from prompt_len down to about half
+    of it, left-padded, so every forward takes an attention mask. Each after one untimed generation (graph capture,
+    compiles); the median of three timed ones. `model_ms`: the model's call alone (CUDA events) on the first step's
+    input, the first block read; a step's time beyond it is the sampler's (its kernels, host work and
+    synchronisations)."""
     graphed = GraphedLogits(adapter, max_graphs=2, clone_output=False)
-    prompt = torch.randint(0, graphed.mask_token_id, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
+    full = torch.randint(0, graphed.mask_token_id, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
+    lengths = [prompt_len - (i * prompt_len) // (2 * batch) if ragged else prompt_len for i in range(batch)]
+    prompts = prompt_batch([row[:n] for row, n in zip(full, lengths)], pad_token_id=0)
     config = SamplerConfig(gen_length=gen_length, block_length=32, steps=steps)
     paths = (("read rows", graphed), ("every position", graphed.logits))
-    first_ids = torch.cat([prompt, torch.full((batch, gen_length), graphed.mask_token_id)], dim=1).cuda()
+    first_ids = torch.cat([prompts.ids, torch.full((batch, gen_length), graphed.mask_token_id)], dim=1).cuda()
+    first_mask = torch.cat([prompts.attention_mask, torch.ones(batch, gen_length, dtype=torch.bool)], dim=1).cuda() \
+        if prompts.padded else None
     first_rows = torch.zeros(first_ids.shape, dtype=torch.bool, device="cuda")
     first_rows[:, prompt_len:prompt_len + 32] = True
-    model_calls = {"read rows": lambda: graphed.logits_at(first_ids, None, first_rows),
-                   "every position": lambda: graphed.logits(first_ids)[first_rows]}
+    model_calls = {"read rows": lambda: graphed.logits_at(first_ids, first_mask, first_rows),
+                   "every position": lambda: graphed.logits(first_ids, first_mask)[first_rows]}
     rows, first_tokens = [], None
     for head, model in paths:
         times = []
         for _ in range(4):
             torch.cuda.synchronize()
             start = time.perf_counter()
-            out = generate(model, prompt.cuda(), config, mask_token_id=graphed.mask_token_id,
-                           generator=torch.Generator().manual_seed(2))
+            out = generate(model, prompts.ids.cuda(), config, attention_mask=prompts.attention_mask.cuda(),
+                           mask_token_id=graphed.mask_token_id, generator=torch.Generator().manual_seed(2))
             torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         first_tokens = out.tokens if first_tokens is None else first_tokens
         seconds = statistics.median(times[1:])
         with torch.no_grad():
             model_ms = median_event_ms(model_calls[head])
-        rows.append({"model": label, "lm_head_on": head, "batch": batch, "prompt": prompt_len,
+        rows.append({"model": label, "lm_head_on": head, "batch": batch, "prompt": prompt_len, "ragged": ragged,
                      "gen_length": gen_length, "steps": steps, "tokens_per_s": batch * gen_length / seconds,
                      "ms_per_step": 1e3 * seconds / steps, "model_ms": model_ms,
                      "same_tokens_as_read_rows": bool(torch.equal(out.tokens, first_tokens))})
         print(rows[-1], flush=True)
     if graphed.fallback_reason is not None:
         print(graphed.fallback_reason, flush=True)
+    for row in rows:
+        row["graph_fallback"] = graphed.fallback_reason
     return rows  # the graphs' memory goes with this frame (callers empty the cache after)
 
 
@@ -278,11 +288,13 @@ def main() -> None:
     parser.add_argument("--design", choices=("unpack", *gemm.REGS_DESIGNS),
                         help="every W4A4 GEMM runs this design (`gemm.W4A4_DESIGN`) instead of the one timed fastest "
                              "per shape: an A/B of one design, or a short run without the choice's compiles and timing")
-    parser.add_argument("--generate", metavar="PROMPT:GEN:STEPS[:BATCH][,...]",
+    parser.add_argument("--generate", metavar="PROMPT:GEN:STEPS[:BATCH][:ragged][,...]",
                         help="also time whole generations (LLaDA's sampler, blocks of 32, CUDA graphs) of GEN tokens "
                              "after BATCH (default 1) random PROMPT-token prompts in STEPS steps, for bf16 and each "
                              "variant, the LM head on the read rows and on every position (`generation_rows`); "
-                             "several settings comma-separated, each on the same model; with --tokens '' only these")
+                             ":ragged: prompts of PROMPT down to about PROMPT / 2 tokens, left-padded (every forward "
+                             "takes an attention mask); several settings comma-separated, each on the same model; "
+                             "with --tokens '' only these")
     parser.add_argument("--tiny-cpu", action="store_true")
     args = parser.parse_args()
     if args.tiny_cpu:
@@ -293,14 +305,19 @@ def main() -> None:
         sys.exit(f"bench_e2e_gpu: {error}")
     generations = []
     for spec in args.generate.split(",") if args.generate is not None else ():
+        fields = spec.split(":")
+        ragged = fields[-1] == "ragged"
         try:
-            generation = tuple(int(v) for v in spec.split(":"))
-            if len(generation) not in (3, 4) or generation[0] < 1 or generation[3:4] == (0,):
+            numbers = tuple(int(v) for v in fields[:-1 if ragged else None])
+            if len(numbers) not in (3, 4) or numbers[0] < 1 or numbers[3:4] == (0,):
                 raise ValueError("three or four integers, the prompt and the batch at least one")
-            SamplerConfig(gen_length=generation[1], block_length=32, steps=generation[2])  # its own checks
+            if ragged and (numbers[3:4] or (1,))[0] < 2:
+                raise ValueError("ragged prompts need a batch of at least two")
+            SamplerConfig(gen_length=numbers[1], block_length=32, steps=numbers[2])  # its own checks
         except ValueError as error:
-            sys.exit(f"bench_e2e_gpu: --generate wants PROMPT:GEN:STEPS[:BATCH][,...] ({error}), got {spec!r}")
-        generations.append(generation)
+            sys.exit(f"bench_e2e_gpu: --generate wants PROMPT:GEN:STEPS[:BATCH][:ragged][,...] ({error}), "
+                     f"got {spec!r}")
+        generations.append((*numbers, *(() if len(numbers) == 4 else (1,)), ragged))
     if not torch.cuda.is_available():
         sys.exit("bench_e2e_gpu: needs a CUDA GPU")
     tokens = [int(t) for t in args.tokens.split(",") if t]
@@ -403,7 +420,8 @@ def main() -> None:
         print("\n| model | LM head on | batch × (prompt + generated tokens), steps | generated tokens/s | "
               "ms per step | model call ms | same tokens |\n|---|---|---|---|---|---|---|")
         for r in results["generation"]:
-            print(f"| {r['model']} | {r['lm_head_on']} | {r['batch']} × ({r['prompt']} + {r['gen_length']}), "
+            prompts = f"{r['prompt']}{', ragged' if r['ragged'] else ''}"
+            print(f"| {r['model']} | {r['lm_head_on']} | {r['batch']} × ({prompts} + {r['gen_length']}), "
                   f"{r['steps']} | {r['tokens_per_s']:.1f} | {r['ms_per_step']:.2f} | "
                   f"{r['model_ms']:.2f} | {r['same_tokens_as_read_rows']} |")
     for r in results["runs"]:

@@ -40,7 +40,10 @@ def test_a_design_that_does_not_exist_is_refused_before_any_work(monkeypatch, ca
                                          ("512:32:1:0", "the batch at least one"), ("1:32:1:1:1", "four integers"),
                                          ("512:48:3", "not divisible by block_length=32"),
                                          ("512:256:63", "steps=63 is not divisible"), ("a:b:c", "invalid literal"),
-                                         ("512:256:64,512:48:3", "got '512:48:3'")])
+                                         ("512:256:64,512:48:3", "got '512:48:3'"),
+                                         ("512:256:64:ragged", "need a batch of at least two"),
+                                         ("512:256:64:1:ragged", "need a batch of at least two"),
+                                         ("512:256:64:4:wavy", "invalid literal")])
 def test_a_bad_generate_setting_is_refused_before_any_work(monkeypatch, value, named):
     monkeypatch.setattr(bench.sys, "argv", ["bench_e2e_gpu.py", "--generate", value])
     with pytest.raises(SystemExit, match=named):
