@@ -6,9 +6,9 @@ a committed position is never masked again and its token never changes, which is
 exact.
 
 On a GPU a step waits for it only at its start (for the rows to read: their count and places), and queues the
-rest, the model's forward and the sampler's choices and commits, without waiting: the host then prepares a step while the GPU
-runs the forward. So the NaN-logits and committed-position checks of a step's results are read at the next step's
-start, or by `check()` when the sampler is done, and raise there, naming the step where it happened.
+rest, the model's forward and the sampler's choices and commits, without waiting: the host then prepares a step
+while the GPU runs the forward. So the NaN-logits and committed-position checks of a step's results are read at
+the next step's start, or by `check()` when the sampler is done, and raise there, naming the step where it happened.
 """
 from __future__ import annotations
 
@@ -50,11 +50,12 @@ class DenoisingState:
         if (rows & ~self.masked).any():
             raise RuntimeError(f"diffusion.state: step {self.step} asked for the logits of committed positions; "
                                "a sampler bug")
-        self._read = rows.flatten().nonzero().squeeze(1)
-        read = self.masked if self._stats is not None else rows
-        if self._stats is not None:  # where the statistics go, and the rows' places among the masked positions
+        if self._stats is None:
+            read, self._read = rows, rows.flatten().nonzero().squeeze(1)
+        else:  # every masked position is read for the statistics; the rows' places among them pick what is returned
             masked_flat = self.masked.flatten().nonzero().squeeze(1)
             rows_among_masked = rows[self.masked].nonzero().squeeze(1)
+            read, self._read = self.masked, masked_flat[rows_among_masked]
         if self.cfg_scale > 0:
             unconditional = self.x.masked_fill(self.prompt_tokens, self.denoiser.mask_token_id)
             mask = None if self._model_mask is None else self._model_mask.repeat(2, 1)
