@@ -69,7 +69,7 @@ def test_swiglu_gemm_compiles_for_hopper(compiled, case):
     result = compiled[repr(case)]
     assert f"wgmma.mma_async.sync.aligned.m64n{case[1][2]}k32.s32.s8.s8" in result["ptx"]
     if result["usage"]:
-        assert "LOCAL:0" in result["usage"], result["usage"]
+        assert "LOCAL:0" in result["usage"] and "STACK:0" in result["usage"], result["usage"]
 
 
 def test_swiglu_kernel_refuses_two_warpgroups():
@@ -87,7 +87,7 @@ def test_register_unpack_gemm_compiles_for_hopper(compiled, case):
     assert f"wgmma.mma_async.sync.aligned.m64n{tokens}k32.s32.s8.s8" in result["ptx"]  # int8, A from registers
     assert "0xf0f0f0f0" in result["ptx"].lower()  # the in-register unpack's mask
     if result["usage"]:
-        assert "LOCAL:0" in result["usage"], result["usage"]  # no register spills
+        assert "LOCAL:0" in result["usage"] and "STACK:0" in result["usage"], result["usage"]  # no register spills
 
 
 def test_design_off_hopper_is_the_unpack_pass():
