@@ -1,4 +1,5 @@
 """The `faircalib` command, run in-process on tiny random checkpoints saved to a temporary directory."""
+import io
 import json
 import re
 from pathlib import Path
@@ -62,6 +63,25 @@ def test_generate_prints_one_answer_per_prompt(checkpoints, capsys):
     out = generate(model, prompts, SamplerConfig(gen_length=8, steps=8, block_length=4),
                    pad_token_id=TOKENIZER.pad_token_id)
     assert lines == [TOKENIZER.decode(row) for row in out.answer.tolist()]
+
+
+def test_generate_reads_a_prompts_file_in_batches_and_answers_as_one_batch(checkpoints, capsys, tmp_path,
+                                                                           monkeypatch):
+    """--prompts-file (blank lines skipped, after --prompt) in batches of --batch-size: the answers of one batch, in
+    order (the greedy sampler's answer to a prompt does not depend on the batch it runs in); - reads stdin."""
+    argv = ["generate", "--model", checkpoints["llada"], "--gen-length", "8", "--block-length", "4"]
+    assert main([*argv, "--prompt", "12+34=", "--prompt", "5=", "--prompt", "7+8="]) == 0
+    want = capsys.readouterr().out.splitlines()
+    path = tmp_path / "prompts.txt"
+    path.write_text("5=\n\n  \n7+8=\n", encoding="utf-8")
+    assert main([*argv, "--prompt", "12+34=", "--prompts-file", str(path), "--batch-size", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == want and len(want) == 3
+    monkeypatch.setattr("sys.stdin", io.StringIO("12+34=\n5=\n7+8=\n"))
+    assert main([*argv, "--prompts-file", "-", "--batch-size", "1", "--timing"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == want
+    assert re.fullmatch(r"faircalib generate: 24 tokens \(3 prompts x 8 in 3 batches\) in 24 steps, [0-9.]+ s: "
+                        r"[0-9.]+ tokens/s, [0-9.]+ ms per step\n", err)
 
 
 def test_generate_trace_shows_every_step(checkpoints, capsys):
@@ -181,6 +201,9 @@ def test_generate_timing_reports_tokens_per_second_after_a_warm_up_where_one_is_
         (["--prompt", "1=", "--sampler", "dream", "--remasking", "random"], "does not exist for sampler 'dream'"),
         (["--prompt", "1=", "--cuda-graph"], "needs a CUDA device"),
         (["--prompt", "1=", "--keep-unpacked"], "needs a W4A4 checkpoint"),
+        ([], "no prompts: give --prompt"),
+        (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file /nonexistent/prompts.txt: "),
+        (["--prompt", "1=", "--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
 def test_generate_usage_errors(checkpoints, capsys, argv, message):

@@ -12,8 +12,14 @@ MASK_GLYPH, EOS_GLYPH = "_", "|"
 
 
 def add_arguments(parser):
-    parser.add_argument("--prompt", action="append", required=True,
+    parser.add_argument("--prompt", action="append", default=[],
                         help="prompt text; repeat for a batch (e.g. --prompt 12+34= --prompt sort:321=)")
+    parser.add_argument("--prompts-file", metavar="FILE",
+                        help="also the prompts in FILE, one per line (blank lines skipped; - reads standard input), "
+                             "after those of --prompt; answers print in the same order")
+    parser.add_argument("--batch-size", type=int, metavar="N",
+                        help="prompts per generation (default: all in one batch); bounds the memory of long prompt "
+                             "lists")
     parser.add_argument("--trace", action="store_true",
                         help="print the sequence before every step (masked positions as _, eos as |)")
     parser.add_argument("--cuda-graph", action="store_true",
@@ -43,9 +49,14 @@ def run(args) -> int:
 
     if args.cuda_graph and not args.device.startswith("cuda"):
         args.parser.error(f"--cuda-graph needs a CUDA device (got --device {args.device})")
+    texts = args.prompt + _prompts_in_file(args)
+    if not texts:
+        args.parser.error("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    if args.batch_size is not None and args.batch_size < 1:
+        args.parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     config, tokenizer = sampler_config(args), load_tokenizer(args, hf_fallback=True)
     try:
-        prompts = [torch.tensor(tokenizer.encode(p), dtype=torch.long) for p in args.prompt]
+        prompts = [torch.tensor(tokenizer.encode(p), dtype=torch.long) for p in texts]
     except ValueError as error:
         args.parser.error(str(error))
     model = load_model(args)
@@ -64,27 +75,44 @@ def run(args) -> int:
 
         compile_model_blocks(get_adapter(model))
 
-    def run_once():
-        return generate(model, prompts, config, generator=generator(args), record=args.trace,
+    def run_once(batch):
+        return generate(model, batch, config, generator=generator(args), record=args.trace,
                         pad_token_id=tokenizer.pad_token_id)
 
-    if args.timing and (args.cuda_graph or args.compile):
-        run_once()  # the first run pays the graph capture and the compilation
-    started = _clock(args.device)
-    out = run_once()
-    seconds = _clock(args.device) - started
-    for row, answer in enumerate(out.answer.tolist()):
-        if args.trace:
-            print_trace(out.trajectory, row, tokenizer)
-        print(tokenizer.decode(answer))
+    size = args.batch_size or len(prompts)
+    seconds = tokens = steps = 0
+    for first in range(0, len(prompts), size):
+        batch = prompts[first:first + size]
+        if args.timing and (args.cuda_graph or args.compile):
+            run_once(batch)  # the first run of a batch shape pays its graph capture and compilation
+        started = _clock(args.device)
+        out = run_once(batch)
+        seconds += _clock(args.device) - started
+        tokens, steps = tokens + out.answer.numel(), steps + out.num_steps
+        for row, answer in enumerate(out.answer.tolist()):
+            if args.trace:
+                print_trace(out.trajectory, row, tokenizer)
+            print(tokenizer.decode(answer), flush=True)
     if args.timing:
-        tokens = out.answer.numel()
-        sys.stdout.flush()
-        steps = f"{out.num_steps} step{'' if out.num_steps == 1 else 's'}"
-        print(f"faircalib generate: {tokens} tokens ({len(prompts)} prompts x {config.gen_length}) in {steps}, "
-              f"{seconds:.3f} s: {tokens / seconds:.1f} tokens/s, {1e3 * seconds / out.num_steps:.2f} ms per step",
-              file=sys.stderr)
+        batches = -(-len(prompts) // size)
+        in_batches = "" if batches == 1 else f" in {batches} batches"
+        print(f"faircalib generate: {tokens} tokens ({len(prompts)} prompts x {config.gen_length}{in_batches}) in "
+              f"{steps} step{'' if steps == 1 else 's'}, {seconds:.3f} s: {tokens / seconds:.1f} tokens/s, "
+              f"{1e3 * seconds / steps:.2f} ms per step", file=sys.stderr)
     return 0
+
+
+def _prompts_in_file(args) -> list[str]:
+    """The non-blank lines of --prompts-file (standard input for -), without their line ends; [] without one."""
+    if args.prompts_file is None:
+        return []
+    if args.prompts_file == "-":
+        return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    try:
+        with open(args.prompts_file, encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        args.parser.error(f"--prompts-file {args.prompts_file}: {error}")
 
 
 def _clock(device: str) -> float:
