@@ -175,12 +175,18 @@ def test_generate_compile_compiles_every_block_first(checkpoints, capsys, monkey
     assert len(compiled) == len(blocks) and all(type(m) is type(blocks[0]) for m in compiled)
 
 
-@pytest.mark.parametrize("extra, runs", [([], 1), (["--compile"], 2)])
+@pytest.mark.parametrize("extra, runs, summary", [
+    ([], 1, r"16 tokens \(2 prompts x 8\) in 8 steps"),
+    (["--compile"], 2, r"16 tokens \(2 prompts x 8\) in 8 steps"),
+    # batches of shapes (1, 6), (1, 2), (1, 2): the second (1, 2) batch has been warmed up already
+    (["--compile", "--prompt", "7=", "--batch-size", "1"], 5, r"24 tokens \(3 prompts x 8 in 3 batches\) in 24 steps"),
+])
 def test_generate_timing_reports_tokens_per_second_after_a_warm_up_where_one_is_due(checkpoints, capsys,
-                                                                                   monkeypatch, extra, runs):
+                                                                                   monkeypatch, extra, runs, summary):
     argv = ["generate", "--model", checkpoints["llada"], "--prompt", "12+34=", "--prompt", "5=", "--gen-length", "8",
             "--block-length", "4"]
-    assert main(argv) == 0
+    prompts = [arg for arg in extra if arg.endswith("=")]
+    assert main([*argv, *[f"--prompt={p}" for p in prompts]]) == 0
     answers = capsys.readouterr().out
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: None)  # Inductor: minutes on a CPU
     calls = []
@@ -189,8 +195,8 @@ def test_generate_timing_reports_tokens_per_second_after_a_warm_up_where_one_is_
     assert main([*argv, "--timing", *extra]) == 0
     captured = capsys.readouterr()
     assert captured.out == answers and len(calls) == runs
-    assert re.fullmatch(r"faircalib generate: 16 tokens \(2 prompts x 8\) in 8 steps, [0-9.]+ s: [0-9.]+ tokens/s, "
-                        r"[0-9.]+ ms per step\n", captured.err)
+    assert re.fullmatch(rf"faircalib generate: {summary}, [0-9.]+ s: [0-9.]+ tokens/s, [0-9.]+ ms per step\n",
+                        captured.err)
 
 
 @pytest.mark.parametrize(
