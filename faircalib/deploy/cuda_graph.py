@@ -70,12 +70,13 @@ class GraphedLogits:
         return out.clone() if static and self.clone_output else out
 
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  rows: torch.Tensor) -> torch.Tensor:
+                  rows: torch.Tensor, count: int | None = None) -> torch.Tensor:
         """`logits(input_ids, attention_mask)[rows]` as the adapter's `logits_at` computes it: the blocks replayed
         from a graph of their own, the final norm and LM head then run on the rows' hidden states (their number
-        changes every step, so they stay outside the graph). The rows are found first (`Adapter.select_rows` waits
-        for the GPU), so that the replay, the head and the caller's work after it queue without a wait."""
-        selected = self.adapter.select_rows(rows, input_ids.shape)
+        changes every step, so they stay outside the graph). The rows are found first (`Adapter.select_rows`; it
+        waits for the GPU unless count = rows.sum() is given), so that the replay, the head and the caller's work
+        after it queue without a wait."""
+        selected = self.adapter.select_rows(rows, input_ids.shape, count)
         return self.adapter.head_at(self._replay(self.adapter.hidden, input_ids, attention_mask)[0], selected)
 
     def _replay(self, forward, input_ids: torch.Tensor,

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
-RowsLogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor], torch.Tensor], torch.Tensor]
+RowsLogitsFn = Callable[..., torch.Tensor]  # (input_ids, attention_mask, rows, *, count) -> logits
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,8 @@ class Denoiser:
 
     mask_token_id: id of the mask token. max_length: the model's context length (None = unbounded).
     device: where the model's inputs must live (None = wherever the prompts are).
-    rows_fn: (input_ids, attention_mask, rows [B, L] bool) -> the aligned logits at rows [rows.sum(), V], computing
-    only those (an adapter's `logits_at`); None: `logits_fn`'s output indexed by rows.
+    rows_fn: (input_ids, attention_mask, rows [B, L] bool, count=rows.sum() as an int) -> the aligned logits at rows
+    [count, V], computing only those (an adapter's `logits_at`); None: `logits_fn`'s output indexed by rows.
     """
 
     logits_fn: LogitsFn
@@ -43,17 +43,18 @@ class Denoiser:
         return self._checked_vocabulary(logits)
 
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  rows: torch.Tensor) -> torch.Tensor:
-        """The aligned logits at rows ([B, L] bool), [rows.sum(), V] in row-major order. What needs the rows' count
-        or places (a wait for the GPU) runs before the model call, so nothing after the call waits for it."""
+                  rows: torch.Tensor, count: int | None = None) -> torch.Tensor:
+        """The aligned logits at rows ([B, L] bool), [rows.sum(), V] in row-major order. count: rows.sum() where the
+        caller has read it already; otherwise it is read here, a wait for the GPU. That wait, and what else needs
+        the rows' places, runs before the model call, so nothing after the call waits for it."""
         if rows.shape != input_ids.shape or rows.dtype != torch.bool:
             raise ValueError(f"diffusion.denoiser: rows must be a bool mask of the input's shape "
                              f"{tuple(input_ids.shape)}, got {rows.dtype} {tuple(rows.shape)}")
+        count = int(rows.sum()) if count is None else count
         if self.rows_fn is None:
-            flat = rows.flatten().nonzero().squeeze(1)
+            flat = torch.nonzero_static(rows.flatten(), size=count).squeeze(1)
             return self.logits(input_ids, attention_mask).flatten(0, 1).index_select(0, flat)
-        count = int(rows.sum())
-        logits = self.rows_fn(input_ids, attention_mask, rows)
+        logits = self.rows_fn(input_ids, attention_mask, rows, count=count)
         if logits.dim() != 2 or logits.shape[0] != count:
             raise ValueError(
                 f"diffusion.denoiser: the model returned logits of shape {tuple(logits.shape)} for {count} selected "

@@ -5,8 +5,7 @@ logits of the masked positions `rows` only) followed by `state.commit(positions,
 a committed position is never masked again and its token never changes, which is what makes `Trajectory.state_before`
 exact.
 
-On a GPU a step waits for it only at its start (for the rows to read: their count and places), and queues the
-rest, the model's forward and the sampler's choices and commits, without waiting: the host then prepares a step
+On a GPU a step waits for it once, at its start (for the count of the rows to read), and queues the rest, the model's forward and the sampler's choices and commits, without waiting: the host then prepares a step
 while the GPU runs the forward. So the NaN-logits and committed-position checks of a step's results are read at
 the next step's start, or by `check()` when the sampler is done, and raise there, naming the step where it happened.
 """
@@ -45,25 +44,33 @@ class DenoisingState:
         """Aligned logits [rows.sum(), V] of the current state at rows ([B, L] bool, masked positions only; row-major
         order), guided when cfg_scale > 0, the mask token excluded: committing the mask id would leave a position
         that looks masked but counts as committed. The model's LM head runs on the positions read (with record=True:
-        every masked one, for the statistics), not on the prompt and committed ones (`Denoiser.logits_at`)."""
-        self.check()
-        if (rows & ~self.masked).any():
+        every masked one, for the statistics), not on the prompt and committed ones (`Denoiser.logits_at`).
+
+        The step's one wait for the GPU is here, before the forward: one read-back of the earlier steps' checks, this
+        step's and the counts of the positions read; their places then come without a wait (`nonzero_static`)."""
+        read = rows if self._stats is None else self.masked
+        faults, self._faults = self._faults, []
+        flags = [flag.long() for *_, flag in faults] + [(rows & ~self.masked).any().long()]
+        *found, overlap, count, read_count = torch.stack([*flags, rows.sum(), read.sum()]).tolist()
+        self._raise_first(faults, found)
+        if overlap:
             raise RuntimeError(f"diffusion.state: step {self.step} asked for the logits of committed positions; "
                                "a sampler bug")
         if self._stats is None:
-            read, self._read = rows, rows.flatten().nonzero().squeeze(1)
+            self._read = _places(rows, count)
         else:  # every masked position is read for the statistics; the rows' places among them pick what is returned
-            masked_flat = self.masked.flatten().nonzero().squeeze(1)
-            rows_among_masked = rows[self.masked].nonzero().squeeze(1)
-            read, self._read = self.masked, masked_flat[rows_among_masked]
+            masked_flat = _places(self.masked, read_count)
+            rows_among_masked = _places(rows.flatten().index_select(0, masked_flat), count)
+            self._read = masked_flat.index_select(0, rows_among_masked)
         if self.cfg_scale > 0:
             unconditional = self.x.masked_fill(self.prompt_tokens, self.denoiser.mask_token_id)
             mask = None if self._model_mask is None else self._model_mask.repeat(2, 1)
-            both = self.denoiser.logits_at(torch.cat([self.x, unconditional]), mask, read.repeat(2, 1))
+            both = self.denoiser.logits_at(torch.cat([self.x, unconditional]), mask, read.repeat(2, 1),
+                                           count=2 * read_count)
             cond, uncond = both.chunk(2)
             logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
         else:
-            logits = self.denoiser.logits_at(self.x, self._model_mask, read)
+            logits = self.denoiser.logits_at(self.x, self._model_mask, read, count=read_count)
         self._faults.append((self.step, "nan", torch.isnan(logits).any()))
         logits = logits.index_fill(-1, self._never, float("-inf"))
         if self._stats is None:
@@ -95,8 +102,12 @@ class DenoisingState:
         if not self._faults:
             return
         faults, self._faults = self._faults, []
-        for (step, what, _), found in zip(faults, torch.stack([flag for _, _, flag in faults]).tolist()):
-            if not found:
+        self._raise_first(faults, torch.stack([flag for *_, flag in faults]).tolist())
+
+    def _raise_first(self, faults: list, found: list) -> None:
+        """Raises the earliest of the (step, what, flag) `faults` whose flag was read back true (`found`)."""
+        for (step, what, _), hit in zip(faults, found):
+            if not hit:
                 continue
             if what == "nan":
                 raise FloatingPointError(
@@ -142,3 +153,9 @@ def _placed(values: torch.Tensor, flat: torch.Tensor, shape: torch.Size, fill) -
     where a boolean-index write would wait for the GPU."""
     out = torch.full((shape.numel(),), fill, dtype=values.dtype, device=values.device)
     return out.index_copy_(0, flat, values).view(shape)
+
+
+def _places(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The flat places [count] of mask's True entries (row-major), their count known: `nonzero` without its wait for
+    the GPU."""
+    return torch.nonzero_static(mask.flatten(), size=count).squeeze(1)

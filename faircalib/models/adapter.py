@@ -129,15 +129,18 @@ class Adapter:
         """hidden after the last block [B, L, D] -> aligned logits [B, L, V] (index i predicts position i)."""
         return align_logits(self.runner.head(hidden), self.shift_logits)
 
-    def select_rows(self, rows: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def select_rows(self, rows: torch.Tensor, shape: tuple[int, int],
+                    count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """rows [B, L] bool (of an input of `shape`) -> (batch, position) of the hidden states whose LM head gives the
         aligned logits at rows, in row-major order (Dream's prediction for position i is read from i - 1, position 0
-        from itself: `align_logits`). Finding them waits for the GPU (`nonzero`): call this before the forward, so
-        that the forward, the head and a sampler's work after it queue without a wait between them."""
+        from itself: `align_logits`). count: rows.sum() where the caller has read it; without it, finding the rows
+        waits for the GPU (`nonzero`): call this before the forward, so that the forward, the head and a sampler's
+        work after it queue without a wait between them."""
         if rows.shape != tuple(shape) or rows.dtype != torch.bool:
             raise ValueError(f"faircalib.models.adapter: rows must be a bool mask of the input's shape "
                              f"{tuple(shape)}, got {rows.dtype} {tuple(rows.shape)}")
-        batch, position = rows.nonzero(as_tuple=True)
+        flat = rows.flatten().nonzero() if count is None else torch.nonzero_static(rows.flatten(), size=count)
+        batch, position = flat.squeeze(1).div(shape[1], rounding_mode="floor"), flat.squeeze(1) % shape[1]
         if self.shift_logits:
             position = (position - 1).clamp_min(0)
         return batch, position
@@ -162,11 +165,12 @@ class Adapter:
         return self.head(self.hidden(input_ids, attention_mask))
 
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  rows: torch.Tensor) -> torch.Tensor:
+                  rows: torch.Tensor, count: int | None = None) -> torch.Tensor:
         """`logits(input_ids, attention_mask)[rows]` ([rows.sum(), V]) with the LM head run on those rows only: a
         denoising step reads the logits of its masked positions alone, and over a long prompt the head's GEMM over
-        every position is a large part of the step (LLaDA-8B's 126464-row head)."""
-        selected = self.select_rows(rows, input_ids.shape)
+        every position is a large part of the step (LLaDA-8B's 126464-row head). count: rows.sum(), where known
+        (no wait for the GPU then: `select_rows`)."""
+        selected = self.select_rows(rows, input_ids.shape, count)
         return self.head_at(self.hidden(input_ids, attention_mask), selected)
 
 

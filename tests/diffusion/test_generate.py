@@ -128,12 +128,12 @@ def test_logits_of_selected_rows_come_from_rows_fn_or_the_full_logits():
     plain = Denoiser(ramp_logits, MASK)
     assert torch.equal(plain.logits_at(ids, None, rows), ramp_logits(ids)[rows])
     asked = []
-    selective = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r: asked.append(r) or ramp_logits(x)[r])
+    selective = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r, count: asked.append(r) or ramp_logits(x)[r])
     out = generate(selective, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8, steps=16))
     assert torch.equal(out.tokens, generate(plain, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8,
                                                                            steps=16)).tokens)
     assert [int(r.sum()) for r in asked[:2]] == [16, 14]  # the first block's masked positions, one committed a step
-    wrong = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r: ramp_logits(x))
+    wrong = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r, count: ramp_logits(x))
     with pytest.raises(ValueError, match=r"logits of shape \(2, 17, 16\) for 4 selected positions; it must return "
                                          r"\[4, V\]"):
         wrong.logits_at(ids, None, rows)

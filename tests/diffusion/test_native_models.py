@@ -131,6 +131,7 @@ def test_a_step_queues_its_forward_choices_and_commit_without_waiting(model, con
 
     @functools.wraps(hidden)
     def hidden_then_mark(self, *args, **kwargs):
+        recorder.events.append("forward-start")
         out = hidden(self, *args, **kwargs)
         recorder.events.append("forward")
         return out
@@ -148,12 +149,24 @@ def test_a_step_queues_its_forward_choices_and_commit_without_waiting(model, con
     monkeypatch.undo()
     assert torch.equal(out.tokens, generate(model, PROMPTS, config, pad_token_id=PAD,
                                             generator=torch.Generator().manual_seed(3)).tokens)
-    waits, between = [], False
+    waits, before, phase = [], [[]], "before"
     for event in recorder.events:
-        if event in ("forward", "committed"):
-            between = event == "forward"
-        elif between:
+        if event in ("forward-start", "forward", "committed"):
+            phase = {"forward-start": "forward", "forward": "between", "committed": "before"}[event]
+            if event == "committed":
+                before.append([])
+        elif phase == "between":
             waits.append(event)
+        elif phase == "before":
+            before[-1].append(event)
     assert recorder.events.count("forward") == recorder.events.count("committed") > 0
     assert waits == []
-    assert any(event not in ("forward", "committed") for event in recorder.events)  # the recorder sees the waits
+    # Before its forward, a step reads back one stack of flags and counts (`DenoisingState.logits_at`). The first step
+    # follows the set-up's reads (the prompts' padding); after the last one, `check()` reads the last step's flags.
+    # (An eager model may wait in its forward: whether a padded batch's mask hides anything, `models.base`.)
+    if config.sampler != "threshold":
+        assert before[0][-1:] == ["tolist"] and before[1:] == [["tolist"]] * out.num_steps
+    else:  # and the loop condition (a position of the block still masked?): once per step, once more per block
+        assert before[0][-2:] == ["__bool__", "tolist"]
+        assert all(b in (["__bool__", "tolist"], ["__bool__", "__bool__", "tolist"]) for b in before[1:])
+        assert sum(b.count("__bool__") for b in before[1:]) == out.num_steps - 1 + config.num_blocks

@@ -152,7 +152,11 @@ def test_logits_at_rows_equal_the_full_logits_there(family, gen):
     rows[0, 0] = rows[1, -1] = True  # Dream reads position 0's own row, the last from the one before
     full = adapter.logits(ids)
     torch.testing.assert_close(adapter.logits_at(ids, None, rows), full[rows], atol=1e-6, rtol=0)
+    # with the count read already (a sampler's one read-back per step): the places without a wait, the same rows
+    torch.testing.assert_close(adapter.logits_at(ids, None, rows, count=int(rows.sum())), full[rows], atol=1e-6,
+                               rtol=0)
     assert adapter.logits_at(ids, None, torch.zeros_like(rows)).shape == (0, full.shape[-1])
+    assert adapter.logits_at(ids, None, torch.zeros_like(rows), count=0).shape == (0, full.shape[-1])
 
 
 def test_logits_at_runs_the_lm_head_on_the_selected_rows_only(family, gen):
