@@ -27,17 +27,17 @@ def sample_blockwise(state: DenoisingState, config: SamplerConfig, generator: to
         in_block = torch.zeros(state.x.shape[1], dtype=torch.bool, device=state.x.device)
         in_block[start:start + config.block_length] = True
         if config.sampler == "threshold":
-            while (state.masked & in_block).any():
-                _step(state, config, in_block, None, generator)
+            while state.count(eligible := state.masked & in_block):  # the step's read-back: no wait of its own
+                _step(state, config, eligible, None, generator)
         else:
             counts = even_schedule((state.masked & in_block).sum(1), steps_per_block)
             for i in range(steps_per_block):
-                _step(state, config, in_block, counts[:, i], generator)
+                _step(state, config, state.masked & in_block, counts[:, i], generator)
 
 
-def _step(state, config, in_block, counts, generator):
-    """One forward pass and its commits; counts [B] (None = threshold rule)."""
-    eligible = state.masked & in_block
+def _step(state, config, eligible, counts, generator):
+    """One forward pass over the eligible positions ([B, L] bool: masked, in the block) and its commits; counts [B]
+    (None = threshold rule)."""
     logits = state.logits_at(eligible)
     tokens = gumbel_argmax(logits, config.temperature, generator)
     candidates = state.spread(tokens, 0)

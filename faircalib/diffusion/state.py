@@ -39,6 +39,7 @@ class DenoisingState:
         self._never = torch.full((1,), denoiser.mask_token_id, device=device)  # index_fill's index, made on the device
         self._read = None  # flat indices of the positions the last logits_at returned (`spread`)
         self._faults = []  # (step, what, flag on the device): the checks not read yet (`check`)
+        self._counted = None  # (rows, its count, the read count) of `count(rows)`, for the logits_at that follows
 
     def logits_at(self, rows: torch.Tensor) -> torch.Tensor:
         """Aligned logits [rows.sum(), V] of the current state at rows ([B, L] bool, masked positions only; row-major
@@ -47,15 +48,11 @@ class DenoisingState:
         every masked one, for the statistics), not on the prompt and committed ones (`Denoiser.logits_at`).
 
         The step's one wait for the GPU is here, before the forward: one read-back of the earlier steps' checks, this
-        step's and the counts of the positions read; their places then come without a wait (`nonzero_static`)."""
+        step's and the counts of the positions read (or none here, after `count(rows)`); their places then come
+        without a wait (`nonzero_static`)."""
+        counted, self._counted = self._counted, None
+        count, read_count = counted[1:] if counted is not None and counted[0] is rows else self._read_back(rows)
         read = rows if self._stats is None else self.masked
-        faults, self._faults = self._faults, []
-        flags = [flag.long() for *_, flag in faults] + [(rows & ~self.masked).any().long()]
-        *found, overlap, count, read_count = torch.stack([*flags, rows.sum(), read.sum()]).tolist()
-        self._raise_first(faults, found)
-        if overlap:
-            raise RuntimeError(f"diffusion.state: step {self.step} asked for the logits of committed positions; "
-                               "a sampler bug")
         if self._stats is None:
             self._read = _places(rows, count)
         else:  # every masked position is read for the statistics; the rows' places among them pick what is returned
@@ -78,6 +75,28 @@ class DenoisingState:
         self._stats.append(_masked_statistics(logits, masked_flat, self.x.shape))
         return logits.index_select(0, rows_among_masked)
 
+    def count(self, rows: torch.Tensor) -> int:
+        """rows.sum() ([B, L] bool, masked positions only), read back with the checks of the steps so far: a loop
+        condition on the count (the threshold sampler's) waits for the GPU here, and `logits_at(rows)` of the same
+        rows tensor then reads nothing more."""
+        count, read_count = self._read_back(rows)
+        self._counted = (rows, count, read_count)
+        return count
+
+    def _read_back(self, rows: torch.Tensor) -> tuple[int, int]:
+        """(rows.sum(), the count of the positions read: rows, or every masked one with record=True) in one wait for
+        the GPU, with the earlier steps' NaN and overwrite flags and this step's check that rows are all masked;
+        raises what those found."""
+        read = rows if self._stats is None else self.masked
+        faults, self._faults = self._faults, []
+        flags = [flag.long() for *_, flag in faults] + [(rows & ~self.masked).any().long()]
+        *found, overlap, count, read_count = torch.stack([*flags, rows.sum(), read.sum()]).tolist()
+        self._raise_first(faults, found)
+        if overlap:
+            raise RuntimeError(f"diffusion.state: step {self.step} asked for the logits of committed positions; "
+                               "a sampler bug")
+        return count, read_count
+
     def spread(self, values: torch.Tensor, fill) -> torch.Tensor:
         """values [n] for the n positions the last `logits_at` returned (its row-major order) -> [B, L] of
         values.dtype holding them there and `fill` elsewhere (what `out[rows] = values` does, without the wait
@@ -91,6 +110,7 @@ class DenoisingState:
         """positions: [B, L] bool, a subset of the masked positions; tokens: [B, L] int64 (read at positions).
         Ends the current step."""
         self._faults.append((self.step, "overwrite", (positions & ~self.masked).any()))
+        self._counted = None
         self.x = torch.where(positions, tokens, self.x)
         self.masked = self.masked & ~positions  # out of place: callers may pass `state.masked` itself
         self.commit_step = torch.where(positions, self.step, self.commit_step)
