@@ -84,6 +84,29 @@ def test_generate_reads_a_prompts_file_in_batches_and_answers_as_one_batch(check
                         r"[0-9.]+ tokens/s, [0-9.]+ ms per step\n", err)
 
 
+def test_generate_pad_multiple_gives_the_same_answers_in_one_shape(checkpoints, capsys, monkeypatch):
+    """--pad-multiple 8: prompts of 6, 2 and 4 tokens in batches of 1 all run as [1, 8] (padded), answer as
+    unpadded, and --timing warms that shape up once."""
+    argv = ["generate", "--model", checkpoints["llada"], "--gen-length", "8", "--block-length", "4",
+            "--prompt", "12+34=", "--prompt", "5=", "--prompt", "7+8=", "--batch-size", "1"]
+    assert main(argv) == 0
+    want = capsys.readouterr().out
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *args, **kwargs: None)  # Inductor: minutes on a CPU
+    shapes, real_generate = [], faircalib.diffusion.generate
+
+    def generate_and_record_the_shape(model, ids, *args, **kwargs):
+        shapes.append(tuple(ids.shape))
+        return real_generate(model, ids, *args, **kwargs)
+
+    monkeypatch.setattr(faircalib.diffusion, "generate", generate_and_record_the_shape)
+    assert main([*argv, "--pad-multiple", "8", "--compile", "--timing"]) == 0
+    assert capsys.readouterr().out == want
+    assert shapes == [(1, 8)] * 4  # one warm-up, three timed
+    with pytest.raises(SystemExit):
+        main([*argv, "--pad-multiple", "0"])
+    assert "--pad-multiple must be at least 1" in capsys.readouterr().err
+
+
 def test_generate_trace_shows_every_step(checkpoints, capsys):
     assert main(["generate", "--model", checkpoints["dream"], "--prompt", "7+8=", "--trace",
                  "--sampler", "dream", "--gen-length", "6", "--steps", "3"]) == 0

@@ -20,6 +20,11 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, metavar="N",
                         help="prompts per generation (default: all in one batch); bounds the memory of long prompt "
                              "lists")
+    parser.add_argument("--pad-multiple", type=int, metavar="N",
+                        help="left-pad each batch's prompts to a multiple of N tokens, so that batches of nearby "
+                             "prompt lengths share one shape (one CUDA graph and compilation under --cuda-graph / "
+                             "--compile); the padding is masked, so the answers are those without it (on a GPU up to "
+                             "rounding: a padded batch takes the masked attention path)")
     parser.add_argument("--trace", action="store_true",
                         help="print the sequence before every step (masked positions as _, eos as |)")
     parser.add_argument("--cuda-graph", action="store_true",
@@ -46,6 +51,7 @@ def run(args) -> int:
     import torch
 
     from faircalib.diffusion import generate
+    from faircalib.diffusion.prompts import prompt_batch
 
     if args.cuda_graph and not args.device.startswith("cuda"):
         args.parser.error(f"--cuda-graph needs a CUDA device (got --device {args.device})")
@@ -54,6 +60,8 @@ def run(args) -> int:
         args.parser.error("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
     if args.batch_size is not None and args.batch_size < 1:
         args.parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.pad_multiple is not None and args.pad_multiple < 1:
+        args.parser.error(f"--pad-multiple must be at least 1, got {args.pad_multiple}")
     config, tokenizer = sampler_config(args), load_tokenizer(args, hf_fallback=True)
     try:
         prompts = [torch.tensor(tokenizer.encode(p), dtype=torch.long) for p in texts]
@@ -76,16 +84,16 @@ def run(args) -> int:
         compile_model_blocks(get_adapter(model))
 
     def run_once(batch):
-        return generate(model, batch, config, generator=generator(args), record=args.trace,
-                        pad_token_id=tokenizer.pad_token_id)
+        return generate(model, batch.ids, config, generator=generator(args), record=args.trace,
+                        attention_mask=batch.attention_mask)
 
     size = args.batch_size or len(prompts)
     seconds = tokens = steps = 0
     warmed = set()
     for first in range(0, len(prompts), size):
-        batch = prompts[first:first + size]
-        lengths = [len(p) for p in batch]
-        shape = (len(batch), max(lengths), min(lengths) < max(lengths))  # what the graphs and compilation key on
+        batch = prompt_batch(prompts[first:first + size], pad_token_id=tokenizer.pad_token_id,
+                             width_multiple=args.pad_multiple or 1)
+        shape = (*batch.ids.shape, batch.padded)  # what the graphs and compilation key on
         if args.timing and (args.cuda_graph or args.compile) and shape not in warmed:
             run_once(batch)  # the first run of a batch shape (and padding or not) pays its capture and compilation
             warmed.add(shape)

@@ -23,13 +23,17 @@ class PromptBatch:
         return not bool(self.attention_mask.all())
 
 
-def prompt_batch(prompts, *, attention_mask=None, pad_token_id: int | None = None) -> PromptBatch:
+def prompt_batch(prompts, *, attention_mask=None, pad_token_id: int | None = None,
+                 width_multiple: int = 1) -> PromptBatch:
     """Normalises `prompts` to a left-padded batch.
 
     prompts: a [B, P] int tensor (left- or right-padded: padding is `attention_mask == 0`, or ids equal to
     `pad_token_id` when no mask is given, or none at all), a 1-D tensor (one prompt), or a sequence of 1-D
-    prompts (lists or tensors) of different lengths.
+    prompts (lists or tensors) of different lengths. width_multiple: more padding on the left, up to a width that
+    is a multiple of it (batches of nearby prompt lengths then share a shape: one CUDA graph, one compilation).
     """
+    if width_multiple < 1:
+        raise ValueError(f"diffusion.prompts: width_multiple must be at least 1, got {width_multiple}")
     if torch.is_tensor(prompts):
         ids = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
         if ids.dim() != 2 or ids.dtype.is_floating_point:
@@ -37,10 +41,17 @@ def prompt_batch(prompts, *, attention_mask=None, pad_token_id: int | None = Non
                 f"diffusion.prompts: prompt_ids must be integer token ids of shape [B, P] or [P], got "
                 f"{tuple(prompts.shape)} {prompts.dtype}"
             )
-        return _left_align(ids.long(), _mask_of(ids, attention_mask, pad_token_id))
-    if attention_mask is not None:
+        batch = _left_align(ids.long(), _mask_of(ids, attention_mask, pad_token_id))
+    elif attention_mask is not None:
         raise ValueError("diffusion.prompts: attention_mask is only accepted with a [B, P] tensor of prompts")
-    return _from_sequences(prompts, 0 if pad_token_id is None else pad_token_id)
+    else:
+        batch = _from_sequences(prompts, 0 if pad_token_id is None else pad_token_id)
+    extra = -batch.ids.shape[1] % width_multiple
+    if not extra:
+        return batch
+    pad = 0 if pad_token_id is None else pad_token_id
+    return PromptBatch(torch.nn.functional.pad(batch.ids, (extra, 0), value=pad),
+                       torch.nn.functional.pad(batch.attention_mask, (extra, 0), value=False))
 
 
 def _mask_of(ids: torch.Tensor, attention_mask, pad_token_id) -> torch.Tensor:

@@ -41,6 +41,20 @@ def test_padded_batch_equals_each_prompt_alone(name, gen):
     assert torch.equal(from_right.tokens, from_left.tokens)
 
 
+@pytest.mark.parametrize("prompts", [PROMPTS, torch.tensor([[4, 5, 6], [7, 8, 9]])], ids=["list", "tensor"])
+def test_width_multiple_pads_on_the_left_to_a_multiple(prompts):
+    batch = prompt_batch(prompts, pad_token_id=PAD, width_multiple=4)
+    plain = prompt_batch(prompts, pad_token_id=PAD)
+    extra = batch.ids.shape[1] - plain.ids.shape[1]
+    assert batch.ids.shape[1] % 4 == 0 and 0 < extra < 4
+    assert torch.equal(batch.ids[:, extra:], plain.ids) and torch.equal(batch.attention_mask[:, extra:],
+                                                                        plain.attention_mask)
+    assert not batch.attention_mask[:, :extra].any() and batch.padded
+    assert prompt_batch(prompts, pad_token_id=PAD, width_multiple=plain.ids.shape[1]).ids.shape == plain.ids.shape
+    with pytest.raises(ValueError, match="width_multiple must be at least 1"):
+        prompt_batch(prompts, width_multiple=0)
+
+
 def test_unpadded_batch_passes_no_attention_mask(gen):
     model = ContextModel(gen)
     generate(model, torch.tensor([[4, 5], [6, 7]]), SamplerConfig(gen_length=4, steps=4), mask_token_id=MASK)
