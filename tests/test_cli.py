@@ -102,6 +102,8 @@ def test_generate_pad_multiple_gives_the_same_answers_in_one_shape(checkpoints, 
     assert main([*argv, "--pad-multiple", "8", "--compile", "--timing"]) == 0
     assert capsys.readouterr().out == want
     assert shapes == [(1, 8)] * 4  # one warm-up, three timed
+    assert main([*argv[:7], "--prompt", "", "--pad-multiple", "8"]) == 0  # unconditional: [1, 0] stays [1, 0]
+    assert len(capsys.readouterr().out.splitlines()) == 1 and shapes[-1] == (1, 0)
     with pytest.raises(SystemExit):
         main([*argv, "--pad-multiple", "0"])
     assert "--pad-multiple must be at least 1" in capsys.readouterr().err

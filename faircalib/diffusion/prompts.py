@@ -70,6 +70,8 @@ def _mask_of(ids: torch.Tensor, attention_mask, pad_token_id) -> torch.Tensor:
 
 def _left_align(ids: torch.Tensor, mask: torch.Tensor) -> PromptBatch:
     """Moves each row's (contiguous) valid tokens to the right end."""
+    if ids.shape[1] == 0:  # empty prompts: unconditional generation
+        return PromptBatch(ids, mask)
     count = mask.sum(1)
     columns = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
     first = torch.where(mask, columns, ids.shape[1]).min(1).values

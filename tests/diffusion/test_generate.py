@@ -55,6 +55,12 @@ def test_width_multiple_pads_on_the_left_to_a_multiple(prompts):
         prompt_batch(prompts, width_multiple=0)
 
 
+@pytest.mark.parametrize("prompts", [[[]], torch.zeros(2, 0, dtype=torch.long)], ids=["list", "tensor"])
+def test_empty_prompts_generate_unconditionally(prompts):
+    out = generate(ramp_logits, prompts, SamplerConfig(gen_length=4, steps=4), mask_token_id=MASK)
+    assert out.prompt_len == 0 and out.answer.shape == (len(prompts), 4) and (out.answer != MASK).all()
+
+
 def test_unpadded_batch_passes_no_attention_mask(gen):
     model = ContextModel(gen)
     generate(model, torch.tensor([[4, 5], [6, 7]]), SamplerConfig(gen_length=4, steps=4), mask_token_id=MASK)
