@@ -5,9 +5,10 @@ logits of the masked positions `rows` only) followed by `state.commit(positions,
 a committed position is never masked again and its token never changes, which is what makes `Trajectory.state_before`
 exact.
 
-On a GPU a step waits for it once, at its start (for the count of the rows to read), and queues the rest, the model's forward and the sampler's choices and commits, without waiting: the host then prepares a step
-while the GPU runs the forward. So the NaN-logits and committed-position checks of a step's results are read at
-the next step's start, or by `check()` when the sampler is done, and raise there, naming the step where it happened.
+On a GPU a step waits for it once, at its start (for the count of the rows to read), and queues the rest, the
+model's forward and the sampler's choices and commits, without waiting: the host then prepares a step while the GPU
+runs the forward. So the NaN-logits and committed-position checks of a step's results are read in the next step's
+read-back, or by `check()` when the sampler is done, and raise there, naming the step where it happened.
 """
 from __future__ import annotations
 
