@@ -7,6 +7,7 @@ positions); a model's adapter runs its LM head on those rows only, a plain logit
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -23,7 +24,8 @@ class Denoiser:
     mask_token_id: id of the mask token. max_length: the model's context length (None = unbounded).
     device: where the model's inputs must live (None = wherever the prompts are).
     rows_fn: (input_ids, attention_mask, rows [B, L] bool, count=rows.sum() as an int) -> the aligned logits at rows
-    [count, V], computing only those (an adapter's `logits_at`); None: `logits_fn`'s output indexed by rows.
+    [count, V], computing only those (an adapter's `logits_at`); None: `logits_fn`'s output indexed by rows. A
+    rows_fn without a `count` parameter (an adapter written before it existed) is called without it.
     """
 
     logits_fn: LogitsFn
@@ -31,6 +33,11 @@ class Denoiser:
     max_length: int | None = None
     device: torch.device | None = None
     rows_fn: RowsLogitsFn | None = None
+
+    def __post_init__(self):
+        if self.rows_fn is not None and not _takes_count(self.rows_fn):
+            rows_fn = self.rows_fn
+            object.__setattr__(self, "rows_fn", lambda input_ids, mask, rows, count: rows_fn(input_ids, mask, rows))
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         logits = self.logits_fn(input_ids, attention_mask)
@@ -69,6 +76,15 @@ class Denoiser:
                 f"{logits.shape[-1]} logits; pass the mask id of this model"
             )
         return logits
+
+
+def _takes_count(fn) -> bool:
+    """Whether fn accepts a `count` keyword (or any keyword)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): assume the current contract
+        return True
+    return any(p.name == "count" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def as_denoiser(model, *, mask_token_id: int | None = None, max_length: int | None = None) -> Denoiser:

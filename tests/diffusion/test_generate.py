@@ -56,7 +56,7 @@ def test_width_multiple_pads_on_the_left_to_a_multiple(prompts):
 
 
 @pytest.mark.parametrize("prompts", [[[]], torch.zeros(2, 0, dtype=torch.long)], ids=["list", "tensor"])
-def test_empty_prompts_generate_unconditionally(prompts):
+def test_a_batch_of_empty_prompts_list_or_tensor_generates_unconditionally(prompts):
     out = generate(ramp_logits, prompts, SamplerConfig(gen_length=4, steps=4), mask_token_id=MASK)
     assert out.prompt_len == 0 and out.answer.shape == (len(prompts), 4) and (out.answer != MASK).all()
 
@@ -153,6 +153,10 @@ def test_logits_of_selected_rows_come_from_rows_fn_or_the_full_logits():
     assert torch.equal(out.tokens, generate(plain, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8,
                                                                            steps=16)).tokens)
     assert [int(r.sum()) for r in asked[:2]] == [16, 14]  # the first block's masked positions, one committed a step
+    # a rows_fn from before `count` existed is called without it
+    older = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r: ramp_logits(x)[r])
+    assert torch.equal(generate(older, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8, steps=16)).tokens,
+                       out.tokens)
     wrong = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r, count: ramp_logits(x))
     with pytest.raises(ValueError, match=r"logits of shape \(2, 17, 16\) for 4 selected positions; it must return "
                                          r"\[4, V\]"):
