@@ -139,8 +139,10 @@ class Adapter:
         if rows.shape != tuple(shape) or rows.dtype != torch.bool:
             raise ValueError(f"faircalib.models.adapter: rows must be a bool mask of the input's shape "
                              f"{tuple(shape)}, got {rows.dtype} {tuple(rows.shape)}")
-        flat = rows.flatten().nonzero() if count is None else torch.nonzero_static(rows.flatten(), size=count)
-        batch, position = flat.squeeze(1).div(shape[1], rounding_mode="floor"), flat.squeeze(1) % shape[1]
+        if count is None:
+            batch, position = rows.nonzero(as_tuple=True)
+        else:
+            batch, position = torch.nonzero_static(rows, size=count).unbind(1)
         if self.shift_logits:
             position = (position - 1).clamp_min(0)
         return batch, position
