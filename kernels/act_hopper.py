@@ -27,7 +27,9 @@ Measured on H100 (BENCHMARKS.md, 2026-12-07 08:47 UTC, bf16 factors, CUDA-graph 
 deep: 260 / 238 us. Its first form wrote the codes to an unswizzled shared tile: 303 us, with 19.6 M shared-memory
 bank conflicts per call (0.74 M now). At K = 18944 (09:12 UTC): 554 us over 16384 tokens (0.555x of memcpy) and
 153 us over 4096, against the Triton split kernel's 580 / 160 us: the products' MMAs still add to the memory time
-there (BENCHMARKS.md's ablation).
+there (BENCHMARKS.md's ablation). Tried and not kept (21:52 UTC): the next tile's loads and the previous token's
+code stores under the second product (239 / 547 us at K = 12288 / 18944), and the previous token's codes computed
+there from its Y carried one step (259 / 555 us), against this loop's 233 / 552 us.
 
 Runs where `supported` holds: an sm_90 GPU, both factors in the input's 16-bit dtype, a `layout`, no channel scale
 or gate (compiled blocks apply those in the traced graph), a contiguous input. `gemm.act_path` says where it is
