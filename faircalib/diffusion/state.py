@@ -39,7 +39,7 @@ class DenoisingState:
         self._stats = [] if record else None
         self._never = torch.full((1,), denoiser.mask_token_id, device=device)  # index_fill's index, made on the device
         self._read = None  # flat indices of the positions the last logits_at returned (`spread`)
-        self._faults = []  # (step, what, flag on the device): the checks not read yet (`check`)
+        self._faults = []  # (step, what, int64 count on the device, 0 = fine): the checks not read yet (`check`)
         self._counted = None  # (rows, its count, the read count) of `count(rows)`, for the logits_at that follows
 
     def logits_at(self, rows: torch.Tensor) -> torch.Tensor:
@@ -69,7 +69,8 @@ class DenoisingState:
             logits = uncond + (self.cfg_scale + 1) * (cond - uncond)
         else:
             logits = self.denoiser.logits_at(self.x, self._model_mask, read, count=read_count)
-        self._faults.append((self.step, "nan", torch.isnan(logits).any()))
+        # any() then a 0-d cast: sum() would first cast all [n, V] flags to int64 (8 bytes each)
+        self._faults.append((self.step, "nan", torch.isnan(logits).any().long()))
         logits = logits.index_fill(-1, self._never, float("-inf"))
         if self._stats is None:
             return logits
@@ -88,10 +89,12 @@ class DenoisingState:
         """(rows.sum(), the count of the positions read: rows, or every masked one with record=True) in one wait for
         the GPU, with the earlier steps' NaN and overwrite flags and this step's check that rows are all masked;
         raises what those found."""
-        read = rows if self._stats is None else self.masked
         faults, self._faults = self._faults, []
-        flags = [flag.long() for *_, flag in faults] + [(rows & ~self.masked).any().long()]
-        *found, overlap, count, read_count = torch.stack([*flags, rows.sum(), read.sum()]).tolist()
+        count = rows.sum()
+        read_count = count if self._stats is None else self.masked.sum()
+        # The flags are counts too (int64 sums, not bool any()): one stack without type promotion, one read-back
+        *found, overlap, count, read_count = torch.stack(
+            [*(flag for *_, flag in faults), (rows & ~self.masked).sum(), count, read_count]).tolist()
         self._raise_first(faults, found)
         if overlap:
             raise RuntimeError(f"diffusion.state: step {self.step} asked for the logits of committed positions; "
@@ -110,7 +113,7 @@ class DenoisingState:
     def commit(self, positions: torch.Tensor, tokens: torch.Tensor):
         """positions: [B, L] bool, a subset of the masked positions; tokens: [B, L] int64 (read at positions).
         Ends the current step."""
-        self._faults.append((self.step, "overwrite", (positions & ~self.masked).any()))
+        self._faults.append((self.step, "overwrite", (positions & ~self.masked).sum()))
         self._counted = None
         self.x = torch.where(positions, tokens, self.x)
         self.masked = self.masked & ~positions  # out of place: callers may pass `state.masked` itself
