@@ -59,8 +59,7 @@ class Denoiser:
                              f"{tuple(input_ids.shape)}, got {rows.dtype} {tuple(rows.shape)}")
         count = int(rows.sum()) if count is None else count
         if self.rows_fn is None:
-            flat = torch.nonzero_static(rows.flatten(), size=count).squeeze(1)
-            return self.logits(input_ids, attention_mask).flatten(0, 1).index_select(0, flat)
+            return self.logits(input_ids, attention_mask).flatten(0, 1).index_select(0, places(rows, count))
         logits = self.rows_fn(input_ids, attention_mask, rows, count=count)
         if logits.dim() != 2 or logits.shape[0] != count:
             raise ValueError(
@@ -76,6 +75,12 @@ class Denoiser:
                 f"{logits.shape[-1]} logits; pass the mask id of this model"
             )
         return logits
+
+
+def places(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The flat places [count] of mask's True entries (row-major), their count known: `nonzero` without its wait for
+    the GPU."""
+    return torch.nonzero_static(mask.flatten(), size=count).squeeze(1)
 
 
 def _takes_count(fn) -> bool:

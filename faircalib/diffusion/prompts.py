@@ -34,6 +34,7 @@ def prompt_batch(prompts, *, attention_mask=None, pad_token_id: int | None = Non
     """
     if width_multiple < 1:
         raise ValueError(f"diffusion.prompts: width_multiple must be at least 1, got {width_multiple}")
+    pad = 0 if pad_token_id is None else pad_token_id
     if torch.is_tensor(prompts):
         ids = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
         if ids.dim() != 2 or ids.dtype.is_floating_point:
@@ -45,11 +46,10 @@ def prompt_batch(prompts, *, attention_mask=None, pad_token_id: int | None = Non
     elif attention_mask is not None:
         raise ValueError("diffusion.prompts: attention_mask is only accepted with a [B, P] tensor of prompts")
     else:
-        batch = _from_sequences(prompts, 0 if pad_token_id is None else pad_token_id)
+        batch = _from_sequences(prompts, pad)
     extra = -batch.ids.shape[1] % width_multiple
     if not extra:
         return batch
-    pad = 0 if pad_token_id is None else pad_token_id
     return PromptBatch(torch.nn.functional.pad(batch.ids, (extra, 0), value=pad),
                        torch.nn.functional.pad(batch.attention_mask, (extra, 0), value=False))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from faircalib.diffusion.denoiser import Denoiser
+from faircalib.diffusion.denoiser import Denoiser, places
 from faircalib.diffusion.prompts import PromptBatch
 from faircalib.diffusion.trajectory import Trajectory
 
@@ -55,10 +55,10 @@ class DenoisingState:
         count, read_count = counted[1:] if counted is not None and counted[0] is rows else self._read_back(rows)
         read = rows if self._stats is None else self.masked
         if self._stats is None:
-            self._read = _places(rows, count)
+            self._read = places(rows, count)
         else:  # every masked position is read for the statistics; the rows' places among them pick what is returned
-            masked_flat = _places(self.masked, read_count)
-            rows_among_masked = _places(rows.flatten().index_select(0, masked_flat), count)
+            masked_flat = places(self.masked, read_count)
+            rows_among_masked = places(rows.flatten().index_select(0, masked_flat), count)
             self._read = masked_flat.index_select(0, rows_among_masked)
         if self.cfg_scale > 0:
             unconditional = self.x.masked_fill(self.prompt_tokens, self.denoiser.mask_token_id)
@@ -92,7 +92,7 @@ class DenoisingState:
         faults, self._faults = self._faults, []
         count = rows.sum()
         read_count = count if self._stats is None else self.masked.sum()
-        # The flags are counts too (int64 sums, not bool any()): one stack without type promotion, one read-back
+        # Every entry int64 (the flags as sums, or any() cast), so the stack needs no type promotion; one read-back
         *found, overlap, count, read_count = torch.stack(
             [*(flag for *_, flag in faults), (rows & ~self.masked).sum(), count, read_count]).tolist()
         self._raise_first(faults, found)
@@ -129,7 +129,7 @@ class DenoisingState:
         self._raise_first(faults, torch.stack([flag for *_, flag in faults]).tolist())
 
     def _raise_first(self, faults: list, found: list) -> None:
-        """Raises the earliest of the (step, what, flag) `faults` whose flag was read back true (`found`)."""
+        """Raises the earliest of the (step, what, flag) `faults` whose flag was read back nonzero (`found`)."""
         for (step, what, _), hit in zip(faults, found):
             if not hit:
                 continue
@@ -177,9 +177,3 @@ def _placed(values: torch.Tensor, flat: torch.Tensor, shape: torch.Size, fill) -
     where a boolean-index write would wait for the GPU."""
     out = torch.full((shape.numel(),), fill, dtype=values.dtype, device=values.device)
     return out.index_copy_(0, flat, values).view(shape)
-
-
-def _places(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """The flat places [count] of mask's True entries (row-major), their count known: `nonzero` without its wait for
-    the GPU."""
-    return torch.nonzero_static(mask.flatten(), size=count).squeeze(1)
