@@ -61,6 +61,7 @@ def test_hadamard_becomes_an_equal_kronecker(gen):
     torch.testing.assert_close(got.float(), transform(x.float()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.triton_on_cpu
 def test_triton_path_matches_reference(gen):
     deployed = W4A4Linear.from_quant_linear(_quant_linear(KroneckerTransform(96, orthogonal_init=gen), gen))
     x = torch.randn(20, 96, generator=gen)

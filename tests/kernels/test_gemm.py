@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from faircalib import kernels
 from faircalib.kernels import gemm, gemm_reference as ref
 
+pytestmark = pytest.mark.triton_on_cpu
+
 
 def _codes(shape, gen, low=-8, high=8):
     return torch.randint(low, high, shape, generator=gen, dtype=torch.int8)

@@ -14,6 +14,8 @@ import faircalib.kernels as K
 from faircalib.kernels import loss
 from tests.kernels.backends import on_both
 
+pytestmark = pytest.mark.triton_on_cpu
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 

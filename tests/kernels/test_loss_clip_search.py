@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 import faircalib.kernels as K
 from faircalib.kernels import loss
 
+pytestmark = pytest.mark.triton_on_cpu
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 RATIOS = torch.linspace(0.5, 1.0, 16)
 

@@ -29,7 +29,7 @@ def _samples(gen):
     ]
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=pytest.mark.triton_on_cpu)])
 def test_opcheck_every_op(gen, backend):
     with K.use_backend(backend):
         for name, args in _samples(gen):

@@ -9,6 +9,8 @@ import faircalib.kernels as K
 from faircalib.kernels import quant
 from tests.kernels.backends import on_both
 
+pytestmark = pytest.mark.triton_on_cpu
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(1, 1), (7, 17), (33, 100), (17, 1025), (1025, 7), (0, 33), (5, 0)]
 

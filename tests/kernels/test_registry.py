@@ -62,6 +62,7 @@ def test_unknown_backend_is_rejected():
             pass
 
 
+@pytest.mark.triton_on_cpu
 def test_implementation_picks_the_registered_function(no_env_backend):
     from faircalib.kernels import quant, quant_reference
     assert registry.implementation("quantize_act", torch.device("cpu")) is quant_reference.quantize_act
@@ -86,6 +87,7 @@ def test_forced_triton_without_triton_installed(monkeypatch):
         K.quantize_act(torch.ones(2, 4))
 
 
+@pytest.mark.triton_on_cpu
 def test_op_without_a_triton_kernel(monkeypatch):
     monkeypatch.setitem(registry._OPS, "only_reference", {"reference": lambda x: x})
     with K.use_backend("triton"), pytest.raises(NotImplementedError, match="only_reference"):
