@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import torch
 
+from faircalib.nonzero import nonzero_known
+
 LogitsFn = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 RowsLogitsFn = Callable[..., torch.Tensor]  # (input_ids, attention_mask, rows, *, count) -> logits
 
@@ -80,7 +82,7 @@ class Denoiser:
 def places(mask: torch.Tensor, count: int) -> torch.Tensor:
     """The flat places [count] of mask's True entries (row-major), their count known: `nonzero` without its wait for
     the GPU."""
-    return torch.nonzero_static(mask.flatten(), size=count).squeeze(1)
+    return nonzero_known(mask.flatten(), count).squeeze(1)
 
 
 def _takes_count(fn) -> bool:

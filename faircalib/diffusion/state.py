@@ -50,7 +50,7 @@ class DenoisingState:
 
         The step's one wait for the GPU is here, before the forward: one read-back of the earlier steps' checks, this
         step's and the counts of the positions read (or none here, after `count(rows)`); their places then come
-        without a wait (`nonzero_static`)."""
+        without a wait (`faircalib.nonzero`)."""
         counted, self._counted = self._counted, None
         count, read_count = counted[1:] if counted is not None and counted[0] is rows else self._read_back(rows)
         read = rows if self._stats is None else self.masked

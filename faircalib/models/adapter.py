@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from faircalib.models.base import BlockwiseLM
+from faircalib.nonzero import nonzero_known
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 # Linears that read the same input (FlatQuant's P_a, P_o, P_ug, P_d): they share one input transform and one
@@ -142,7 +143,7 @@ class Adapter:
         if count is None:
             batch, position = rows.nonzero(as_tuple=True)
         else:
-            batch, position = torch.nonzero_static(rows, size=count).unbind(1)
+            batch, position = nonzero_known(rows, count).unbind(1)
         if self.shift_logits:
             position = (position - 1).clamp_min(0)
         return batch, position
