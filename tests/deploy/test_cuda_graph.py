@@ -8,6 +8,7 @@ import torch
 from faircalib.deploy import GraphedLogits, convert_to_w4a4
 from faircalib.diffusion.config import SamplerConfig
 from faircalib.diffusion.generate import generate
+from faircalib.diffusion.prompts import prompt_batch
 from faircalib.diffusion.state import DenoisingState
 from faircalib.models import get_adapter
 
@@ -165,6 +166,25 @@ def test_a_padded_batch_is_captured_and_generates_as_the_eager_model(family):
     assert torch.equal(got.tokens, want.tokens)
     assert graphed.fallback_reason is None and [key[0] for key in graphed._graphs] == ["hidden"]
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_prompts_padded_to_one_width_share_one_graph(family):
+    # `generate --pad-multiple 8`: prompts of 6, 2 and 4 tokens, one at a time, all run as [1, 8 + 8]
+    model = quantized_tiny(family, "flatquant")
+    convert_to_w4a4(model)
+    model.cuda()
+    config = SamplerConfig(sampler=family, gen_length=8, steps=8)
+    graphed = GraphedLogits(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed capture warns
+        for prompt in ([5, 6, 7, 8, 9, 10], [9, 5], [7, 8, 9, 10]):
+            batch = prompt_batch([torch.tensor(prompt)], pad_token_id=0, width_multiple=8)
+            ids, mask = batch.ids.cuda(), batch.attention_mask.cuda()
+            got = generate(graphed, ids, config, attention_mask=mask, generator=torch.Generator().manual_seed(2))
+            want = generate(model, ids, config, attention_mask=mask, generator=torch.Generator().manual_seed(2))
+            assert ids.shape == (1, 8) and torch.equal(got.tokens, want.tokens)
+    assert graphed.fallback_reason is None and len(graphed._graphs) == 1
 
 def test_compile_blocks_option_compiles_every_block_and_keeps_the_logits(family):
     model = quantized_tiny(family, "flatquant")
