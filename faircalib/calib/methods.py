@@ -25,6 +25,11 @@ class Method:
     transform: str  # none | hadamard | learned
     prior: str  # none | uniform | both | frontier | masked  (the FAIR prior's terms; see calib/prior.py)
 
+    def __post_init__(self):
+        if self.transform not in TRANSFORMS or self.prior not in PRIORS:
+            raise ValueError(f"calib.methods: method {self.name!r} has transform {self.transform!r} and prior "
+                             f"{self.prior!r}; a transform is one of {TRANSFORMS}, a prior one of {PRIORS}")
+
     @property
     def learns(self) -> bool:
         """Whether Stage II optimises transforms and clips (otherwise weights are quantized as they are)."""
