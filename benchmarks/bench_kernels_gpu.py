@@ -71,10 +71,6 @@ def graph_ms(make_call, input_bytes: int) -> float:
     return statistics.median(times[2:])
 
 
-def copies_of(t: torch.Tensor, n: int) -> list[torch.Tensor]:
-    return [t] + [t.clone() for _ in range(n - 1)]
-
-
 def rotating(fn, *tensors):
     """make_call for graph_ms: fn over the i-th copy of each tensor (copies made lazily, as many as asked)."""
     pools: list[list[torch.Tensor]] = [[t] for t in tensors]
