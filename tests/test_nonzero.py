@@ -23,4 +23,3 @@ def test_all_false_and_all_true_masks(monkeypatch):
         assert nonzero.nonzero_known(torch.zeros(4, 6, dtype=torch.bool), 0).shape == (0, 2)
         assert torch.equal(nonzero.nonzero_known(torch.ones(4, 6, dtype=torch.bool), 24),
                            torch.ones(4, 6).nonzero())
-

@@ -15,4 +15,3 @@ def test_every_method_is_found_by_name_and_says_what_it_needs():
 def test_an_unknown_transform_or_prior_is_refused(transform, prior):
     with pytest.raises(ValueError, match="a transform is one of"):
         Method("typo", transform, prior)
-

@@ -167,7 +167,6 @@ def test_a_padded_batch_is_captured_and_generates_as_the_eager_model(family):
     assert graphed.fallback_reason is None and [key[0] for key in graphed._graphs] == ["hidden"]
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_prompts_padded_to_one_width_share_one_graph(family):
     # `generate --pad-multiple 8`: prompts of 6, 2 and 4 tokens, one at a time, all run as [1, 8 + 8]
@@ -185,6 +184,7 @@ def test_prompts_padded_to_one_width_share_one_graph(family):
             want = generate(model, ids, config, attention_mask=mask, generator=torch.Generator().manual_seed(2))
             assert ids.shape == (1, 8) and torch.equal(got.tokens, want.tokens)
     assert graphed.fallback_reason is None and len(graphed._graphs) == 1
+
 
 def test_compile_blocks_option_compiles_every_block_and_keeps_the_logits(family):
     model = quantized_tiny(family, "flatquant")

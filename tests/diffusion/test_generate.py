@@ -149,14 +149,13 @@ def test_logits_of_selected_rows_come_from_rows_fn_or_the_full_logits():
     assert torch.equal(plain.logits_at(ids, None, rows), ramp_logits(ids)[rows])
     asked = []
     selective = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r, count: asked.append(r) or ramp_logits(x)[r])
-    out = generate(selective, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8, steps=16))
-    assert torch.equal(out.tokens, generate(plain, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8,
-                                                                           steps=16)).tokens)
+    config = SamplerConfig(gen_length=16, block_length=8, steps=16)
+    out = generate(selective, [[4]] * 2, config)
+    assert torch.equal(out.tokens, generate(plain, [[4]] * 2, config).tokens)
     assert [int(r.sum()) for r in asked[:2]] == [16, 14]  # the first block's masked positions, one committed a step
     # a rows_fn from before `count` existed is called without it
     older = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r: ramp_logits(x)[r])
-    assert torch.equal(generate(older, [[4]] * 2, SamplerConfig(gen_length=16, block_length=8, steps=16)).tokens,
-                       out.tokens)
+    assert torch.equal(generate(older, [[4]] * 2, config).tokens, out.tokens)
     wrong = Denoiser(ramp_logits, MASK, rows_fn=lambda x, m, r, count: ramp_logits(x))
     with pytest.raises(ValueError, match=r"logits of shape \(2, 17, 16\) for 4 selected positions; it must return "
                                          r"\[4, V\]"):
