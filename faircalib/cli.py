@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -34,8 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The status of a process that a closed pipe stopped (128 + SIGPIPE), as the shell reports for `seq 9 | head -1`.
+BROKEN_PIPE_STATUS = 141
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
+    """Entry point of the console script; returns the exit status. A reader that closes the output early
+    (`faircalib generate ... | head -3`) stops the command quietly, as it stops other command-line tools."""
+    try:
+        return _dispatch(argv)
+    except BrokenPipeError:
+        # Output still buffered would raise again when Python flushes stdout at exit: send it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_STATUS
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         from faircalib.commands.default import default_job

@@ -2,6 +2,8 @@
 import io
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,18 @@ def test_generate_prints_one_answer_per_prompt(checkpoints, capsys):
     out = generate(model, prompts, SamplerConfig(gen_length=8, steps=8, block_length=4),
                    pad_token_id=TOKENIZER.pad_token_id)
     assert lines == [TOKENIZER.decode(row) for row in out.answer.tolist()]
+
+
+def test_a_reader_that_closes_the_output_early_stops_generate_quietly(checkpoints):
+    """`faircalib generate ... | head -1`: the first answer meets a closed pipe; the command stops with the shell's
+    status for it (141), without a traceback."""
+    command = [sys.executable, "-m", "faircalib.cli", "generate", "--model", checkpoints["llada"], "--prompt", "1=",
+               "--prompt", "2=", "--batch-size", "1", "--gen-length", "4", "--block-length", "4"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the model has loaded, so every answer meets the closed pipe
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
 
 
 def test_generate_reads_a_prompts_file_in_batches_and_answers_as_one_batch(checkpoints, capsys, tmp_path,
@@ -151,8 +165,8 @@ def test_generate_with_a_hugging_face_tokenizer(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, hint", [(["eval"], "not a character tokenizer"),
-                                         (["compare", "--methods", "fp"], "not a character tokenizer"),
-                                         (["calibrate", "--method", "rtn"], "pass --calib-text FILE")])
+                                        (["compare", "--methods", "fp"], "not a character tokenizer"),
+                                        (["calibrate", "--method", "rtn"], "pass --calib-text FILE")])
 def test_task_suite_commands_on_a_hugging_face_tokenizer_are_usage_errors(tmp_path, capsys, argv, hint):
     _save_random("llada", tmp_path)
     _hf_tokenizer(tmp_path)
@@ -206,8 +220,8 @@ def test_generate_compile_compiles_every_block_first(checkpoints, capsys, monkey
     # batches of shapes (1, 6), (1, 2), (1, 2): the second (1, 2) batch has been warmed up already
     (["--compile", "--prompt", "7=", "--batch-size", "1"], 5, r"24 tokens \(3 prompts x 8 in 3 batches\) in 24 steps"),
 ])
-def test_generate_timing_reports_tokens_per_second_after_a_warm_up_where_one_is_due(checkpoints, capsys,
-                                                                                   monkeypatch, extra, runs, summary):
+def test_generate_timing_reports_tokens_per_second_after_a_warm_up_where_one_is_due(checkpoints, capsys, monkeypatch,
+                                                                                    extra, runs, summary):
     argv = ["generate", "--model", checkpoints["llada"], "--prompt", "12+34=", "--prompt", "5=", "--gen-length", "8",
             "--block-length", "4"]
     prompts = [arg for arg in extra if arg.endswith("=")]
