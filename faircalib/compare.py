@@ -33,6 +33,14 @@ class CompareSettings:
     metric_max_states: int | None = 8
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if min(self.n_calib, self.n_eval, self.n_metric) < 1:
+            raise ValueError(f"CompareSettings: n_calib={self.n_calib}, n_eval={self.n_eval} and "
+                             f"n_metric={self.n_metric} must be >= 1")
+        if self.metric_max_states is not None and self.metric_max_states < 1:
+            raise ValueError(f"CompareSettings: metric_max_states must be None (all) or >= 1, got "
+                             f"{self.metric_max_states}")
+
 
 class TeacherRun:
     """The FP teacher's generations on the held-out prompts, with their trajectories."""

@@ -13,7 +13,7 @@ ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 class QuantSpec:
     """One quantizer: `bits` in 2..8, symmetric or not, per-channel (`group_size=-1`) or per-group along K.
 
-    Activations are always per-token dynamic (`group_size` must stay -1 for them)."""
+    Activations are always per-token dynamic and symmetric (`group_size` -1 and `symmetric` True for them)."""
 
     bits: int = 4
     symmetric: bool = True
@@ -49,14 +49,14 @@ class QuantConfig:
         if unknown:
             raise ValueError(f"QuantConfig: unknown roles {sorted(unknown)}; roles are {ROLES}")
         for role, (_, act) in {**self.overrides, None: (None, self.act)}.items():
-            if act is not None and act.group_size != -1:
-                raise ValueError(f"QuantConfig: activations are quantized per token; act group_size must be -1 "
-                                 f"(role {role or 'default'})")
+            if act is not None and (act.group_size != -1 or not act.symmetric):
+                raise ValueError(f"QuantConfig: activations are quantized per token and symmetric; act group_size "
+                                 f"must be -1 and symmetric True (role {role or 'default'}, got {act})")
 
     @classmethod
     def w_a(cls, wbits: int = 4, abits: int | None = 4, group_size: int = -1) -> "QuantConfig":
         """The common WxAy preset: weights per-channel (or per-group) symmetric, activations per-token symmetric."""
-        return cls(weight=QuantSpec(wbits, True, group_size), act=QuantSpec(abits) if abits else None)
+        return cls(weight=QuantSpec(wbits, True, group_size), act=QuantSpec(abits) if abits is not None else None)
 
     def specs(self, role: str) -> tuple[QuantSpec | None, QuantSpec | None]:
         """(weight spec, act spec) for one role."""

@@ -39,6 +39,8 @@ def _clip_tensor(op: str, name: str, clip: object, like: torch.Tensor, scale_sha
     """A clip ratio as a tensor on `like`'s device: a Python number becomes a 0-d fp32 tensor; a tensor (possibly
     learnable) must be floating point and broadcast to the per-group scale shape."""
     if isinstance(clip, (int, float)) and not isinstance(clip, bool):
+        if not 0 < clip < float("inf"):  # a tensor's values are not checked: that would sync with the GPU
+            raise ValueError(f"faircalib.kernels.{op}: {name}={clip} must be a finite number > 0 (1 = plain absmax)")
         # a fill, not a host-to-device copy, so the op can be captured in a CUDA graph
         return torch.full((), float(clip), dtype=torch.float32, device=like.device)
     check_float_tensor(op, name, clip)

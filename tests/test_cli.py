@@ -192,6 +192,18 @@ def test_a_real_checkpoint_calibrates_exports_and_generates_with_its_own_tokeniz
     assert capsys.readouterr().err == ""
 
 
+def test_a_calibration_text_shorter_than_one_window_is_a_usage_error(tmp_path, capsys):
+    _save_random("llada", tmp_path)
+    _hf_tokenizer(tmp_path)
+    (tmp_path / "text.txt").write_text("1 2 + 3 4 = 4 6")
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", "--model", str(tmp_path), "--method", "rtn", "--out", str(tmp_path / "out"),
+              "--calib-text", str(tmp_path / "text.txt"), "--seq-len", "64"])
+    assert exit_.value.code == 2
+    assert "need more than seq_len=64; give a longer text or a smaller --seq-len" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_checkpoint_without_any_tokenizer_is_a_usage_error(tmp_path, capsys):
     _save_random("llada", tmp_path)
     with pytest.raises(SystemExit) as exit_:

@@ -16,6 +16,12 @@ def saved_model(tmp_path):
     return saved_tiny_checkpoint("llada", tmp_path / "tiny")
 
 
+@pytest.mark.parametrize("field", ["n_calib", "n_eval", "n_metric", "metric_max_states"])
+def test_settings_need_at_least_one_of_each(field):
+    with pytest.raises(ValueError, match=f"{field}"):
+        CompareSettings(**{field: 0})
+
+
 def test_compare_writes_the_report(saved_model, tmp_path):
     out = tmp_path / "report"
     settings = CompareSettings(n_calib=len(TASKS), n_eval=1, n_metric=1, metric_max_states=2)

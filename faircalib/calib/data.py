@@ -32,6 +32,8 @@ def task_sequences(tokenizer, problems: list[Problem], gen_length: int) -> tuple
 
 def text_sequences(token_ids: torch.Tensor, seq_len: int, n: int, generator: torch.Generator) -> torch.Tensor:
     """A long tokenised text [T] → n random windows [n, seq_len] (FlatQuant's WikiText-2 sampling)."""
+    if seq_len < 1 or n < 1:
+        raise ValueError(f"calib.data: seq_len={seq_len} and n={n} windows must both be >= 1")
     if token_ids.numel() <= seq_len:
         raise ValueError(f"calib.data: the calibration text has {token_ids.numel()} tokens; need more than "
                          f"seq_len={seq_len}")

@@ -55,6 +55,9 @@ class CalibOptions:
         if self.epochs < 0 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError(f"CalibOptions: epochs must be >= 0 and batch_size >= 1 "
                              f"(got {self.epochs}, {self.batch_size})")
+        if not (self.lr > 0 and self.clip_lr > 0):  # also refuses NaN
+            raise ValueError(f"CalibOptions: lr and clip_lr must be > 0 (got {self.lr}, {self.clip_lr}); to learn "
+                             f"nothing, set epochs=0")
 
 
 @dataclass

@@ -1,16 +1,18 @@
 """`faircalib calibrate`: quantize a model with one method (FAIR-Calib by default) and write the result."""
 from __future__ import annotations
 
-from faircalib.commands.options import add_model_arguments, error_reason, existing_file, output_directory
+from faircalib.commands.options import add_model_arguments, error_reason, existing_file, output_directory, positive_int
 
 HELP = "calibrate a model to WxAy with fair|flatquant|quarot|rtn (Stage I prior + Stage II block-wise)"
+KEEP_ACTIVATIONS = 16  # --abits value that leaves activations unquantized
 
 
 def add_recipe_arguments(parser) -> None:
     """Options shared by `calibrate` and `compare`: the quantization scheme and Stage I/II settings."""
     g = parser.add_argument_group("quantization")
     g.add_argument("--wbits", type=int, default=4, help="weight bits (default 4)")
-    g.add_argument("--abits", type=int, default=4, help="activation bits, 16 = keep activations (default 4)")
+    g.add_argument("--abits", type=int, default=4,
+                   help=f"activation bits, 2..8 or {KEEP_ACTIVATIONS} = keep activations (default 4)")
     g.add_argument("--group-size", type=int, default=-1, help="weight group size along K (-1 = per channel)")
     g.add_argument("--gptq", action="store_true", help="GPTQ instead of round-to-nearest for the weights")
     g = parser.add_argument_group("Stage II (block-wise calibration)")
@@ -20,7 +22,7 @@ def add_recipe_arguments(parser) -> None:
                    help="sequences per step (default: 4, or ~256 tokens' worth for short sequences)")
     g.add_argument("--fp-inputs", action="store_true",
                    help="feed each block full-precision inputs (FlatQuant's original) instead of the quantized stream")
-    g.add_argument("--n-calib", type=int, default=128, help="calibration sequences (default 128)")
+    g.add_argument("--n-calib", type=positive_int, default=128, help="calibration sequences (default 128)")
     g = parser.add_argument_group("Stage I (teacher probe)")
     g.add_argument("--n-probe", type=int, default=512, help="probe rollouts (default 512; stops early on saturation)")
     g.add_argument("--window", type=int, default=256, help="trailing window K of the prior (default 256)")
@@ -34,8 +36,10 @@ def recipe_from(args, method: str):
     from faircalib.calib.prior import PriorConfig
     from faircalib.config import QuantConfig
 
+    if args.abits != KEEP_ACTIVATIONS and not 2 <= args.abits <= 8:
+        args.parser.error(f"--abits must be 2..8, or {KEEP_ACTIVATIONS} to keep activations; got {args.abits}")
     try:
-        qconfig = QuantConfig.w_a(args.wbits, None if args.abits >= 16 else args.abits, args.group_size)
+        qconfig = QuantConfig.w_a(args.wbits, None if args.abits == KEEP_ACTIVATIONS else args.abits, args.group_size)
         options = CalibOptions(epochs=args.epochs, lr=args.lr, clip_lr=10 * args.lr, batch_size=args.batch_size,
                                inputs="fp" if args.fp_inputs else "quantized", gptq=args.gptq, seed=args.seed,
                                device=args.device)
@@ -57,7 +61,8 @@ def add_arguments(parser):
     parser.add_argument("--calib-text", type=existing_file,
                         help="models without the task-suite tokenizer (real LLaDA/Dream checkpoints): a UTF-8 text "
                              "file, tokenized with the checkpoint's own tokenizer; random windows of --seq-len")
-    parser.add_argument("--seq-len", type=int, default=1024, help="calibration window with --calib-text (1024)")
+    parser.add_argument("--seq-len", type=positive_int, default=1024,
+                        help="calibration window with --calib-text (1024)")
     add_recipe_arguments(parser)
     add_model_arguments(parser)
 
@@ -83,7 +88,10 @@ def text_inputs(args):
                           f"has none that loads ({error_reason(error)}); the shipped tiny models calibrate on the "
                           f"task suite (leave out --calib-text)")
     tokens = torch.tensor(tokenizer.encode(args.calib_text.read_text(encoding="utf-8")), dtype=torch.long)
-    ids = text_sequences(tokens, args.seq_len, args.n_calib, torch.Generator().manual_seed(args.seed))
+    try:
+        ids = text_sequences(tokens, args.seq_len, args.n_calib, torch.Generator().manual_seed(args.seed))
+    except ValueError as error:  # a text shorter than one window
+        args.parser.error(f"--calib-text {args.calib_text}: {error}; give a longer text or a smaller --seq-len")
     prompts = [row[:TEXT_PROMPT_TOKENS] for row in ids]
     return ids, None, prompts, SamplerConfig(**TEXT_PROBE)
 
@@ -110,11 +118,19 @@ def run(args) -> int:
     import json
     import sys
 
-    from faircalib.calib.pipeline import calibrate
+    from faircalib.calib.pipeline import calibrate, check_calibration
     from faircalib.calib.prior import PositionPrior
     from faircalib.models import load_model
 
     recipe = recipe_from(args, args.method)
+    if args.export is not None:
+        from faircalib.calib.methods import get_method
+        from faircalib.deploy.export import check_exportable
+
+        try:
+            check_exportable(get_method(args.method), recipe.qconfig, args.export)
+        except ValueError as error:
+            args.parser.error(f"--export {args.export}: {error}")
     try:
         prior = PositionPrior.load(args.prior) if args.prior is not None else None
     except (ValueError, KeyError, TypeError) as error:  # a JSON decoding error is a ValueError
@@ -122,6 +138,10 @@ def run(args) -> int:
                           f"{error})")
     ids, mask, prompts, probe = text_inputs(args) if args.calib_text is not None else task_inputs(args)
     model = load_model(args.model, device="cpu", trust_remote_code=args.trust_remote_code)
+    try:
+        check_calibration(model, ids, mask, recipe)  # e.g. a --group-size that does not divide a linear's input
+    except ValueError as error:
+        args.parser.error(str(error))
     result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=probe, prior=prior,
                        out_dir=args.out, resume=args.resume)
     exported = None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from faircalib.commands.calibrate import add_recipe_arguments, recipe_from
-from faircalib.commands.options import add_model_arguments, load_tokenizer, output_directory
+from faircalib.commands.options import add_model_arguments, load_tokenizer, output_directory, positive_int
 
 HELP = "compare fp,rtn,quarot,flatquant,fair[,fair-frontier,fair-masked] on one model (table + plots)"
 
@@ -11,8 +11,8 @@ def add_arguments(parser):
     parser.add_argument("--methods", default="fp,rtn,quarot,flatquant,fair",
                         help="comma-separated methods (default fp,rtn,quarot,flatquant,fair)")
     parser.add_argument("--out", type=output_directory, required=True, help="output directory")
-    parser.add_argument("--n-eval", type=int, default=64, help="held-out problems per task (default 64)")
-    parser.add_argument("--n-metric", type=int, default=16,
+    parser.add_argument("--n-eval", type=positive_int, default=64, help="held-out problems per task (default 64)")
+    parser.add_argument("--n-metric", type=positive_int, default=16,
                         help="held-out problems per task read along the teacher trajectories (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     add_recipe_arguments(parser)

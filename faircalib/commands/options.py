@@ -40,6 +40,17 @@ def device(text: str) -> str:
     return text
 
 
+def positive_int(text: str) -> int:
+    """A count option (sequences, tokens, problems): an int of at least 1, checked while parsing."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def output_directory(text: str) -> Path:
     """--out of commands that write a directory: anything but an existing file (created later, as needed)."""
     path = Path(text)

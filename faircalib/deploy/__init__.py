@@ -8,6 +8,7 @@
 - `hf_quantizer.register()`                    `AutoModel.from_pretrained(dir)` for them (run by `import faircalib`)
 - `export_compressed_tensors`                  the compressed-tensors int W4A4 pack-quantized layout
 - `export_quantized(model, dir, fmt)`          the `--export faircalib|compressed-tensors` entry point (export.py)
+- `check_exportable(method, qconfig, fmt)`     its refusals from the recipe alone, before calibrating
 - `GraphedLogits(model)`                       the forward replayed from one CUDA graph per input shape (cuda_graph.py)
 - `compile_model_blocks(adapter)`              `torch.compile` every block in place (cuda_graph.py)
 Imported lazily, so `import faircalib` only pays for the transformers registration.
@@ -21,8 +22,8 @@ _LAZY = {
     "keep_weights_unpacked": "w4a4_linear",
     "save_quantized": "checkpoint", "load_quantized": "checkpoint",
     "export_compressed_tensors": "compressed_tensors", "is_w4a4": "hf_quantizer",
-    "export_quantized": "export", "EXPORT_FORMATS": "export", "GraphedLogits": "cuda_graph",
-    "compile_model_blocks": "cuda_graph",
+    "export_quantized": "export", "check_exportable": "export", "EXPORT_FORMATS": "export",
+    "GraphedLogits": "cuda_graph", "compile_model_blocks": "cuda_graph",
 }
 __all__ = sorted(_LAZY)
 

@@ -4,6 +4,7 @@
 deployed one (W4A4Linears), converts a copy when needed (the caller keeps its fake-quant model), and writes the
 chosen format: "faircalib" (`checkpoint.save_quantized`, everything including online transforms) or
 "compressed-tensors" (`compressed_tensors.export_compressed_tensors`, which refuses what that format cannot express).
+`check_exportable(method, qconfig, fmt)` says the same refusals from the recipe alone, before a calibration runs.
 `copy_tokenizer_files(source, directory)` puts the source checkpoint's tokenizer next to the export, so that the
 exported directory loads and generates on its own.
 """
@@ -17,10 +18,12 @@ from pathlib import Path
 from torch import nn
 
 from faircalib import atomic
+from faircalib.calib.methods import Method
 from faircalib.calib.quant_linear import quantized_linears
+from faircalib.config import ROLES, QuantConfig
 from faircalib.deploy.checkpoint import save_quantized
 from faircalib.deploy.compressed_tensors import export_compressed_tensors
-from faircalib.deploy.w4a4_linear import convert_to_w4a4
+from faircalib.deploy.w4a4_linear import convert_to_w4a4, deploy_refusal
 
 EXPORT_FORMATS = ("faircalib", "compressed-tensors")
 # The task-suite CharTokenizer's file and the files of Hugging Face tokenizers (fast, sentencepiece, BPE).
@@ -37,12 +40,40 @@ def export_quantized(model: nn.Module, directory: str | os.PathLike, fmt: str = 
         model = copy.deepcopy(model)
         kept = convert_to_w4a4(model)
         if kept:
+            first = model.get_submodule(kept[0])
             raise ValueError(f"faircalib.deploy.export_quantized: {len(kept)} quantized linear(s) are not W4A4-"
-                             f"deployable (e.g. {kept[0]}: 16-bit activations or per-group weights); keep the "
-                             f"fake-quant checkpoint for them, or quantize W4A4 per channel")
+                             f"deployable (e.g. {kept[0]}: {deploy_refusal(first.weight_spec, first.act_spec)}); "
+                             f"keep the fake-quant checkpoint for them, or quantize W4A4 per channel")
     if fmt == "faircalib":
         return save_quantized(model, directory, fingerprint=fingerprint)
     return export_compressed_tensors(model, directory)
+
+
+def check_exportable(method: Method, qconfig: QuantConfig, fmt: str) -> None:
+    """Raise ValueError when `export_quantized(..., fmt)` would refuse what calibrating with `method` and `qconfig`
+    yields, so that `calibrate --export` fails before the calibration rather than after it."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"faircalib.deploy.check_exportable: unknown format {fmt!r}; choose one of {EXPORT_FORMATS}")
+    quantized = {role: qconfig.specs(role) for role in ROLES if qconfig.specs(role) != (None, None)}
+    refusals = {}  # reason -> the roles it applies to
+    for role, specs in quantized.items():
+        reason = deploy_refusal(*specs)
+        if reason is not None:
+            refusals.setdefault(reason, []).append(role)
+    if refusals:
+        found = "; ".join(f"{reason} in {', '.join(roles)}" for reason, roles in refusals.items())
+        raise ValueError(f"faircalib.deploy: export {fmt!r} writes W4A4 linears, and the recipe has {found}; W4A4 "
+                         f"needs symmetric per-channel weights of <= 4 bits and quantized activations (wbits 4, "
+                         f"abits 4, group size -1)")
+    if fmt == "compressed-tensors":
+        if method.transform != "none":
+            raise ValueError(f"faircalib.deploy: method {method.name!r} puts online input transforms ("
+                             f"{method.transform}) before some linears, which the compressed-tensors int W4A4 format "
+                             f"cannot express; export 'faircalib' instead, or calibrate with method 'rtn'")
+        act_bits = {specs[1].bits for specs in quantized.values()}
+        if act_bits != {4}:
+            raise ValueError(f"faircalib.deploy: the compressed-tensors int W4A4 format has 4-bit activations, and the "
+                             f"recipe quantizes them to {sorted(act_bits)} bits; export 'faircalib' instead")
 
 
 def copy_tokenizer_files(source: str | os.PathLike, directory: str | os.PathLike) -> list[str]:

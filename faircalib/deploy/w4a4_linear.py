@@ -38,6 +38,22 @@ if TYPE_CHECKING:
 MAX_WEIGHT_BITS = 4
 
 
+def deploy_refusal(weight_spec, act_spec) -> str | None:
+    """Why a QuantLinear with these specs (`config.QuantSpec` or None) cannot become a W4A4Linear, or None if it
+    can: W4A4Linear needs symmetric per-channel weights of <= MAX_WEIGHT_BITS bits and quantized activations."""
+    if act_spec is None:
+        return "16-bit activations"
+    if weight_spec is None:
+        return "16-bit weights"
+    if not weight_spec.symmetric:
+        return "asymmetric weights"
+    if weight_spec.group_size != -1:
+        return f"per-group weights (group_size {weight_spec.group_size})"
+    if weight_spec.bits > MAX_WEIGHT_BITS:
+        return f"{weight_spec.bits}-bit weights (at most {MAX_WEIGHT_BITS})"
+    return None
+
+
 def kronecker_form(transform: nn.Module | None, d: int):
     """An input transform -> (channel_scale [d] | None, left [n1, n1] | None, right [n2, n2] | None), fp32, with
     x' = leftᵀ · (X ⊙ C) · right per token (X viewed as [n1, n2]).
@@ -89,11 +105,12 @@ class W4A4Linear(nn.Module):
     def from_quant_linear(cls, ql: QuantLinear) -> "W4A4Linear":
         """Pack a calibrated QuantLinear (symmetric per-channel weights of <= 4 bits, quantized activations)."""
         spec, act = ql.weight_spec, ql.act_spec
-        if spec is None or act is None or not spec.symmetric or spec.group_size != -1 or spec.bits > MAX_WEIGHT_BITS:
+        refusal = deploy_refusal(spec, act)
+        if refusal is not None:
             raise ValueError(f"faircalib.deploy.W4A4Linear: {ql.out_features}x{ql.in_features} QuantLinear with "
-                             f"weight {spec} and activations {act} is not deployable; W4A4Linear needs symmetric "
-                             f"per-channel weights of <= {MAX_WEIGHT_BITS} bits (group_size=-1) and quantized "
-                             f"activations")
+                             f"weight {spec} and activations {act} is not deployable ({refusal}); W4A4Linear needs "
+                             f"symmetric per-channel weights of <= {MAX_WEIGHT_BITS} bits (group_size=-1) and "
+                             f"quantized activations")
         channel_scale, left, right = kronecker_form(ql.input_transform, ql.in_features)
         module = cls(ql.in_features, ql.out_features, bias=ql.bias is not None, act_bits=act.bits,
                      left_size=None if left is None else left.shape[0],

@@ -24,7 +24,8 @@ class Denoiser:
     """logits_fn: (input_ids [B, L] int64, attention_mask [B, L] bool | None) -> aligned logits [B, L, V].
 
     mask_token_id: id of the mask token. max_length: the model's context length (None = unbounded).
-    device: where the model's inputs must live (None = wherever the prompts are).
+    device: where the model's inputs must live (None = wherever the prompts are). vocab_size: the token ids the
+    model embeds, [0, vocab_size) (None = not known; prompts are then only checked for negative ids).
     rows_fn: (input_ids, attention_mask, rows [B, L] bool, count=rows.sum() as an int) -> the aligned logits at rows
     [count, V], computing only those (an adapter's `logits_at`); None: `logits_fn`'s output indexed by rows. A
     rows_fn without a `count` parameter (an adapter written before it existed) is called without it.
@@ -35,6 +36,7 @@ class Denoiser:
     max_length: int | None = None
     device: torch.device | None = None
     rows_fn: RowsLogitsFn | None = None
+    vocab_size: int | None = None
 
     def __post_init__(self):
         if self.rows_fn is not None and not _takes_count(self.rows_fn):
@@ -125,7 +127,9 @@ def as_denoiser(model, *, mask_token_id: int | None = None, max_length: int | No
     if max_length is None and config is not None:
         max_length = getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", None)
     parameter = next(module.parameters(), None) if isinstance(module, torch.nn.Module) else None
+    embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    vocab_size = getattr(embeddings, "num_embeddings", None) or getattr(config, "vocab_size", None)
     logits_fn = adapter.logits if adapter is not None else model
     rows_fn = getattr(adapter, "logits_at", None)
     return Denoiser(logits_fn, int(mask_token_id), max_length, None if parameter is None else parameter.device,
-                    rows_fn)
+                    rows_fn, vocab_size)

@@ -58,6 +58,7 @@ def generate(
     config = SamplerConfig() if config is None else config
     denoiser = as_denoiser(model, mask_token_id=mask_token_id)
     prompts = prompt_batch(prompt_ids, attention_mask=attention_mask, pad_token_id=pad_token_id)
+    _check_token_ids(prompts, denoiser.vocab_size)
     if denoiser.device is not None:
         prompts = PromptBatch(prompts.ids.to(denoiser.device), prompts.attention_mask.to(denoiser.device))
     total = prompts.ids.shape[1] + config.gen_length
@@ -76,3 +77,16 @@ def generate(
         sample_blockwise(state, config, generator)
     state.check()
     return GenerationOutput(state.x, state.trajectory() if record else None, state.prompt_len, state.step)
+
+
+def _check_token_ids(prompts: PromptBatch, vocab_size: int | None) -> None:
+    """Prompt ids outside the model's vocabulary fail here, named, rather than as an IndexError inside the
+    embedding (or, on a GPU, a device-side assert that ends the process). Padding too: the model embeds it."""
+    if prompts.ids.numel() == 0:
+        return
+    low, high = int(prompts.ids.min()), int(prompts.ids.max())
+    if low < 0 or (vocab_size is not None and high >= vocab_size):
+        vocabulary = f"[0, {vocab_size})" if vocab_size is not None else "[0, vocab_size)"
+        raise ValueError(f"diffusion.generate: prompt token ids (padding included) must lie in the model's "
+                         f"vocabulary {vocabulary}, got ids from {low} to {high}; encode the prompts with this "
+                         f"model's tokenizer, and pad with its pad id")

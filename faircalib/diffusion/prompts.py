@@ -37,7 +37,7 @@ def prompt_batch(prompts, *, attention_mask=None, pad_token_id: int | None = Non
     pad = 0 if pad_token_id is None else pad_token_id
     if torch.is_tensor(prompts):
         ids = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
-        if ids.dim() != 2 or ids.dtype.is_floating_point:
+        if ids.dim() != 2 or not _holds_integers(ids):
             raise ValueError(
                 f"diffusion.prompts: prompt_ids must be integer token ids of shape [B, P] or [P], got "
                 f"{tuple(prompts.shape)} {prompts.dtype}"
@@ -89,12 +89,18 @@ def _left_align(ids: torch.Tensor, mask: torch.Tensor) -> PromptBatch:
 
 
 def _from_sequences(prompts: Sequence, pad_token_id: int) -> PromptBatch:
-    rows = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
+    rows = [torch.as_tensor(p) for p in prompts]
     if not rows or any(r.dim() != 1 for r in rows):
         raise ValueError(
             "diffusion.prompts: give a non-empty sequence of 1-D prompts (lists of ids or 1-D tensors), got "
             f"shapes {[tuple(r.shape) for r in rows]}"
         )
+    # A float id would be truncated without a word by a cast; an empty list is a float tensor, and fine.
+    wrong = [i for i, r in enumerate(rows) if r.numel() and not _holds_integers(r)]
+    if wrong:
+        raise ValueError(f"diffusion.prompts: prompt {wrong[0]} holds {rows[wrong[0]].dtype} values; prompts are "
+                         f"integer token ids")
+    rows = [r.long() for r in rows]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=rows[0].device)
     mask = torch.zeros(len(rows), width, dtype=torch.bool, device=rows[0].device)
@@ -103,3 +109,8 @@ def _from_sequences(prompts: Sequence, pad_token_id: int) -> PromptBatch:
             ids[i, width - len(row):] = row
             mask[i, width - len(row):] = True
     return PromptBatch(ids, mask)
+
+
+def _holds_integers(t: torch.Tensor) -> bool:
+    """Whether `t` holds integer ids: casting float (or bool) values to ids would change them without a word."""
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)

@@ -47,6 +47,12 @@ def test_text_sequences_are_windows_of_the_text():
     assert torch.equal(windows, again)
 
 
+@pytest.mark.parametrize("seq_len, n", [(0, 2), (4, 0), (-1, 2)])
+def test_text_sequences_need_a_window_and_a_count(seq_len, n):
+    with pytest.raises(ValueError, match="must both be >= 1"):
+        text_sequences(torch.arange(50), seq_len=seq_len, n=n, generator=torch.Generator().manual_seed(0))
+
+
 @pytest.mark.parametrize("length", [12, 5])
 def test_text_sequences_need_a_longer_text(length):
     with pytest.raises(ValueError, match="need more than seq_len=12"):

@@ -23,6 +23,9 @@ L = 16
     ({"inputs": "teacher"}, "inputs must be one of"),
     ({"epochs": -1}, "epochs must be >= 0"),
     ({"batch_size": 0}, "batch_size >= 1"),
+    ({"lr": 0.0}, "lr and clip_lr must be > 0"),
+    ({"clip_lr": -1e-3}, "lr and clip_lr must be > 0"),
+    ({"lr": float("nan")}, "lr and clip_lr must be > 0"),
 ])
 def test_options_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -43,12 +43,17 @@ def test_config_rejects_unknown_roles(kwargs):
         QuantConfig(**kwargs)
 
 
-def test_config_rejects_grouped_activations():
-    with pytest.raises(ValueError, match=r"act group_size must be -1 \(role default\)"):
+def test_config_rejects_grouped_or_asymmetric_activations():
+    """Activation quantization is per-token symmetric everywhere (fake-quant and W4A4): anything else would be
+    silently ignored."""
+    must = r"act group_size must be -1 and symmetric True"
+    with pytest.raises(ValueError, match=must + r" \(role default"):
         QuantConfig(act=QuantSpec(group_size=16))
-    with pytest.raises(ValueError, match=r"act group_size must be -1 \(role down\)"):
+    with pytest.raises(ValueError, match=must + r" \(role down"):
         QuantConfig(overrides={"down": (QuantSpec(), QuantSpec(group_size=8))})
-    QuantConfig(overrides={"down": (QuantSpec(group_size=8), QuantSpec())})  # grouped weights are fine
+    with pytest.raises(ValueError, match=must + r" \(role default"):
+        QuantConfig(act=QuantSpec(symmetric=False))
+    QuantConfig(overrides={"down": (QuantSpec(group_size=8, symmetric=False), QuantSpec())})  # such weights are fine
 
 
 def test_specs_default_override_and_skip():
@@ -65,6 +70,8 @@ def test_w_a_preset():
     config = QuantConfig.w_a(3, None, 16)
     assert config.weight == QuantSpec(3, True, 16) and config.act is None
     assert QuantConfig.w_a().specs("v") == (QuantSpec(4), QuantSpec(4))
+    with pytest.raises(ValueError, match="bits must be an int in 2..8, got 0"):  # 0 once meant "no act quant"
+        QuantConfig.w_a(4, 0)
 
 
 @pytest.mark.parametrize("config", [

@@ -90,6 +90,15 @@ def test_bad_input_files_are_usage_errors_before_calibrating(saved_model, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_a_group_size_the_model_cannot_take_is_a_usage_error_before_stage_one(saved_model, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", "--model", str(saved_model), "--method", "fair", "--group-size", "7",
+              "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert re.search(r"block 0 linear '\w+': group_size 7 does not divide in_features \d+", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()  # nothing ran: no prior, no state
+
+
 def test_a_missing_model_is_a_usage_error_without_the_calib_text_hint(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["calibrate", "--model", str(tmp_path / "nope"), "--method", "rtn", "--out", str(tmp_path / "out")])
@@ -102,7 +111,16 @@ def test_a_missing_model_is_a_usage_error_without_the_calib_text_hint(tmp_path, 
     (["calibrate", "--method", "bogus"], r"unknown calibration method 'bogus'"),
     (["calibrate", "--method", "rtn", "--wbits", "9"], r"bits must be an int in 2..8"),
     (["calibrate", "--method", "rtn", "--epochs", "-1"], r"epochs must be >= 0"),
+    (["calibrate", "--method", "rtn", "--abits", "0"], r"--abits must be 2..8, or 16 to keep activations; got 0"),
+    (["calibrate", "--method", "fair", "--lr", "0"], r"lr and clip_lr must be > 0 \(got 0.0, 0.0\); to learn nothing"),
+    (["calibrate", "--method", "rtn", "--n-calib", "0"], r"argument --n-calib: must be at least 1, got 0"),
+    (["calibrate", "--method", "rtn", "--seq-len", "1k"], r"argument --seq-len: '1k' is not an integer"),
+    (["calibrate", "--method", "rtn", "--wbits", "8", "--export", "faircalib"],
+     r"--export faircalib: .*8-bit weights \(at most 4\) in q, k, v, o, gate, up, down"),
+    (["calibrate", "--method", "quarot", "--export", "compressed-tensors"],
+     r"--export compressed-tensors: .*method 'quarot' puts online input transforms"),
     (["compare", "--methods", "fp,bogus"], r"--methods: unknown \['bogus'\]"),
+    (["compare", "--n-eval", "0"], r"argument --n-eval: must be at least 1, got 0"),
 ])
 def test_bad_settings_are_usage_errors(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:

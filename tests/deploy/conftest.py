@@ -36,15 +36,16 @@ def _randomise_kronecker(model: torch.nn.Module, gen: torch.Generator) -> None:
                 module.channel_scale.mul_(torch.rand(module.d, generator=gen) + 0.5)
 
 
-def quantized_tiny(family: str, method: str = "flatquant", seed: int = 0, shipped: bool = False) -> torch.nn.Module:
+def quantized_tiny(family: str, method: str = "flatquant", seed: int = 0, shipped: bool = False,
+                   qconfig: QuantConfig = QuantConfig.w_a(4, 4)) -> torch.nn.Module:
     """A tiny random model of `family` (`shipped`: the trained tiny-llada / tiny-dream) with every block linear a
-    folded W4A4 QuantLinear of `method`."""
+    folded QuantLinear of `method` and `qconfig` (default W4A4)."""
     gen = torch.Generator().manual_seed(seed)
     model = (load_model(f"tiny-{family}") if shipped
              else build_random(family, TINY[family], generator=torch.Generator().manual_seed(seed)))
     adapter = get_adapter(model)
     for block in adapter.blocks:
-        wrap_block(adapter, block, get_method(method), QuantConfig.w_a(4, 4), gen)
+        wrap_block(adapter, block, get_method(method), qconfig, gen)
     _randomise_kronecker(model, gen)
     for module in model.modules():
         if hasattr(module, "fold") and hasattr(module, "input_transform"):

@@ -4,6 +4,7 @@ import torch
 from faircalib.diffusion import Denoiser, SamplerConfig, generate
 from faircalib.diffusion.prompts import prompt_batch
 from faircalib.diffusion.state import DenoisingState
+from faircalib.models import load_model
 from tests.diffusion.fakes import MASK, PAD, VOCAB, ContextModel, ramp_logits
 
 DETERMINISTIC = {
@@ -106,11 +107,28 @@ def test_prompt_plus_answer_longer_than_context_is_refused():
         (torch.tensor([[4, 5]]), {"attention_mask": torch.ones(1, 3)}, "attention_mask has shape"),
         ([[4], [5]], {"attention_mask": torch.ones(2, 1)}, "only accepted with a"),
         ([], {}, "non-empty sequence"),
+        ([[4, 5], [2.5]], {}, "prompt 1 holds torch.float32 values; prompts are integer token ids"),
+        ([torch.tensor([True, False])], {}, "prompt 0 holds torch.bool values"),
+        (torch.tensor([[True, False]]), {}, "integer token ids"),
+        ([[4, -1]], {}, r"must lie in the model's vocabulary \[0, vocab_size\), got ids from -1 to 4"),
     ],
 )
 def test_bad_prompts_are_refused(prompts, kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(ramp_logits, prompts, mask_token_id=MASK, **kwargs)
+
+
+def test_prompt_ids_outside_the_vocabulary_are_refused_before_the_model_runs():
+    """A model that knows its vocabulary (an nn.Module with input embeddings) refuses ids past its end, padding
+    included (the model embeds it, masked or not)."""
+    model = load_model("tiny-llada")
+    vocab = model.get_input_embeddings().num_embeddings
+    with pytest.raises(ValueError, match=rf"vocabulary \[0, {vocab}\), got ids from 3 to {vocab}; encode the prompts"):
+        generate(model, [[3, vocab]], SamplerConfig(gen_length=2, steps=1))
+    with pytest.raises(ValueError, match=r"\(padding included\) .* got ids from -7 to 4"):
+        generate(model, torch.tensor([[-7, 3, 4]]), SamplerConfig(gen_length=2, steps=1),
+                 attention_mask=torch.tensor([[False, True, True]]))
+    assert generate(model, [[3, vocab - 1]], SamplerConfig(gen_length=2, steps=1)).answer.shape == (1, 2)
 
 
 def test_bad_model_outputs_are_refused():
