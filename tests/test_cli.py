@@ -120,7 +120,7 @@ def test_generate_pad_multiple_gives_the_same_answers_in_one_shape(checkpoints, 
     assert len(capsys.readouterr().out.splitlines()) == 1 and shapes[-1] == (1, 0)
     with pytest.raises(SystemExit):
         main([*argv, "--pad-multiple", "0"])
-    assert "--pad-multiple must be at least 1" in capsys.readouterr().err
+    assert "argument --pad-multiple: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_generate_trace_shows_every_step(checkpoints, capsys):
@@ -260,7 +260,8 @@ def test_generate_timing_reports_tokens_per_second_after_a_warm_up_where_one_is_
         (["--prompt", "1=", "--keep-unpacked"], "needs a W4A4 checkpoint"),
         ([], "no prompts: give --prompt"),
         (["--prompts-file", "/nonexistent/prompts.txt"], "--prompts-file /nonexistent/prompts.txt: "),
-        (["--prompt", "1=", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--prompt", "1=", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["--prompt", "1=", "--pad-multiple", "-2"], "argument --pad-multiple: must be at least 1, got -2"),
     ],
 )
 def test_generate_usage_errors(checkpoints, capsys, argv, message):
@@ -314,11 +315,16 @@ def test_eval_writes_the_report_atomically(checkpoints, capsys, tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["report.json"]
 
 
-def test_eval_rejects_unknown_tasks(checkpoints, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "chess"], "tasks ['chess'] are unknown"),
+    (["--n", "0"], "argument --n: must be at least 1, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+])
+def test_eval_usage_errors(checkpoints, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
-        main(["eval", "--model", checkpoints["llada"], "--tasks", "chess"])
+        main(["eval", "--model", checkpoints["llada"], *argv])
     assert exit_.value.code == 2
-    assert "tasks ['chess'] are unknown" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (checkpoint_dir("tiny-llada") / "config.json").is_file(), reason="tiny-llada not shipped yet")

@@ -8,17 +8,17 @@ from pathlib import Path
 
 from faircalib import atomic
 from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator, load_model,
-                                        load_tokenizer, output_file, sampler_config)
+                                        load_tokenizer, output_file, positive_int, sampler_config)
 
 HELP = "exact-match accuracy per task of a model on the task suite (JSON report)"
 
 
 def add_arguments(parser):
     parser.add_argument("--out", type=output_file, help="write the JSON report here (atomically); always printed too")
-    parser.add_argument("--n", type=int, help="problems per task (default: the whole split, 64 held-out)")
+    parser.add_argument("--n", type=positive_int, help="problems per task (default: the whole split, 64 held-out)")
     parser.add_argument("--tasks", nargs="+", help="tasks to evaluate (default: all)")
     parser.add_argument("--split", default="heldout", help="task split (default: heldout)")
-    parser.add_argument("--batch-size", type=int, default=64, help="prompts per generate call (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="prompts per generate call (default 64)")
     add_model_arguments(parser)
     add_sampler_arguments(parser)
 
@@ -29,8 +29,6 @@ def run(args) -> int:
     from faircalib.zoo import exact_match, load_tasks
     from faircalib.zoo.evaluate import answers
 
-    if args.batch_size < 1 or (args.n is not None and args.n < 1):
-        args.parser.error(f"--batch-size {args.batch_size} and --n {args.n} must be >= 1")
     try:
         problems = load_tasks(args.split, n=args.n, tasks=args.tasks)
     except ValueError as error:

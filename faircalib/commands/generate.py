@@ -5,7 +5,7 @@ import sys
 import time
 
 from faircalib.commands.options import (add_model_arguments, add_sampler_arguments, generator, load_model,
-                                        load_tokenizer, sampler_config)
+                                        load_tokenizer, positive_int, sampler_config)
 
 HELP = "generate answers to prompts (prints one answer per prompt)"
 MASK_GLYPH, EOS_GLYPH = "_", "|"
@@ -17,10 +17,10 @@ def add_arguments(parser):
     parser.add_argument("--prompts-file", metavar="FILE",
                         help="also the prompts in FILE, one per line (blank lines skipped; - reads standard input), "
                              "after those of --prompt; answers print in the same order")
-    parser.add_argument("--batch-size", type=int, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, metavar="N",
                         help="prompts per generation (default: all in one batch); bounds the memory of long prompt "
                              "lists")
-    parser.add_argument("--pad-multiple", type=int, metavar="N",
+    parser.add_argument("--pad-multiple", type=positive_int, metavar="N",
                         help="left-pad each batch's prompts to a multiple of N tokens, so that batches of nearby "
                              "prompt lengths share one shape (one CUDA graph and compilation under --cuda-graph / "
                              "--compile); the padding is masked, so the answers are those without it (on a GPU up to "
@@ -58,10 +58,6 @@ def run(args) -> int:
     texts = args.prompt + _prompts_in_file(args)
     if not texts:
         args.parser.error("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE")
-    if args.batch_size is not None and args.batch_size < 1:
-        args.parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.pad_multiple is not None and args.pad_multiple < 1:
-        args.parser.error(f"--pad-multiple must be at least 1, got {args.pad_multiple}")
     config, tokenizer = sampler_config(args), load_tokenizer(args, hf_fallback=True)
     try:
         prompts = [torch.tensor(tokenizer.encode(p), dtype=torch.long) for p in texts]

@@ -211,8 +211,17 @@ class W4A4Linear(nn.Module):
             codes, scales = impl(x.reshape(-1, self.in_features), channel_scale, self.left, self.right,
                                  self.act_clip, self.act_bits)
             return codes.reshape(x.shape), scales.reshape(*x.shape[:-1], 1)
+        self._check_width(x)
         return kernels.quantize_act_packed(x, bits=self.act_bits, clip_ratio=self.act_clip,
                                            channel_scale=channel_scale, left=self.left, right=self.right)
+
+    def _check_width(self, x: torch.Tensor) -> None:
+        """The slow path's first check: an input of the wrong width is named here, as this linear's, rather than
+        by a kernel in terms of transform factors or GEMM operands."""
+        if x.dim() >= 1 and x.shape[-1] != self.in_features:
+            raise ValueError(f"faircalib.deploy.W4A4Linear({self.in_features} -> {self.out_features}): the input of "
+                             f"shape {tuple(x.shape)} has {x.shape[-1]} features; this linear takes "
+                             f"{self.in_features}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
@@ -231,6 +240,7 @@ class W4A4Linear(nn.Module):
                                  self.channel_scale, self.left, self.right, self.act_clip, self.act_bits)
             codes, scales = codes.reshape(up.shape), scales.reshape(*up.shape[:-1], 1)
         else:
+            self._check_width(up)
             codes, scales = kernels.quantize_act_packed(up, bits=self.act_bits, clip_ratio=self.act_clip,
                                                         channel_scale=self.channel_scale, left=self.left,
                                                         right=self.right, gate=gate)

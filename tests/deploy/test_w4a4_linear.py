@@ -187,8 +187,11 @@ def test_eager_fast_path_gives_the_same_output_and_still_checks(gen):
     first = lin(x)  # through the public ops: validates the buffers
     assert lin._checked_buffers is not None and lin._fast_path(x)
     assert torch.equal(lin(x), first)
-    with pytest.raises(ValueError, match="in_features|K=|96|shape"):
-        lin(torch.randn(2, 95, generator=gen))  # a wrong width leaves the fast path and gets the ops' error
+    with pytest.raises(ValueError, match=r"W4A4Linear\(96 -> 24\): the input of shape \(2, 95\) has 95 features; "
+                                         r"this linear takes 96"):
+        lin(torch.randn(2, 95, generator=gen))  # a wrong width leaves the fast path and is named there
+    with pytest.raises(ValueError, match=r"the input of shape \(4, 95\) has 95 features"):
+        lin.forward_swiglu(torch.randn(4, 95, generator=gen), torch.randn(4, 95, generator=gen))
     lin.left = torch.eye(7)  # a replaced buffer is validated again by the public ops
     assert not lin._fast_path(x)
     with pytest.raises(ValueError, match="factor"):
