@@ -67,11 +67,20 @@ def _method_prior_config(method: Method, prior: PriorConfig) -> PriorConfig:
     return replace(prior, terms=method.prior if method.needs_probe else "uniform")
 
 
-def check_calibration(model: nn.Module, data_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      recipe: Recipe) -> None:
-    """Raise ValueError on what `calibrate` would refuse (no mask token, malformed data, a group size that does
-    not divide a linear's input, non-finite weights): cheap, so callers run it before their own heavy work."""
-    adapter = get_adapter(model)
+class CalibrationInputError(ValueError):
+    """What `calibrate` refuses before any work (no mask token, malformed data, a group size that does not divide a
+    linear's input, non-finite weights), told apart from failures during the run: the CLI reports it as a usage
+    error."""
+
+
+def _validate(adapter, data_ids: torch.Tensor, attention_mask: torch.Tensor | None, recipe: Recipe) -> None:
+    try:
+        _check_inputs(adapter, data_ids, attention_mask, recipe)
+    except ValueError as error:  # also those of QuantSpec.check_dim and check_finite_weights
+        raise CalibrationInputError(str(error)) from error
+
+
+def _check_inputs(adapter, data_ids: torch.Tensor, attention_mask: torch.Tensor | None, recipe: Recipe) -> None:
     if adapter.mask_token_id is None:
         raise ValueError("calibrate: the model config has no mask_token_id; dLLM calibration needs the mask token")
     if data_ids.dim() != 2 or data_ids.numel() == 0:
@@ -99,8 +108,8 @@ def calibrate(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     steps set the rollout; its kind is forced to `probe`). `prior`: a saved Stage I artifact to reuse instead.
     out_dir: where the prior, per-block state, model and log go (`resume=True` continues an interrupted run)."""
     method = get_method(recipe.method)
-    check_calibration(model, input_ids, attention_mask, recipe)
     adapter = get_adapter(model)
+    _validate(adapter, input_ids, attention_mask, recipe)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def run(args) -> int:
     import json
     import sys
 
-    from faircalib.calib.pipeline import calibrate, check_calibration
+    from faircalib.calib.pipeline import CalibrationInputError, calibrate
     from faircalib.calib.prior import PositionPrior
     from faircalib.models import load_model
 
@@ -139,11 +139,10 @@ def run(args) -> int:
     ids, mask, prompts, probe = text_inputs(args) if args.calib_text is not None else task_inputs(args)
     model = load_model(args.model, device="cpu", trust_remote_code=args.trust_remote_code)
     try:
-        check_calibration(model, ids, mask, recipe)  # e.g. a --group-size that does not divide a linear's input
-    except ValueError as error:
+        result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=probe, prior=prior,
+                           out_dir=args.out, resume=args.resume)
+    except CalibrationInputError as error:  # raised before any work: e.g. a --group-size no linear's width takes
         args.parser.error(str(error))
-    result = calibrate(model, ids, mask, recipe=recipe, probe_prompts=prompts, probe_sampler=probe, prior=prior,
-                       out_dir=args.out, resume=args.resume)
     exported = None
     if args.export is not None:
         from faircalib.deploy.export import copy_tokenizer_files, export_quantized

@@ -23,7 +23,7 @@ from faircalib.calib.quant_linear import quantized_linears
 from faircalib.config import ROLES, QuantConfig
 from faircalib.deploy.checkpoint import save_quantized
 from faircalib.deploy.compressed_tensors import export_compressed_tensors
-from faircalib.deploy.w4a4_linear import convert_to_w4a4, deploy_refusal
+from faircalib.deploy.w4a4_linear import MAX_WEIGHT_BITS, convert_to_w4a4, deploy_refusal
 
 EXPORT_FORMATS = ("faircalib", "compressed-tensors")
 # The task-suite CharTokenizer's file and the files of Hugging Face tokenizers (fast, sentencepiece, BPE).
@@ -54,7 +54,7 @@ def check_exportable(method: Method, qconfig: QuantConfig, fmt: str) -> None:
     yields, so that `calibrate --export` fails before the calibration rather than after it."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"faircalib.deploy.check_exportable: unknown format {fmt!r}; choose one of {EXPORT_FORMATS}")
-    quantized = {role: qconfig.specs(role) for role in ROLES if qconfig.specs(role) != (None, None)}
+    quantized = {role: specs for role in ROLES if (specs := qconfig.specs(role)) != (None, None)}
     refusals = {}  # reason -> the roles it applies to
     for role, specs in quantized.items():
         reason = deploy_refusal(*specs)
@@ -63,8 +63,8 @@ def check_exportable(method: Method, qconfig: QuantConfig, fmt: str) -> None:
     if refusals:
         found = "; ".join(f"{reason} in {', '.join(roles)}" for reason, roles in refusals.items())
         raise ValueError(f"faircalib.deploy: export {fmt!r} writes W4A4 linears, and the recipe has {found}; W4A4 "
-                         f"needs symmetric per-channel weights of <= 4 bits and quantized activations (wbits 4, "
-                         f"abits 4, group size -1)")
+                         f"needs symmetric per-channel weights of <= {MAX_WEIGHT_BITS} bits and quantized activations "
+                         f"(wbits 4, abits 4, group size -1)")
     if fmt == "compressed-tensors":
         if method.transform != "none":
             raise ValueError(f"faircalib.deploy: method {method.name!r} puts online input transforms ("

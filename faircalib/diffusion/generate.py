@@ -84,7 +84,7 @@ def _check_token_ids(prompts: PromptBatch, vocab_size: int | None) -> None:
     embedding (or, on a GPU, a device-side assert that ends the process). Padding too: the model embeds it."""
     if prompts.ids.numel() == 0:
         return
-    low, high = int(prompts.ids.min()), int(prompts.ids.max())
+    low, high = (int(v) for v in torch.aminmax(prompts.ids))
     if low < 0 or (vocab_size is not None and high >= vocab_size):
         vocabulary = f"[0, {vocab_size})" if vocab_size is not None else "[0, vocab_size)"
         raise ValueError(f"diffusion.generate: prompt token ids (padding included) must lie in the model's "

@@ -11,7 +11,7 @@ from torch import nn
 
 import faircalib.calib.layerwise as layerwise
 from faircalib.calib.layerwise import CalibOptions
-from faircalib.calib.pipeline import Recipe, calibrate, load_calibrated
+from faircalib.calib.pipeline import CalibrationInputError, Recipe, calibrate, load_calibrated
 from faircalib.calib.prior import PositionPrior, PriorConfig
 from faircalib.calib.quant_linear import QuantLinear
 from faircalib.config import QuantConfig, QuantSpec
@@ -294,14 +294,15 @@ def test_non_finite_weight_is_named_before_stage_one(family):
     with torch.no_grad():
         get_adapter(model).linears(get_adapter(model).blocks[1])["down"].weight[0, 0] = float("nan")
     # fair without probe prompts would fail in Stage I: the weight check must come first
-    with pytest.raises(ValueError, match=r"block 1 linear 'down' has non-finite weights"):
+    with pytest.raises(CalibrationInputError, match=r"block 1 linear 'down' has non-finite weights"):
         calibrate(model, IDS, MASK, recipe=Recipe("fair"), progress=False)
 
 
 def test_group_size_must_divide_in_features():
-    with pytest.raises(ValueError, match=r"block 0 linear 'q': group_size 5 does not divide in_features 32"):
+    with pytest.raises(CalibrationInputError, match=r"block 0 linear 'q': group_size 5 does not divide in_features 32"):
         calibrate(tiny_model("llada"), IDS, recipe=Recipe("rtn", QuantConfig.w_a(4, 4, 5)), progress=False)
-    with pytest.raises(ValueError, match=r"block 0 linear 'down': group_size 32 does not divide in_features 48"):
+    with pytest.raises(CalibrationInputError,
+                       match=r"block 0 linear 'down': group_size 32 does not divide in_features 48"):
         calibrate(tiny_model("llada"), IDS, recipe=Recipe("rtn", QuantConfig.w_a(4, 4, 32)), progress=False)
 
 
